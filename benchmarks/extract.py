@@ -1,0 +1,103 @@
+"""Extraction throughput on the default model, as ratios against baselines run in the same process.
+
+- onejump: ``onejump.extract`` (prefix-only, length-bucketed batches, hooks at every level, store writes);
+- bare: a forward of the same base model over the same prefixes in the same batches, no hooks, no
+  writes (the limit; target ratio >= 0.9);
+- naive: each full sentence alone through the CausalLM with ``output_hidden_states=True``, keeping
+  the sampled position (target: onejump >= 3x faster).
+
+Usage: python benchmarks/extract.py [--n 600] [--model smollm2-135m] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+from common import peak_rss_mib, real_sentences, save
+
+from onejump.extract import collate, extract, plan_batches, sample_positions
+from onejump.models import load_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=600, help="sentences (default 600)")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tokens-per-batch", type=int, default=8192)
+    args = ap.parse_args()
+
+    lm = load_model(args.model, device=args.device)
+    sentences = real_sentences(args.n)
+    samples = sample_positions(lm.tokenizer, sentences, [0] * len(sentences), seed=0)
+    batches = plan_batches(samples, tokens_per_batch=args.tokens_per_batch)
+    prefix_tokens = sum(len(s.tokens) for s in samples)
+    full_tokens = sum(len(lm.tokenizer(s)["input_ids"]) for s in sentences)
+    pad = lm.tokenizer.pad_token_id or 0
+    sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
+
+    # warm-up
+    with torch.no_grad():
+        ids, mask, _ = collate(samples, batches[len(batches) // 2], pad, lm.device)
+        lm.adapter.base(input_ids=ids, attention_mask=mask, use_cache=False)
+
+    def bare() -> float:
+        sync()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for batch in batches:
+                ids, mask, _ = collate(samples, batch, pad, lm.device)
+                lm.adapter.base(input_ids=ids, attention_mask=mask, use_cache=False)
+        sync()
+        return time.perf_counter() - t0
+
+    def onejump() -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            sync()
+            t0 = time.perf_counter()
+            extract(lm, sentences, f"{tmp}/store", seed=0, tokens_per_batch=args.tokens_per_batch, progress=False)
+            sync()
+            return time.perf_counter() - t0
+
+    def naive() -> float:
+        sync()
+        t0 = time.perf_counter()
+        kept = []
+        with torch.no_grad():
+            for text, s in zip(sentences, samples):
+                ids = torch.tensor([lm.tokenizer(text)["input_ids"]], device=lm.device)
+                out = lm.model(ids, output_hidden_states=True)
+                kept.append(torch.stack([h[0, s.position] for h in out.hidden_states]).cpu())
+        sync()
+        return time.perf_counter() - t0
+
+    t_bare = min(bare(), bare())
+    t_one = min(onejump(), onejump())
+    t_naive = naive()
+    payload = {
+        "benchmark": "extract",
+        "model": args.model,
+        "device": str(lm.device),
+        "sentences": len(sentences),
+        "prefix_tokens": prefix_tokens,
+        "full_sentence_tokens": full_tokens,
+        "batches": len(batches),
+        "seconds": {"onejump": round(t_one, 3), "bare_forward": round(t_bare, 3), "naive": round(t_naive, 3)},
+        "prefix_tokens_per_s": {
+            "onejump": round(prefix_tokens / t_one, 1),
+            "bare_forward": round(prefix_tokens / t_bare, 1),
+            "naive": round(prefix_tokens / t_naive, 1),
+        },
+        "ratio_vs_bare_forward": round(t_bare / t_one, 3),
+        "speedup_vs_naive": round(t_naive / t_one, 2),
+        "targets": {"ratio_vs_bare_forward": ">= 0.9", "speedup_vs_naive": ">= 3"},
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+    }
+    save(f"extract-{args.device}", payload)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Exceptions raised by onejump.
+
+Every error a user can act on is a subclass of :class:`OneJumpError`; the CLI catches it,
+prints its message on one line and exits non-zero.
+"""
+
+from __future__ import annotations
+
+
+class OneJumpError(Exception):
+    """Base class of every error onejump raises on purpose."""
+
+
+class ModelLoadError(OneJumpError):
+    """A model could not be found, loaded or understood."""
+
+
+class UnsupportedArchitectureError(ModelLoadError):
+    """The architecture adapter could not find a part of the model it needs."""
+
+
+class CorpusError(OneJumpError):
+    """A corpus is missing, unreadable, too small or otherwise unusable."""
+
+
+class StoreError(OneJumpError):
+    """A hidden-state store is missing, truncated, corrupt or belongs to another model/run."""
+
+
+class ShortcutError(OneJumpError):
+    """A shortcut file or configuration is invalid or does not match the model."""
+
+
+class NumericalError(OneJumpError):
+    """NaN or inf found in hidden states, shortcuts or losses."""
+
+
+class ConfigError(OneJumpError):
+    """An argument or option is out of its valid range."""

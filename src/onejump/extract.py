@@ -1,0 +1,289 @@
+"""Extraction of hidden states at all levels into a :class:`~onejump.store.HiddenStateStore`.
+
+One random position per sentence (uniform over 1..n-1, never position 0 or a BOS token); only the
+prefix up to that position is run; prefixes are bucketed by length into batches with a token
+budget; hooks capture levels 0..K (level K before the final norm) at the last prefix position
+only; t* = argmax head(h^K). Work is planned deterministically up front and written in shards, so
+an interrupted run resumes where it stopped and ends byte-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, CorpusError, StoreError
+from .models import LoadedModel
+from .store import (
+    FORMAT,
+    STORE_DTYPES,
+    VERSION,
+    HiddenStateStore,
+    atomic_write_text,
+    finished_shard,
+    shard_name,
+    write_shard,
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled position: sentence ``sample_id``, prefix token ids ending at ``position``."""
+
+    sample_id: int
+    split: int
+    position: int
+    tokens: tuple[int, ...]
+
+
+def sample_positions(tokenizer: Any, sentences: Sequence[str], splits: Sequence[int], seed: int) -> list[Sample]:
+    """Tokenize every sentence and draw one position uniformly from 1..n-1 (seeded, in sentence order)."""
+    if len(sentences) == 0:
+        raise CorpusError("no sentences to extract")
+    encoded = tokenizer(list(sentences), add_special_tokens=True)["input_ids"]
+    bos = tokenizer.bos_token_id
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i, ids in enumerate(encoded):
+        n = len(ids)
+        real = n - (1 if n and bos is not None and ids[0] == bos else 0)
+        if n < 2 or real < 1:
+            raise CorpusError(
+                f"sentence {i} has fewer than 2 tokens ({sentences[i][:60]!r}); filter such sentences out"
+            )
+        pos = int(rng.integers(1, n))
+        samples.append(Sample(i, int(splits[i]), pos, tuple(int(t) for t in ids[: pos + 1])))
+    return samples
+
+
+def plan_batches(samples: Sequence[Sample], tokens_per_batch: int = 8192, max_batch_size: int = 64) -> list[list[int]]:
+    """Group samples (indices into ``samples``) into length-bucketed batches within a token budget.
+
+    Sorting by prefix length keeps padding small; a batch holds at most ``max_batch_size`` rows and
+    ``rows * longest`` stays within ``tokens_per_batch``.
+    """
+    if tokens_per_batch < 1 or max_batch_size < 1:
+        raise ConfigError("tokens_per_batch and max_batch_size must be >= 1")
+    order = sorted(range(len(samples)), key=lambda i: (len(samples[i].tokens), i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        length = len(samples[i].tokens)
+        if current and (len(current) + 1 > max_batch_size or (len(current) + 1) * length > tokens_per_batch):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def plan_shards(batches: list[list[int]], shard_size: int = 1024) -> list[list[list[int]]]:
+    """Group consecutive batches into shards of about ``shard_size`` samples."""
+    shards: list[list[list[int]]] = []
+    current: list[list[int]] = []
+    count = 0
+    for batch in batches:
+        current.append(batch)
+        count += len(batch)
+        if count >= shard_size:
+            shards.append(current)
+            current, count = [], 0
+    if current:
+        shards.append(current)
+    return shards
+
+
+def collate(samples: Sequence[Sample], batch: Sequence[int], pad_id: int,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and the index of each row's last real token."""
+    lengths = [len(samples[i].tokens) for i in batch]
+    longest = max(lengths)
+    ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    for row, i in enumerate(batch):
+        toks = samples[i].tokens
+        ids[row, : len(toks)] = torch.tensor(toks)
+        mask[row, : len(toks)] = 1
+    last = torch.tensor(lengths) - 1
+    return ids.to(device), mask.to(device), last.to(device)
+
+
+class LevelCapture:
+    """Hooks that keep, for each row, the hidden state at its last real position at every level."""
+
+    def __init__(self, lm: LoadedModel):
+        self.lm = lm
+        self.buffer: torch.Tensor | None = None
+        self.last: torch.Tensor | None = None
+        self._handles: list = []
+
+    def _sink(self, level: int, hidden: torch.Tensor) -> None:
+        assert self.buffer is not None and self.last is not None
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        self.buffer[:, level] = hidden[rows, self.last.to(hidden.device)].to(self.buffer.device, torch.float32)
+
+    def __enter__(self) -> LevelCapture:
+        self._handles = self.lm.adapter.level_hooks(self._sink)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    @torch.no_grad()
+    def run(self, ids: torch.Tensor, mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """Forward the base model (no unembedding over all positions); return (B, K+1, H) float32."""
+        adapter = self.lm.adapter
+        self.buffer = torch.empty(ids.shape[0], adapter.num_blocks + 1, adapter.hidden_size,
+                                  device=ids.device, dtype=torch.float32)
+        self.last = last
+        adapter.base(input_ids=ids, attention_mask=mask, use_cache=False)
+        out, self.buffer = self.buffer, None
+        return out
+
+
+def _plan_key(lm: LoadedModel, samples: Sequence[Sample], seed: int, dtype: str,
+              shards: list[list[list[int]]]) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    for s in samples:
+        digest.update(f"{s.sample_id},{s.split},{s.position}:".encode())
+        digest.update(np.asarray(s.tokens, dtype=np.int64).tobytes())
+    layout = hashlib.sha256(json.dumps(shards).encode()).hexdigest()[:16]
+    return {
+        "model": lm.name,
+        "fingerprint": lm.fingerprint,
+        "seed": seed,
+        "dtype": dtype,
+        "num_samples": len(samples),
+        "samples_sha256": digest.hexdigest()[:16],
+        "layout": layout,
+    }
+
+
+def extract(
+    lm: LoadedModel,
+    sentences: Sequence[str],
+    out_dir: str | Path,
+    *,
+    splits: Sequence[int] | None = None,
+    seed: int = 0,
+    store_dtype: str = "float32",
+    tokens_per_batch: int = 8192,
+    max_batch_size: int = 64,
+    shard_size: int = 1024,
+    progress: bool = True,
+    extra: dict[str, Any] | None = None,
+    on_shard: Callable[[int, int], None] | None = None,
+) -> HiddenStateStore:
+    """Extract levels 0..K at one sampled position per sentence into a store at ``out_dir``.
+
+    ``splits`` labels each sentence 0 (train) or 1 (test); by default all are train. Re-running
+    with the same arguments resumes an interrupted run (finished shards are kept) or returns the
+    finished store; a folder holding another model's or seed's store is refused.
+    """
+    if store_dtype not in STORE_DTYPES:
+        raise ConfigError(f"unknown store dtype '{store_dtype}'; use {', '.join(STORE_DTYPES)}")
+    out = Path(out_dir)
+    splits = list(splits) if splits is not None else [0] * len(sentences)
+    if len(splits) != len(sentences):
+        raise ConfigError("splits must label every sentence")
+    samples = sample_positions(lm.tokenizer, sentences, splits, seed)
+    shards = plan_shards(plan_batches(samples, tokens_per_batch, max_batch_size), shard_size)
+    key = _plan_key(lm, samples, seed, store_dtype, shards)
+
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"store path exists and is not a folder: {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    plan_path = out / "plan.json"
+    if plan_path.is_file():
+        try:
+            old = json.loads(plan_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise StoreError(f"{plan_path} is corrupt; remove the folder to start over") from None
+        if old != key:
+            diff = [k for k in key if old.get(k) != key[k]]
+            raise StoreError(
+                f"{out} holds a store of another run (differs in {', '.join(diff)}); use another folder"
+            )
+        if (out / "manifest.json").is_file():
+            return HiddenStateStore.open(out, fingerprint=lm.fingerprint)
+    elif any(out.iterdir()):
+        raise StoreError(f"{out} is not empty and is not an onejump store; use another folder")
+    else:
+        atomic_write_text(plan_path, json.dumps(key, indent=1))
+
+    device = lm.device
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    dtype = STORE_DTYPES[store_dtype]
+    total_tokens = sum(len(s.tokens) for s in samples)
+    infos: list[dict[str, Any]] = []
+    bar = tqdm(total=total_tokens, unit="tok", desc="extract", disable=not progress, unit_scale=True)
+    with LevelCapture(lm) as capture:
+        for index, shard in enumerate(shards):
+            shard_samples = [i for batch in shard for i in batch]
+            done = finished_shard(out, index)
+            if done is not None and done.get("count") == len(shard_samples):
+                infos.append(done)
+                bar.update(sum(len(samples[i].tokens) for i in shard_samples))
+                continue
+            hidden_parts, targets = [], []
+            for batch in shard:
+                ids, mask, last = collate(samples, batch, pad_id, device)
+                hidden = capture.run(ids, mask, last)
+                with torch.no_grad():
+                    logits = lm.adapter.head(hidden[:, -1].to(next(lm.model.parameters()).dtype))
+                targets.append(logits.argmax(-1).cpu())
+                hidden_parts.append(hidden.cpu().to(dtype))
+                bar.update(int(mask.sum()))
+            toks = [samples[i].tokens for i in shard_samples]
+            offsets = np.concatenate([[0], np.cumsum([len(t) for t in toks])])
+            tensors = {
+                "hidden": torch.cat(hidden_parts),
+                "sample_id": torch.tensor([samples[i].sample_id for i in shard_samples], dtype=torch.int64),
+                "split": torch.tensor([samples[i].split for i in shard_samples], dtype=torch.int8),
+                "position": torch.tensor([samples[i].position for i in shard_samples], dtype=torch.int64),
+                "target": torch.cat(targets).to(torch.int64),
+                "tokens": torch.tensor([t for tt in toks for t in tt], dtype=torch.int32),
+                "token_offsets": torch.from_numpy(offsets.astype(np.int64)),
+            }
+            infos.append(write_shard(out, index, tensors))
+            if on_shard is not None:
+                on_shard(index, len(shards))
+    bar.close()
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        **key,
+        "num_levels": lm.num_blocks + 1,
+        "num_blocks": lm.num_blocks,
+        "hidden_size": lm.hidden_size,
+        "n_train": int(sum(1 for s in samples if s.split == 0)),
+        "n_test": int(sum(1 for s in samples if s.split == 1)),
+        "total_prefix_tokens": int(total_tokens),
+        "shards": infos,
+        **({"extra": extra} if extra else {}),
+    }
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
+    return HiddenStateStore.open(out, fingerprint=lm.fingerprint, verify=False)
+
+
+def remove_store(path: str | Path) -> None:
+    """Delete a store folder (only if it looks like one)."""
+    p = Path(path)
+    if (p / "plan.json").is_file() or (p / "manifest.json").is_file():
+        shutil.rmtree(p)
+
+
+__all__ = ["Sample", "extract", "sample_positions", "plan_batches", "plan_shards", "collate", "LevelCapture",
+           "shard_name"]

