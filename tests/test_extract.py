@@ -169,3 +169,14 @@ def test_too_short_sentence(lm, tmp_path):
         extract(lm, ["ok fine", "x"], tmp_path / "s", progress=False)
     with pytest.raises(CorpusError):
         extract(lm, [], tmp_path / "s2", progress=False)
+
+
+def test_second_writer_is_refused(tmp_path):
+    from onejump.store import folder_lock
+
+    with folder_lock(tmp_path / "out"):
+        with pytest.raises(StoreError, match="another onejump process"):
+            with folder_lock(tmp_path / "out"):
+                pass
+    with folder_lock(tmp_path / "out"):  # released: free again
+        pass

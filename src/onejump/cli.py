@@ -54,6 +54,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="dtype of stored hidden states (default: %(default)s)")
     p.add_argument("--tokens-per-batch", type=_positive(), default=8192,
                    help="token budget of one extraction batch (default: %(default)s)")
+    p.add_argument("--shard-size", type=_positive(), default=1024,
+                   help="samples per store shard, the unit of resuming and of data-parallel work "
+                        "(default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,15 +126,27 @@ def do_extract(args: argparse.Namespace, out: Path):
     splits = [0] * len(split.train) + [1] * len(split.test)
     t0 = time.time()
     store = extract(lm, sentences, out, splits=splits, seed=args.seed, store_dtype=args.store_dtype,
-                    tokens_per_batch=args.tokens_per_batch, progress=not args.quiet,
+                    tokens_per_batch=args.tokens_per_batch, shard_size=args.shard_size,
+                    progress=not args.quiet,
                     extra={"corpus": args.corpus, "n_train": args.n_train, "n_test": args.n_test})
     return lm, store, time.time() - t0
+
+
+def _lock(folder: Path):
+    """Lock an output folder (only rank 0 under torchrun: the ranks share it on purpose)."""
+    import contextlib
+    import os
+
+    from .store import folder_lock
+
+    return folder_lock(folder) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _INTERRUPT_HINT[0] = f"finished shards are kept in {out}; rerun the same command to resume"
-    lm, store, seconds = do_extract(args, out)
+    with _lock(out):
+        lm, store, seconds = do_extract(args, out)
     _print_store(store)
     print(f"extracted in {seconds:.1f} s")
     return 0

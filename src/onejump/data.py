@@ -22,7 +22,6 @@ Every problem a user can act on raises :class:`onejump.errors.CorpusError`.
 from __future__ import annotations
 
 import bz2
-import functools
 import hashlib
 import html
 import io
@@ -206,7 +205,7 @@ _GAP_WORDS_RE = re.compile(
     r"spanning|spans|covering|covers)\s+"
     r"(?:long|wide|high|tall|deep|thick|in (?:length|diameter|height|width|area|depth)|"
     r"above sea level|below sea level|across|away)(?![\w-])"
-    r"|\b(?:about|approximately|around|roughly|nearly|almost)\s+(?:of|from|in|and|or|to|at|per|above|below)\b"
+    r"|\b(?:about|approximately|around|roughly|nearly|almost)\s+(?:of|per)\b"
     r"|\bof\s+(?:of|from|and|or|to|at|per|above|below)\b"
     r"|\b(?:long|wide|high|tall|deep) and (?:long|wide|high|tall|deep)(?![\w-])"
     r"|\b(?:a|an|the)\s+(?:of|and|or|in|to|at|is|was|were|are)\b",
@@ -218,6 +217,7 @@ _GAP_WORDS_RE = re.compile(
 _GAP_OTHER_RE = re.compile(
     r'""|\u201c\u201d|\u2018\u2019|\(\s|\s\)|(?<!\.)\.\.(?!\.)|[$\u20ac\u00a3\u00a5](?!\s?[\d\u2013-])'
 )
+_WORD_PUNCT = ".,;:!?\"'()[]\u201c\u201d\u2018\u2019"
 _DOUBLE_STOP_RE = re.compile(r"\b(Jr|Sr|Inc|Ltd|Co|Corp|Bros|St|Ave|Mt)\.\.(?!\.)")
 
 
@@ -257,7 +257,7 @@ def is_clean_sentence(text: str) -> bool:
     space before ``,`` or ``.`` or just inside a parenthesis, ``"about of"``, ``"the is"``, empty
     quotes ``""``, ``..``, a currency sign without an amount), mostly non-alphabetic text
     (tables, scores, coordinates), control characters, sentences shorter than three words and
-    sentences without a single lowercase word of four or more letters (lists of names, headings).
+    sentences without a single lowercase word of three or more letters (lists of names, headings).
     """
     if not text or _POISON in text or _LIST_LINE in text:
         return False
@@ -280,9 +280,11 @@ def is_clean_sentence(text: str) -> bool:
     letters = sum(ch.isalpha() for ch in visible)
     if letters < 0.6 * len(visible):
         return False
-    # A sentence that is mostly capitalised words without a single lowercase word of 4+ letters
-    # is a list of names or a heading, not prose.
-    return any(len(w) >= 4 and w.isalpha() and w.islower() for w in words)
+    # Without a single lowercase word of 3+ letters it is a list of names or a heading, not prose.
+    return any(
+        len(core) >= 3 and core.isalpha() and core.islower()
+        for core in (w.strip(_WORD_PUNCT) for w in words)
+    )
 
 
 _SEGMENTER: Any = None
@@ -296,48 +298,6 @@ _NON_FINAL_ABBREV_RE = re.compile(
 )
 
 
-class _CachedRe:
-    """Stand-in for the ``re`` module inside pysbd's modules, with a bigger compile cache.
-
-    pysbd builds a regex per abbreviation found in the text and calls ``re.sub(pattern_string,
-    ...)``; the several hundred patterns overflow ``re``'s 512-entry cache, so every call
-    recompiled them and regex compilation took over half of the splitting time. Compiling through
-    an LRU cache gives identical results about twice as fast. Only pysbd's modules see it.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(re, name)
-
-    @staticmethod
-    @functools.lru_cache(maxsize=8192)
-    def compile(pattern: Any, flags: int = 0) -> re.Pattern[Any]:
-        return re.compile(pattern, flags)
-
-    def search(self, pattern: Any, string: str, flags: int = 0) -> re.Match[str] | None:
-        return self.compile(pattern, flags).search(string)
-
-    def match(self, pattern: Any, string: str, flags: int = 0) -> re.Match[str] | None:
-        return self.compile(pattern, flags).match(string)
-
-    def fullmatch(self, pattern: Any, string: str, flags: int = 0) -> re.Match[str] | None:
-        return self.compile(pattern, flags).fullmatch(string)
-
-    def findall(self, pattern: Any, string: str, flags: int = 0) -> list[Any]:
-        return self.compile(pattern, flags).findall(string)
-
-    def finditer(self, pattern: Any, string: str, flags: int = 0) -> Iterator[re.Match[str]]:
-        return self.compile(pattern, flags).finditer(string)
-
-    def split(self, pattern: Any, string: str, maxsplit: int = 0, flags: int = 0) -> list[Any]:
-        return self.compile(pattern, flags).split(string, maxsplit)
-
-    def sub(self, pattern: Any, repl: Any, string: str, count: int = 0, flags: int = 0) -> str:
-        return self.compile(pattern, flags).sub(repl, string, count)
-
-    def subn(self, pattern: Any, repl: Any, string: str, count: int = 0, flags: int = 0) -> tuple[str, int]:
-        return self.compile(pattern, flags).subn(repl, string, count)
-
-
 def _segmenter() -> Any:
     """The pysbd English segmenter (created once; imported lazily)."""
     global _SEGMENTER
@@ -346,10 +306,6 @@ def _segmenter() -> Any:
             import pysbd
         except ImportError as exc:  # pragma: no cover - pysbd is a dependency
             raise CorpusError("sentence splitting needs the 'pysbd' package: pip install pysbd") from exc
-        cached = _CachedRe()
-        for module in list(sys.modules.values()):
-            if getattr(module, "__name__", "").startswith("pysbd") and getattr(module, "re", None) is re:
-                module.re = cached  # type: ignore[attr-defined]
         _SEGMENTER = pysbd.Segmenter(language="en", clean=False)
     return _SEGMENTER
 
@@ -791,18 +747,15 @@ def _read_member(pinned: _PinnedFile, wheel: Path) -> bytes:
 
 def _write_atomic(path: Path, write: Callable[[io.TextIOBase], None]) -> None:
     """Write a text file under a temporary name in the same folder, then os.replace it."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+        with open(tmp, "x", encoding="utf-8", newline="\n") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
+        os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -833,7 +786,7 @@ def _wiki_url(title: str) -> str:
     return "https://en.wikipedia.org/wiki/" + quote(title.replace(" ", "_"), safe="()_,'!*:-.")
 
 
-def _attribution(articles: dict[str, dict[tuple[str, str], dict[str, str]]], counts: dict[str, int]) -> str:
+def _attribution(articles: dict[str, dict[str, dict[str, str]]], counts: dict[str, int]) -> str:
     """The text of ATTRIBUTION.md."""
     lines = [
         "# Attribution: onejump offline Wikipedia corpus",
@@ -863,10 +816,12 @@ def _attribution(articles: dict[str, dict[tuple[str, str], dict[str, str]]], cou
     for source in OFFLINE_SOURCES:
         entries = articles.get(source, {})
         lines += [f"## Articles used from `{source}` ({len(entries)})", ""]
-        for (title, _), info in entries.items():
+        for title, info in entries.items():
             extra = ""
             if info.get("oldid"):
-                extra = f" (revision https://en.wikipedia.org/w/index.php?oldid={info['oldid']})"
+                extra = f" (revision used: https://en.wikipedia.org/w/index.php?oldid={info['oldid']})"
+            elif info.get("curid_url"):
+                extra = f" (page id: {info['curid_url']})"
             lines.append(f"- {title}: {_wiki_url(title)}{extra}")
         lines.append("")
     return "\n".join(lines)
@@ -924,7 +879,7 @@ def prepare_offline_corpus(
     records: list[dict[str, str | None]] = []
     seen: set[str] = set()
     counts: dict[str, int] = {}
-    articles: dict[str, dict[tuple[str, str], dict[str, str]]] = {}
+    articles: dict[str, dict[str, dict[str, str]]] = {}
     producers: list[tuple[str, Iterable[tuple[str, str | None, dict[str, str]]]]] = [
         (_EXLLAMAV2.source, _exllamav2_sentences(raw[_EXLLAMAV2.source].decode("utf-8"))),
         (_GENSIM.source, _gensim_sentences(raw[_GENSIM.source])),
@@ -937,7 +892,7 @@ def prepare_offline_corpus(
             records.append({"text": text, "source": source, "title": title})
             counts[source] = counts.get(source, 0) + 1
             if title:
-                articles.setdefault(source, {}).setdefault((title, source), info)
+                articles.setdefault(source, {}).setdefault(title, info)
     if not records:  # pragma: no cover - the inputs are pinned
         raise CorpusError("the offline corpus came out empty")
 
@@ -983,10 +938,12 @@ def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
         raise CorpusError(f"corpus path is a directory, not a file: {path}") from exc
     except OSError as exc:
         raise CorpusError(f"cannot read corpus file {path}: {exc.strerror or exc}") from exc
-    if size == 0:
-        fh.close()
-        raise CorpusError(f"corpus file is empty: {path}")
     with fh:
+        if size == 0:
+            raise CorpusError(f"corpus file is empty: {path}")
+        if b"\x00" in fh.read(8192):
+            raise CorpusError(f"corpus file looks binary (it contains NUL bytes): {path}")
+        fh.seek(0)
         for number, raw in enumerate(fh, start=1):
             if b"\x00" in raw:
                 raise CorpusError(f"corpus file looks binary (NUL byte on line {number}): {path}")
@@ -1029,7 +986,9 @@ def _load_jsonl(
         try:
             record = json.loads(line)
         except ValueError as exc:
-            raise CorpusError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+            raise CorpusError(f"{path}:{number}: not valid JSON ({getattr(exc, 'msg', exc)})") from exc
+        except RecursionError as exc:
+            raise CorpusError(f"{path}:{number}: not valid JSON (nested too deeply)") from exc
         if not isinstance(record, dict):
             raise CorpusError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
         if text_field not in record:

@@ -171,6 +171,50 @@ def _plan_key(lm: LoadedModel, samples: Sequence[Sample], seed: int, dtype: str,
     }
 
 
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size); initialises torch.distributed from torchrun's environment when needed.
+
+    Under ``torchrun --nproc_per_node N`` (or ``accelerate launch``) every rank plans the same work
+    and takes every N-th shard; rank 0 writes the manifest once all shards exist.
+    """
+    import os
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("ONEJUMP_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _check_or_write_plan(out: Path, key: dict[str, Any]) -> None:
+    plan_path = out / "plan.json"
+    if plan_path.is_file():
+        try:
+            old = json.loads(plan_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise StoreError(f"{plan_path} is corrupt; remove the folder to start over") from None
+        if old != key:
+            diff = [k for k in key if old.get(k) != key[k]]
+            raise StoreError(
+                f"{out} holds a store of another run (differs in {', '.join(diff)}); use another folder"
+            )
+    elif any(p.name != ".onejump.lock" for p in out.iterdir()):
+        raise StoreError(f"{out} is not empty and is not an onejump store; use another folder")
+    else:
+        atomic_write_text(plan_path, json.dumps(key, indent=1))
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def extract(
     lm: LoadedModel,
     sentences: Sequence[str],
@@ -204,34 +248,27 @@ def extract(
 
     if out.exists() and not out.is_dir():
         raise StoreError(f"store path exists and is not a folder: {out}")
+    rank, world = distributed_context()
     out.mkdir(parents=True, exist_ok=True)
-    plan_path = out / "plan.json"
-    if plan_path.is_file():
-        try:
-            old = json.loads(plan_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise StoreError(f"{plan_path} is corrupt; remove the folder to start over") from None
-        if old != key:
-            diff = [k for k in key if old.get(k) != key[k]]
-            raise StoreError(
-                f"{out} holds a store of another run (differs in {', '.join(diff)}); use another folder"
-            )
-        if (out / "manifest.json").is_file():
-            return HiddenStateStore.open(out, fingerprint=lm.fingerprint)
-    elif any(out.iterdir()):
-        raise StoreError(f"{out} is not empty and is not an onejump store; use another folder")
-    else:
-        atomic_write_text(plan_path, json.dumps(key, indent=1))
+    if rank == 0:
+        _check_or_write_plan(out, key)
+    _barrier(world)  # the other ranks start once rank 0 has checked or written the plan
+    if (out / "manifest.json").is_file():
+        return HiddenStateStore.open(out, fingerprint=lm.fingerprint)
 
     device = lm.device
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     dtype = STORE_DTYPES[store_dtype]
     total_tokens = sum(len(s.tokens) for s in samples)
     infos: list[dict[str, Any]] = []
-    bar = tqdm(total=total_tokens, unit="tok", desc="extract", disable=not progress, unit_scale=True)
+    mine = [i for index, shard in enumerate(shards) if index % world == rank for batch in shard for i in batch]
+    bar = tqdm(total=sum(len(samples[i].tokens) for i in mine), unit="tok", desc="extract",
+               disable=not progress or rank != 0, unit_scale=True)
     with LevelCapture(lm) as capture:
         for index, shard in enumerate(shards):
             shard_samples = [i for batch in shard for i in batch]
+            if index % world != rank:
+                continue
             done = finished_shard(out, index)
             if done is not None and done.get("count") == len(shard_samples):
                 infos.append(done)
@@ -261,6 +298,14 @@ def extract(
             if on_shard is not None:
                 on_shard(index, len(shards))
     bar.close()
+    _barrier(world)
+    if world > 1:
+        infos = [finished_shard(out, index) for index in range(len(shards))]
+        if any(info is None for info in infos):
+            raise StoreError(f"a rank did not finish its shards in {out}; rerun to resume")
+        if rank != 0:
+            _barrier(world)  # wait for rank 0's manifest
+            return HiddenStateStore.open(out, fingerprint=lm.fingerprint, verify=False)
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -275,6 +320,8 @@ def extract(
         **({"extra": extra} if extra else {}),
     }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
+    if world > 1:
+        _barrier(world)
     return HiddenStateStore.open(out, fingerprint=lm.fingerprint, verify=False)
 
 

@@ -475,7 +475,10 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``"auto"`` picks CUDA when available, else CPU."""
     if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        # under torchrun each process takes its own GPU
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     try:
         dev = torch.device(device)
     except RuntimeError:

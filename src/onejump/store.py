@@ -320,3 +320,30 @@ class HiddenStateStore:
 def store_nbytes(num_samples: int, num_levels: int, hidden: int, dtype: str = "float32") -> int:
     """Bytes taken by the hidden states of a store (for planning)."""
     return num_samples * num_levels * hidden * torch.tensor([], dtype=STORE_DTYPES[dtype]).element_size()
+
+
+class folder_lock:  # noqa: N801 - used as a context manager, reads like a function
+    """Hold an exclusive lock on an output folder; a second writer is refused at once.
+
+    Uses an OS file lock (``filelock``), so a killed process never leaves a stale lock.
+    """
+
+    def __init__(self, folder: str | Path):
+        from filelock import FileLock
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.folder / ".onejump.lock"), timeout=0)
+
+    def __enter__(self) -> folder_lock:
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise StoreError(f"another onejump process is writing to {self.folder}; wait for it or use "
+                             "another folder") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()

@@ -1,0 +1,303 @@
+"""The report: ``results.json`` (schema below), PNG figures and ``report.md``.
+
+``results.json`` (schema ``onejump-results/1``)::
+
+    model       {name, fingerprint, num_blocks K, hidden_size H, vocab_size V}
+    data        {corpus, n_train, n_test, seed}
+    config      {rank, train: TrainConfig as dict}
+    selection   {scores: K x K D[m][k], D: [K] D_m, chosen, softmax: [K] softmax(D/5e-4)}
+    levels      [0..K-1] exit levels
+    methods     {name: {precision@1: [K], precision@1_ci: [[lo, hi]] * K, precision@5: [K],
+                 surprisal: [K], surprisal_ci: [[lo, hi]] * K, reverse_surprisal: [K],
+                 mean_precision@1, mean_precision@5, mean_surprisal, parameters}}
+                 names: identity, full_nnjtc, ojfa, joint, jtc, arbitrary_mean
+    reuse       {precision@1: K x K [m][k], surprisal: K x K [m][k]}
+    parameters  {per_jump, full_nnjtc, ojfa, joint, jtc, identity, reduction_factor}
+    tests       {ojfa_vs_full_nnjtc: {...}, ojfa_vs_joint: {...}}: paired tests on test-set samples
+    claims      [{id, claim, paper, ours, held}]
+    timings     {stage: seconds}
+
+All numbers are measured on the test split; nothing in the report is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA = "onejump-results/1"
+PRETTY = {
+    "identity": "identity (logit lens)",
+    "full_nnjtc": "full N-NJTC (jump k at level k)",
+    "ojfa": "OJFA (one jump)",
+    "joint": "joint jump",
+    "jtc": "JTC (full-rank linear)",
+    "arbitrary_mean": "arbitrary jump (mean over m)",
+}
+COLORS = {"identity": "tab:gray", "full_nnjtc": "tab:blue", "ojfa": "tab:red", "joint": "tab:green",
+          "jtc": "tab:purple", "arbitrary_mean": "tab:orange"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Claims of the paper, checked against our numbers
+# --------------------------------------------------------------------------------------------------
+
+#: OJFA's mean precision@1 counts as "largely matching" full N-NJTC within this many points.
+MATCH_TOLERANCE = 0.03
+
+
+def evaluate_claims(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The paper's claims, each with our number and whether it held."""
+    m = results["methods"]
+    K = len(results["levels"])
+    early = max(1, K // 3)
+    ojfa_p = np.asarray(m["ojfa"]["precision@1"])
+    full_p = np.asarray(m["full_nnjtc"]["precision@1"])
+    id_p = np.asarray(m["identity"]["precision@1"])
+    joint_p = np.asarray(m["joint"]["precision@1"])
+    arb_p = np.asarray(m["arbitrary_mean"]["precision@1"])
+    gap = float(full_p.mean() - ojfa_p.mean())
+    early_wins = int((ojfa_p[:early] > id_p[:early]).sum())
+    claims = [
+        {
+            "id": "ojfa_matches_full",
+            "claim": f"OJFA largely matches full N-NJTC (mean precision@1 within {MATCH_TOLERANCE * 100:.0f} points)",
+            "paper": "Sec. 6, Fig. 4",
+            "ours": f"OJFA {ojfa_p.mean():.3f} vs full N-NJTC {full_p.mean():.3f} (gap {gap * 100:+.1f} points)",
+            "held": bool(gap <= MATCH_TOLERANCE),
+        },
+        {
+            "id": "ojfa_beats_identity_early",
+            "claim": f"OJFA outperforms identity shortcuts at early levels (0..{early - 1})",
+            "paper": "Sec. 6, Fig. 4",
+            "ours": f"OJFA {ojfa_p[:early].mean():.3f} vs identity {id_p[:early].mean():.3f} mean precision@1; "
+                    f"OJFA higher at {early_wins}/{early} early levels",
+            "held": bool(ojfa_p[:early].mean() > id_p[:early].mean()),
+        },
+        {
+            "id": "ojfa_at_least_joint",
+            "claim": "OJFA is at least as good as a jointly trained jump",
+            "paper": "Sec. 5, Fig. 2",
+            "ours": f"OJFA {ojfa_p.mean():.3f} vs joint {joint_p.mean():.3f} mean precision@1"
+                    + _pvalue_text(results, "ojfa_vs_joint"),
+            "held": bool(ojfa_p.mean() >= joint_p.mean()),
+        },
+        {
+            "id": "ojfa_beats_arbitrary",
+            "claim": "OJFA is better than an arbitrary choice of jump",
+            "paper": "Sec. 5, Fig. 2",
+            "ours": f"OJFA {ojfa_p.mean():.3f} vs mean arbitrary jump {arb_p.mean():.3f} mean precision@1 "
+                    f"(OJFA ranks {_rank_of_chosen(results)} of {K} jumps)",
+            "held": bool(ojfa_p.mean() > arb_p.mean()),
+        },
+        {
+            "id": "parameter_reduction",
+            "claim": "OJFA cuts shortcut parameters K-fold",
+            "paper": "Sec. 4",
+            "ours": f"{results['parameters']['full_nnjtc']:,} -> {results['parameters']['ojfa']:,} parameters "
+                    f"({results['parameters']['reduction_factor']:.0f}x)",
+            "held": bool(abs(results["parameters"]["reduction_factor"] - K) < 1e-6),
+        },
+    ]
+    return claims
+
+
+def _pvalue_text(results: dict[str, Any], key: str) -> str:
+    test = results.get("tests", {}).get(key)
+    if not test or test.get("p_value") is None:
+        return ""
+    return f" (paired test p = {test['p_value']:.3g})"
+
+
+def _rank_of_chosen(results: dict[str, Any]) -> int:
+    reuse = np.asarray(results["reuse"]["precision@1"])
+    means = reuse.mean(axis=1)
+    chosen = results["selection"]["chosen"]
+    return int((means > means[chosen]).sum()) + 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _curve(ax, results: dict[str, Any], name: str, metric: str, **kw: Any) -> None:
+    levels = results["levels"]
+    method = results["methods"][name]
+    ax.plot(levels, method[metric], label=PRETTY[name], color=COLORS[name], marker=".", **kw)
+    ci = method.get(f"{metric}_ci")
+    if ci is not None:
+        ci = np.asarray(ci)
+        ax.fill_between(levels, ci[:, 0], ci[:, 1], color=COLORS[name], alpha=0.15, linewidth=0)
+
+
+def make_figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Fig. 2, 3 and 4 analogues and the K x K reuse heatmaps; returns the PNG paths."""
+    plt = _plt()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = results["model"]["name"]
+    levels = results["levels"]
+    K = len(levels)
+    chosen = results["selection"]["chosen"]
+    paths = []
+
+    # Figure 2: OJFA vs arbitrary jumps vs joint
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    reuse_p = np.asarray(results["reuse"]["precision@1"])
+    reuse_s = np.asarray(results["reuse"]["surprisal"])
+    for ax, mat, metric, ylabel in ((axes[0], reuse_p, "precision@1", "precision@1 (higher is better)"),
+                                    (axes[1], reuse_s, "surprisal", "surprisal, nats (lower is better)")):
+        for m in range(K):
+            ax.plot(levels, mat[m], color=COLORS["arbitrary_mean"], alpha=0.18, linewidth=0.8,
+                    label="arbitrary jumps (each m)" if m == 0 else None)
+        _curve(ax, results, "arbitrary_mean", metric, linestyle="--")
+        _curve(ax, results, "joint", metric)
+        _curve(ax, results, "ojfa", metric, linewidth=2)
+        ax.set_xlabel("exit level k")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{model}: OJFA (jump {chosen}) vs arbitrary jumps vs joint jump (Fig. 2 analogue)")
+    paths.append(_save(fig, out_dir / "fig2_ojfa_vs_arbitrary_joint.png", plt))
+
+    # Figure 3: softmax(D / 5e-4)
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    soft = np.asarray(results["selection"]["softmax"])
+    colors = ["tab:red" if m == chosen else "tab:blue" for m in range(K)]
+    ax.bar(range(K), soft, color=colors)
+    ax.set_xlabel("jump m (trained from level m)")
+    ax.set_ylabel("softmax(D_m / 5e-4)")
+    ax2 = ax.twinx()
+    ax2.plot(range(K), results["selection"]["D"], color="black", marker=".", linewidth=0.8)
+    ax2.set_ylabel("D_m (black)")
+    ax.set_title(f"{model}: signed sensitive cosine score per jump; OJFA choice = jump {chosen} (Fig. 3 analogue)")
+    paths.append(_save(fig, out_dir / "fig3_selection_softmax.png", plt))
+
+    # Figure 4: OJFA vs identity vs full N-NJTC (and JTC for reference)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, metric, ylabel in ((axes[0], "precision@1", "precision@1 (higher is better)"),
+                               (axes[1], "surprisal", "surprisal, nats (lower is better)")):
+        for name in ("identity", "full_nnjtc", "ojfa", "jtc"):
+            if name in results["methods"]:
+                _curve(ax, results, name, metric, linewidth=2 if name == "ojfa" else 1.2,
+                       linestyle=":" if name == "jtc" else "-")
+        ax.set_xlabel("exit level k")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{model}: OJFA vs identity vs full N-NJTC, 95% bootstrap CIs (Fig. 4 analogue)")
+    paths.append(_save(fig, out_dir / "fig4_ojfa_vs_identity_full.png", plt))
+
+    # Heatmaps: D[m][k] and precision@1[m][k]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, mat, title in ((axes[0], np.asarray(results["selection"]["scores"]), "D: jump m at level k (train)"),
+                           (axes[1], reuse_p, "precision@1: jump m at level k (test)")):
+        im = ax.imshow(mat, origin="lower", aspect="auto", cmap="viridis")
+        ax.set_xlabel("exit level k")
+        ax.set_ylabel("jump m")
+        ax.axhline(chosen, color="red", linewidth=0.8)
+        ax.set_title(title)
+        fig.colorbar(im, ax=ax)
+    fig.suptitle(f"{model}: reuse matrices (OJFA row in red)")
+    paths.append(_save(fig, out_dir / "reuse_heatmaps.png", plt))
+    return paths
+
+
+def _save(fig: Any, path: Path, plt: Any) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# report.md
+# --------------------------------------------------------------------------------------------------
+
+
+def write_report(results: dict[str, Any], out_dir: Path) -> Path:
+    """Write ``results.json``, the figures and ``report.md`` into ``out_dir``; return report.md's path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = dict(results)
+    results.setdefault("schema", SCHEMA)
+    results["claims"] = evaluate_claims(results)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    figures = make_figures(results, out_dir)
+    md = render_markdown(results, [p.name for p in figures])
+    (out_dir / "report.md").write_text(md)
+    return out_dir / "report.md"
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
+
+
+def render_markdown(results: dict[str, Any], figures: list[str]) -> str:
+    """The human-readable report."""
+    mdl, data, sel = results["model"], results["data"], results["selection"]
+    K = len(results["levels"])
+    lines = [
+        f"# onejump report: {mdl['name']}",
+        "",
+        f"Model {mdl['name']} (weights {mdl['fingerprint']}): K = {K} blocks, H = {mdl['hidden_size']}, "
+        f"V = {mdl['vocab_size']}. Data: {data['n_train']} train / {data['n_test']} test sentences from "
+        f"`{data['corpus']}`, one random position each, seed {data['seed']}. Rank r = {results['config']['rank']}.",
+        "",
+        f"**OJFA choice: jump {sel['chosen']}** (D = {sel['D'][sel['chosen']]:.4f}; "
+        f"softmax(D/5e-4) = {sel['softmax'][sel['chosen']]:.3f}).",
+        "",
+        "## The paper's claims, checked",
+        "",
+        "| claim | paper | ours | held |",
+        "|---|---|---|---|",
+    ]
+    for c in results["claims"]:
+        lines.append(f"| {c['claim']} | {c['paper']} | {c['ours']} | {'yes' if c['held'] else '**no**'} |")
+    lines += [
+        "",
+        "## Summary over exit levels 0..K-1 (test set)",
+        "",
+        "| method | mean precision@1 | mean precision@5 | mean surprisal (nats) | shortcut parameters |",
+        "|---|---|---|---|---|",
+    ]
+    for name, method in results["methods"].items():
+        params = method.get("parameters")
+        lines.append(
+            f"| {PRETTY.get(name, name)} | {method['mean_precision@1']:.3f} | {method['mean_precision@5']:.3f} | "
+            f"{method['mean_surprisal']:.2f} | {_fmt_params(params) if params is not None else '-'} |"
+        )
+    tests = results.get("tests", {})
+    if tests:
+        lines += ["", "## Paired tests (per test sample, all exit levels pooled)", "",
+                  "| comparison | mean difference in precision@1 | 95% CI | p-value |", "|---|---|---|---|"]
+        for key, t in tests.items():
+            lines.append(f"| {key.replace('_', ' ')} | {t['mean_diff']:+.4f} | "
+                         f"[{t['ci'][0]:+.4f}, {t['ci'][1]:+.4f}] | {t['p_value']:.3g} |")
+    lines += ["", "## Per level (precision@1)", "",
+              "| level | " + " | ".join(PRETTY.get(n, n) for n in results["methods"]) + " |",
+              "|---" * (len(results["methods"]) + 1) + "|"]
+    for k in results["levels"]:
+        lines.append(f"| {k} | " + " | ".join(f"{m['precision@1'][k]:.3f}" for m in results["methods"].values())
+                     + " |")
+    lines += ["", "## Figures", ""]
+    lines += [f"![{f}]({f})" for f in figures]
+    timings = results.get("timings")
+    if timings:
+        lines += ["", "## Timings", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+    lines += ["", "Generated by `onejump report` from results.json; every number was measured in this run.", ""]
+    return "\n".join(lines)
