@@ -263,6 +263,11 @@ def test_heading_heuristic() -> None:
     assert not d._looks_like_heading("He died in 1950.")
     assert not d._looks_like_heading("The tornado resulted in three injuries.")
     assert not d._looks_like_heading("Tarr was born in Baltimore, Maryland.")
+    assert not d._looks_like_heading("Offiong left Carlisle by mutual consent on 4 January 2011.")
+    assert not d._looks_like_heading("Highway 745 passes near the community of Kristnes.")
+    assert not d._looks_like_heading("It forms part of the Southampton Urban Area.")
+    assert not d._looks_like_heading("The shell size varies between 10 mm and 36 mm.")
+    assert d._looks_like_heading("Temporary withdrawal of UK domestic services.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,7 +352,7 @@ def test_load_missing_directory_unknown(tmp_path: Path) -> None:
     assert issubclass(CorpusError, OneJumpError)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(content=st.binary(max_size=400), suffix=st.sampled_from([".txt", ".jsonl"]))
 def test_fuzz_random_bytes_give_sentences_or_corpus_error(tmp_path: Path, content: bytes, suffix: str) -> None:
     path = tmp_path / f"fuzz{suffix}"
@@ -359,7 +364,7 @@ def test_fuzz_random_bytes_give_sentences_or_corpus_error(tmp_path: Path, conten
     assert got and all(isinstance(s, Sentence) and is_clean_sentence(s.text) for s in got)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     lines=st.lists(
         st.text(alphabet=st.sampled_from(list("abcXY .,!?\"'()[]{}|=<>\u00e9\u2013&;#\n\t")), max_size=80),
@@ -378,6 +383,18 @@ def test_fuzz_text_like_input(tmp_path: Path, lines: list[str], as_json: bool) -
     except CorpusError:
         return
     assert all(is_clean_sentence(s.text) for s in got)
+
+
+_WIKI_TOKENS = [*"ab Xy.,!?'\"[]{}|=<>:;*#&/-\n", "[[", "]]", "{{", "}}", "<ref>", "</ref>", "{|", "|}", "==", "'''",
+                "[[File:", "<math>", "{{convert|5|km}}", "Word is here. ", "The cat sat on the mat."]
+
+
+@settings(max_examples=150, deadline=None)
+@given(wikitext=st.lists(st.sampled_from(_WIKI_TOKENS), max_size=40).map("".join))
+def test_fuzz_wikitext_never_raises(wikitext: str) -> None:
+    for paragraph in wikitext_to_paragraphs(wikitext):
+        for sentence in d._sentences_from_paragraph(paragraph):
+            assert is_clean_sentence(sentence)
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,6 +47,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="wikipedia-offline (default), a .txt/.jsonl file, or hf:DATASET (online)")
     p.add_argument("--hf-config", default=None, help="dataset config for hf: corpora, e.g. 20231101.en")
     p.add_argument("--text-field", default="text", help="text field of .jsonl / hf: corpora (default: text)")
+    p.add_argument("--max-documents", type=_positive(), default=None,
+                   help="read at most this many documents (lines, records, articles); useful for hf: corpora")
     p.add_argument("--n-train", type=_positive(), default=9000, help="train sentences (default: %(default)s)")
     p.add_argument("--n-test", type=_positive(), default=3000, help="test sentences (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and positions (default: 0)")
@@ -90,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_split(args: argparse.Namespace):
     from .data import load_sentences, split_sentences
 
-    sentences = load_sentences(args.corpus, text_field=args.text_field, hf_config=args.hf_config)
+    sentences = load_sentences(args.corpus, text_field=args.text_field, hf_config=args.hf_config,
+                               max_documents=args.max_documents)
     return split_sentences(sentences, args.n_train, args.n_test, seed=args.seed)
 
 

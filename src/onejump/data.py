@@ -48,6 +48,7 @@ from onejump.errors import CorpusError
 
 __all__ = [
     "DEFAULT_CACHE",
+    "OFFLINE_NAME",
     "OFFLINE_SOURCES",
     "CorpusSplit",
     "Sentence",
@@ -64,12 +65,13 @@ DEFAULT_CACHE: Path = Path(os.environ.get("ONEJUMP_CACHE") or Path.home() / ".ca
 """Root of onejump's cache (``$ONEJUMP_CACHE`` or ``~/.cache/onejump``); the corpus lives in ``corpus/``."""
 
 OFFLINE_NAME = "wikipedia-offline"
+"""The ``source`` name of the offline corpus in :func:`load_sentences`."""
 _JSONL_NAME = "wikipedia-offline.jsonl"
 _META_NAME = "wikipedia-offline.meta.json"
 _ATTRIBUTION_NAME = "ATTRIBUTION.md"
 # Bump whenever cleaning, splitting or filtering changes: a cached corpus built by another
 # version is rebuilt on the next call.
-_PIPELINE_VERSION = 1
+_PIPELINE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -226,7 +228,8 @@ def _first_letter_ok(text: str) -> bool:
     for ch in text:
         if ch in "\"'\u201c\u2018([\u00bf\u00a1":
             continue
-        return ch.isupper() or ch.isdigit() or (ch.isalpha() and not ch.islower() and not ch.isupper())
+        # Letters of scripts without case (CJK, Arabic, ...) are accepted too.
+        return ch.isupper() or ch.isdigit() or (ch.isalpha() and not ch.islower())
     return False
 
 
@@ -356,22 +359,48 @@ _AUX_WORDS = frozenset(
     "is are was were be been being am has have had do does did will would can could may might "
     "shall should must became becomes become".split()
 )
+_PRONOUN_STARTS = frozenset("he she it they we i you this these there his her its their".split())
+_IRREGULAR_PAST = frozenset(
+    "began became made took went came gave won lost held led met ran saw told found built sold bought "
+    "brought thought fought taught caught spent sent kept paid said knew grew drew flew threw chose rose "
+    "fell felt stood sat hit set put got beat bore wore drove rode spoke broke froze stole woke hung "
+    "struck stuck spun dug shot fled fed bred slid hid lit lay laid meant heard dealt sought left wrote "
+    "won began ate fought sang rang swam sank".split()
+)
+# A lowercase verb in -s followed by one of these is almost surely a finite verb ("passes near",
+# "contains 9%", "forms part of").
+_VERB_FOLLOWERS = frozenset("the a an its his her their to near into part from on in at by with between".split())
 
 
 def _looks_like_heading(line: str) -> bool:
     """WikiExtractor writes section headings as short lines ending in a full stop
-    (``"Pre-election situation."``). A single short sentence with no auxiliary verb and no
-    lowercase ``-ed`` word is taken as a heading. It can drop a few short verb-light sentences,
-    never a long one."""
+    (``"Pre-election situation."``). A line that is one short sentence (12 words at most, no
+    comma) is taken as a heading unless it shows a finite verb: an auxiliary, an irregular past
+    tense, a lowercase ``-ed`` word, a pronoun subject, or a lowercase ``-s`` word followed by an
+    article or preposition. It can drop a few short verb-light sentences, never a long one."""
     words = line.split()
     if len(words) > 12 or not line.endswith(".") or _INNER_BOUNDARY_RE.search(line):
         return False
     if any(ch in line for ch in ",;:"):
         return False
-    lowered = [w.strip("\"'()").lower() for w in words]
-    if any(w in _AUX_WORDS for w in lowered):
+    cores = [w.strip(_WORD_PUNCT) for w in words]
+    lowered = [c.lower() for c in cores]
+    if lowered[0] in _PRONOUN_STARTS:
         return False
-    return not any(w.endswith("ed") and w.isalpha() and w.islower() for w in (x.strip("\"'().") for x in words[1:]))
+    if any(w in _AUX_WORDS or w in _IRREGULAR_PAST for w in lowered):
+        return False
+    for i, core in enumerate(cores[1:], start=1):
+        if not (core.isalpha() and core.islower()):
+            continue
+        if core.endswith("ed"):
+            return False
+        follower = lowered[i + 1] if i + 1 < len(lowered) else ""
+        if (
+            core.endswith("s") and not core.endswith(("ss", "us", "is"))
+            and (follower in _VERB_FOLLOWERS or follower[:1].isdigit())
+        ):
+            return False
+    return True
 
 
 def _exllamav2_documents(text: str) -> Iterator[tuple[str | None, str | None, list[str]]]:
@@ -471,7 +500,7 @@ def _render_convert(positional: list[str]) -> str:
         return _POISON
     unit = _UNIT_NAMES[rest[0]]
     if unit.startswith("°"):
-        return f"{value}{unit}" if unit else value
+        return f"{value}{unit}"
     if value in ("1", "1.0") and unit.endswith("s") and unit not in ("feet", "inches"):
         unit = unit[:-1]
     elif value == "1" and unit in ("feet", "inches"):
@@ -502,8 +531,10 @@ def _render_template(template: Any) -> str:
         return first if first else ""
     if lname in ("ndash", "en dash"):
         return "\u2013"
-    if lname in ("mdash", "em dash", "spaced ndash", "snd", "spnd"):
-        return " \u2014 " if lname != "mdash" else "\u2014"
+    if lname in ("mdash", "em dash"):
+        return "\u2014"
+    if lname in ("spaced ndash", "snd", "spnd"):
+        return " \u2013 "
     if lname in ("nbsp", "thinsp", "zwsp"):
         return " "
     if lname in ("'", "' \"", "apostrophe"):
@@ -562,9 +593,9 @@ def _render_node(node: Any) -> str:
     if isinstance(node, nodes.Heading):
         return "\n"
     if isinstance(node, nodes.ExternalLink):
-        return _render_wikicode(node.title) if node.title is not None and node.brackets else (
-            "" if node.brackets else str(node.url)
-        )
+        if not node.brackets:  # a bare URL: kept, so that its sentence is dropped ("http")
+            return str(node.url)
+        return _render_wikicode(node.title)  # "[http://x title]" -> "title"; "[http://x]" -> ""
     if isinstance(node, nodes.HTMLEntity):
         return node.normalize()
     # Comments, template arguments ({{{1}}}) and anything unknown carry no prose.
