@@ -61,6 +61,31 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
 
 
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="run folder (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="model weights dtype (default: %(default)s)")
+    p.add_argument("--device-map", default=None, help="'auto' to spread a big model over devices (accelerate)")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from .training import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--rank", type=int, default=None, help="rank r of the jumps (default: floor(H/100), the paper's)")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch (default: %(default)s)")
+    p.add_argument("--max-epochs", type=int, default=d.max_epochs, help="epoch cap (default: %(default)s)")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="stop a jump after this many epochs without validation improvement (default: %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="part of the train split that picks each jump's stopping epoch (default: %(default)s)")
+    p.add_argument("--train-seed", type=int, default=d.seed, help="seed of init and batch order (default: 0)")
+    p.add_argument("--no-joint", action="store_true", help="skip the joint-jump baseline")
+    p.add_argument("--no-jtc", action="store_true", help="skip the full-rank JTC baseline")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onejump",
@@ -83,6 +108,55 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--out", required=True, help="store folder")
+
+    p = sub.add_parser("train", help="train the per-level jumps, the joint jump and the JTC maps of a run",
+                       description="Train all K per-level N-NJTC jumps together (MSE to h^K, Eq. 2), the joint "
+                                   "jump (inputs pooled from all exit levels) and the full-rank JTC maps on the "
+                                   "run's store.")
+    _add_run_args(p)
+    _add_train_args(p)
+
+    p = sub.add_parser("select", help="score every jump at every level (D) and choose the OJFA jump",
+                       description="Compute D[m, k] (jump m reused at level k, Eq. 3-5) on the train split, "
+                                   "D_m, the OJFA choice argmax D_m, and softmax(D/5e-4) (Fig. 3).")
+    _add_run_args(p)
+
+    p = sub.add_parser("evaluate", help="precision@1/@5 and surprisal of every jump at every level on the test set",
+                       description="Evaluate the full (jump m, level k) reuse matrix plus identity, JTC and joint "
+                                   "at every exit level through the model head (rank-r form for low-rank jumps).")
+    _add_run_args(p)
+
+    p = sub.add_parser("report", help="results.json, figures and report.md of a run")
+    _add_run_args(p)
+
+    p = sub.add_parser("run", help="the whole experiment: extract, train, select, evaluate, report (cached stages)",
+                       description="Run every stage into one folder; stages already done with the same inputs are "
+                                   "reused, so an interrupted run resumes.")
+    _add_model_args(p)
+    _add_data_args(p)
+    _add_train_args(p)
+    p.add_argument("--out", default="runs/demo", help="run folder (default: %(default)s)")
+
+    p = sub.add_parser("generate", help="greedy generation with early exits through the OJFA jump",
+                       description="Generate with confidence early exits (--exit confidence) or lossless "
+                                   "self-speculative decoding (--exit speculative), using a jump trained by "
+                                   "`onejump run` (the run folder's shortcuts/ojfa).")
+    _add_model_args(p)
+    p.add_argument("--jump", default=None, help="an OJFA jump folder or a run folder (default: runs/demo)")
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default: %(default)s)")
+    p.add_argument("--exit", dest="exit_mode", choices=["confidence", "speculative", "none"], default="speculative",
+                   help="early-exit mode (default: %(default)s)")
+    p.add_argument("--lambda", dest="lam", type=float, default=0.9,
+                   help="confidence threshold in (0, 1] for --exit confidence (default: %(default)s)")
+    p.add_argument("--measure", choices=["prob", "margin"], default="prob",
+                   help="confidence: max probability or top1-top2 margin (default: %(default)s)")
+    p.add_argument("--exit-levels", default=None,
+                   help="comma-separated exit levels for --exit confidence (default: all of 1..K-1)")
+    p.add_argument("--draft-level", type=int, default=None,
+                   help="E for --exit speculative: draft with blocks 1..E (default: 2K/3)")
+    p.add_argument("--draft-len", type=int, default=4, help="tokens drafted per verification (default: %(default)s)")
+    p.add_argument("--compare", action="store_true", help="also run model.generate and report agreement and speed")
 
     p = sub.add_parser("info", help="describe a store, a model or the installed offline assets")
     p.add_argument("path", nargs="?", help="a store folder (omit for installed assets)")
@@ -162,6 +236,144 @@ def _print_store(store) -> None:
           f"{m['total_prefix_tokens']} prefix tokens, seed {m['seed']}")
 
 
+def _train_config(args: argparse.Namespace):
+    from .training import TrainConfig
+
+    config = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.max_epochs, patience=args.patience,
+                         val_fraction=args.val_fraction, seed=args.train_seed, rank=args.rank)
+    config.validate()
+    return config
+
+
+def _run(args: argparse.Namespace, *, existing: bool = True):
+    from .pipeline import Run
+
+    run = Run(args.out, device=args.device, dtype=args.dtype, device_map=args.device_map, progress=not args.quiet)
+    if existing:
+        run.data_args()  # a clear error before anything is written if this is not a run folder
+    return run
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    run = _run(args)
+    config = _train_config(args)
+    _INTERRUPT_HINT[0] = "nothing of the interrupted training was kept; rerun the same command"
+    with _lock(run.folder):
+        out = run.train(config, joint=not args.no_joint, jtc=not args.no_jtc)
+    for kind, module in out.items():
+        print(f"{kind}: {sum(p.numel() for p in module.parameters()):,} parameters -> {run.shortcut_dir(kind)}")
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    run = _run(args)
+    with _lock(run.folder):
+        sel = run.select()
+    top = sel["ranking"][:5]
+    print(f"OJFA choice: jump {sel['chosen']} (D = {sel['scores'][sel['chosen']]:.4f}); top 5 by D: {top}")
+    print(f"saved {run.shortcut_dir('ojfa')}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    run = _run(args)
+    with _lock(run.folder):
+        result = run.evaluate()
+    for method in result.methods:
+        p1 = result.metric(method, "precision@1")
+        print(f"{method:>9}: mean precision@1 {float(p1.mean()):.3f}, mean surprisal "
+              f"{float(result.metric(method, 'surprisal').mean()):.2f}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    run = _run(args)
+    with _lock(run.folder):
+        path = run.report()
+    _print_claims(path)
+    return 0
+
+
+def _print_claims(report: Path) -> None:
+    results = json.loads((report.parent / "results.json").read_text())
+    for c in results["claims"]:
+        print(f"[{'held' if c['held'] else 'NOT HELD'}] {c['claim']}: {c['ours']}")
+    print(f"report: {report}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import DataArgs
+
+    run = _run(args, existing=False)
+    data = DataArgs(model=args.model, corpus=args.corpus, hf_config=args.hf_config, text_field=args.text_field,
+                    max_documents=args.max_documents, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
+                    store_dtype=args.store_dtype, tokens_per_batch=args.tokens_per_batch, shard_size=args.shard_size)
+    config = _train_config(args)
+    _INTERRUPT_HINT[0] = f"finished stages are kept in {run.folder}; rerun the same command to resume"
+    with _lock(run.folder):
+        stages = [("extract", lambda: run.extract(data)),
+                  ("train", lambda: run.train(config, joint=not args.no_joint, jtc=not args.no_jtc)),
+                  ("select", run.select), ("evaluate", run.evaluate)]
+        result = None
+        for name, stage in stages:
+            if not args.quiet:
+                print(f"== {name}", file=sys.stderr)
+            result = stage()
+        path = run.report(result)
+    if run.state.reused:
+        print(f"reused: {', '.join(run.state.reused)}")
+    _print_claims(path)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generation import (
+        generate_confidence,
+        generate_greedy,
+        generate_reference,
+        generate_speculative,
+        jump_predictor,
+    )
+    from .shortcuts import OneJump
+
+    lm = _load_model(args)
+    ids = lm.tokenizer(args.prompt)["input_ids"]
+    if not args.prompt.strip() or not ids:
+        raise ConfigError("the prompt is empty")
+    K = lm.num_blocks
+    if args.exit_mode == "none":
+        res = generate_greedy(lm, ids, args.max_new_tokens)
+    else:
+        jump_dir = Path(args.jump or "runs/demo")
+        if (jump_dir / "shortcuts" / "ojfa").is_dir():
+            jump_dir = jump_dir / "shortcuts" / "ojfa"
+        jump = OneJump.load(jump_dir, fingerprint=lm.fingerprint)
+        predictor = jump_predictor(lm, jump)
+        if args.exit_mode == "confidence":
+            levels = None
+            if args.exit_levels:
+                try:
+                    levels = [int(x) for x in args.exit_levels.split(",") if x.strip()]
+                except ValueError:
+                    raise ConfigError(f"--exit-levels must be comma-separated integers, got '{args.exit_levels}'") from None
+            res = generate_confidence(lm, predictor, ids, args.max_new_tokens, lam=args.lam, measure=args.measure,
+                                      exit_levels=levels)
+        else:
+            level = args.draft_level if args.draft_level is not None else max(1, (2 * K) // 3)
+            res = generate_speculative(lm, predictor, ids, args.max_new_tokens, draft_level=level,
+                                       draft_len=args.draft_len)
+    print(args.prompt + lm.tokenizer.decode(res.tokens))
+    summary = res.summary(K)
+    if args.compare:
+        ref = generate_reference(lm, ids, args.max_new_tokens)
+        same = sum(a == b for a, b in zip(res.tokens, ref.tokens))
+        summary["agreement_with_generate"] = round(same / max(1, len(ref.tokens)), 3)
+        summary["identical_to_generate"] = res.tokens == ref.tokens
+        summary["speedup_vs_generate"] = round(ref.seconds / res.seconds, 3) if res.seconds else None
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .models import installed_alias_versions
     from .store import HiddenStateStore
@@ -176,6 +388,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "prepare": cmd_prepare,
     "extract": cmd_extract,
+    "train": cmd_train,
+    "select": cmd_select,
+    "evaluate": cmd_evaluate,
+    "report": cmd_report,
+    "run": cmd_run,
+    "generate": cmd_generate,
     "info": cmd_info,
 }
 _INTERRUPT_HINT = ["nothing was kept"]

@@ -338,3 +338,29 @@ def generate_reference(lm: LoadedModel, prompt_ids: Sequence[int], max_new_token
 def logit_lens_predictor(lm: LoadedModel) -> ExitPredictor:
     """The identity shortcut as an exit predictor (head(h^k)); mostly for tests and comparisons."""
     return lambda h, level: lm.adapter.head(h.to(next(lm.model.parameters()).dtype)).float()
+
+
+def jump_predictor(lm: LoadedModel, jump: Any) -> ExitPredictor:
+    """The OJFA jump + the head in rank-r form as an exit predictor: O(r(H+V)) per vector.
+
+    ``jump`` is a :class:`onejump.shortcuts.OneJump`; its BatchNorm is folded into one affine map
+    ``z = h @ A' + c`` (r dims) and the head is applied through ``(z @ M) / scale(z) + c_V``
+    (see :class:`onejump.evaluation.LowRankHead`), exact to float rounding.
+    """
+    from .errors import ShortcutError
+    from .evaluation import LowRankHead
+
+    if jump.fingerprint and jump.fingerprint != lm.fingerprint:
+        raise ShortcutError(
+            f"the jump was trained for another model (weights {jump.fingerprint}, this model {lm.fingerprint})"
+        )
+    if jump.hidden_size != lm.hidden_size or jump.num_blocks != lm.num_blocks:
+        raise ShortcutError(f"the jump is for H={jump.hidden_size}, K={jump.num_blocks}; this model has "
+                            f"H={lm.hidden_size}, K={lm.num_blocks}")
+    head = LowRankHead(lm.adapter, jump.bank.to(lm.device), device=lm.device)
+    a_fold, c_fold = head.A_fold[0].contiguous(), head.c_fold[0].contiguous()
+
+    def predict(h: torch.Tensor, level: int) -> torch.Tensor:
+        return head.logits_from_codes(torch.addmm(c_fold, h.float(), a_fold), 0)
+
+    return predict

@@ -1,0 +1,552 @@
+"""Evaluation of shortcuts through the model head (Section 5-6), statistics and parameter accounting.
+
+Metrics, per exit level k = 0..K-1, on the test split, with t* the model's own top-1 token:
+
+- ``precision@1``: ``argmax head(shortcut(h^k)) == t*``;
+- ``precision@5``: t* among the 5 largest logits, counted as "fewer than 5 logits are strictly
+  larger than the logit of t*" (the same as ``t* in topk(5)`` up to ties);
+- ``surprisal`` (the paper's): ``-log softmax(head(shortcut(h^k)))[t*]``;
+- ``reverse_surprisal`` (the ``mat`` code's): ``-log p_final(argmax head(shortcut(h^k)))`` with
+  ``p_final = softmax(head(h^K))``.
+
+Every (jump m, level k) pair of a per-level bank is evaluated (the full reuse matrix: row m is
+"jump m at every level", the diagonal is full N-NJTC, the OJFA row is one of them), as well as
+the identity shortcut (logit lens), a linear JTC map and a joint jump. Low-rank jumps go through
+:class:`LowRankHead`, the exact head in rank-r form, so a (rows x r) @ (r x V) product replaces the
+(rows x H) @ (H x V) one. Per-sample results are kept, so that means, confidence intervals and
+paired tests are computed afterwards and do not depend on chunk sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, NumericalError, StoreError
+from .shortcuts import JumpBank, LinearJTC, jump_parameter_count
+
+METRICS = ("precision@1", "precision@5", "surprisal", "reverse_surprisal")
+_SAMPLE_KEYS = {"precision@1": "correct1", "precision@5": "correct5", "surprisal": "surprisal",
+                "reverse_surprisal": "reverse_surprisal"}
+TOP_K = 5
+
+
+# --------------------------------------------------------------------------------------------------
+# The head in rank-r form
+# --------------------------------------------------------------------------------------------------
+
+
+class LowRankHead:
+    """``head(jump_m(h))`` computed exactly from the rank-r code ``z = BN_m(h) @ A_m``.
+
+    With ``y = z @ B_m`` the final norm depends on z only through r-dim quantities:
+
+    - RMSNorm: ``mean(y^2) = z G z^T`` with ``G = B B^T / H``; logits
+      ``= (z @ M) * rsqrt(z G z^T + eps) + c`` with ``M = B diag(w) W_U^T`` (r x V);
+    - LayerNorm: centre ``B' = B - mean_H(B)`` (per row), so ``y - mean(y) = z @ B'``,
+      ``var(y) = z (B' B'^T / H) z^T`` and ``M = B' diag(w) W_U^T``;
+    - no norm: ``logits = z @ (B W_U^T)``;
+
+    ``c = bias @ W_U^T + unembedding bias`` (when present), then the architecture's logit
+    scaling / soft-capping (``adapter.finish_logits``). ``M`` and ``G`` are precomputed per jump
+    (in float64, stored in float32). Raises ``UnsupportedArchitectureError`` (from the adapter)
+    when the final norm cannot be written out.
+    """
+
+    def __init__(self, adapter: Any, bank: JumpBank, device: str | torch.device | None = None):
+        params = adapter.norm_params()
+        w_u = adapter.unembedding_matrix().detach()
+        dev = torch.device(device) if device is not None else w_u.device
+        self.adapter = adapter
+        self.bank = bank
+        self.kind = params.kind
+        self.eps = float(params.eps)
+        H = bank.hidden_size
+        if w_u.shape[1] != H:
+            raise ConfigError(f"jump bank has H={H} but the model's unembedding takes {w_u.shape[1]}")
+        b = bank.B.detach().to(dev, torch.float64)  # (J, r, H)
+        if self.kind == "layernorm":
+            b = b - b.mean(-1, keepdim=True)
+        self.gram = (b @ b.transpose(1, 2) / H).float()  # (J, r, r)
+        if params.weight is not None:
+            b = b * params.weight.to(dev, torch.float64)
+        w64 = w_u.to(dev, torch.float64)
+        self.M = torch.einsum("jrh,vh->jrv", b, w64).float().contiguous()  # (J, r, V)
+        const = None
+        if params.bias is not None:
+            const = w64 @ params.bias.to(dev, torch.float64)
+        ub = adapter.unembedding_bias()
+        if ub is not None:
+            const = ub.detach().to(dev, torch.float64) + (const if const is not None else 0)
+        self.const = const.float() if const is not None else None
+        a_fold, c_fold = bank.folded_parameters()
+        self.A_fold = a_fold.to(dev)  # (J, H, r)
+        self.c_fold = c_fold.to(dev)  # (J, r)
+        self.device = dev
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.M.shape[2])
+
+    def project_all(self, h: torch.Tensor) -> torch.Tensor:
+        """Codes of every jump at once, BatchNorm folded: (rows, H) -> (rows, J, r) in one GEMM."""
+        J, H, r = self.A_fold.shape
+        a_cat = self.A_fold.permute(1, 0, 2).reshape(H, J * r)
+        return torch.addmm(self.c_fold.reshape(-1), h.to(self.device, torch.float32), a_cat).view(-1, J, r)
+
+    def scaled_codes(self, z: torch.Tensor, jump: int) -> torch.Tensor:
+        """``z * rsqrt(z G z^T + eps)`` (the norm's scale moved onto the r-dim code)."""
+        if self.kind == "identity":
+            return z
+        ms = ((z @ self.gram[jump]) * z).sum(-1, keepdim=True).clamp_min_(0)
+        return z * torch.rsqrt(ms + self.eps)
+
+    def logits_from_codes(self, z: torch.Tensor, jump: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (rows, V) from codes ``z`` (rows, r) of jump ``jump``."""
+        u = self.scaled_codes(z.to(self.device, torch.float32), jump)
+        if self.const is not None:
+            logits = torch.addmm(self.const, u, self.M[jump], out=out)
+        else:
+            logits = torch.mm(u, self.M[jump], out=out)
+        return self.adapter.finish_logits(logits)
+
+    def logits(self, h: torch.Tensor, jump: int) -> torch.Tensor:
+        """``head(jump(h))`` for ``h`` (rows, H) from the unfolded eval-mode BatchNorm of the jump."""
+        z = self.bank.project(h.to(self.bank.A.device), jump)
+        return self.logits_from_codes(z, jump)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-row metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def _score_block(logits: torch.Tensor, target: torch.Tensor, final_logp: torch.Tensor,
+                 sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(correct@1, correct@5, surprisal, reverse surprisal) of each row of ``logits``; overwrites it."""
+    logits = logits.float()
+    mx, am = logits.max(1)
+    tl = logits.gather(1, target[:, None])
+    above = torch.gt(logits, tl).sum(1, dtype=torch.int32)
+    # log-sum-exp in place (the logits are not needed afterwards)
+    sumexp = logits.sub_(mx[:, None]).exp_().sum(1)
+    lse = mx + sumexp.log()
+    surprisal = lse - tl[:, 0]
+    reverse = -final_logp[sample, am]
+    return am == target, above < TOP_K, surprisal, reverse
+
+
+class _Sink:
+    """Per-sample arrays of one method: shape (*lead, K, N)."""
+
+    def __init__(self, lead: tuple[int, ...], K: int, N: int):
+        self.correct1 = torch.zeros(*lead, K, N, dtype=torch.bool)
+        self.correct5 = torch.zeros(*lead, K, N, dtype=torch.bool)
+        self.surprisal = torch.zeros(*lead, K, N, dtype=torch.float32)
+        self.reverse_surprisal = torch.zeros(*lead, K, N, dtype=torch.float32)
+
+    def put(self, idx: tuple, values: tuple[torch.Tensor, ...], n: int, K: int, offset: int) -> None:
+        """Store row results of a chunk; row r is (sample r // K, level r % K)."""
+        for name, v in zip(("correct1", "correct5", "surprisal", "reverse_surprisal"), values):
+            getattr(self, name)[idx + (slice(None), slice(offset, offset + n))] = v.view(n, K).T.cpu()
+
+    def items(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}/{k}": getattr(self, k) for k in ("correct1", "correct5", "surprisal", "reverse_surprisal")}
+
+
+def _score_rows(make_logits: Callable[[int, int], torch.Tensor], n_rows: int, target: torch.Tensor,
+                sample: torch.Tensor, final_logp: torch.Tensor, block: int) -> tuple[torch.Tensor, ...]:
+    parts = []
+    for start in range(0, n_rows, block):
+        end = min(n_rows, start + block)
+        logits = make_logits(start, end)
+        parts.append(_score_block(logits, target[start:end], final_logp, sample[start:end]))
+    return tuple(torch.cat([p[i] for p in parts]) for i in range(4))
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    """Per-sample results of :func:`evaluate` and their summaries.
+
+    ``per_sample`` maps ``"<method>/<quantity>"`` to tensors: ``method`` in ``identity``, ``jtc``,
+    ``joint`` (shape (K, N)) and ``pairs`` (shape (len(jumps), K, N): jump ``jumps[i]`` at every
+    level); ``quantity`` in ``correct1``, ``correct5`` (bool), ``surprisal``,
+    ``reverse_surprisal`` (float32). ``final/surprisal`` (N,) is the model's own surprisal of t*
+    and ``targets`` (N,) the t* used. Method names for :meth:`metric`: ``identity``, ``jtc``,
+    ``joint``, ``full`` (jump k at level k, the diagonal), ``ojfa`` (the chosen jump, see
+    ``chosen``), ``jump:m``.
+    """
+
+    num_blocks: int
+    num_samples: int
+    vocab_size: int
+    split: str
+    jumps: list[int]
+    per_sample: dict[str, torch.Tensor]
+    chosen: int | None = None
+    hidden_size: int = 0
+    rank: int | None = None
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[str]:
+        """Methods available to :meth:`metric`."""
+        out = [m for m in ("identity", "jtc", "joint") if f"{m}/correct1" in self.per_sample]
+        if "pairs/correct1" in self.per_sample:
+            if set(range(self.num_blocks)) <= set(self.jumps):
+                out.append("full")
+            if self.chosen is not None and self.chosen in self.jumps:
+                out.append("ojfa")
+        return out
+
+    def samples(self, method: str, metric: str) -> torch.Tensor:
+        """Per-sample values (K, N) of ``metric`` for ``method`` (see the class doc for names)."""
+        if metric not in _SAMPLE_KEYS:
+            raise ConfigError(f"unknown metric '{metric}'; use one of {', '.join(METRICS)}")
+        q = _SAMPLE_KEYS[metric]
+        if method in ("identity", "jtc", "joint"):
+            key = f"{method}/{q}"
+            if key not in self.per_sample:
+                raise ConfigError(f"method '{method}' was not evaluated")
+            return self.per_sample[key]
+        pairs = self.per_sample.get(f"pairs/{q}")
+        if pairs is None:
+            raise ConfigError(f"method '{method}' needs the jump bank, which was not evaluated")
+        if method == "full":
+            rows = [self._row(k) for k in range(self.num_blocks)]
+            return torch.stack([pairs[rows[k], k] for k in range(self.num_blocks)])
+        if method == "ojfa":
+            if self.chosen is None:
+                raise ConfigError("no OJFA jump chosen: pass chosen= to evaluate or set result.chosen")
+            return pairs[self._row(self.chosen)]
+        if method.startswith("jump:"):
+            return pairs[self._row(int(method.split(":", 1)[1]))]
+        raise ConfigError(f"unknown method '{method}'; use identity, jtc, joint, full, ojfa or jump:M")
+
+    def _row(self, jump: int) -> int:
+        try:
+            return self.jumps.index(jump)
+        except ValueError:
+            raise ConfigError(f"jump {jump} was not evaluated (evaluated: {self.jumps})") from None
+
+    def metric(self, method: str, metric: str) -> torch.Tensor:
+        """Mean over test samples, per level: (K,) float64."""
+        return self.samples(method, metric).double().mean(-1)
+
+    def pair_matrix(self, metric: str) -> torch.Tensor:
+        """Means (len(jumps), K) of ``metric`` for jump ``jumps[i]`` at level k."""
+        return self.per_sample[f"pairs/{_SAMPLE_KEYS[metric]}"].double().mean(-1)
+
+    @property
+    def final_surprisal(self) -> float:
+        """The model's own mean surprisal of t* (what a perfect shortcut would reach)."""
+        return float(self.per_sample["final/surprisal"].double().mean())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (means per level; no per-sample arrays)."""
+        methods = {m: {metric: self.metric(m, metric).tolist() for metric in METRICS} for m in self.methods}
+        out: dict[str, Any] = {
+            "split": self.split,
+            "num_samples": self.num_samples,
+            "num_blocks": self.num_blocks,
+            "vocab_size": self.vocab_size,
+            "chosen": self.chosen,
+            "final_surprisal": self.final_surprisal,
+            "methods": methods,
+            "average_over_levels": {m: {metric: float(np.mean(v)) for metric, v in d.items()}
+                                    for m, d in methods.items()},
+            "seconds": self.seconds,
+            "timings": self.timings,
+        }
+        if "pairs/correct1" in self.per_sample:
+            out["pairs"] = {"jumps": self.jumps, **{metric: self.pair_matrix(metric).tolist() for metric in METRICS}}
+        if self.rank is not None and self.hidden_size:
+            out["parameters"] = parameter_counts(self.num_blocks, self.hidden_size, self.rank)
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        """Write the per-sample arrays (safetensors) and the summary (JSON) to a folder."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: (v.to(torch.uint8) if v.dtype == torch.bool else v).contiguous()
+                   for k, v in self.per_sample.items()}
+        save_file(tensors, str(folder / "per_sample.safetensors"),
+                  metadata={"bool_keys": json.dumps([k for k, v in self.per_sample.items() if v.dtype == torch.bool])})
+        meta = {"num_blocks": self.num_blocks, "num_samples": self.num_samples, "vocab_size": self.vocab_size,
+                "split": self.split, "jumps": self.jumps, "chosen": self.chosen, "hidden_size": self.hidden_size,
+                "rank": self.rank, "seconds": self.seconds, "timings": self.timings}
+        (folder / "result.json").write_text(json.dumps({"meta": meta, "summary": self.to_dict()}, indent=1))
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvalResult:
+        """Read a folder written by :meth:`save`."""
+        folder = Path(path)
+        try:
+            meta = json.loads((folder / "result.json").read_text())["meta"]
+            with safe_open(str(folder / "per_sample.safetensors"), framework="pt") as fh:
+                bool_keys = set(json.loads((fh.metadata() or {}).get("bool_keys", "[]")))
+                per_sample = {k: fh.get_tensor(k) for k in fh.keys()}
+        except (OSError, KeyError, json.JSONDecodeError) as exc:
+            raise StoreError(f"{folder} is not a saved evaluation result: {exc}") from None
+        for k in bool_keys:
+            per_sample[k] = per_sample[k].bool()
+        return cls(per_sample=per_sample, **meta)
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+def _default_block(vocab: int) -> int:
+    """Rows per logits block: about 16 MB of float32 logits (stays in a large L3 cache)."""
+    return max(4, (1 << 22) // max(vocab, 1))
+
+
+@torch.no_grad()
+def evaluate(store: Any, adapter: Any, bank: JumpBank | None = None, *, joint: JumpBank | None = None,
+             jtc: LinearJTC | None = None, identity: bool = True, jumps: Sequence[int] | None = None,
+             chosen: int | None = None, split: str = "test", chunk_size: int = 128,
+             block_rows: int | None = None, device: str | torch.device | None = None,
+             progress: bool = True) -> EvalResult:
+    """Evaluate shortcuts at every exit level on a store split through the model head.
+
+    ``bank`` is the per-level N-NJTC bank: every jump in ``jumps`` (default all) is evaluated at
+    every level (the reuse matrix; row k at level k is full N-NJTC). ``joint`` is a J=1 bank,
+    ``jtc`` a :class:`LinearJTC`; ``identity`` adds the logit lens. ``chosen`` records the OJFA
+    jump for :meth:`EvalResult.metric` (``"ojfa"``). Memory is bounded by ``chunk_size`` samples
+    and ``block_rows`` rows of logits; results do not depend on either. ``device`` defaults to
+    the device of the model's unembedding.
+    """
+    K, H = store.num_blocks, store.hidden_size
+    if chunk_size < 1:
+        raise ConfigError("chunk_size must be >= 1")
+    dev = torch.device(device) if device is not None else adapter.unembedding_matrix().device
+    w_u = adapter.unembedding_matrix()
+    V = int(w_u.shape[0])
+    model_dtype = w_u.dtype
+    block = block_rows or _default_block(V)
+    if block < 1:
+        raise ConfigError("block_rows must be >= 1")
+    for name, b in (("bank", bank), ("joint", joint)):
+        if b is not None and b.hidden_size != H:
+            raise ConfigError(f"{name} has H={b.hidden_size} but the store has H={H}")
+    if jtc is not None and (jtc.hidden_size != H or jtc.num_levels != K):
+        raise ConfigError(f"JTC maps have K={jtc.num_levels}, H={jtc.hidden_size}; the store has K={K}, H={H}")
+    jump_list = list(range(bank.num_jumps)) if bank is not None and jumps is None else list(jumps or [])
+    if bank is not None and any(not 0 <= m < bank.num_jumps for m in jump_list):
+        raise ConfigError(f"jumps must be in 0..{bank.num_jumps - 1}")
+    targets_all = store.targets(split)
+    N = int(targets_all.shape[0])
+    if N == 0:
+        raise StoreError(f"store split '{split}' is empty; nothing to evaluate")
+
+    sinks: dict[str, _Sink] = {}
+    if identity:
+        sinks["identity"] = _Sink((), K, N)
+    if jtc is not None:
+        sinks["jtc"] = _Sink((), K, N)
+        jtc = jtc.to(dev)
+    if joint is not None:
+        sinks["joint"] = _Sink((), K, N)
+        joint_head = LowRankHead(adapter, joint.to(dev), dev)
+    if bank is not None and jump_list:
+        sinks["pairs"] = _Sink((len(jump_list),), K, N)
+        bank_head = LowRankHead(adapter, bank.to(dev), dev)
+    final_surprisal = torch.zeros(N, dtype=torch.float32)
+    timings = dict.fromkeys(["final", *sinks], 0.0)
+
+    def full_head(x: torch.Tensor) -> torch.Tensor:
+        return adapter.head(x.to(model_dtype)).float()
+
+    t_start = time.perf_counter()
+    offset = 0
+    bar = tqdm(total=N, desc="evaluate", unit="sample", disable=not progress)
+    for rows, chunk in store.iter_chunks(split, chunk_size=chunk_size):
+        n = chunk.shape[0]
+        h = chunk.to(dev, torch.float32)
+        if not torch.isfinite(h).all():
+            i, level, _ = (~torch.isfinite(h)).nonzero()[0].tolist()
+            raise NumericalError(f"non-finite hidden state in the store at level {level}, sample row {rows[i]}")
+        t0 = time.perf_counter()
+        target = targets_all[offset:offset + n].to(dev)
+        final_logp = torch.log_softmax(full_head(h[:, K]), -1)
+        final_surprisal[offset:offset + n] = -final_logp.gather(1, target[:, None])[:, 0].cpu()
+        levels_h = h[:, :K].reshape(n * K, H)
+        row_target = target.repeat_interleave(K)
+        row_sample = torch.arange(n, device=dev).repeat_interleave(K)
+        timings["final"] += time.perf_counter() - t0
+
+        def run(name: str, make_logits: Callable[[int, int], torch.Tensor], idx: tuple = ()) -> None:
+            t1 = time.perf_counter()
+            values = _score_rows(make_logits, n * K, row_target, row_sample, final_logp, block)
+            sinks[name].put(idx, values, n, K, offset)
+            timings[name] += time.perf_counter() - t1
+
+        if identity:
+            run("identity", lambda s, e: full_head(levels_h[s:e]))
+        if jtc is not None:
+            mapped = jtc.apply_all(h[:, :K]).reshape(n * K, H)
+            run("jtc", lambda s, e: full_head(mapped[s:e]))
+        if joint is not None:
+            z_joint = joint_head.project_all(levels_h)[:, 0]
+            run("joint", lambda s, e: joint_head.logits_from_codes(z_joint[s:e], 0))
+        if "pairs" in sinks:
+            t1 = time.perf_counter()
+            z_all = bank_head.project_all(levels_h)  # (n*K, J, r)
+            timings["pairs"] += time.perf_counter() - t1
+            for i, m in enumerate(jump_list):
+                z_m = z_all[:, m].contiguous()
+                run("pairs", lambda s, e, z_m=z_m, m=m: bank_head.logits_from_codes(z_m[s:e], m), (i,))
+        offset += n
+        bar.update(n)
+    bar.close()
+    per_sample: dict[str, torch.Tensor] = {}
+    for name, sink in sinks.items():
+        per_sample.update(sink.items(name))
+    per_sample["final/surprisal"] = final_surprisal
+    per_sample["targets"] = targets_all.clone()
+    for key, value in per_sample.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise NumericalError(f"non-finite {key} in the evaluation (overflowing logits?)")
+    return EvalResult(num_blocks=K, num_samples=N, vocab_size=V, split=split, jumps=jump_list,
+                      per_sample=per_sample, chosen=chosen, hidden_size=H,
+                      rank=bank.rank if bank is not None else (joint.rank if joint is not None else None),
+                      seconds=time.perf_counter() - t_start, timings=timings)
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------------
+
+
+class CI(NamedTuple):
+    """A mean and its percentile bootstrap confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+
+
+def _as_float64(values: Any) -> np.ndarray:
+    arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    return arr.astype(np.float64).reshape(-1)
+
+
+def bootstrap_ci(values: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> CI:
+    """Percentile bootstrap CI of the mean of ``values`` (1-D; bools count as 0/1). Seeded."""
+    x = _as_float64(values)
+    if x.size == 0:
+        raise ConfigError("bootstrap_ci needs at least one value")
+    if not 0 < alpha < 1 or n_boot < 1:
+        raise ConfigError("alpha must be in (0, 1) and n_boot >= 1")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    step = max(1, (1 << 22) // x.size)
+    for start in range(0, n_boot, step):
+        count = min(step, n_boot - start)
+        means[start:start + count] = x[rng.integers(0, x.size, size=(count, x.size))].mean(1)
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return CI(float(x.mean()), float(low), float(high))
+
+
+class PairedTest(NamedTuple):
+    """Result of :func:`paired_test`: mean of ``a - b``, its bootstrap CI and a two-sided p-value."""
+
+    mean_diff: float
+    low: float
+    high: float
+    p_value: float
+    test: str
+    n: int
+
+
+def _binom_two_sided(k: int, n: int) -> float:
+    """Exact two-sided binomial test p-value of k successes out of n at p = 1/2."""
+    if n == 0:
+        return 1.0
+    k = min(k, n - k)
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(k + 1)]
+    top = max(logs)
+    tail = math.exp(top) * sum(math.exp(v - top) for v in logs)
+    return min(1.0, 2 * tail)
+
+
+def paired_test(a: Any, b: Any, *, n_perm: int = 10000, n_boot: int = 1000, seed: int = 0,
+                alpha: float = 0.05) -> PairedTest:
+    """Paired comparison of per-sample values of two methods on the same samples.
+
+    Bool inputs (correctness): exact McNemar test on the discordant pairs. Otherwise: sign-flip
+    permutation test of the mean difference (``n_perm`` random flips, p-value with the +1
+    correction). The CI is a percentile bootstrap of the mean difference.
+    """
+    xa, xb = _as_float64(a), _as_float64(b)
+    if xa.shape != xb.shape or xa.size == 0:
+        raise ConfigError(f"paired_test needs two non-empty arrays of the same length ({xa.size} vs {xb.size})")
+    d = xa - xb
+    ci = bootstrap_ci(d, n_boot=n_boot, seed=seed, alpha=alpha)
+    is_bool = all(isinstance(v, torch.Tensor) and v.dtype == torch.bool or
+                  isinstance(v, np.ndarray) and v.dtype == np.bool_ for v in (a, b))
+    if is_bool:
+        a_only = int(((xa == 1) & (xb == 0)).sum())
+        b_only = int(((xa == 0) & (xb == 1)).sum())
+        return PairedTest(ci.mean, ci.low, ci.high, _binom_two_sided(a_only, a_only + b_only), "mcnemar-exact",
+                          xa.size)
+    observed = abs(d.mean())
+    rng = np.random.default_rng(seed)
+    hits = 0
+    step = max(1, (1 << 22) // d.size)
+    for start in range(0, n_perm, step):
+        count = min(step, n_perm - start)
+        signs = rng.integers(0, 2, size=(count, d.size), dtype=np.int8) * 2 - 1
+        hits += int((np.abs((signs * d).mean(1)) >= observed - 1e-12).sum())
+    return PairedTest(ci.mean, ci.low, ci.high, (hits + 1) / (n_perm + 1), "sign-flip-permutation", xa.size)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameter accounting
+# --------------------------------------------------------------------------------------------------
+
+
+def parameter_counts(num_blocks: int, hidden_size: int, rank: int) -> dict[str, Any]:
+    """Shortcut parameters held at inference by each method, and the OJFA reduction factor.
+
+    identity 0; full N-NJTC ``K (2Hr + 4H)``; OJFA and joint ``2Hr + 4H``; JTC ``K (H^2 + H)``;
+    ``reduction_factor`` = full / OJFA = K.
+    """
+    per_jump = jump_parameter_count(hidden_size, rank)
+    full = num_blocks * per_jump
+    return {
+        "identity": 0,
+        "full_nnjtc": full,
+        "ojfa": per_jump,
+        "joint": per_jump,
+        "jtc": num_blocks * (hidden_size * hidden_size + hidden_size),
+        "per_jump": per_jump,
+        "reduction_factor": full / per_jump,
+        "num_blocks": num_blocks,
+        "hidden_size": hidden_size,
+        "rank": rank,
+    }
+
+
+__all__ = ["CI", "EvalResult", "LowRankHead", "METRICS", "PairedTest", "bootstrap_ci", "evaluate", "paired_test",
+           "parameter_counts"]

@@ -1,0 +1,382 @@
+"""The whole experiment as cached stages: extract -> train -> select -> evaluate -> report.
+
+A run folder holds::
+
+    run.json               model and data arguments (written by the extract stage)
+    store/                 hidden states (onejump.store)
+    shortcuts/nnjtc/       the K per-level jumps (records the OJFA choice once selected)
+    shortcuts/joint/       one jump trained on all levels
+    shortcuts/jtc/         the full-rank linear JTC maps
+    shortcuts/ojfa/        the chosen jump alone (what early-exit inference loads)
+    selection.json         D matrix, D_m, OJFA choice, softmax(D / 5e-4)
+    evaluation/            per-sample test results (safetensors) + summary
+    report/                results.json, figures, report.md
+
+Every stage is keyed by a hash of its inputs (store, training configuration, ...); a stage whose
+output exists with the same key is reused, so ``onejump run`` after an interruption, or with only
+the report changed, redoes only what is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ShortcutError, StoreError
+from .store import HiddenStateStore, atomic_write_text
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class DataArgs:
+    """What to extract (the ``run.json`` of a run folder)."""
+
+    model: str = "smollm2-135m"
+    corpus: str = "wikipedia-offline"
+    hf_config: str | None = None
+    text_field: str = "text"
+    max_documents: int | None = None
+    n_train: int = 9000
+    n_test: int = 3000
+    seed: int = 0
+    store_dtype: str = "float32"
+    tokens_per_batch: int = 8192
+    shard_size: int = 1024
+
+
+@dataclass
+class RunState:
+    """Timings and the objects produced so far."""
+
+    timings: dict[str, float] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+
+
+class Run:
+    """A run folder and its stages."""
+
+    def __init__(self, folder: str | Path, *, device: str = "auto", dtype: str = "float32",
+                 device_map: str | None = None, progress: bool = True):
+        self.folder = Path(folder)
+        self.device, self.dtype, self.device_map = device, dtype, device_map
+        self.progress = progress
+        self.state = RunState()
+        self._lm = None
+
+    # ---- paths and config ---------------------------------------------------------------------
+    @property
+    def store_dir(self) -> Path:
+        return self.folder / "store"
+
+    def shortcut_dir(self, kind: str) -> Path:
+        return self.folder / "shortcuts" / kind
+
+    def data_args(self) -> DataArgs:
+        path = self.folder / "run.json"
+        if not path.is_file():
+            raise StoreError(f"{self.folder} is not an onejump run folder (no run.json): run `onejump extract "
+                             f"--out {self.folder}` or `onejump run --out {self.folder}` first")
+        try:
+            return DataArgs(**json.loads(path.read_text())["data"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise StoreError(f"{path} is corrupt: {exc}") from None
+
+    def _timed(self, stage: str, t0: float) -> None:
+        self.state.timings[stage] = round(self.state.timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
+
+    def lm(self):
+        """The model, loaded once."""
+        if self._lm is None:
+            from .models import load_model
+
+            args = self.data_args()
+            self._lm = load_model(args.model, device=self.device if self.device_map is None else None,
+                                  dtype=self.dtype, device_map=self.device_map)
+        return self._lm
+
+    @property
+    def compute_device(self) -> torch.device:
+        from .models import resolve_device
+
+        return resolve_device(self.device)
+
+    # ---- stage 1: extract ------------------------------------------------------------------
+    def extract(self, args: DataArgs) -> HiddenStateStore:
+        """Sample the corpus, extract hidden states (resumable); writes run.json."""
+        from dataclasses import asdict
+
+        from .data import load_sentences, split_sentences
+        from .extract import extract
+
+        run_json = self.folder / "run.json"
+        if run_json.is_file():
+            old = self.data_args()
+            if asdict(old) != asdict(args):
+                diff = [k for k, v in asdict(args).items() if asdict(old).get(k) != v]
+                raise StoreError(f"{self.folder} belongs to a run with other settings ({', '.join(diff)}); "
+                                 "use another --out folder")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_json, json.dumps({"data": asdict(args)}, indent=1))
+        t0 = time.perf_counter()
+        if (self.store_dir / "manifest.json").is_file():
+            store = HiddenStateStore.open(self.store_dir, fingerprint=self.lm().fingerprint)
+            self.state.reused.append("extract")
+            return store
+        sentences = load_sentences(args.corpus, text_field=args.text_field, hf_config=args.hf_config,
+                                   max_documents=args.max_documents)
+        split = split_sentences(sentences, args.n_train, args.n_test, seed=args.seed)
+        texts = [s.text for s in split.train] + [s.text for s in split.test]
+        labels = [0] * len(split.train) + [1] * len(split.test)
+        store = extract(self.lm(), texts, self.store_dir, splits=labels, seed=args.seed,
+                        store_dtype=args.store_dtype, tokens_per_batch=args.tokens_per_batch,
+                        shard_size=args.shard_size, progress=self.progress,
+                        extra={"corpus": args.corpus, "n_train": args.n_train, "n_test": args.n_test})
+        self._timed("extract", t0)
+        return store
+
+    def store(self) -> HiddenStateStore:
+        return HiddenStateStore.open(self.store_dir, fingerprint=self.lm().fingerprint, verify=False)
+
+    # ---- stage 2: train --------------------------------------------------------------------
+    def train(self, config: Any, *, joint: bool = True, jtc: bool = True) -> dict[str, Any]:
+        """Train (or reuse) the per-level bank, the joint jump and the JTC maps."""
+        from .shortcuts import LinearJTC, load_shortcuts, save_shortcuts
+        from .training import train_joint, train_jumps
+
+        store = self.store()
+        lm = self.lm()
+        base = {"store": store.manifest["samples_sha256"], "fingerprint": store.fingerprint}
+        dev = self.compute_device
+        out: dict[str, Any] = {}
+        jobs = [("nnjtc", _key(base, "nnjtc", config.to_dict()))]
+        if joint:
+            jobs.append(("joint", _key(base, "joint", config.to_dict())))
+        if jtc:
+            jobs.append(("jtc", _key(base, "jtc")))
+        for kind, key in jobs:
+            folder = self.shortcut_dir(kind)
+            cached = self._cached_shortcuts(folder, key, lm.fingerprint)
+            if cached is not None:
+                out[kind] = cached
+                self.state.reused.append(f"train:{kind}")
+                continue
+            t0 = time.perf_counter()
+            history = None
+            if kind == "nnjtc":
+                module, history = train_jumps(store, config, device=dev, progress=self.progress)
+                levels, rank = list(range(store.num_blocks)), module.rank
+            elif kind == "joint":
+                module, history = train_joint(store, config, device=dev, progress=self.progress)
+                levels, rank = [-1], module.rank
+            else:
+                module = LinearJTC.fit(store, device=dev)
+                levels, rank = list(range(store.num_blocks)), None
+            extra = {"key": key, "history": history.to_dict() if history is not None else None}
+            save_shortcuts(folder, module.cpu(), kind=kind, model=lm.name, fingerprint=lm.fingerprint, levels=levels,
+                           rank=rank, num_blocks=store.num_blocks, extra=extra)
+            out[kind] = load_shortcuts(folder, fingerprint=lm.fingerprint).module
+            self._timed(f"train:{kind}", t0)
+        return out
+
+    @staticmethod
+    def _cached_shortcuts(folder: Path, key: str, fingerprint: str):
+        from .shortcuts import load_shortcuts
+
+        if not (folder / "shortcuts.json").is_file():
+            return None
+        try:
+            loaded = load_shortcuts(folder, fingerprint=fingerprint)
+        except ShortcutError:
+            return None
+        return loaded.module if (loaded.config.get("extra") or {}).get("key") == key else None
+
+    def shortcuts(self, kind: str):
+        from .shortcuts import load_shortcuts
+
+        folder = self.shortcut_dir(kind)
+        if not (folder / "shortcuts.json").is_file():
+            raise ShortcutError(f"no trained '{kind}' shortcuts in {folder}: run `onejump train --out {self.folder}`")
+        return load_shortcuts(folder, fingerprint=self.lm().fingerprint)
+
+    # ---- stage 3: select -------------------------------------------------------------------
+    def select(self) -> dict[str, Any]:
+        """Score every jump at every level (D), choose OJFA, save it as shortcuts/ojfa."""
+        from .selection import select_ojfa
+        from .shortcuts import OneJump
+
+        bank_file = self.shortcuts("nnjtc")
+        key = _key(bank_file.config.get("extra", {}).get("key"), "select")
+        path = self.folder / "selection.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("key") == key and (self.shortcut_dir("ojfa") / "shortcuts.json").is_file():
+                self.state.reused.append("select")
+                return saved
+        t0 = time.perf_counter()
+        store = self.store()
+        lm = self.lm()
+        selection = select_ojfa(store, bank_file.module, device=self.compute_device, progress=self.progress)
+        result = {"key": key, **selection.to_dict()}
+        jump = OneJump.from_bank(bank_file.module, selection.chosen, num_blocks=store.num_blocks, model=lm.name,
+                                 fingerprint=lm.fingerprint, extra={"selection_key": key, "D": selection.to_dict()[
+                                     "scores"][selection.chosen]})
+        jump.save(self.shortcut_dir("ojfa"))
+        atomic_write_text(path, json.dumps(result, indent=1))
+        self._timed("select", t0)
+        return result
+
+    # ---- stage 4: evaluate -----------------------------------------------------------------
+    def evaluate(self):
+        """Evaluate every (jump, level) pair and the baselines on the test split (cached)."""
+        from .evaluation import EvalResult, evaluate
+
+        selection = self.select_result()
+        kinds = {k: self.shortcuts(k) for k in ("nnjtc", "joint", "jtc") if
+                 (self.shortcut_dir(k) / "shortcuts.json").is_file()}
+        key = _key({k: v.config.get("extra", {}).get("key") for k, v in kinds.items()}, selection["chosen"], "eval")
+        folder = self.folder / "evaluation"
+        if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key:
+            self.state.reused.append("evaluate")
+            return EvalResult.load(folder)
+        t0 = time.perf_counter()
+        store = self.store()
+        lm = self.lm()
+        result = evaluate(store, lm.adapter, kinds["nnjtc"].module,
+                          joint=kinds["joint"].module if "joint" in kinds else None,
+                          jtc=kinds["jtc"].module if "jtc" in kinds else None,
+                          chosen=selection["chosen"], device=self.compute_device, progress=self.progress)
+        result.save(folder)
+        atomic_write_text(folder / "key.txt", key)
+        self._timed("evaluate", t0)
+        return result
+
+    def select_result(self) -> dict[str, Any]:
+        path = self.folder / "selection.json"
+        if not path.is_file():
+            raise ShortcutError(f"no OJFA selection in {self.folder}: run `onejump select --out {self.folder}`")
+        return json.loads(path.read_text())
+
+    # ---- stage 5: report -------------------------------------------------------------------
+    def report(self, result: Any = None) -> Path:
+        """Build results.json, the figures and report.md from the saved stages."""
+        from .evaluation import EvalResult
+        from .reporting import write_report
+
+        if result is None:
+            folder = self.folder / "evaluation"
+            if not (folder / "result.json").is_file():
+                raise StoreError(f"no evaluation in {self.folder}: run `onejump evaluate --out {self.folder}`")
+            result = EvalResult.load(folder)
+        t0 = time.perf_counter()
+        results = build_results(self, result)
+        self._timed("report", t0)
+        results["timings"] = self.all_timings()
+        return write_report(results, self.folder / "report")
+
+    def all_timings(self) -> dict[str, float]:
+        """This invocation's stage timings merged into those recorded by earlier ones (timings.json)."""
+        path = self.folder / "timings.json"
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        saved.update(self.state.timings)
+        atomic_write_text(path, json.dumps(saved, indent=1))
+        return saved
+
+
+# --------------------------------------------------------------------------------------------------
+# results.json
+# --------------------------------------------------------------------------------------------------
+
+
+def _bootstrap_weights(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """Multinomial resampling weights (n_boot, n) / n: a bootstrap mean is one matrix product."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64) / n
+
+
+def _per_level_ci(values: np.ndarray, weights: np.ndarray, alpha: float = 0.05) -> list[list[float]]:
+    """Percentile bootstrap CI of the mean for each row of ``values`` (K, N)."""
+    boot = values.astype(np.float64) @ weights.T  # (K, n_boot)
+    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=1)
+    return [[float(a), float(b)] for a, b in zip(low, high)]
+
+
+def build_results(run: Run, result: Any) -> dict[str, Any]:
+    """The ``results.json`` dictionary (schema in :mod:`onejump.reporting`)."""
+    from .evaluation import paired_test, parameter_counts
+
+    args = run.data_args()
+    store = run.store()
+    lm = run.lm()
+    selection = run.select_result()
+    K = store.num_blocks
+    bank = run.shortcuts("nnjtc")
+    rank = int(bank.config["rank"])
+    weights = _bootstrap_weights(result.num_samples)
+    names = {"identity": "identity", "full_nnjtc": "full", "ojfa": "ojfa", "joint": "joint", "jtc": "jtc"}
+    params = parameter_counts(K, store.hidden_size, rank)
+    methods: dict[str, Any] = {}
+    for name, key in names.items():
+        if key not in result.methods:
+            continue
+        p1 = result.samples(key, "precision@1").numpy().astype(np.float64)
+        sur = result.samples(key, "surprisal").numpy().astype(np.float64)
+        entry = {
+            "precision@1": p1.mean(1).tolist(),
+            "precision@1_ci": _per_level_ci(p1, weights),
+            "precision@5": result.metric(key, "precision@5").tolist(),
+            "surprisal": sur.mean(1).tolist(),
+            "surprisal_ci": _per_level_ci(sur, weights),
+            "reverse_surprisal": result.metric(key, "reverse_surprisal").tolist(),
+            "parameters": params.get(name, 0),
+        }
+        methods[name] = entry
+    pair_p1 = result.pair_matrix("precision@1").numpy()
+    pair_p5 = result.pair_matrix("precision@5").numpy()
+    pair_s = result.pair_matrix("surprisal").numpy()
+    pair_r = result.pair_matrix("reverse_surprisal").numpy()
+    methods["arbitrary_mean"] = {
+        "precision@1": pair_p1.mean(0).tolist(),
+        "precision@5": pair_p5.mean(0).tolist(),
+        "surprisal": pair_s.mean(0).tolist(),
+        "reverse_surprisal": pair_r.mean(0).tolist(),
+        "parameters": params["ojfa"],
+    }
+    for entry in methods.values():
+        entry["mean_precision@1"] = float(np.mean(entry["precision@1"]))
+        entry["mean_precision@5"] = float(np.mean(entry["precision@5"]))
+        entry["mean_surprisal"] = float(np.mean(entry["surprisal"]))
+    tests = {}
+    ojfa = result.samples("ojfa", "precision@1").numpy().astype(np.float64).mean(0)
+    for other, key in (("full_nnjtc", "full"), ("joint", "joint")):
+        if key in result.methods:
+            b = result.samples(key, "precision@1").numpy().astype(np.float64).mean(0)
+            t = paired_test(ojfa, b)
+            tests[f"ojfa_vs_{other}"] = {"mean_diff": float(t.mean_diff), "ci": [float(t.low), float(t.high)],
+                                         "p_value": float(t.p_value), "method": t.test, "n": int(t.n)}
+    train_cfg = (bank.config.get("extra") or {}).get("history", {}) or {}
+    return {
+        "model": {"name": lm.name, "fingerprint": lm.fingerprint, "num_blocks": K, "hidden_size": store.hidden_size,
+                  "vocab_size": lm.adapter.vocab_size},
+        "data": {"corpus": args.corpus, "n_train": int(store.manifest["n_train"]),
+                 "n_test": int(store.manifest["n_test"]), "seed": args.seed},
+        "config": {"rank": rank, "train": train_cfg.get("config", {})},
+        "selection": {"scores": selection["matrix"], "D": selection["scores"], "chosen": selection["chosen"],
+                      "softmax": selection["softmax"]},
+        "levels": list(range(K)),
+        "methods": methods,
+        "reuse": {"precision@1": pair_p1.tolist(), "surprisal": pair_s.tolist()},
+        "parameters": params,
+        "final_surprisal": result.final_surprisal,
+        "tests": tests,
+    }
+

@@ -1,0 +1,79 @@
+"""`onejump run` end to end on a tiny model: every stage, the report, and stage reuse."""
+
+import json
+
+import pytest
+
+from onejump.cli import main
+
+from .test_cli import corpus, tiny_dir  # noqa: F401  (fixtures)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_dir, corpus):  # noqa: F811
+    out = tmp_path_factory.mktemp("run") / "r"
+    code = main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "48", "--n-test", "24",
+                 "--max-epochs", "3", "--batch-size", "16", "--rank", "2", "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    return out
+
+
+def test_run_writes_report(run_dir):
+    report = run_dir / "report"
+    results = json.loads((report / "results.json").read_text())
+    assert results["schema"] == "onejump-results/1"
+    K = results["model"]["num_blocks"]
+    assert results["levels"] == list(range(K))
+    for name in ("identity", "full_nnjtc", "ojfa", "joint", "jtc", "arbitrary_mean"):
+        m = results["methods"][name]
+        assert len(m["precision@1"]) == K and all(0 <= p <= 1 for p in m["precision@1"])
+    assert len(results["selection"]["scores"]) == K and len(results["selection"]["scores"][0]) == K
+    assert abs(sum(results["selection"]["softmax"]) - 1) < 1e-6
+    assert results["parameters"]["reduction_factor"] == K
+    assert {c["id"] for c in results["claims"]} >= {"ojfa_matches_full", "ojfa_beats_identity_early",
+                                                     "ojfa_at_least_joint", "ojfa_beats_arbitrary"}
+    md = (report / "report.md").read_text()
+    assert "claims" in md and "OJFA choice: jump" in md
+    for fig in ("fig2_ojfa_vs_arbitrary_joint.png", "fig3_selection_softmax.png", "fig4_ojfa_vs_identity_full.png",
+                "reuse_heatmaps.png"):
+        assert (report / fig).stat().st_size > 1000
+
+
+def test_rerun_reuses_every_stage(run_dir, tiny_dir, corpus, capsys):  # noqa: F811
+    code = main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "48", "--n-test", "24",
+                 "--max-epochs", "3", "--batch-size", "16", "--rank", "2", "--out", str(run_dir), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "reused: extract, train:nnjtc, train:joint, train:jtc, select, evaluate" in out
+
+
+def test_other_settings_in_same_folder_refused(run_dir, tiny_dir, corpus, capsys):  # noqa: F811
+    code = main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "40", "--n-test", "24",
+                 "--out", str(run_dir), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code != 0 and "other settings" in err
+
+
+def test_stage_commands_and_jump_api(run_dir, tiny_dir, capsys):  # noqa: F811
+    import torch
+
+    from onejump.models import load_model
+    from onejump.shortcuts import OneJump
+
+    assert main(["-q", "select", "--out", str(run_dir), "--device", "cpu"]) == 0
+    assert "OJFA choice" in capsys.readouterr().out
+    assert main(["-q", "report", "--out", str(run_dir), "--device", "cpu"]) == 0
+    lm = load_model(str(tiny_dir))
+    jump = OneJump.load(run_dir / "shortcuts" / "ojfa", fingerprint=lm.fingerprint)
+    h = torch.randn(3, lm.hidden_size)
+    assert jump.logits(h, 1, lm.adapter).shape == (3, lm.adapter.vocab_size)
+    code = main(["-q", "generate", "--model", str(tiny_dir), "--jump", str(run_dir), "--prompt", "alpha beta",
+                 "--max-new-tokens", "6", "--exit", "speculative", "--draft-level", "1", "--compare",
+                 "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0 and '"identical_to_generate": true' in err
+
+
+def test_stage_without_run_folder_is_clear(tmp_path, capsys):
+    assert main(["-q", "select", "--out", str(tmp_path / "nothing")]) != 0
+    assert "not an onejump run folder" in capsys.readouterr().err
