@@ -87,9 +87,8 @@ def test_resume_is_byte_identical(lm, tmp_path):
     # a half-written shard (temporary file) left behind by a kill is ignored
     (tmp_path / "part" / ".shard-00002.safetensors.tmp").write_bytes(b"garbage")
     extract(lm, SENTENCES, tmp_path / "part", **kw)
-    full, part = _files(tmp_path / "full"), _files(tmp_path / "part")
-    part.pop(".shard-00002.safetensors.tmp")
-    assert full == part
+    assert not (tmp_path / "part" / ".shard-00002.safetensors.tmp").exists()  # cleaned up on resume
+    assert _files(tmp_path / "full") == _files(tmp_path / "part")
 
 
 def test_other_run_in_folder_is_refused(lm, tmp_path):
@@ -180,3 +179,63 @@ def test_second_writer_is_refused(tmp_path):
                 pass
     with folder_lock(tmp_path / "out"):  # released: free again
         pass
+
+
+def test_disk_full_keeps_finished_shards(lm, tmp_path, monkeypatch):
+    import errno
+
+    import onejump.store as store_mod
+
+    kw = dict(seed=0, shard_size=6, max_batch_size=4, progress=False)
+    real_save = store_mod.save_file
+    calls = {"n": 0}
+
+    def flaky_save(tensors, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, path, *a, **k)
+
+    monkeypatch.setattr(store_mod, "save_file", flaky_save)
+    with pytest.raises(StoreError, match="disk full"):
+        extract(lm, SENTENCES, tmp_path / "s", **kw)
+    names = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert "shard-00001.safetensors" in names and "shard-00002.safetensors" not in names
+    assert not [n for n in names if n.startswith(".shard-")]  # no half-written file left
+    monkeypatch.setattr(store_mod, "save_file", real_save)
+    extract(lm, SENTENCES, tmp_path / "s", **kw)
+    extract(lm, SENTENCES, tmp_path / "ref", **kw)
+    assert _files(tmp_path / "s") == _files(tmp_path / "ref")
+
+
+def test_sigkill_then_rerun_is_identical(tmp_path):
+    """Kill the CLI with SIGKILL at several points; each rerun completes to the uninterrupted bytes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model_dir = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(SENTENCES * 4) + "\n".join(f"Sentence number {i} is here and it is long enough."
+                                                           for i in range(80)))
+    def cmd(out):
+        return [sys.executable, "-m", "onejump.cli", "-q", "extract", "--model", str(model_dir), "--corpus",
+                str(corpus), "--n-train", "60", "--n-test", "20", "--shard-size", "4", "--tokens-per-batch", "64",
+                "--device", "cpu", "--out", str(out)]
+
+    assert subprocess.run(cmd(tmp_path / "ref"), capture_output=True).returncode == 0
+    out = tmp_path / "killed"
+    for wait_shards in (1, 5, 12):
+        proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline and len(list(out.glob("shard-*.json"))) < wait_shards:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert subprocess.run(cmd(out), capture_output=True).returncode == 0
+    assert _files(tmp_path / "ref") == _files(out)

@@ -418,6 +418,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _quiet_libraries(args.quiet)
+    import signal
+
+    def _terminate(signum: int, _frame: object) -> None:  # `kill` behaves like Ctrl-C: say what was kept
+        raise KeyboardInterrupt
+
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return COMMANDS[args.command](args)
     except OneJumpError as exc:

@@ -202,6 +202,8 @@ def _check_or_write_plan(out: Path, key: dict[str, Any]) -> None:
             raise StoreError(
                 f"{out} holds a store of another run (differs in {', '.join(diff)}); use another folder"
             )
+        for stale in out.glob(".shard-*"):  # temporary files left by a killed run
+            stale.unlink(missing_ok=True)
     elif any(p.name != ".onejump.lock" for p in out.iterdir()):
         raise StoreError(f"{out} is not empty and is not an onejump store; use another folder")
     else:
