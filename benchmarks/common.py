@@ -45,3 +45,47 @@ def save(name: str, payload: dict) -> Path:
     print(json.dumps(payload, indent=1))
     print(f"saved {path}")
     return path
+
+
+class LimitedStore:
+    """A view of a store that keeps only the first ``n`` rows of each split (for size sweeps)."""
+
+    def __init__(self, store, n: int):
+        import numpy as np
+
+        self._store, self._n, self._np = store, n, np
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def indices(self, split=None):
+        return self._store.indices(split)[: self._n]
+
+    def targets(self, split=None):
+        return self._store.targets(split)[: self._n]
+
+    def hidden(self, split=None, levels=None, dtype=torch.float32):
+        return self._store.hidden(split, levels=levels, dtype=dtype)[: self._n]
+
+    def iter_chunks(self, split=None, chunk_size=4096, levels=None, dtype=torch.float32):
+        left = self._n
+        for rows, chunk in self._store.iter_chunks(split, chunk_size=chunk_size, levels=levels, dtype=dtype):
+            if left <= 0:
+                return
+            yield rows[:left], chunk[:left]
+            left -= len(rows)
+
+
+def load_for_benchmark(model: str, device: str, random_init: bool = False):
+    """The model to benchmark; ``random_init`` builds it from a folder's config and tokenizer alone
+    (same architecture and cost, random weights: for machines that cannot hold the real weights)."""
+    from onejump.models import from_pretrained_model, load_model, resolve_device
+
+    if not random_init:
+        return load_model(model, device=device)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(model)
+    lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(resolve_device(device))
+    return from_pretrained_model(lm, AutoTokenizer.from_pretrained(model), name=f"{model} (random init)")

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from onejump import generation
 from onejump.errors import ConfigError
 from onejump.generation import (
     generate_confidence,
@@ -20,6 +21,8 @@ PROMPT = [5, 17, 33, 8, 41, 12]
 
 @pytest.fixture(scope="module", params=["llama", "gpt2", "gemma3_text"])
 def lm(request):
+    if request.param == "gemma3_text" and not generation._CAN_RECORD_PAST:
+        pytest.skip("rolling back a sliding-window cache past its window needs transformers >= 5.23")
     model = tiny_model(request.param)
     model.generation_config.eos_token_id = None  # random weights: never stop early
     return from_pretrained_model(model, tiny_tokenizer(), name=f"tiny-{request.param}")

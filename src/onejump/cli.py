@@ -355,7 +355,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 try:
                     levels = [int(x) for x in args.exit_levels.split(",") if x.strip()]
                 except ValueError:
-                    raise ConfigError(f"--exit-levels must be comma-separated integers, got '{args.exit_levels}'") from None
+                    raise ConfigError(
+                        f"--exit-levels must be comma-separated integers, got '{args.exit_levels}'") from None
             res = generate_confidence(lm, predictor, ids, args.max_new_tokens, lam=args.lam, measure=args.measure,
                                       exit_levels=levels)
         else:

@@ -88,10 +88,23 @@ def _new_cache(lm: LoadedModel) -> Any:
         cache = DynamicCache(config=lm.model.config)
     except TypeError:  # older transformers
         cache = DynamicCache()
-    for layer in getattr(cache, "layers", []):
-        if hasattr(layer, "activate_past_recording"):
-            layer.activate_past_recording()
+    if _CAN_RECORD_PAST:
+        for layer in getattr(cache, "layers", []):
+            if hasattr(layer, "activate_past_recording"):
+                layer.activate_past_recording()
     return cache
+
+
+def _transformers_at_least(version: str) -> bool:
+    import transformers
+    from packaging.version import Version
+
+    return Version(transformers.__version__) >= Version(version)
+
+
+# Sliding-window cache layers can be rolled back past their window only from transformers 5.23 on
+# (earlier 5.x releases return more keys than the attention mask expects once recording is on).
+_CAN_RECORD_PAST = _transformers_at_least("5.23.0")
 
 
 def _truncate(cache: Any, length: int) -> None:
@@ -99,7 +112,11 @@ def _truncate(cache: Any, length: int) -> None:
     for layer in cache.layers:
         extra = layer.get_seq_length() - length
         if extra > 0:
-            layer.crop(-extra)
+            try:
+                layer.crop(-extra)
+            except RuntimeError as exc:  # a sliding-window layer past its window, older transformers
+                raise ConfigError(f"cannot roll back this model's sliding-window KV cache ({exc}); early exit "
+                                  "beyond the window needs transformers >= 5.23") from None
 
 
 def _eos_ids(lm: LoadedModel) -> set[int]:

@@ -234,10 +234,10 @@ def _fit(bank: JumpBank, train: _Task, val: _Task | None, config: TrainConfig, d
         for idx in _batches(train.size, config.batch_size, gen):
             inp, tgt = train.get(idx, device)
             per_jump = _loss_per_jump(bank, inp, tgt)
-            if not torch.isfinite(per_jump).all():
-                j = int((~torch.isfinite(per_jump)).nonzero()[0])
+            if not torch.isfinite(per_jump.detach()).all():
+                j = int((~torch.isfinite(per_jump.detach())).nonzero()[0])
                 raise NumericalError(f"training loss of {_jump_name(levels_for_names, j)} became "
-                                     f"{float(per_jump[j])} at epoch {epoch}; lower the learning rate")
+                                     f"{float(per_jump.detach()[j])} at epoch {epoch}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
             per_jump.sum().backward()
             opt.step()

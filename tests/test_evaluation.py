@@ -1,0 +1,262 @@
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onejump.errors import ConfigError, NumericalError
+from onejump.evaluation import (
+    EvalResult,
+    LowRankHead,
+    _reduce_inplace,
+    _reduce_logits,
+    _score_block,
+    bootstrap_ci,
+    evaluate,
+    paired_test,
+    parameter_counts,
+)
+from onejump.extract import extract
+from onejump.models import from_pretrained_model
+from onejump.shortcuts import JumpBank, LinearJTC
+
+from .test_selection import random_bank, random_sentences
+from .tiny import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is fastest, and OpenMP threads thrash when the machine is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    lm = from_pretrained_model(tiny_model("llama"), tiny_tokenizer(), name="tiny-llama")
+    store = extract(lm, random_sentences(40, seed=2), tmp_path_factory.mktemp("ev") / "s",
+                    splits=[0] * 16 + [1] * 24, seed=0, shard_size=10, progress=False)
+    bank = random_bank(store.num_blocks, store.hidden_size, 4, seed=1)
+    joint = random_bank(1, store.hidden_size, 4, seed=2)
+    jtc = LinearJTC.fit(store, ridge=1e-3)
+    return lm, store, bank, joint, jtc
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2", "gemma3_text", "opt", "gpt_neox", "phi3"])
+def test_low_rank_head_is_exact(arch):
+    lm = from_pretrained_model(tiny_model(arch), tiny_tokenizer(), name=f"tiny-{arch}")
+    H = lm.hidden_size
+    bank = random_bank(3, H, 5, seed=7)
+    if arch == "opt":  # tiny OPT has a projection-free head; still check the norm kind is handled
+        assert lm.adapter.norm_params().kind in ("layernorm", "identity")
+    head = LowRankHead(lm.adapter, bank)
+    h = torch.randn(9, H) * 4 + 1
+    z_all = head.project_all(h)
+    torch.set_grad_enabled(False)
+    for m in range(3):
+        ref = lm.adapter.head(bank.apply(h, m))
+        got = head.logits(h, m)
+        scale = float(ref.abs().max())
+        torch.testing.assert_close(got, ref, atol=2e-5 * (1 + scale), rtol=1e-4)
+        torch.testing.assert_close(head.logits_from_codes(z_all[:, m], m), ref, atol=2e-5 * (1 + scale), rtol=1e-4)
+    torch.set_grad_enabled(True)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 12), st.integers(6, 50))
+def test_score_block_matches_reference(seed, rows, V):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(rows, V, generator=gen) * 5
+    target = torch.randint(0, V, (rows,), generator=gen)
+    final_logp = torch.log_softmax(torch.randn(3, V, generator=gen), -1)
+    sample = torch.randint(0, 3, (rows,), generator=gen)
+    c1, c5, s, rev = _score_block(logits.clone(), target, final_logp, sample)
+    assert torch.equal(c1, logits.argmax(1) == target)
+    assert torch.equal(c5, (logits.topk(min(5, V), 1).indices == target[:, None]).any(1))
+    torch.testing.assert_close(s, -torch.log_softmax(logits, 1).gather(1, target[:, None])[:, 0])
+    torch.testing.assert_close(rev, -final_logp[sample, logits.argmax(1)])
+    assert (s >= -1e-5).all()
+
+
+def test_evaluate_shapes_ranges_and_json(setup, tmp_path):
+    lm, store, bank, joint, jtc = setup
+    K, N = store.num_blocks, 24
+    res = evaluate(store, lm.adapter, bank, joint=joint, jtc=jtc, chosen=1, progress=False)
+    assert res.num_samples == N and res.num_blocks == K and res.jumps == list(range(K))
+    assert set(res.methods) == {"identity", "jtc", "joint", "full", "ojfa"}
+    assert res.per_sample["pairs/correct1"].shape == (K, K, N)
+    assert res.per_sample["identity/surprisal"].shape == (K, N)
+    for method in res.methods:
+        for metric in ("precision@1", "precision@5"):
+            v = res.metric(method, metric)
+            assert v.shape == (K,) and ((v >= 0) & (v <= 1)).all()
+        assert (res.metric(method, "surprisal") >= 0).all()
+        assert (res.metric(method, "precision@5") >= res.metric(method, "precision@1")).all()
+    full = res.metric("full", "precision@1")
+    pairs = res.pair_matrix("precision@1")
+    torch.testing.assert_close(full, torch.diagonal(pairs))
+    torch.testing.assert_close(res.metric("ojfa", "surprisal"), res.pair_matrix("surprisal")[1])
+    torch.testing.assert_close(res.metric("jump:2", "surprisal"), res.pair_matrix("surprisal")[2])
+    d = json.loads(json.dumps(res.to_dict()))
+    assert d["parameters"]["reduction_factor"] == K and "per_sample" not in json.dumps(d)
+    res.save(tmp_path / "r")
+    again = EvalResult.load(tmp_path / "r")
+    for k, v in res.per_sample.items():
+        assert torch.equal(v, again.per_sample[k]) and v.dtype == again.per_sample[k].dtype
+    with pytest.raises(ConfigError):
+        res.metric("magic", "surprisal")
+    with pytest.raises(ConfigError):
+        res.metric("identity", "accuracy")
+
+
+def test_pairs_match_direct_head(setup):
+    lm, store, bank, _, _ = setup
+    res = evaluate(store, lm.adapter, bank, identity=False, jumps=[0, 2], progress=False)
+    h = store.hidden("test")
+    t = store.targets("test")
+    for i, m in enumerate([0, 2]):
+        for k in range(store.num_blocks):
+            logits = lm.adapter.head(bank.apply(h[:, k], m)).detach()
+            logp = torch.log_softmax(logits, -1)
+            torch.testing.assert_close(res.per_sample["pairs/surprisal"][i, k], -logp.gather(1, t[:, None])[:, 0],
+                                       atol=1e-4, rtol=1e-4)
+            assert torch.equal(res.per_sample["pairs/correct1"][i, k], logits.argmax(1) == t)
+    assert res.methods == []  # neither full (not all jumps) nor ojfa (no choice)
+
+
+class FinalEverywhere:
+    """A store view in which every level holds h^K: shortcuts that return their input are perfect."""
+
+    def __init__(self, store):
+        self.store = store
+        self.num_blocks, self.hidden_size = store.num_blocks, store.hidden_size
+
+    def targets(self, split):
+        return self.store.targets(split)
+
+    def indices(self, split):
+        return self.store.indices(split)
+
+    def iter_chunks(self, split, chunk_size, levels=None):
+        for rows, h in self.store.iter_chunks(split, chunk_size=chunk_size):
+            yield rows, h[:, -1:].expand_as(h).clone()
+
+
+def test_perfect_shortcut_gets_precision_one_and_model_surprisal(setup):
+    lm, store, _, _, _ = setup
+    K, H = store.num_blocks, store.hidden_size
+    identity_jtc = LinearJTC(torch.cat([torch.eye(H), torch.zeros(1, H)])[None].repeat(K, 1, 1))
+    res = evaluate(FinalEverywhere(store), lm.adapter, jtc=identity_jtc, progress=False)
+    h_final = store.hidden("test")[:, K]
+    own = -torch.log_softmax(lm.adapter.head(h_final), -1).gather(1, store.targets("test")[:, None])[:, 0]
+    for method in ("identity", "jtc"):
+        assert (res.metric(method, "precision@1") == 1).all()
+        assert (res.metric(method, "precision@5") == 1).all()
+        torch.testing.assert_close(res.metric(method, "surprisal"), torch.full((K,), float(own.double().mean()),
+                                   dtype=torch.float64), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(res.metric(method, "reverse_surprisal"), res.metric(method, "surprisal"),
+                                   atol=1e-4, rtol=1e-5)
+    assert res.final_surprisal == pytest.approx(float(own.double().mean()), rel=1e-5)
+
+
+def test_results_do_not_depend_on_chunking(setup):
+    lm, store, bank, joint, jtc = setup
+    a = evaluate(store, lm.adapter, bank, joint=joint, jtc=jtc, chunk_size=5, block_rows=7, progress=False)
+    b = evaluate(store, lm.adapter, bank, joint=joint, jtc=jtc, chunk_size=1000, progress=False)
+    for k, v in a.per_sample.items():
+        if v.dtype == torch.bool or not v.is_floating_point():
+            assert torch.equal(v, b.per_sample[k]), k
+        else:
+            torch.testing.assert_close(v, b.per_sample[k], atol=1e-4, rtol=1e-5)
+
+
+def test_evaluate_checks_inputs(setup):
+    lm, store, bank, _, _ = setup
+    with pytest.raises(ConfigError):
+        evaluate(store, lm.adapter, JumpBank(2, 10, 2), progress=False)
+    with pytest.raises(ConfigError):
+        evaluate(store, lm.adapter, bank, jumps=[99], progress=False)
+
+    class NaNStore(FinalEverywhere):
+        def iter_chunks(self, split, chunk_size, levels=None):
+            for rows, h in self.store.iter_chunks(split, chunk_size=chunk_size):
+                h = h.clone()
+                h[0, 1, 0] = float("nan")
+                yield rows, h
+
+    with pytest.raises(NumericalError, match="level 1"):
+        evaluate(NaNStore(store), lm.adapter, bank, progress=False)
+
+
+# ---- statistics -----------------------------------------------------------------------------------
+
+
+def test_bootstrap_ci():
+    x = np.random.default_rng(0).normal(1.0, 1.0, 500)
+    ci = bootstrap_ci(x, n_boot=500, seed=1)
+    assert ci.low < ci.mean < ci.high and ci.low < 1.0 < ci.high
+    assert bootstrap_ci(x, n_boot=500, seed=1) == ci
+    const = bootstrap_ci(torch.ones(10, dtype=torch.bool))
+    assert const == (1.0, 1.0, 1.0)
+    with pytest.raises(ConfigError):
+        bootstrap_ci([])
+
+
+def test_paired_test():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, 300)
+    same = paired_test(a, a)
+    assert same.mean_diff == 0 and same.p_value == 1.0
+    shifted = paired_test(a + 0.5, a, n_perm=2000)
+    assert shifted.p_value < 0.01 and shifted.low > 0 and shifted.test == "sign-flip-permutation"
+    noise = paired_test(a, a + rng.normal(0, 0.01, 300) - 0.0, n_perm=2000)
+    assert noise.p_value > 0.001
+    # McNemar exact: 5 discordant pairs all one way -> p = 2 / 2^5
+    x = torch.tensor([True] * 5 + [False] * 5)
+    y = torch.tensor([False] * 5 + [False] * 5)
+    mc = paired_test(x, y)
+    assert mc.test == "mcnemar-exact" and mc.p_value == pytest.approx(2 / 32) and mc.mean_diff == 0.5
+    with pytest.raises(ConfigError):
+        paired_test(a, a[:5])
+
+
+def test_parameter_counts():
+    p = parameter_counts(48, 1600, 16)
+    assert p["ojfa"] == p["joint"] == 57_600 and p["full_nnjtc"] == 2_764_800 and p["identity"] == 0
+    assert p["reduction_factor"] == 48 and p["jtc"] == 48 * (1600 * 1600 + 1600)
+    assert parameter_counts(32, 4096, 40)["full_nnjtc"] == 11_010_048
+
+
+def test_compile_kernel_source_equals_eager_reductions():
+    """The function evaluate(compile=True) compiles computes what the eager in-place path computes."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(13, 300, generator=gen) * 4
+    target = torch.randint(0, 300, (13,), generator=gen)
+    target[0] = int(logits[0].argmax())
+    a = _reduce_logits(logits.clone(), target)
+    b = _reduce_inplace(logits.clone(), target)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x.to(y.dtype), y)
+
+
+@pytest.mark.skipif(not os.environ.get("ONEJUMP_TEST_COMPILE"),
+                    reason="compiling takes ~5 s warm but up to ~1 min cold; set ONEJUMP_TEST_COMPILE=1")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_compiled_kernel_equals_eager(setup):
+    lm, store, bank, _, _ = setup
+    a = evaluate(store, lm.adapter, bank, jumps=[0, 1], compile=False, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        b = evaluate(store, lm.adapter, bank, jumps=[0, 1], compile=True, progress=False)
+    assert not [w for w in caught if "evaluation kernel failed" in str(w.message)]  # no fallback to eager
+    for k, v in a.per_sample.items():
+        if v.dtype == torch.bool:
+            assert torch.equal(v, b.per_sample[k]), k
+        else:
+            torch.testing.assert_close(v, b.per_sample[k], atol=1e-4, rtol=1e-5)

@@ -1,0 +1,50 @@
+"""The CUDA path (skipped without a GPU; CI has none): every stage on the GPU agrees with the CPU."""
+
+import pytest
+import torch
+
+from onejump.evaluation import evaluate
+from onejump.extract import extract
+from onejump.generation import generate_reference, generate_speculative, logit_lens_predictor
+from onejump.models import from_pretrained_model
+from onejump.selection import select_ojfa
+from onejump.training import TrainConfig, train_jumps
+
+from .test_extract import SENTENCES
+from .tiny import tiny_model, tiny_tokenizer
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    cpu = from_pretrained_model(tiny_model("llama"), tiny_tokenizer(), name="tiny")
+    gpu = from_pretrained_model(tiny_model("llama").cuda(), tiny_tokenizer(), name="tiny")
+    return cpu, gpu
+
+
+def test_extract_train_select_evaluate_on_cuda(pair, tmp_path):
+    cpu, gpu = pair
+    splits = [0] * 16 + [1] * 8
+    s_cpu = extract(cpu, SENTENCES, tmp_path / "c", splits=splits, progress=False)
+    s_gpu = extract(gpu, SENTENCES, tmp_path / "g", splits=splits, progress=False)
+    torch.testing.assert_close(s_gpu.hidden(), s_cpu.hidden(), rtol=1e-3, atol=1e-3)
+    config = TrainConfig(max_epochs=3, batch_size=8)
+    bank_c, _ = train_jumps(s_cpu, config, device="cpu", progress=False)
+    bank_g, _ = train_jumps(s_cpu, config, device="cuda", progress=False)
+    for a, b in zip(bank_c.state_dict().values(), bank_g.state_dict().values()):
+        torch.testing.assert_close(a.float(), b.cpu().float(), rtol=1e-2, atol=1e-3)
+    sel = select_ojfa(s_cpu, bank_g, device="cuda")
+    assert 0 <= sel.chosen < 3
+    r_cpu = evaluate(s_cpu, cpu.adapter, bank_c, progress=False, device="cpu")
+    r_gpu = evaluate(s_cpu, gpu.adapter, bank_c.cuda(), progress=False, device="cuda")
+    torch.testing.assert_close(r_gpu.pair_matrix("surprisal"), r_cpu.pair_matrix("surprisal"), rtol=1e-3, atol=1e-3)
+
+
+def test_speculative_on_cuda_equals_generate(pair):
+    _, gpu = pair
+    prompt = [5, 17, 33, 8, 41, 12]
+    gpu.model.generation_config.eos_token_id = None
+    ref = generate_reference(gpu, prompt, 16).tokens
+    res = generate_speculative(gpu, logit_lens_predictor(gpu), prompt, 16, draft_level=2, draft_len=3)
+    assert res.tokens == ref
