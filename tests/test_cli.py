@@ -42,7 +42,7 @@ def test_extract_and_info(capsys, tiny_dir, corpus, tmp_path):
                           "--n-test", 20, "--out", tmp_path / "store", "--device", "cpu")
     assert code == 0, err
     assert "40 train + 20 test" in out
-    code, out, err = _run(capsys, "info", tmp_path / "store")
+    code, out, err = _run(capsys, "info", tmp_path / "store" / "store")
     assert code == 0 and "K=3" in out
     # a rerun is a no-op that returns the finished store
     code, out, _ = _run(capsys, "extract", "--model", tiny_dir, "--corpus", corpus, "--n-train", 40,
@@ -51,7 +51,7 @@ def test_extract_and_info(capsys, tiny_dir, corpus, tmp_path):
     # same folder, another seed: refused
     code, out, err = _run(capsys, "extract", "--model", tiny_dir, "--corpus", corpus, "--n-train", 40,
                           "--n-test", 20, "--out", tmp_path / "store", "--seed", 5, "--device", "cpu")
-    assert code != 0 and "another run" in err and len(err.strip().splitlines()) == 1
+    assert code != 0 and "other settings" in err and len(err.strip().splitlines()) == 1
 
 
 BAD = [

@@ -31,4 +31,4 @@ def test_torchrun_two_processes_equal_single(tmp_path):
                             "--out", str(tmp_path / "multi")],
                            capture_output=True, text=True, env=env, timeout=280)
     assert multi.returncode == 0, multi.stderr[-2000:]
-    assert _files(tmp_path / "single") == _files(tmp_path / "multi")
+    assert _files(tmp_path / "single" / "store") == _files(tmp_path / "multi" / "store")

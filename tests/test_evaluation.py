@@ -127,7 +127,13 @@ def test_pairs_match_direct_head(setup):
             torch.testing.assert_close(res.per_sample["pairs/surprisal"][i, k], -logp.gather(1, t[:, None])[:, 0],
                                        atol=1e-4, rtol=1e-4)
             assert torch.equal(res.per_sample["pairs/correct1"][i, k], logits.argmax(1) == t)
-    assert res.methods == []  # neither full (not all jumps) nor ojfa (no choice)
+    assert res.methods == ["full"]  # the diagonal is evaluated on its own; no OJFA choice given
+    full = evaluate(store, lm.adapter, bank, identity=False, progress=False)
+    for metric in ("precision@1", "precision@5", "surprisal", "reverse_surprisal"):
+        torch.testing.assert_close(res.metric("full", metric), full.metric("full", metric), atol=1e-5, rtol=1e-5)
+    with_choice = evaluate(store, lm.adapter, bank, identity=False, jumps=[2], chosen=2, progress=False)
+    assert with_choice.methods == ["full", "ojfa"]
+    torch.testing.assert_close(with_choice.metric("ojfa", "surprisal"), full.metric("jump:2", "surprisal"))
 
 
 class FinalEverywhere:

@@ -231,11 +231,11 @@ def test_sigkill_then_rerun_is_identical(tmp_path):
     for wait_shards in (1, 5, 12):
         proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
-        while time.time() < deadline and len(list(out.glob("shard-*.json"))) < wait_shards:
+        while time.time() < deadline and len(list(out.glob("store/shard-*.json"))) < wait_shards:
             if proc.poll() is not None:
                 break
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert subprocess.run(cmd(out), capture_output=True).returncode == 0
-    assert _files(tmp_path / "ref") == _files(out)
+    assert _files(tmp_path / "ref" / "store") == _files(out / "store")

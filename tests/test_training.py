@@ -115,7 +115,7 @@ def test_bad_config(bad):
         train_jumps(linear_store(), TrainConfig(**{**FAST, **bad}), progress=False)
 
 
-def test_no_validation_keeps_last_epoch():
+def test_without_validation_split():
     store = linear_store()
     bank, hist = train_jumps(store, TrainConfig(**{**FAST, "val_fraction": 0.0, "max_epochs": 3}), progress=False)
     assert hist.n_val == 0 and hist.epochs_run == 3

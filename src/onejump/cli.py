@@ -102,12 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="*", default=["smollm2-135m", "gemma3-270m"],
                    help="aliases to cache (default: all)")
 
-    p = sub.add_parser("extract", help="extract hidden states at all levels into a store",
+    p = sub.add_parser("extract", help="extract hidden states at all levels into a run folder's store",
                        description="Sample one position per sentence, run prefixes through the model and "
                                    "store levels 0..K (level K before the final norm). Rerun to resume.")
     _add_model_args(p)
     _add_data_args(p)
-    p.add_argument("--out", required=True, help="store folder")
+    p.add_argument("--out", required=True, help="run folder (the store goes to OUT/store)")
 
     p = sub.add_parser("train", help="train the per-level jumps, the joint jump and the JTC maps of a run",
                        description="Train all K per-level N-NJTC jumps together (MSE to h^K, Eq. 2), the joint "
@@ -194,19 +194,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def do_extract(args: argparse.Namespace, out: Path):
-    from .extract import extract
+def _data_args(args: argparse.Namespace):
+    from .pipeline import DataArgs
 
-    split = _load_split(args)
-    lm = _load_model(args)
-    sentences = [s.text for s in split.train] + [s.text for s in split.test]
-    splits = [0] * len(split.train) + [1] * len(split.test)
-    t0 = time.time()
-    store = extract(lm, sentences, out, splits=splits, seed=args.seed, store_dtype=args.store_dtype,
-                    tokens_per_batch=args.tokens_per_batch, shard_size=args.shard_size,
-                    progress=not args.quiet,
-                    extra={"corpus": args.corpus, "n_train": args.n_train, "n_test": args.n_test})
-    return lm, store, time.time() - t0
+    return DataArgs(model=args.model, corpus=args.corpus, hf_config=args.hf_config, text_field=args.text_field,
+                    max_documents=args.max_documents, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
+                    store_dtype=args.store_dtype, tokens_per_batch=args.tokens_per_batch, shard_size=args.shard_size)
 
 
 def _lock(folder: Path):
@@ -220,12 +213,13 @@ def _lock(folder: Path):
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    _INTERRUPT_HINT[0] = f"finished shards are kept in {out}; rerun the same command to resume"
-    with _lock(out):
-        lm, store, seconds = do_extract(args, out)
+    run = _run(args, existing=False)
+    _INTERRUPT_HINT[0] = f"finished shards are kept in {run.store_dir}; rerun the same command to resume"
+    t0 = time.time()
+    with _lock(run.folder):
+        store = run.extract(_data_args(args))
     _print_store(store)
-    print(f"extracted in {seconds:.1f} s")
+    print(f"done in {time.time() - t0:.1f} s")
     return 0
 
 
@@ -302,12 +296,8 @@ def _print_claims(report: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import DataArgs
-
     run = _run(args, existing=False)
-    data = DataArgs(model=args.model, corpus=args.corpus, hf_config=args.hf_config, text_field=args.text_field,
-                    max_documents=args.max_documents, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
-                    store_dtype=args.store_dtype, tokens_per_batch=args.tokens_per_batch, shard_size=args.shard_size)
+    data = _data_args(args)
     config = _train_config(args)
     _INTERRUPT_HINT[0] = f"finished stages are kept in {run.folder}; rerun the same command to resume"
     with _lock(run.folder):

@@ -251,13 +251,13 @@ class _Chunk:
 class EvalResult:
     """Per-sample results of :func:`evaluate` and their summaries.
 
-    ``per_sample`` maps ``"<method>/<quantity>"`` to tensors: ``method`` in ``identity``, ``jtc``,
-    ``joint`` (shape (K, N)) and ``pairs`` (shape (len(jumps), K, N): jump ``jumps[i]`` at every
-    level); ``quantity`` in ``correct1``, ``correct5`` (bool), ``surprisal``,
-    ``reverse_surprisal`` (float32). ``final/surprisal`` (N,) is the model's own surprisal of t*
-    and ``targets`` (N,) the t* used. Method names for :meth:`metric`: ``identity``, ``jtc``,
-    ``joint``, ``full`` (jump k at level k, the diagonal), ``ojfa`` (the chosen jump, see
-    ``chosen``), ``jump:m``.
+    ``per_sample`` maps ``"<method>/<quantity>"`` to tensors. ``method``: ``identity``, ``jtc``,
+    ``joint`` and ``full`` (the last only when ``jumps`` did not cover the diagonal), each of
+    shape (K, N); ``pairs`` of shape (len(jumps), K, N) (jump ``jumps[i]`` at every level).
+    ``quantity``: ``correct1``, ``correct5`` (bool), ``surprisal``, ``reverse_surprisal``
+    (float32). ``final/surprisal`` (N,) is the model's own surprisal of t* and ``targets`` (N,)
+    the t* used. Method names for :meth:`metric`: ``identity``, ``jtc``, ``joint``, ``full``
+    (jump k at level k), ``ojfa`` (the chosen jump, see ``chosen``), ``jump:m``.
     """
 
     num_blocks: int
@@ -276,8 +276,10 @@ class EvalResult:
     def methods(self) -> list[str]:
         """Methods available to :meth:`metric`."""
         out = [m for m in ("identity", "jtc", "joint") if f"{m}/correct1" in self.per_sample]
+        if "full/correct1" in self.per_sample:
+            out.append("full")
         if "pairs/correct1" in self.per_sample:
-            if set(range(self.num_blocks)) <= set(self.jumps):
+            if "full" not in out and set(range(self.num_blocks)) <= set(self.jumps):
                 out.append("full")
             if self.chosen is not None and self.chosen in self.jumps:
                 out.append("ojfa")
@@ -293,6 +295,8 @@ class EvalResult:
             if key not in self.per_sample:
                 raise ConfigError(f"method '{method}' was not evaluated")
             return self.per_sample[key]
+        if method == "full" and f"full/{q}" in self.per_sample:
+            return self.per_sample[f"full/{q}"]
         pairs = self.per_sample.get(f"pairs/{q}")
         if pairs is None:
             raise ConfigError(f"method '{method}' needs the jump bank, which was not evaluated")
@@ -406,24 +410,33 @@ def evaluate(store: Any, adapter: Any, bank: JumpBank | None = None, *, joint: J
     """Evaluate shortcuts at every exit level on a store split through the model head.
 
     ``bank`` is the per-level N-NJTC bank: every jump in ``jumps`` (default all) is evaluated at
-    every level (the reuse matrix; row k at level k is full N-NJTC). ``joint`` is a J=1 bank,
+    every level (the reuse matrix; row k at level k is full N-NJTC). With a subset of ``jumps``
+    the diagonal (jump k at level k, full N-NJTC) is evaluated on its own, so e.g.
+    ``jumps=[chosen]`` gives full N-NJTC and OJFA for 2/K of the cost of the whole matrix. ``joint`` is a J=1 bank,
     ``jtc`` a :class:`LinearJTC`; ``identity`` adds the logit lens. ``chosen`` records the OJFA
     jump for :meth:`EvalResult.metric` (``"ojfa"``). Memory is bounded by ``chunk_size`` samples
-    and ``block_rows`` rows of logits; results do not depend on either. ``device`` defaults to
-    the device of the model's unembedding.
+    and ``block_rows`` rows of logits; results do not depend on either. Everything runs on the
+    device of the model's unembedding (``device``, if given, must be of the same type).
 
     ``compile=True`` runs the reductions over the vocabulary (max, argmax, count, log-sum-exp) as
-    one ``torch.compile``-d kernel: about 1.7x faster on CPU for the reuse matrix, but the first
-    call compiles (seconds with a warm inductor cache, up to ~1.5 min cold on 2 cores) and needs a
-    C++ compiler; if compiling fails it warns and falls back to eager. Default (``None``): eager.
+    one ``torch.compile``-d kernel: about 1.3x faster on 2 CPU cores for the full reuse matrix
+    (SmolLM2, N=300: 26 s vs 34 s), but the first call compiles (seconds with a warm inductor
+    cache, up to ~1.5 min cold) and needs a C++ compiler; if compiling fails it warns and falls
+    back to eager. Default (``None``): eager. On a GPU the whole K x K evaluation at N=3000 takes
+    a few seconds.
+
+    Cost on CPU: the full K x K matrix is K*K*N rows of V logits (SmolLM2, N=3000: 2.7M rows x
+    49152); the low-rank head makes each row an r-dim product, so the time goes into the passes
+    over the logits (max/argmax, count, exp-sum). Pass ``jumps=[...]`` to evaluate only some
+    jumps at every level.
     """
     K, H = store.num_blocks, store.hidden_size
     if chunk_size < 1:
         raise ConfigError("chunk_size must be >= 1")
     w_u = adapter.unembedding_matrix()
-    dev = torch.device(device) if device is not None else w_u.device
-    if dev.type != w_u.device.type or (dev.index is not None and dev.index != w_u.device.index):
-        raise ConfigError(f"evaluate runs where the model's head is: the model is on {w_u.device}, device={dev} "
+    dev = w_u.device  # the head runs where the model's unembedding is (e.g. a device_map's last GPU)
+    if device is not None and torch.device(device).type != dev.type:
+        raise ConfigError(f"evaluate runs where the model's head is: the model is on {dev}, device={device} "
                           "was asked for; move the model or leave device unset")
     V = int(w_u.shape[0])
     model_dtype = w_u.dtype
@@ -452,13 +465,16 @@ def evaluate(store: Any, adapter: Any, bank: JumpBank | None = None, *, joint: J
         sinks["identity"] = _Sink((), K, N)
     if jtc is not None:
         sinks["jtc"] = _Sink((), K, N)
-        jtc = jtc.to(dev)
+        jtc = LinearJTC(jtc.W.to(dev))  # a copy: the caller's module stays where it is
     if joint is not None:
         sinks["joint"] = _Sink((), K, N)
-        joint_head = LowRankHead(adapter, joint.to(dev), dev)
+        joint_head = LowRankHead(adapter, joint, dev)
     if bank is not None and jump_list:
         sinks["pairs"] = _Sink((len(jump_list),), K, N)
-        bank_head = LowRankHead(adapter, bank.to(dev), dev)
+    if bank is not None and bank.num_jumps == K and not set(range(K)) <= set(jump_list):
+        sinks["full"] = _Sink((), K, N)  # jump k at level k, when the pairs do not hold the diagonal
+    if bank is not None:
+        bank_head = LowRankHead(adapter, bank, dev)
     final_surprisal = torch.zeros(N, dtype=torch.float32)
     timings = dict.fromkeys(["final", *sinks], 0.0)
 
@@ -494,10 +510,21 @@ def evaluate(store: Any, adapter: Any, bank: JumpBank | None = None, *, joint: J
             u_joint = joint_head.scaled_codes(joint_head.project_all(levels_h)[:, 0], 0)
             low.run(sinks["joint"], functools.partial(joint_head.logits_from_scaled, jump=0), u_joint, timings,
                     "joint")
-        if "pairs" in sinks:
+        if "pairs" in sinks or "full" in sinks:
             t1 = time.perf_counter()
             z_all = bank_head.project_all(levels_h)  # (n*K, J, r)
-            timings["pairs"] += time.perf_counter() - t1
+            timings["pairs" if "pairs" in sinks else "full"] += time.perf_counter() - t1
+        if "full" in sinks:
+            t1 = time.perf_counter()
+            z_levels = z_all.view(n, K, -1, z_all.shape[-1])
+            for k in range(K):
+                u_k = bank_head.scaled_codes(z_levels[:, k, k], k).contiguous()
+                values = _score_rows(functools.partial(bank_head.logits_from_scaled, jump=k), u_k, target,
+                                     torch.arange(n, device=dev), final_logp, lowrank_block, reducer)
+                for name, v in zip(("correct1", "correct5", "surprisal", "reverse_surprisal"), values):
+                    getattr(sinks["full"], name)[k, offset:offset + n] = v.cpu()
+            timings["full"] += time.perf_counter() - t1
+        if "pairs" in sinks:
             for i, m in enumerate(jump_list):
                 u_m = bank_head.scaled_codes(z_all[:, m], m).contiguous()
                 low.run(sinks["pairs"], functools.partial(bank_head.logits_from_scaled, jump=m), u_m, timings,

@@ -23,7 +23,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -357,11 +357,14 @@ def train_joint(store: Any, config: TrainConfig | None = None, device: str | tor
 
     Every (sample, level) pair of the train part is one example with target h^K of that sample;
     its single BatchNorm therefore normalises with statistics pooled over levels. Validation uses
-    the held-out samples at all levels. An epoch is one pass over all N*K pairs. Returns a bank
-    with J = 1 (``levels == [-1]``).
+    the held-out samples at all levels. An epoch is one pass over all N*K pairs in batches of
+    ``batch_size * K`` pairs: the same rows per step and the same steps per epoch as the
+    per-level bank (whose step holds ``batch_size`` samples at each of the K levels), so both get
+    the same compute and the same epoch budget. Returns a bank with J = 1 (``levels == [-1]``).
     """
     config, x, tr, va, dev = _prepare(store, config, device)
     K, H = store.num_blocks, store.hidden_size
+    config = replace(config, batch_size=config.batch_size * K)
     bank = JumpBank(1, H, config.rank, levels=[-1], eps=config.bn_eps, momentum=config.bn_momentum,
                     seed=config.seed).to(dev)
     t0 = time.perf_counter()
