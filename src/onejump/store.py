@@ -183,6 +183,10 @@ class HiddenStateStore:
             num_levels, hidden = int(manifest["num_levels"]), int(manifest["hidden_size"])
             dtype = STORE_DTYPES[manifest["dtype"]]
             entries = list(manifest["shards"])
+            if num_levels < 1 or hidden < 1 or not all(isinstance(e, dict) for e in entries):
+                raise ValueError
+            for e in entries:
+                e["count"] = int(e.get("count", -1))
         except (KeyError, TypeError, ValueError):
             raise StoreError(f"{mpath} lacks num_levels, hidden_size, dtype or shards, or has bad values") from None
         shards: list[_Shard] = []
@@ -197,7 +201,7 @@ class HiddenStateStore:
                 raise StoreError(f"store shard {shard_path.name} is truncated or was changed (size differs)")
             if verify and sha256_file(shard_path) != entry.get("sha256"):
                 raise StoreError(f"store shard {shard_path.name} is corrupt (sha256 differs)")
-            shards.append(cls._check_shard(shard_path, int(entry.get("count", -1)), num_levels, hidden, dtype))
+            shards.append(cls._check_shard(shard_path, entry["count"], num_levels, hidden, dtype))
         total = sum(s.count for s in shards)
         if total != manifest.get("num_samples"):
             raise StoreError(f"store holds {total} samples but its manifest says {manifest.get('num_samples')}")
