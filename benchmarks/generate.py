@@ -30,6 +30,7 @@ from onejump.generation import (
     generate_reference,
     generate_speculative,
     jump_predictor,
+    logit_lens_predictor,
 )
 from onejump.models import load_model
 from onejump.pipeline import Run
@@ -95,8 +96,9 @@ def main() -> None:
                                     "speedup_vs_generate": round(t_ref / t_greedy, 3),
                                     "identical": identical_greedy}}
     best = None
-    for name, jump in jumps.items():
-        predictor = jump_predictor(lm, jump)
+    predictors = {name: jump_predictor(lm, jump) for name, jump in jumps.items()}
+    predictors["logit_lens"] = logit_lens_predictor(lm)  # the identity shortcut, for reference
+    for name, predictor in predictors.items():
         spec_rows = []
         for E in levels:
             for d in draft_lens:
@@ -125,8 +127,8 @@ def main() -> None:
             conf_rows.append(row)
             print(name, row, file=sys.stderr)
         top = max(spec_rows, key=lambda r: r["speedup_vs_generate"])
-        results[name] = {"chosen_jump": jump.chosen_jump, "speculative": spec_rows, "best_speculative": top,
-                         "confidence": conf_rows}
+        results[name] = {"chosen_jump": jumps[name].chosen_jump if name in jumps else None,
+                         "speculative": spec_rows, "best_speculative": top, "confidence": conf_rows}
         if name == "ojfa":
             best = top
             _plot(conf_rows, spec_rows, K, RESULTS / f"generate-{args.device}.png", run.data_args().model)

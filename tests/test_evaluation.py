@@ -28,15 +28,6 @@ from .test_selection import random_bank, random_sentences
 from .tiny import tiny_model, tiny_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and OpenMP threads thrash when the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     lm = from_pretrained_model(tiny_model("llama"), tiny_tokenizer(), name="tiny-llama")

@@ -15,15 +15,6 @@ from onejump.shortcuts import JumpBank
 
 from .tiny import tiny_model, tiny_tokenizer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and OpenMP threads thrash when the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 WORDS = "the cat sat on a mat while dogs ran far away under big red blue houses and green trees".split()
 
 

@@ -27,15 +27,6 @@ from .test_selection import FakeStore, random_bank
 from .tiny import tiny_model, tiny_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and OpenMP threads thrash when the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("H,r,K,per_jump,total", [
     (1600, 16, 48, 57_600, 2_764_800),  # GPT2-XL: 57.6K per jump, 2.76M for all 48
     (3072, 30, 32, 196_608, 6_291_456),  # Phi-3-mini: 196.6K / 6.29M

@@ -8,15 +8,6 @@ from onejump.training import TrainConfig, train_joint, train_jumps, train_jumps_
 from .test_selection import FakeStore
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and OpenMP threads thrash when the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def linear_store(n=96, K=3, H=10, seed=0) -> FakeStore:
     """Levels are noisy linear images of a latent; h^K is a rank-3 function of it (learnable)."""
     gen = torch.Generator().manual_seed(seed)

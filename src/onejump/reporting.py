@@ -197,6 +197,7 @@ def make_figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_xlabel("exit level k")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
+    axes[1].set_yscale("log")  # the logit lens' surprisal at low levels would flatten the rest
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{model}: OJFA vs identity vs full N-NJTC, 95% bootstrap CIs (Fig. 4 analogue)")
     paths.append(_save(fig, out_dir / "fig4_ojfa_vs_identity_full.png", plt))
