@@ -95,3 +95,33 @@ def test_same_seed_same_results(run_dir, tiny_dir, corpus, tmp_path):  # noqa: F
     assert main(["-q", "extract", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "48",
                  "--n-test", "24", "--seed", "1", "--out", str(other), "--device", "cpu"]) == 0
     assert (other / "store" / "plan.json").read_text() != (out / "store" / "plan.json").read_text()
+
+
+def test_interrupted_run_says_what_was_kept_and_resumes(run_dir, tiny_dir, corpus, tmp_path):  # noqa: F811
+    """Ctrl-C during training: one line on stderr, the store is kept, a rerun gives the same results."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "int"
+    cmd = [sys.executable, "-m", "onejump.cli", "-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus),
+           "--n-train", "48", "--n-test", "24", "--max-epochs", "3", "--batch-size", "16", "--rank", "2",
+           "--out", str(out), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "store" / "manifest.json").exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert proc.returncode == 130
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "interrupted: finished stages are kept" in lines[0], err
+    assert (out / "store" / "manifest.json").exists()
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    a = json.loads((run_dir / "report" / "results.json").read_text())
+    b = json.loads((out / "report" / "results.json").read_text())
+    a.pop("timings"), b.pop("timings")
+    assert a == b
