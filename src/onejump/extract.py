@@ -13,6 +13,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -266,13 +267,25 @@ def extract(
     mine = [i for index, shard in enumerate(shards) if index % world == rank for batch in shard for i in batch]
     bar = tqdm(total=sum(len(samples[i].tokens) for i in mine), unit="tok", desc="extract",
                disable=not progress or rank != 0, unit_scale=True)
-    with LevelCapture(lm) as capture:
+    # Shards are written (safetensors, fsync, sha256) by one background thread while the model
+    # computes the next shard; at most one write is pending, and results are collected in order.
+    pending: list[tuple[int, Future]] = []
+
+    def collect() -> None:
+        while pending:
+            done_index, future = pending.pop(0)
+            infos.append(future.result())
+            if on_shard is not None:
+                on_shard(done_index, len(shards))
+
+    with LevelCapture(lm) as capture, ThreadPoolExecutor(max_workers=1) as writer:
         for index, shard in enumerate(shards):
             shard_samples = [i for batch in shard for i in batch]
             if index % world != rank:
                 continue
             done = finished_shard(out, index)
             if done is not None and done.get("count") == len(shard_samples):
+                collect()
                 infos.append(done)
                 bar.update(sum(len(samples[i].tokens) for i in shard_samples))
                 continue
@@ -296,9 +309,9 @@ def extract(
                 "tokens": torch.tensor([t for tt in toks for t in tt], dtype=torch.int32),
                 "token_offsets": torch.from_numpy(offsets.astype(np.int64)),
             }
-            infos.append(write_shard(out, index, tensors))
-            if on_shard is not None:
-                on_shard(index, len(shards))
+            collect()
+            pending.append((index, writer.submit(write_shard, out, index, tensors)))
+        collect()
     bar.close()
     _barrier(world)
     if world > 1:
