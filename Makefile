@@ -32,7 +32,10 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
 bench: setup
-	$(BIN)/python benchmarks/extract.py
+	cd benchmarks && ../$(BIN)/python extract.py
+	cd benchmarks && ../$(BIN)/python train.py --run ../$(OUT)
+	cd benchmarks && ../$(BIN)/python evaluate.py --run ../$(OUT)
+	cd benchmarks && ../$(BIN)/python generate.py --run ../$(OUT)
 
 clean:
 	rm -rf $(VENV) runs
