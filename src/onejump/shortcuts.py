@@ -21,7 +21,6 @@ the same seed has the same initial weights whatever the device.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -37,6 +36,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .errors import NumericalError, ShortcutError, StoreError
+from .store import sha256_file
 
 FORMAT = "onejump-shortcuts"
 VERSION = 1
@@ -369,12 +369,6 @@ class ShortcutFile(NamedTuple):
     config: dict[str, Any]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _refuse_pickle_name(path: Path) -> None:
@@ -445,7 +439,7 @@ def save_shortcuts(path: str | Path, bank: nn.Module, *, kind: str, model: str, 
         "bn_eps": getattr(bank, "eps", None),
         "bn_momentum": getattr(bank, "momentum", None),
         "weights": WEIGHTS_NAME,
-        "sha256": _sha256(folder / WEIGHTS_NAME),
+        "sha256": sha256_file(folder / WEIGHTS_NAME),
         "tensors": {k: list(v.shape) for k, v in tensors.items()},
         "parameters": sum(int(v.numel()) for v in tensors.values()),
         "extra": extra or {},
@@ -508,7 +502,7 @@ def load_shortcuts(path: str | Path, fingerprint: str | None = None) -> Shortcut
     _refuse_pickle_name(weights)
     if not weights.is_file():
         raise ShortcutError(f"shortcut weights missing: {weights}")
-    if config.get("sha256") and _sha256(weights) != config["sha256"]:
+    if config.get("sha256") and sha256_file(weights) != config["sha256"]:
         raise ShortcutError(f"shortcut weights {weights.name} are corrupt or were changed (sha256 differs)")
     try:
         H = int(config["hidden_size"])
