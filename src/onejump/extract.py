@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -338,13 +337,6 @@ def extract(
     if world > 1:
         _barrier(world)
     return HiddenStateStore.open(out, fingerprint=lm.fingerprint, verify=False)
-
-
-def remove_store(path: str | Path) -> None:
-    """Delete a store folder (only if it looks like one)."""
-    p = Path(path)
-    if (p / "plan.json").is_file() or (p / "manifest.json").is_file():
-        shutil.rmtree(p)
 
 
 __all__ = ["Sample", "extract", "sample_positions", "plan_batches", "plan_shards", "collate", "LevelCapture",
