@@ -36,6 +36,7 @@ bench: setup
 	cd benchmarks && ../$(BIN)/python train.py --run ../$(OUT)
 	cd benchmarks && ../$(BIN)/python evaluate.py --run ../$(OUT)
 	cd benchmarks && ../$(BIN)/python generate.py --run ../$(OUT)
+	cd benchmarks && ../$(BIN)/python outofcore.py
 
 clean:
 	rm -rf $(VENV) runs

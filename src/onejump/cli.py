@@ -70,18 +70,32 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from .training import TrainConfig
+    from .training import OBJECTIVES, TrainConfig
 
     d = TrainConfig()
-    p.add_argument("--rank", type=int, default=None, help="rank r of the jumps (default: floor(H/100), the paper's)")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch (default: %(default)s)")
-    p.add_argument("--max-epochs", type=int, default=d.max_epochs, help="epoch cap (default: %(default)s)")
-    p.add_argument("--patience", type=int, default=d.patience,
-                   help="stop a jump after this many epochs without validation improvement (default: %(default)s)")
+    p.add_argument("--preset", choices=["paper", "best"], default="paper",
+                   help="paper: the paper's settings (MSE, r = floor(H/100), D_m selection); best: the best single "
+                        "jump of our sweep (KL through the head, r = 2 floor(H/100), head-aware selection; "
+                        "docs/beyond.md). Flags below override the preset (default: %(default)s)")
+    p.add_argument("--objective", choices=list(OBJECTIVES), default=None,
+                   help="training objective: mse (Eq. 2) or kl (through the frozen head) (default: the preset's)")
+    p.add_argument("--rank", type=int, default=None,
+                   help="rank r of the jumps (default: the preset's, floor(H/100) for paper)")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"Adam learning rate (default: the preset's, {d.lr} for paper)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"training batch (default: the preset's, {d.batch_size} for paper)")
+    p.add_argument("--max-epochs", type=int, default=None,
+                   help=f"epoch cap (default: the preset's, {d.max_epochs} for paper)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop a jump after this many epochs without validation improvement (default: the preset's, "
+                        f"{d.patience} for paper)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="part of the train split that picks each jump's stopping epoch (default: %(default)s)")
     p.add_argument("--train-seed", type=int, default=d.seed, help="seed of init and batch order (default: 0)")
+    p.add_argument("--select-rule", choices=["paper", "head"], default=None,
+                   help="how the single jump is chosen: paper (D_m, Eq. 5) or head (held-out precision@1 through "
+                        "the head) (default: the preset's)")
     p.add_argument("--no-joint", action="store_true", help="skip the joint-jump baseline")
     p.add_argument("--no-jtc", action="store_true", help="skip the full-rank JTC baseline")
 
@@ -120,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Compute D[m, k] (jump m reused at level k, Eq. 3-5) on the train split, "
                                    "D_m, the OJFA choice argmax D_m, and softmax(D/5e-4) (Fig. 3).")
     _add_run_args(p)
+    p.add_argument("--select-rule", choices=["paper", "head"], default=None,
+                   help="paper (D_m) or head (held-out precision@1 through the head) (default: the run's preset's)")
 
     p = sub.add_parser("evaluate", help="precision@1/@5 and surprisal of every jump at every level on the test set",
                        description="Evaluate the full (jump m, level k) reuse matrix plus identity, JTC and joint "
@@ -136,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_train_args(p)
     p.add_argument("--out", default="runs/demo", help="run folder (default: %(default)s)")
+
+    p = sub.add_parser("sweep", help="beyond the paper: objective x rank x method sweep on a run's store",
+                       description="Train per-level and joint jumps for every objective (mse, kl) and rank "
+                                   "m x floor(H/100), pick single jumps by both selection rules, evaluate them on "
+                                   "the test split, and add a 'Beyond the paper' section (tables, Pareto figure, "
+                                   "per-level curves of the best single jump) to the run's report. Needs an "
+                                   "evaluated run (`onejump run`). Each configuration is cached: rerun to resume.")
+    _add_run_args(p)
+    p.add_argument("--multipliers", default="1,2,4,8",
+                   help="rank multipliers m of floor(H/100), comma-separated (default: %(default)s)")
+    p.add_argument("--objectives", default="mse,kl", help="objectives, comma-separated (default: %(default)s)")
+    p.add_argument("--residual-multipliers", default="1,2",
+                   help="rank multipliers of the residual KL joint jump (h + BN(h) A B), comma-separated, or "
+                        "'none' (default: %(default)s)")
 
     p = sub.add_parser("generate", help="greedy generation with early exits through the OJFA jump",
                        description="Generate with confidence early exits (--exit confidence) or lossless "
@@ -231,12 +261,24 @@ def _print_store(store) -> None:
 
 
 def _train_config(args: argparse.Namespace):
+    """TrainConfig from the preset, overridden by explicit flags; the rank multiplier rides along."""
+    from .pipeline import PRESETS
     from .training import TrainConfig
 
-    config = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_epochs=args.max_epochs, patience=args.patience,
-                         val_fraction=args.val_fraction, seed=args.train_seed, rank=args.rank)
+    preset = PRESETS[args.preset]
+    values = {**preset["train"], "val_fraction": args.val_fraction, "seed": args.train_seed, "rank": args.rank}
+    for flag in ("objective", "lr", "batch_size", "max_epochs", "patience"):
+        if getattr(args, flag) is not None:
+            values[flag] = getattr(args, flag)
+    config = TrainConfig(**values)
     config.validate()
     return config
+
+
+def _rank_multiplier(args: argparse.Namespace) -> int:
+    from .pipeline import PRESETS
+
+    return 1 if args.rank is not None else int(PRESETS[args.preset]["rank_multiplier"])
 
 
 def _run(args: argparse.Namespace, *, existing: bool = True):
@@ -253,7 +295,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _train_config(args)
     _INTERRUPT_HINT[0] = "nothing of the interrupted training was kept; rerun the same command"
     with _lock(run.folder):
-        out = run.train(config, joint=not args.no_joint, jtc=not args.no_jtc)
+        run.record_preset(args.preset, args.select_rule)
+        out = run.train(config, joint=not args.no_joint, jtc=not args.no_jtc, rank_multiplier=_rank_multiplier(args))
     for kind, module in out.items():
         print(f"{kind}: {sum(p.numel() for p in module.parameters()):,} parameters -> {run.shortcut_dir(kind)}")
     return 0
@@ -262,9 +305,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_select(args: argparse.Namespace) -> int:
     run = _run(args)
     with _lock(run.folder):
-        sel = run.select()
+        sel = run.select(args.select_rule)
     top = sel["ranking"][:5]
-    print(f"OJFA choice: jump {sel['chosen']} (D = {sel['scores'][sel['chosen']]:.4f}); top 5 by D: {top}")
+    score = "D" if sel.get("rule", "paper") == "paper" else "held-out precision@1"
+    print(f"OJFA choice ({sel.get('rule', 'paper')} rule): jump {sel['chosen']} ({score} = "
+          f"{sel['scores'][sel['chosen']]:.4f}); top 5 by {score}: {top}")
     print(f"saved {run.shortcut_dir('ojfa')}")
     return 0
 
@@ -302,7 +347,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _INTERRUPT_HINT[0] = f"finished stages are kept in {run.folder}; rerun the same command to resume"
     with _lock(run.folder):
         stages = [("extract", lambda: run.extract(data)),
-                  ("train", lambda: run.train(config, joint=not args.no_joint, jtc=not args.no_jtc)),
+                  ("train", lambda: (run.record_preset(args.preset, args.select_rule),
+                                     run.train(config, joint=not args.no_joint, jtc=not args.no_jtc,
+                                               rank_multiplier=_rank_multiplier(args)))),
                   ("select", run.select), ("evaluate", run.evaluate)]
         result = None
         for name, stage in stages:
@@ -313,6 +360,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     if run.state.reused:
         print(f"reused: {', '.join(run.state.reused)}")
     _print_claims(path)
+    return 0
+
+
+def _int_list(text: str, name: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--{name} must be comma-separated integers, got '{text}'") from None
+    if not values or any(v < 1 for v in values):
+        raise ConfigError(f"--{name} must list integers >= 1, got '{text}'")
+    return values
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep
+    from .training import OBJECTIVES
+
+    run = _run(args)
+    multipliers = _int_list(args.multipliers, "multipliers")
+    objectives = tuple(x.strip() for x in args.objectives.split(",") if x.strip())
+    bad = [o for o in objectives if o not in OBJECTIVES]
+    if bad or not objectives:
+        raise ConfigError(f"--objectives must name some of {', '.join(OBJECTIVES)}, got '{args.objectives}'")
+    _INTERRUPT_HINT[0] = f"finished configurations are kept in {run.folder / 'sweep'}; rerun to resume"
+    with _lock(run.folder):
+        residual = () if args.residual_multipliers.strip().lower() == "none" else \
+            _int_list(args.residual_multipliers, "residual-multipliers")
+        out = sweep(run, multipliers=multipliers, objectives=objectives, residual_multipliers=residual,
+                    progress=not args.quiet)
+        path = run.report()
+    best, bar = out.get("best"), out.get("bar")
+    if best and bar:
+        print(f"best single jump: {best['method']} ({best['objective']}, r={best['rank']}, "
+              f"{best['parameters']:,} parameters): mean precision@1 {best['mean_precision@1']:.3f} = "
+              f"{bar['precision_ratio']:.2f}x the paper OJFA; below the logit lens at "
+              f"{len(bar['levels_not_above_logit_lens'])} of levels 0..{out['num_blocks'] - 5}; "
+              f"bar {'met' if bar['met'] else 'NOT met'}")
+    print(f"report: {path}")
     return 0
 
 
@@ -384,6 +469,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "evaluate": cmd_evaluate,
     "report": cmd_report,
     "run": cmd_run,
+    "sweep": cmd_sweep,
     "generate": cmd_generate,
     "info": cmd_info,
 }

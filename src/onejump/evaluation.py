@@ -19,6 +19,7 @@ paired tests are computed afterwards and do not depend on chunk sizes.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -68,6 +69,9 @@ class LowRankHead:
     """
 
     def __init__(self, adapter: Any, bank: JumpBank, device: str | torch.device | None = None):
+        if getattr(bank, "residual", False):
+            raise ConfigError("a residual jump (h + low-rank correction) has no rank-r head form; "
+                              "apply the full head to bank.apply(h, m)")
         params = adapter.norm_params()
         w_u = adapter.unembedding_matrix().detach()
         dev = torch.device(device) if device is not None else w_u.device
@@ -468,13 +472,16 @@ def evaluate(store: Any, adapter: Any, bank: JumpBank | None = None, *, joint: J
         jtc = LinearJTC(jtc.W.to(dev))  # a copy: the caller's module stays where it is
     if joint is not None:
         sinks["joint"] = _Sink((), K, N)
-        joint_head = LowRankHead(adapter, joint, dev)
+        joint_head = None if joint.residual else LowRankHead(adapter, joint, dev)
+        joint_dev = copy.deepcopy(joint).to(dev) if joint.residual else None
     if bank is not None and jump_list:
         sinks["pairs"] = _Sink((len(jump_list),), K, N)
     if bank is not None and bank.num_jumps == K and not set(range(K)) <= set(jump_list):
         sinks["full"] = _Sink((), K, N)  # jump k at level k, when the pairs do not hold the diagonal
+    residual_bank = bank is not None and bank.residual
     if bank is not None:
-        bank_head = LowRankHead(adapter, bank, dev)
+        bank_head = None if residual_bank else LowRankHead(adapter, bank, dev)
+        bank_dev = copy.deepcopy(bank).to(dev) if residual_bank else None
     final_surprisal = torch.zeros(N, dtype=torch.float32)
     timings = dict.fromkeys(["final", *sinks], 0.0)
 
@@ -506,15 +513,29 @@ def evaluate(store: Any, adapter: Any, bank: JumpBank | None = None, *, joint: J
         if jtc is not None:
             mapped = jtc.apply_all(h[:, :K]).reshape(n * K, H)
             ctx.run(sinks["jtc"], full_head, mapped, timings, "jtc")
-        if joint is not None:
+        if joint is not None and joint_head is None:  # residual: full head on h + correction
+            ctx.run(sinks["joint"], full_head, joint_dev.apply(levels_h, 0), timings, "joint")
+        elif joint is not None:
             u_joint = joint_head.scaled_codes(joint_head.project_all(levels_h)[:, 0], 0)
             low.run(sinks["joint"], functools.partial(joint_head.logits_from_scaled, jump=0), u_joint, timings,
                     "joint")
-        if "pairs" in sinks or "full" in sinks:
+        if residual_bank:
+            if "full" in sinks:
+                t1 = time.perf_counter()
+                for k in range(K):
+                    values = _score_rows(full_head, bank_dev.apply(h[:, k], k), target, torch.arange(n, device=dev),
+                                         final_logp, full_block, reducer)
+                    for name, v in zip(("correct1", "correct5", "surprisal", "reverse_surprisal"), values):
+                        getattr(sinks["full"], name)[k, offset:offset + n] = v.cpu()
+                timings["full"] += time.perf_counter() - t1
+            if "pairs" in sinks:
+                for i, m in enumerate(jump_list):
+                    ctx.run(sinks["pairs"], full_head, bank_dev.apply(levels_h, m), timings, "pairs", (i,))
+        elif "pairs" in sinks or "full" in sinks:
             t1 = time.perf_counter()
             z_all = bank_head.project_all(levels_h)  # (n*K, J, r)
             timings["pairs" if "pairs" in sinks else "full"] += time.perf_counter() - t1
-        if "full" in sinks:
+        if "full" in sinks and not residual_bank:
             t1 = time.perf_counter()
             z_levels = z_all.view(n, K, -1, z_all.shape[-1])
             for k in range(K):
@@ -524,7 +545,7 @@ def evaluate(store: Any, adapter: Any, bank: JumpBank | None = None, *, joint: J
                 for name, v in zip(("correct1", "correct5", "surprisal", "reverse_surprisal"), values):
                     getattr(sinks["full"], name)[k, offset:offset + n] = v.cpu()
             timings["full"] += time.perf_counter() - t1
-        if "pairs" in sinks:
+        if "pairs" in sinks and not residual_bank:
             for i, m in enumerate(jump_list):
                 u_m = bank_head.scaled_codes(z_all[:, m], m).contiguous()
                 low.run(sinks["pairs"], functools.partial(bank_head.logits_from_scaled, jump=m), u_m, timings,

@@ -358,7 +358,8 @@ def logit_lens_predictor(lm: LoadedModel) -> ExitPredictor:
 
 
 def jump_predictor(lm: LoadedModel, jump: Any) -> ExitPredictor:
-    """The OJFA jump + the head in rank-r form as an exit predictor: O(r(H+V)) per vector.
+    """The OJFA jump + the head in rank-r form as an exit predictor: O(r(H+V)) per vector
+    (a residual jump needs the full head: O(HV), like the logit lens).
 
     ``jump`` is a :class:`onejump.shortcuts.OneJump`; its BatchNorm is folded into one affine map
     ``z = h @ A' + c`` (r dims) and the head is applied through ``(z @ M) / scale(z) + c_V``
@@ -374,6 +375,14 @@ def jump_predictor(lm: LoadedModel, jump: Any) -> ExitPredictor:
     if jump.hidden_size != lm.hidden_size or jump.num_blocks != lm.num_blocks:
         raise ShortcutError(f"the jump is for H={jump.hidden_size}, K={jump.num_blocks}; this model has "
                             f"H={lm.hidden_size}, K={lm.num_blocks}")
+    if jump.bank.residual:  # h + low-rank correction: the full head, as for the logit lens
+        folded = jump.jump.to(lm.device)
+        dtype = lm.adapter.unembedding_matrix().dtype
+
+        def predict_residual(h: torch.Tensor, level: int) -> torch.Tensor:
+            return lm.adapter.head(folded(h.float()).to(dtype)).float()
+
+        return predict_residual
     head = LowRankHead(lm.adapter, jump.bank.to(lm.device), device=lm.device)
     a_fold, c_fold = head.A_fold[0].contiguous(), head.c_fold[0].contiguous()
 

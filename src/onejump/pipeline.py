@@ -8,9 +8,11 @@ A run folder holds::
     shortcuts/joint/       one jump trained on all levels
     shortcuts/jtc/         the full-rank linear JTC maps
     shortcuts/ojfa/        the chosen jump alone (what early-exit inference loads)
-    selection.json         D matrix, D_m, OJFA choice, softmax(D / 5e-4)
+    selection.json         D matrix, D_m, OJFA choice, softmax(D / 5e-4) (and the head-aware scores)
+    preset.json            the preset the run was trained with (paper / best) and its selection rule
     evaluation/            per-sample test results (safetensors) + summary
     report/                results.json, figures, report.md
+    sweep/                 the objective x rank sweep (``onejump sweep``), if run
 
 Every stage is keyed by a hash of its inputs (store, training configuration, ...); a stage whose
 output exists with the same key is reused, so ``onejump run`` after an interruption, or with only
@@ -35,6 +37,20 @@ from .store import HiddenStateStore, atomic_write_text
 
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# The presets of ``onejump run --preset``. ``paper``: the paper's settings (Eq. 2 MSE, r = floor(H/100),
+# the D_m rule). ``best``: the best single-jump configuration of ``onejump sweep`` within twice the
+# paper's OJFA parameters (docs/beyond.md has the evidence): everything trained with KL through the
+# frozen head at r = 2 floor(H/100); the single jump from the per-level bank is chosen by the
+# head-aware rule, and the joint jump is the residual form ``h + BN(h) A B`` (the sweep's best
+# single jump on both models), trained with the ``joint`` overrides below.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"train": {"objective": "mse"}, "rank_multiplier": 1, "select_rule": "paper", "joint": {}},
+    "best": {"train": {"objective": "kl", "batch_size": 64, "lr": 1e-2, "max_epochs": 8, "patience": 3},
+             "rank_multiplier": 2, "select_rule": "head",
+             "joint": {"residual": True, "lr": 3e-3, "max_epochs": 4, "patience": 2}},
+}
 
 
 @dataclass
@@ -148,19 +164,27 @@ class Run:
         return HiddenStateStore.open(self.store_dir, fingerprint=self.lm().fingerprint, verify=False)
 
     # ---- stage 2: train --------------------------------------------------------------------
-    def train(self, config: Any, *, joint: bool = True, jtc: bool = True) -> dict[str, Any]:
-        """Train (or reuse) the per-level bank, the joint jump and the JTC maps."""
-        from .shortcuts import LinearJTC, load_shortcuts, save_shortcuts
+    def train(self, config: Any, *, joint: bool = True, jtc: bool = True, rank_multiplier: int = 1) -> dict[str, Any]:
+        """Train (or reuse) the per-level bank, the joint jump and the JTC maps.
+
+        ``rank_multiplier`` (with ``config.rank`` unset) trains at ``rank_multiplier * floor(H/100)``.
+        """
+        from dataclasses import replace
+
+        from .shortcuts import LinearJTC, default_rank, load_shortcuts, save_shortcuts
         from .training import train_joint, train_jumps
 
         store = self.store()
         lm = self.lm()
+        if config.rank is None and rank_multiplier != 1:
+            config = replace(config, rank=rank_multiplier * default_rank(store.hidden_size))
         base = {"store": store.manifest["samples_sha256"], "fingerprint": store.fingerprint}
         dev = self.compute_device
         out: dict[str, Any] = {}
+        joint_config = replace(config, **self.preset().get("joint", {}))
         jobs = [("nnjtc", _key(base, "nnjtc", config.to_dict()))]
         if joint:
-            jobs.append(("joint", _key(base, "joint", config.to_dict())))
+            jobs.append(("joint", _key(base, "joint", joint_config.to_dict())))
         if jtc:
             jobs.append(("jtc", _key(base, "jtc")))
         for kind, key in jobs:
@@ -173,10 +197,11 @@ class Run:
             t0 = time.perf_counter()
             history = None
             if kind == "nnjtc":
-                module, history = train_jumps(store, config, device=dev, progress=self.progress)
+                module, history = train_jumps(store, config, device=dev, progress=self.progress, adapter=lm.adapter)
                 levels, rank = list(range(store.num_blocks)), module.rank
             elif kind == "joint":
-                module, history = train_joint(store, config, device=dev, progress=self.progress)
+                module, history = train_joint(store, joint_config, device=dev, progress=self.progress,
+                                              adapter=lm.adapter)
                 levels, rank = [-1], module.rank
             else:
                 module = LinearJTC.fit(store, device=dev)
@@ -209,13 +234,37 @@ class Run:
         return load_shortcuts(folder, fingerprint=self.lm().fingerprint)
 
     # ---- stage 3: select -------------------------------------------------------------------
-    def select(self) -> dict[str, Any]:
-        """Score every jump at every level (D), choose OJFA, save it as shortcuts/ojfa."""
+    def preset(self) -> dict[str, Any]:
+        """The preset recorded by train/run (``preset.json``); the paper's when none was recorded."""
+        path = self.folder / "preset.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        return {"name": "paper", **PRESETS["paper"]}
+
+    def record_preset(self, name: str, select_rule: str | None = None) -> None:
+        """Write ``preset.json`` (which preset trained this run, and its selection rule)."""
+        from .errors import ConfigError
+
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset '{name}'; use one of {', '.join(PRESETS)}")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        info = {"name": name, **PRESETS[name]}
+        if select_rule is not None:
+            info["select_rule"] = select_rule
+        atomic_write_text(self.folder / "preset.json", json.dumps(info, indent=1))
+
+    def select(self, rule: str | None = None) -> dict[str, Any]:
+        """Score every jump at every level, choose the single jump (OJFA), save it as shortcuts/ojfa.
+
+        ``rule``: ``paper`` (D_m, Eq. 5) or ``head`` (held-out precision@1 through the head);
+        default: the run's preset's rule.
+        """
         from .selection import select_ojfa
         from .shortcuts import OneJump
 
+        rule = rule or self.preset().get("select_rule", "paper")
         bank_file = self.shortcuts("nnjtc")
-        key = _key(bank_file.config.get("extra", {}).get("key"), "select")
+        key = _key(bank_file.config.get("extra", {}).get("key"), "select", rule)
         path = self.folder / "selection.json"
         if path.is_file():
             saved = json.loads(path.read_text())
@@ -225,7 +274,8 @@ class Run:
         t0 = time.perf_counter()
         store = self.store()
         lm = self.lm()
-        selection = select_ojfa(store, bank_file.module, device=self.compute_device, progress=self.progress)
+        selection = select_ojfa(store, bank_file.module, device=self.compute_device, progress=self.progress,
+                                rule=rule, adapter=lm.adapter)
         result = {"key": key, **selection.to_dict()}
         jump = OneJump.from_bank(bank_file.module, selection.chosen, num_blocks=store.num_blocks, model=lm.name,
                                  fingerprint=lm.fingerprint, extra={"selection_key": key, "D": selection.to_dict()[
@@ -279,6 +329,11 @@ class Run:
             result = EvalResult.load(folder)
         t0 = time.perf_counter()
         results = build_results(self, result)
+        from .sweep import load_sweep
+
+        beyond = load_sweep(self.folder)
+        if beyond is not None:
+            results["beyond"] = beyond
         self._timed("report", t0)
         results["timings"] = self.all_timings()
         return write_report(results, self.folder / "report")
@@ -308,6 +363,20 @@ def _per_level_ci(values: np.ndarray, weights: np.ndarray, alpha: float = 0.05) 
     boot = values.astype(np.float64) @ weights.T  # (K, n_boot)
     low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=1)
     return [[float(a), float(b)] for a, b in zip(low, high)]
+
+
+def _selection_summary(selection: dict[str, Any]) -> dict[str, Any]:
+    """The paper's D matrix / D_m for the figures, whichever rule made the choice."""
+    out = {"rule": selection.get("rule", "paper"), "chosen": selection["chosen"]}
+    if out["rule"] == "paper":
+        out.update(scores=selection["matrix"], D=selection["scores"], softmax=selection["softmax"])
+    else:
+        d = torch.tensor(selection["paper_scores"], dtype=torch.float64)
+        out.update(scores=selection["paper_matrix"], D=selection["paper_scores"],
+                   softmax=torch.softmax(d / selection.get("temperature", 5e-4), 0).tolist(),
+                   paper_chosen=selection["paper_chosen"], head_scores=selection["scores"],
+                   head_matrix=selection["matrix"])
+    return out
 
 
 def build_results(run: Run, result: Any) -> dict[str, Any]:
@@ -364,14 +433,15 @@ def build_results(run: Run, result: Any) -> dict[str, Any]:
             tests[f"ojfa_vs_{other}"] = {"mean_diff": float(t.mean_diff), "ci": [float(t.low), float(t.high)],
                                          "p_value": float(t.p_value), "method": t.test, "n": int(t.n)}
     train_cfg = (bank.config.get("extra") or {}).get("history", {}) or {}
+    joint_file = run.shortcuts("joint") if (run.shortcut_dir("joint") / "shortcuts.json").is_file() else None
     return {
         "model": {"name": lm.name, "fingerprint": lm.fingerprint, "num_blocks": K, "hidden_size": store.hidden_size,
                   "vocab_size": lm.adapter.vocab_size},
         "data": {"corpus": args.corpus, "n_train": int(store.manifest["n_train"]),
                  "n_test": int(store.manifest["n_test"]), "seed": args.seed},
-        "config": {"rank": rank, "train": train_cfg.get("config", {})},
-        "selection": {"scores": selection["matrix"], "D": selection["scores"], "chosen": selection["chosen"],
-                      "softmax": selection["softmax"]},
+        "config": {"rank": rank, "train": train_cfg.get("config", {}), "preset": run.preset(),
+                   "joint_residual": bool(joint_file.config.get("residual")) if joint_file is not None else None},
+        "selection": _selection_summary(selection),
         "levels": list(range(K)),
         "methods": methods,
         "reuse": {"precision@1": pair_p1.tolist(), "surprisal": pair_s.tolist()},

@@ -16,6 +16,7 @@
     tests       {ojfa_vs_full_nnjtc: {...}, ojfa_vs_joint: {...}}: paired tests on test-set samples
     claims      [{id, claim, paper, ours, held}]
     timings     {stage: seconds}
+    beyond      (optional) the sweep of ``onejump sweep`` (onejump.sweep: references, configs, best, bar)
 
 All numbers are measured on the test split; nothing in the report is typed in by hand.
 """
@@ -214,6 +215,80 @@ def make_figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
         fig.colorbar(im, ax=ax)
     fig.suptitle(f"{model}: reuse matrices (OJFA row in red)")
     paths.append(_save(fig, out_dir / "reuse_heatmaps.png", plt))
+    if results.get("beyond"):
+        paths += beyond_figures(results["beyond"], out_dir)
+    return paths
+
+
+METHOD_MARKERS = {"per-level": "s", "ojfa-paper": "o", "ojfa-head": "^", "joint": "D"}
+OBJECTIVE_COLORS = {"mse": "tab:blue", "kl": "tab:red"}
+
+
+def beyond_figures(beyond: dict[str, Any], out_dir: Path) -> list[Path]:
+    """The Pareto figure (mean test precision@1 and surprisal vs shortcut parameters) and the
+    per-level curves of the best single jump against the logit lens, per-level jumps and paper OJFA."""
+    plt = _plt()
+    paths = []
+    model = beyond["model"]
+    refs = beyond["references"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    for ax, metric in ((axes[0], "precision@1"), (axes[1], "surprisal")):
+        for cfg in beyond["configs"]:
+            for name, m in cfg["methods"].items():
+                lo, hi = m[f"mean_{metric}_ci"]
+                y = m[f"mean_{metric}"]
+                ax.errorbar(m["parameters"], y, yerr=[[y - lo], [hi - y]], fmt=METHOD_MARKERS.get(name, "o"),
+                            color=OBJECTIVE_COLORS.get(cfg["objective"], "k"), markersize=5, capsize=2, alpha=0.85)
+                ax.annotate(f"r{cfg['rank']}", (m["parameters"], y), fontsize=6, xytext=(3, 2),
+                            textcoords="offset points")
+        if "jtc" in refs:
+            m = refs["jtc"]
+            ax.plot(m["parameters"], m[f"mean_{metric}"], "*", color="tab:purple", markersize=11)
+        if "identity" in refs:
+            ax.axhline(refs["identity"][f"mean_{metric}"], color="tab:gray", linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("shortcut parameters held at inference (log)")
+        ax.set_ylabel(f"mean test {metric} over exit levels" + (" (higher is better)" if metric == "precision@1"
+                                                                else ", nats (lower is better)"))
+        ax.grid(alpha=0.3, which="both")
+    handles = [plt.Line2D([], [], marker=mk, linestyle="", color="k", label=n) for n, mk in METHOD_MARKERS.items()]
+    handles += [plt.Line2D([], [], marker="s", linestyle="", color=c, label=f"objective {o}")
+                for o, c in OBJECTIVE_COLORS.items()]
+    handles += [plt.Line2D([], [], color="tab:gray", linestyle="--", label="logit lens (0 parameters)"),
+                plt.Line2D([], [], marker="*", linestyle="", color="tab:purple", label="full-rank JTC")]
+    axes[0].legend(handles=handles, fontsize=7, loc="best")
+    fig.suptitle(f"{model}: objective x rank x method, 95% bootstrap CIs over test samples")
+    paths.append(_save(fig, out_dir / "beyond_pareto.png", plt))
+
+    best = beyond.get("best")
+    if best:
+        K = beyond["num_blocks"]
+        levels = list(range(K))
+        paper = next((c for c in beyond["configs"] if c["objective"] == "mse" and c["rank"] == beyond["base_rank"]),
+                     None)
+        base_objective = best["objective"].split("-")[0]  # kl-res -> the plain kl per-level jumps
+        same = next((c for c in beyond["configs"] if c["objective"] == base_objective
+                     and c["rank"] == best["rank"] and "per-level" in c["methods"]), None)
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+        for ax, metric in ((axes[0], "precision@1"), (axes[1], "surprisal")):
+            if "identity" in refs:
+                ax.plot(levels, refs["identity"][metric], color="tab:gray", label="logit lens")
+            if paper is not None:
+                ax.plot(levels, paper["methods"]["ojfa-paper"][metric], color="tab:red", linestyle="--",
+                        label=f"paper OJFA (mse, r{paper['rank']})")
+            if same is not None:
+                ax.plot(levels, same["methods"]["per-level"][metric], color="tab:blue", alpha=0.7,
+                        label=f"per-level jumps ({base_objective}, r{best['rank']})")
+            ax.plot(levels, best[metric], color="black", linewidth=2,
+                    label=f"best single jump: {best['method']} ({best['objective']}, r{best['rank']})")
+            ax.axvline(K - 5, color="k", linewidth=0.6, linestyle=":")
+            ax.set_xlabel("exit level k")
+            ax.set_ylabel(metric)
+            ax.grid(alpha=0.3)
+        axes[1].set_yscale("log")
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"{model}: the best single jump per level (dotted line: level K-5)")
+        paths.append(_save(fig, out_dir / "beyond_per_level.png", plt))
     return paths
 
 
@@ -247,6 +322,65 @@ def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
 
 
+def render_beyond(beyond: dict[str, Any]) -> list[str]:
+    """The "Beyond the paper" section (from ``onejump sweep``)."""
+    K = beyond["num_blocks"]
+    lines = ["", "## Beyond the paper: objective x rank x method (`onejump sweep`)", "",
+             f"Ranks r = m x floor(H/100) = m x {beyond['base_rank']}; objectives `mse` (the paper's Eq. 2) and `kl` "
+             "(KL from the model's next-token distribution through the frozen head). Single jumps: `ojfa-paper` "
+             "(the paper's D_m rule), `ojfa-head` (held-out precision@1 rule), `joint` (one jump trained on all "
+             "levels). Test split, mean over exit levels 0..K-1, 95% bootstrap CIs.", "",
+             "| objective | r | method | parameters | mean precision@1 | mean surprisal | held-out precision@1 |",
+             "|---|---|---|---|---|---|---|"]
+    for name, m in beyond["references"].items():
+        lo, hi = m["mean_precision@1_ci"]
+        lines.append(f"| - | - | {PRETTY.get(name, name)} | {_fmt_params(m['parameters'])} | "
+                     f"{m['mean_precision@1']:.3f} [{lo:.3f}, {hi:.3f}] | {m['mean_surprisal']:.2f} | - |")
+    for cfg in beyond["configs"]:
+        for name, m in cfg["methods"].items():
+            lo, hi = m["mean_precision@1_ci"]
+            jump = f" (jump {m['jump']})" if "jump" in m else ""
+            held = m.get("holdout_precision@1")
+            held_s = f"{held:.3f}" if held is not None else "-"
+            lines.append(f"| {cfg['objective']} | {cfg['rank']} | {name}{jump} | {_fmt_params(m['parameters'])} | "
+                         f"{m['mean_precision@1']:.3f} [{lo:.3f}, {hi:.3f}] | {m['mean_surprisal']:.2f} | {held_s} |")
+    best, bar = beyond.get("best"), beyond.get("bar")
+    if best and bar:
+        lines += ["", f"**Best single jump** (chosen on the held-out part of the train split, never on test, among "
+                      f"jumps with at most 2x the paper OJFA's {bar['paper_ojfa_parameters']:,} parameters): "
+                      f"`{best['method']}`, objective `{best['objective']}`, r = {best['rank']}, "
+                      f"{best['parameters']:,} parameters.", "",
+                  "| the bar (issue 7) | ours | met |", "|---|---|---|",
+                  f"| <= 2x paper OJFA parameters | {bar['parameter_ratio']:.2f}x | {_yes(bar['params_ok'])} |",
+                  f"| >= 2x paper OJFA mean precision@1 ({bar['paper_ojfa_mean_precision@1']:.3f}) | "
+                  f"{best['mean_precision@1']:.3f} = {bar['precision_ratio']:.2f}x (paired p = "
+                  f"{bar['vs_paper_ojfa']['p_value']:.2g}) | {_yes(bar['precision_ok'])} |",
+                  f"| above the logit lens at every level 0..{K - 5} | below or equal at "
+                  f"{len(bar['levels_not_above_logit_lens'])} of {bar['levels_checked']} levels"
+                  + (f" ({', '.join(map(str, bar['levels_not_above_logit_lens']))})"
+                     if bar["levels_not_above_logit_lens"] else "") + f" | {_yes(bar['lens_ok'])} |"]
+        lens = beyond["references"].get("identity", {}).get("precision@1")
+        if lens:
+            lines += ["", "| level | logit lens | best single jump |", "|---|---|---|"]
+            lines += [f"| {k} | {lens[k]:.3f} | {best['precision@1'][k]:.3f} |" for k in range(K)]
+    return lines
+
+
+def _preset_line(results: dict[str, Any]) -> str:
+    cfg = results.get("config", {})
+    preset = (cfg.get("preset") or {}).get("name", "paper")
+    train = cfg.get("train") or {}
+    line = (f"Preset `{preset}`: objective `{train.get('objective', 'mse')}`, lr {train.get('lr')}, batch "
+            f"{train.get('batch_size')}, at most {train.get('max_epochs')} epochs (patience {train.get('patience')})")
+    if cfg.get("joint_residual"):
+        line += "; the joint jump is residual (h + BN(h) A B)"
+    return line + "."
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+
 def render_markdown(results: dict[str, Any], figures: list[str]) -> str:
     """The human-readable report."""
     mdl, data, sel = results["model"], results["data"], results["selection"]
@@ -258,8 +392,12 @@ def render_markdown(results: dict[str, Any], figures: list[str]) -> str:
         f"V = {mdl['vocab_size']}. Data: {data['n_train']} train / {data['n_test']} test sentences from "
         f"`{data['corpus']}`, one random position each, seed {data['seed']}. Rank r = {results['config']['rank']}.",
         "",
+        _preset_line(results),
+        "",
         f"**OJFA choice: jump {sel['chosen']}** (D = {sel['D'][sel['chosen']]:.4f}; "
-        f"softmax(D/5e-4) = {sel['softmax'][sel['chosen']]:.3f}).",
+        f"softmax(D/5e-4) = {sel['softmax'][sel['chosen']]:.3f}"
+        + (f"; chosen by the head-aware rule, held-out precision@1 {sel['head_scores'][sel['chosen']]:.3f}; the "
+           f"paper's D_m rule picks jump {sel['paper_chosen']}" if sel.get("rule") == "head" else "") + ").",
         "",
         "## The paper's claims, checked",
         "",
@@ -294,6 +432,8 @@ def render_markdown(results: dict[str, Any], figures: list[str]) -> str:
     for k in results["levels"]:
         lines.append(f"| {k} | " + " | ".join(f"{m['precision@1'][k]:.3f}" for m in results["methods"].values())
                      + " |")
+    if results.get("beyond"):
+        lines += render_beyond(results["beyond"])
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in figures]
     timings = results.get("timings")

@@ -5,6 +5,11 @@ BatchNorm statistics (Eq. 3-4); ``Dmat[m, k] = mean_i sign(C) C^2`` and
 ``D_m = mean_k Dmat[m, k]`` over the exit levels k = 0..K-1 (Eq. 5); OJFA = ``argmax_m D_m``,
 computed on the train split (the test split is never used for the choice).
 
+Beyond the paper, :func:`head_scores` is a head-aware rule: ``Pmat[m, k]`` = precision@1 of
+``head(jump_m(h^k))`` against the model's own top-1 token (and the mean KL from the model's
+distribution), on the held-out validation part of the train split (the rows training used only
+for early stopping). ``select_ojfa(..., rule="head")`` picks ``argmax_m mean_k Pmat[m, k]``.
+
 The K x K cosines are computed in rank-r form, without materialising any (N, K, K, H) tensor:
 with ``z = BN_m(h^k) @ A_m = h^k @ A'_m + c_m`` (BatchNorm folded, all jumps in one GEMM),
 ``jump_m(h^k) . h^K = z . (h^K @ B_m^T)`` and ``||jump_m(h^k)||^2 = z (B_m B_m^T) z^T``. Memory is
@@ -13,17 +18,21 @@ bounded by the chunk.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, NumericalError, StoreError
 from .shortcuts import JumpBank
 
 FIGURE3_TEMPERATURE = 5e-4
+RULES = ("paper", "head")
 
 
 @torch.no_grad()
@@ -41,6 +50,8 @@ def reuse_scores(store: Any, bank: JumpBank, split: str = "train", chunk_size: i
         raise ConfigError(f"jump bank has H={bank.hidden_size} but the store has H={H}")
     dev = torch.device(device)
     J, r = bank.num_jumps, bank.rank
+    if bank.residual:
+        bank = copy.deepcopy(bank).to(dev)
     a_fold, c_fold = bank.folded_parameters()
     a_cat = a_fold.permute(1, 0, 2).reshape(H, J * r).to(dev)  # column block m = A'_m
     c_cat = c_fold.reshape(J * r).to(dev)
@@ -60,6 +71,14 @@ def reuse_scores(store: Any, bank: JumpBank, split: str = "train", chunk_size: i
         n = chunk.shape[0]
         h = chunk[:, :K].reshape(n * K, H)
         target = chunk[:, K].double()  # (n, H)
+        if bank.residual:  # h + correction: no rank-r shortcut for the norms, compute the (n*K, H) predictions
+            for m in range(J):
+                pred = bank.apply(h, m).double().view(n, K, H)
+                cos = F.cosine_similarity(pred, target[:, None, :], dim=-1, eps=1e-300).clamp_(-1, 1)
+                sums[m] += (cos * cos.abs()).sum(0)
+            n_total += n
+            bar.update(n)
+            continue
         z = torch.addmm(c_cat, h, a_cat).view(n, K, J, r).double()
         tb = (target @ bt_cat).view(n, J, r)
         dot = torch.einsum("nkjr,njr->nkj", z, tb)
@@ -73,6 +92,93 @@ def reuse_scores(store: Any, bank: JumpBank, split: str = "train", chunk_size: i
     if n_total == 0:
         raise StoreError(f"store split '{split}' is empty; cannot compute reuse scores")
     return (sums / n_total).cpu()
+
+
+HOLDOUT_MAX = 256
+
+
+def holdout_rows(store: Any, val_fraction: float = 0.1, seed: int = 0,
+                 max_rows: int | None = HOLDOUT_MAX) -> np.ndarray:
+    """Store rows of the validation part of the train split, exactly as training holds them out
+    (a seeded subset of ``max_rows`` of them when there are more: the K x K head scores cost
+    K^2 V per row)."""
+    from .training import _split
+
+    rows = store.indices("train")
+    if len(rows) < 3:
+        raise StoreError(f"store has {len(rows)} train samples; a held-out part needs >= 3")
+    _, va = _split(len(rows), val_fraction if val_fraction > 0 else 0.1, seed)
+    held = rows[va.numpy()]
+    if max_rows is not None and len(held) > max_rows:
+        keep = np.random.default_rng(seed + 31).choice(len(held), size=max_rows, replace=False)
+        held = held[np.sort(keep)]
+    return held
+
+
+@torch.no_grad()
+def head_scores(store: Any, adapter: Any, bank: JumpBank, rows: np.ndarray | None = None,
+                chunk_size: int | None = None, progress: bool = False, kl: bool = False) -> dict[str, torch.Tensor]:
+    """Head-aware reuse matrices (J, K) on store ``rows`` (default: the train split's held-out part).
+
+    Returns ``{"precision@1": P}`` (and ``"kl"`` with ``kl=True``): ``P[m, k]`` the fraction of rows
+    where ``argmax head(jump_m(h^k))`` is the model's own top-1 token, ``KL[m, k]`` the mean
+    ``KL(p_final || softmax(head(jump_m(h^k))))`` (three more passes over the vocabulary). Exact
+    head in rank-r form (:class:`~onejump.evaluation.LowRankHead`), full vocabulary.
+    """
+    from .evaluation import LowRankHead
+
+    K, H = store.num_blocks, store.hidden_size
+    if bank.hidden_size != H:
+        raise ConfigError(f"jump bank has H={bank.hidden_size} but the store has H={H}")
+    rows = holdout_rows(store) if rows is None else np.asarray(rows)
+    want = set(int(r) for r in rows)
+    head = None if bank.residual else LowRankHead(adapter, bank)
+    w_u = adapter.unembedding_matrix()
+    dev, w_dtype = w_u.device, w_u.dtype
+    bank = copy.deepcopy(bank).to(dev)
+    J = bank.num_jumps
+    if chunk_size is None:  # about 2^24 logits (64 MiB) per (chunk, level, vocabulary) block
+        chunk_size = max(1, (1 << 24) // (K * int(w_u.shape[0])))
+    correct = torch.zeros(J, K, dtype=torch.float64)
+    kl_sum = torch.zeros(J, K, dtype=torch.float64)
+    n_total = 0
+    bar = tqdm(total=len(want), desc="head scores", unit="sample", disable=not progress, leave=False)
+    for chunk_rows, chunk in store.iter_chunks("train", chunk_size=max(chunk_size, 256)):
+        keep = np.array([int(r) in want for r in chunk_rows])
+        if not keep.any():
+            continue
+        for part in torch.from_numpy(np.nonzero(keep)[0]).split(chunk_size):
+            h = chunk[part].to(dev, torch.float32)
+            if not torch.isfinite(h).all():
+                i, level, _ = (~torch.isfinite(h)).nonzero()[0].tolist()
+                raise NumericalError(f"non-finite hidden state in the store at level {level}, "
+                                     f"sample row {int(chunk_rows[int(part[i])])}")
+            n = h.shape[0]
+            final_logp = torch.log_softmax(adapter.head(h[:, K].to(w_dtype)).float(), -1)
+            p_final = final_logp.exp() if kl else None
+            neg_entropy = (p_final * final_logp).sum(-1) if kl else None  # (n,)
+            top1 = final_logp.argmax(-1)
+            flat = h[:, :K].reshape(n * K, H)
+            z = None if head is None else head.project_all(flat).view(n, K, J, -1)
+            for m in range(J):
+                if head is None:  # residual jump: the full head on h + correction
+                    logits = adapter.head(bank.apply(flat, m).to(w_dtype)).float().view(n, K, -1)
+                else:
+                    logits = head.logits_from_codes(z[:, :, m].reshape(n * K, -1), m).view(n, K, -1)
+                correct[m] += (logits.argmax(-1) == top1[:, None]).double().sum(0).cpu()
+                if kl:
+                    logq = torch.log_softmax(logits, -1)
+                    cross = torch.einsum("nkv,nv->nk", logq, p_final)
+                    kl_sum[m] += (neg_entropy[:, None] - cross).double().sum(0).cpu()
+            n_total += n
+            bar.update(n)
+    bar.close()
+    if n_total == 0:
+        raise StoreError("no store rows to compute head scores on")
+    out = {"precision@1": correct / n_total}
+    if kl:
+        out["kl"] = kl_sum / n_total
+    return out
 
 
 def _softmax(scores: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -96,11 +202,13 @@ class Selection:
     split: str = "train"
     num_samples: int = 0
     levels: list[int] = field(default_factory=list)
+    rule: str = "paper"
+    others: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_matrix(cls, matrix: torch.Tensor, *, temperature: float = FIGURE3_TEMPERATURE, split: str = "train",
-                    num_samples: int = 0, levels: list[int] | None = None) -> Selection:
-        """Build a selection from a reuse matrix (J, K)."""
+                    num_samples: int = 0, levels: list[int] | None = None, rule: str = "paper") -> Selection:
+        """Build a selection from a reuse matrix (J, K) (larger is better)."""
         if not (temperature > 0 and math.isfinite(temperature)):
             raise ConfigError(f"temperature must be > 0, got {temperature}")
         if matrix.dim() != 2 or matrix.numel() == 0:
@@ -110,7 +218,7 @@ class Selection:
         return cls(matrix=matrix, scores=scores, chosen=int(scores.argmax()),
                    probabilities=_softmax(scores, temperature), temperature=float(temperature), split=split,
                    num_samples=int(num_samples),
-                   levels=list(levels) if levels is not None else list(range(matrix.shape[0])))
+                   levels=list(levels) if levels is not None else list(range(matrix.shape[0])), rule=rule)
 
     @property
     def chosen_level(self) -> int:
@@ -134,16 +242,38 @@ class Selection:
             "num_samples": self.num_samples,
             "levels": self.levels,
             "ranking": self.ranking(),
+            "rule": self.rule,
+            **self.others,
         }
 
 
 def select_ojfa(store: Any, bank: JumpBank, split: str = "train", chunk_size: int = 512,
                 temperature: float = FIGURE3_TEMPERATURE, device: str | torch.device = "cpu",
-                progress: bool = False) -> Selection:
-    """Score every jump of ``bank`` reused at every exit level (Eq. 3-5) and pick the best (OJFA)."""
+                progress: bool = False, *, rule: str = "paper", adapter: Any = None,
+                holdout: np.ndarray | None = None) -> Selection:
+    """Score every jump of ``bank`` reused at every exit level and pick the best.
+
+    ``rule="paper"``: D_m of Eq. 3-5 on ``split``. ``rule="head"``: mean precision@1 through the
+    head on the held-out part of the train split (``holdout`` rows, default :func:`holdout_rows`);
+    needs ``adapter``. Either way the result records the other rule's matrix too when it is
+    available (``others``), so both choices can be compared.
+    """
+    if rule not in RULES:
+        raise ConfigError(f"unknown selection rule '{rule}'; use one of {', '.join(RULES)}")
     matrix = reuse_scores(store, bank, split=split, chunk_size=chunk_size, device=device, progress=progress)
-    return Selection.from_matrix(matrix, temperature=temperature, split=split,
-                                 num_samples=len(store.indices(split)), levels=list(bank.levels))
+    if rule == "paper":
+        return Selection.from_matrix(matrix, temperature=temperature, split=split,
+                                     num_samples=len(store.indices(split)), levels=list(bank.levels))
+    if adapter is None:
+        raise ConfigError("the head-aware selection rule needs the model (adapter)")
+    rows = holdout_rows(store) if holdout is None else np.asarray(holdout)
+    scores = head_scores(store, adapter, bank, rows, progress=progress)
+    paper = Selection.from_matrix(matrix, temperature=temperature, split=split, levels=list(bank.levels))
+    sel = Selection.from_matrix(scores["precision@1"], temperature=temperature, split="train-holdout",
+                                num_samples=len(rows), levels=list(bank.levels), rule="head")
+    sel.others = {"paper_chosen": paper.chosen, "paper_scores": paper.scores.tolist(),
+                  "paper_matrix": paper.matrix.tolist()}
+    return sel
 
 
-__all__ = ["FIGURE3_TEMPERATURE", "Selection", "reuse_scores", "select_ojfa"]
+__all__ = ["FIGURE3_TEMPERATURE", "RULES", "Selection", "head_scores", "holdout_rows", "reuse_scores", "select_ojfa"]

@@ -5,6 +5,8 @@
   The K per-level jumps of N-NJTC are a bank with J = K (jump j trained at level j); the joint
   jump is a bank with J = 1 applied at every level.
 - :class:`FoldedJump`: one jump with its eval-mode BatchNorm folded into ``A`` (inference form).
+- Beyond the paper, a *residual* jump (``residual=True``) predicts ``h + BatchNorm(h) @ A @ B``: the
+  same parameters, but it starts from the logit lens and only learns a rank-r correction.
 - :class:`IdentityShortcut`: the logit lens (``h`` itself).
 - :class:`LinearJTC`: the full-rank per-level affine maps of Din et al. (2023), fitted in closed form.
 - :class:`OneJump`: the user-facing OJFA object: one jump, reused at every exit level (Eq. 3).
@@ -72,8 +74,9 @@ class FoldedJump(nn.Module):
     eval-mode BatchNorm of jump m into its first matrix (computed in float64, stored in float32).
     """
 
-    def __init__(self, A: torch.Tensor, c: torch.Tensor, B: torch.Tensor):
+    def __init__(self, A: torch.Tensor, c: torch.Tensor, B: torch.Tensor, residual: bool = False):
         super().__init__()
+        self.residual = bool(residual)
         if A.dim() != 2 or B.dim() != 2 or c.shape != (A.shape[1],) or B.shape != (A.shape[1], A.shape[0]):
             raise ShortcutError(f"folded jump shapes do not fit: A {tuple(A.shape)}, c {tuple(c.shape)}, "
                                 f"B {tuple(B.shape)}")
@@ -94,8 +97,9 @@ class FoldedJump(nn.Module):
         return torch.addmm(self.c, h.reshape(-1, h.shape[-1]).to(self.A.dtype), self.A).reshape(*h.shape[:-1], -1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """``(h @ A + c) @ B`` for ``h`` of shape (..., H), in float32."""
-        return self.project(h) @ self.B
+        """``(h @ A + c) @ B`` (``+ h`` for a residual jump) for ``h`` of shape (..., H), in float32."""
+        out = self.project(h) @ self.B
+        return out + h.to(out.dtype) if self.residual else out
 
 
 class JumpBank(nn.Module):
@@ -111,8 +115,10 @@ class JumpBank(nn.Module):
     """
 
     def __init__(self, num_jumps: int, hidden_size: int, rank: int | None = None, *,
-                 levels: Sequence[int] | None = None, eps: float = 1e-5, momentum: float = 0.1, seed: int = 0):
+                 levels: Sequence[int] | None = None, eps: float = 1e-5, momentum: float = 0.1, seed: int = 0,
+                 residual: bool = False):
         super().__init__()
+        self.residual = bool(residual)
         if num_jumps < 1 or hidden_size < 1:
             raise ShortcutError(f"a jump bank needs >= 1 jump and H >= 1 (got J={num_jumps}, H={hidden_size})")
         rank = _check_rank(hidden_size, rank)
@@ -129,6 +135,8 @@ class JumpBank(nn.Module):
         b = (torch.rand(J, r, H, generator=gen, dtype=torch.float64) * 2 - 1) / math.sqrt(r)
         self.bn_weight = nn.Parameter(torch.ones(J, H))
         self.bn_bias = nn.Parameter(torch.zeros(J, H))
+        if self.residual:  # start at the identity (the logit lens): a small correction
+            b = b * 0.01
         self.A = nn.Parameter(a.float())
         self.B = nn.Parameter(b.float())
         self.register_buffer("running_mean", torch.zeros(J, H))
@@ -156,7 +164,8 @@ class JumpBank(nn.Module):
         return self.num_jumps * self.parameters_per_jump()
 
     def extra_repr(self) -> str:
-        return f"J={self.num_jumps}, H={self.hidden_size}, r={self.rank}, eps={self.eps}, momentum={self.momentum}"
+        return (f"J={self.num_jumps}, H={self.hidden_size}, r={self.rank}, eps={self.eps}, momentum={self.momentum}"
+                + (", residual" if self.residual else ""))
 
     def _jump_index(self, jump: int) -> int:
         if isinstance(jump, bool) or not isinstance(jump, int) or not 0 <= jump < self.num_jumps:
@@ -177,8 +186,10 @@ class JumpBank(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """Apply jump j to ``h[:, j]`` for every j: (N, J, H) -> (N, J, H)."""
-        x = self.normalize(h.to(self.A.dtype)).transpose(0, 1)  # (J, N, H)
-        return torch.bmm(torch.bmm(x, self.A), self.B).transpose(0, 1)
+        h = h.to(self.A.dtype)
+        x = self.normalize(h).transpose(0, 1)  # (J, N, H)
+        out = torch.bmm(torch.bmm(x, self.A), self.B).transpose(0, 1)
+        return out + h if self.residual else out
 
     def _bn_eval(self, h: torch.Tensor, jump: int) -> torch.Tensor:
         j = self._jump_index(jump)
@@ -201,7 +212,8 @@ class JumpBank(nn.Module):
         """
         if level is not None and level < 0:
             raise ShortcutError(f"level must be >= 0, got {level}")
-        return self.project(h, jump) @ self.B[jump]
+        out = self.project(h, jump) @ self.B[jump]
+        return out + h.to(out.dtype) if self.residual else out
 
     # ---- folding ------------------------------------------------------------------------------
     def folded_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,14 +233,14 @@ class JumpBank(nn.Module):
         """Jump ``jump`` in inference form; equals the eval-mode jump to float tolerance."""
         j = self._jump_index(jump)
         a, c = self.folded_parameters()
-        return FoldedJump(a[j], c[j], self.B[j].detach())
+        return FoldedJump(a[j], c[j], self.B[j].detach(), residual=self.residual)
 
     def select(self, jumps: int | Sequence[int]) -> JumpBank:
         """A new bank holding copies of the given jumps (e.g. the OJFA jump alone)."""
         idx = [jumps] if isinstance(jumps, int) else list(jumps)
         idx = [self._jump_index(j) for j in idx]
         out = JumpBank(len(idx), self.hidden_size, self.rank, levels=[self.levels[j] for j in idx],
-                       eps=self.eps, momentum=self.momentum)
+                       eps=self.eps, momentum=self.momentum, residual=self.residual)
         out.load_tensors({k: v[idx] for k, v in self.tensors().items()})
         return out.to(self.A.device)
 
@@ -438,6 +450,7 @@ def save_shortcuts(path: str | Path, bank: nn.Module, *, kind: str, model: str, 
         "chosen_jump": chosen_jump,
         "bn_eps": getattr(bank, "eps", None),
         "bn_momentum": getattr(bank, "momentum", None),
+        "residual": bool(getattr(bank, "residual", False)),
         "weights": WEIGHTS_NAME,
         "sha256": sha256_file(folder / WEIGHTS_NAME),
         "tensors": {k: list(v.shape) for k, v in tensors.items()},
@@ -541,8 +554,11 @@ def load_shortcuts(path: str | Path, fingerprint: str | None = None) -> Shortcut
     a_shape = tuple(tensors["A"].shape)
     if len(a_shape) == 3 and a_shape[:2] == (J, H) and a_shape[2] != rank:
         raise ShortcutError(f"{weights.name}: jumps have rank {a_shape[2]} but the config says rank {rank}")
+    residual = config.get("residual", False)
+    if not isinstance(residual, bool):
+        raise ShortcutError(f"{cfg_path}: 'residual' must be true or false, got {residual!r}")
     bank = JumpBank(J, H, rank, levels=levels, eps=float(config.get("bn_eps") or 1e-5),
-                    momentum=float(config.get("bn_momentum") or 0.1))
+                    momentum=float(config.get("bn_momentum") or 0.1), residual=residual)
     bank.load_tensors(tensors)
     if torch.any(bank.running_var < 0):
         raise ShortcutError(f"{weights.name}: negative BatchNorm running variance")
@@ -568,7 +584,7 @@ class OneJump:
                  fingerprint: str = "", extra: dict[str, Any] | None = None):
         if bank.num_jumps != 1:
             raise ShortcutError(f"OneJump holds exactly one jump, got a bank of {bank.num_jumps}")
-        if not 0 <= chosen_jump < num_blocks:
+        if not -1 <= chosen_jump < num_blocks:  # -1: a joint jump, trained on all levels
             raise ShortcutError(f"chosen jump {chosen_jump} is not an exit level of a {num_blocks}-block model")
         self.bank = bank.eval()
         self.chosen_jump = int(chosen_jump)
@@ -627,12 +643,18 @@ class OneJump:
                               num_blocks=self.num_blocks, extra=self.extra)
 
     @classmethod
+    def from_joint(cls, joint: JumpBank, *, num_blocks: int, model: str = "", fingerprint: str = "",
+                   extra: dict[str, Any] | None = None) -> OneJump:
+        """A joint jump (trained on all exit levels) as the single jump; ``chosen_jump`` is -1."""
+        return cls(joint, chosen_jump=-1, num_blocks=num_blocks, model=model, fingerprint=fingerprint, extra=extra)
+
+    @classmethod
     def load(cls, path: str | Path, fingerprint: str | None = None) -> OneJump:
-        """Load an ``ojfa`` file, or an ``nnjtc`` file that records its ``chosen_jump``."""
+        """Load an ``ojfa`` or ``joint`` file, or an ``nnjtc`` file that records its ``chosen_jump``."""
         bank, cfg = load_shortcuts(path, fingerprint=fingerprint)
-        if cfg["kind"] not in ("ojfa", "nnjtc"):
+        if cfg["kind"] not in ("ojfa", "nnjtc", "joint"):
             raise ShortcutError(f"{path} holds '{cfg['kind']}' shortcuts, not an OJFA jump")
-        chosen = cfg.get("chosen_jump")
+        chosen = -1 if cfg["kind"] == "joint" else cfg.get("chosen_jump")
         if not isinstance(chosen, int):
             raise ShortcutError(f"{path} records no chosen jump: run the OJFA selection first")
         num_blocks = cfg.get("num_blocks")

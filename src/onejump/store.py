@@ -283,6 +283,49 @@ class HiddenStateStore:
             return fh.get_slice("tokens")[int(off[r]):int(off[r + 1])].tolist()
 
     # ---- hidden states --------------------------------------------------------------------------
+    def rows_by_shard(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Group store rows by the shard holding them: one ascending array per shard, in shard order
+        (shards holding none of the rows are left out). Lets a reader fetch whole shards at a time."""
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if rows.size and (rows[0] < 0 or rows[-1] >= self.num_samples):
+            raise StoreError(f"store rows out of range 0..{self.num_samples - 1}")
+        shard = self._shard_of[rows]
+        cuts = np.nonzero(np.diff(shard))[0] + 1
+        return [part for part in np.split(rows, cuts) if part.size]
+
+    def read_rows(self, rows: np.ndarray, dtype: torch.dtype = torch.float32,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (n, K+1, H) of the given store rows, in the given order.
+
+        Reads each shard once through its memory map, copying runs of consecutive rows with one
+        slice each; nothing else of the store is held. ``out`` (at least n rows, ``dtype``) is
+        filled and its first n rows returned, so a caller can reuse one buffer.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        n = len(rows)
+        if n and (rows.min() < 0 or rows.max() >= self.num_samples):
+            raise StoreError(f"store rows out of range 0..{self.num_samples - 1}")
+        shape = (n, self.num_levels, self.hidden_size)
+        out = torch.empty(shape, dtype=dtype) if out is None else out[:n]
+        if tuple(out.shape) != shape or out.dtype != dtype:
+            raise ValueError(f"out must hold {shape} {dtype}, got {tuple(out.shape)} {out.dtype}")
+        shard_of = self._shard_of[rows] if n else np.zeros(0, np.int64)
+        for s in np.unique(shard_of):
+            pos = np.nonzero(shard_of == s)[0]
+            local = self._row_in_shard[rows[pos]].astype(np.int64)
+            order = np.argsort(local, kind="stable")
+            pos, local = pos[order], local[order]
+            cuts = np.nonzero(np.diff(local) != 1)[0] + 1
+            with safe_open(str(self._shards[int(s)].path), framework="pt") as fh:
+                sl = fh.get_slice("hidden")
+                for p, loc in zip(np.split(pos, cuts), np.split(local, cuts)):
+                    block = sl[int(loc[0]):int(loc[-1]) + 1]
+                    if (np.diff(p) == 1).all():  # the run lands on consecutive output rows
+                        out[int(p[0]):int(p[-1]) + 1] = block
+                    else:
+                        out[torch.from_numpy(p)] = block.to(dtype)
+        return out
+
     def hidden(self, split: str | None = None, levels: list[int] | slice | None = None,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """All hidden states of a split in memory, shape (n, len(levels), H)."""

@@ -1,0 +1,200 @@
+"""Training objectives beyond the paper's MSE: matching the model's own next-token distribution.
+
+The paper trains every jump to reproduce the final hidden state (Eq. 2, MSE). But the final
+state's energy sits in a few massive dimensions that the head largely ignores (on SmolLM2-135M
+the top 5 of 576 dimensions carry about half of it), so an MSE jump spends its rank on them.
+:class:`HeadKL` instead trains a jump so that the *head* of its output matches the model's own
+next-token distribution::
+
+    L_k = 1/N sum_i KL( p_final(. | h_i^K) || softmax(head(jump(h_i^k))) )
+
+with the head frozen (final norm, unembedding, logit scaling / soft-capping). Two things make this
+affordable on a CPU:
+
+- **Rank-r head.** ``jump(h) = z @ B`` with ``z = BN(h) @ A`` of width r, and the final norm only
+  needs ``mean(y^2) = z (B B^T / H) z^T``; so the logits are ``(z @ M) * rsqrt(z G z^T + eps) + c``
+  with ``M = B diag(w) W_U^T`` (r x V), recomputed from the trainable ``B`` every step (see
+  :class:`onejump.evaluation.LowRankHead` for the exact, inference-time form).
+- **Top-k targets, sampled normaliser.** ``p_final`` is summarised once per training sample by
+  its ``top_k`` tokens and the remaining mass (:func:`head_targets`): the loss is the exact KL
+  between the two distributions coarsened to those ``top_k + 1`` events. In training mode the
+  jump's log-partition over the vocabulary is estimated from the batch's target tokens plus
+  ``negatives`` tokens drawn uniformly from the vocabulary (importance weight V / negatives), so a
+  step touches a few thousand vocabulary columns instead of V (49,152 on SmolLM2, 262,144 on
+  Gemma 3). In eval mode (validation, early stopping) the normaliser is exact.
+
+A residual jump (``h + BN(h) @ A @ B``) has no rank-r head form; its logits cost O(H) per
+vocabulary column, about H/r times more per step (the sampled normaliser keeps that affordable).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, NumericalError, StoreError
+from .shortcuts import JumpBank
+
+DEFAULT_TOP_K = 32
+DEFAULT_NEGATIVES = 2048
+
+
+@dataclass
+class HeadTargets:
+    """The model's next-token distribution per store row, summarised by its top-k tokens.
+
+    ``rows`` (n,) sorted store rows; ``token`` (n, k) token ids; ``logp`` (n, k) their final
+    log-probabilities; the rest of the mass is ``1 - exp(logp).sum(-1)``.
+    """
+
+    rows: torch.Tensor
+    token: torch.Tensor
+    logp: torch.Tensor
+
+    @property
+    def top_k(self) -> int:
+        return int(self.token.shape[1])
+
+    def lookup(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(token, logp)`` of the given store rows (any order); raises if a row is unknown."""
+        rows = torch.as_tensor(rows, dtype=torch.long).cpu()
+        pos = torch.searchsorted(self.rows, rows).clamp_max(len(self.rows) - 1)
+        if not torch.equal(self.rows[pos], rows):
+            raise StoreError("head targets were computed for other store rows (stale targets?)")
+        return self.token[pos], self.logp[pos]
+
+
+@torch.no_grad()
+def head_targets(store: Any, adapter: Any, split: str = "train", top_k: int = DEFAULT_TOP_K,
+                 chunk_size: int = 256, progress: bool = True) -> HeadTargets:
+    """Top-k of ``softmax(head(h^K))`` for every sample of a store split (streamed, O(n k) memory)."""
+    if top_k < 1:
+        raise ConfigError(f"top_k must be >= 1, got {top_k}")
+    K = store.num_blocks
+    w_u = adapter.unembedding_matrix()
+    dev, dtype = w_u.device, w_u.dtype
+    top_k = min(top_k, int(w_u.shape[0]))
+    rows_out, tok_out, logp_out = [], [], []
+    bar = tqdm(total=len(store.indices(split)), desc="head targets", unit="sample", disable=not progress,
+               leave=False)
+    for rows, h in store.iter_chunks(split, chunk_size=chunk_size, levels=[K]):
+        h = h[:, 0].to(dev, dtype)
+        logp = torch.log_softmax(adapter.head(h).float(), -1)
+        if not torch.isfinite(logp).all():
+            raise NumericalError(f"non-finite final log-probabilities for store rows near {int(rows[0])}")
+        val, idx = logp.topk(top_k, dim=-1)
+        rows_out.append(torch.from_numpy(np.asarray(rows, dtype=np.int64)))
+        tok_out.append(idx.cpu())
+        logp_out.append(val.cpu())
+        bar.update(len(rows))
+    bar.close()
+    if not rows_out:
+        raise StoreError(f"store split '{split}' is empty; no head targets")
+    rows_t, tok, lp = torch.cat(rows_out), torch.cat(tok_out), torch.cat(logp_out)
+    order = rows_t.argsort()
+    return HeadTargets(rows_t[order], tok[order], lp[order])
+
+
+class HeadKL:
+    """``loss_fn(bank, inp, tgt, rows) -> (J,)``: KL(p_final || head(jump)) per jump (see module doc).
+
+    ``adapter`` gives the frozen head (its weights are never updated); ``targets`` the top-k final
+    distributions of the store rows that will be seen. ``negatives`` uniform vocabulary samples
+    estimate the log-partition in training mode (0: exact over the whole vocabulary). ``seed``
+    seeds those samples, so training stays deterministic.
+    """
+
+    def __init__(self, adapter: Any, targets: HeadTargets, *, negatives: int = DEFAULT_NEGATIVES, seed: int = 0,
+                 device: str | torch.device | None = None):
+        if negatives < 0:
+            raise ConfigError(f"negatives must be >= 0, got {negatives}")
+        params = adapter.norm_params()
+        w_u = adapter.unembedding_matrix().detach()
+        self.device = torch.device(device) if device is not None else w_u.device
+        self.adapter = adapter
+        self.kind = params.kind
+        self.eps = float(params.eps)
+        w = w_u.to(self.device, torch.float32)
+        if params.weight is not None:
+            w = w * params.weight.to(self.device, torch.float32)  # rows of diag(w) W_U^T, transposed
+        self.W = w.contiguous()  # (V, H): logits = norm_unscaled(y) @ W.T
+        const = None
+        if params.bias is not None:
+            const = w_u.to(self.device, torch.float32) @ params.bias.to(self.device, torch.float32)
+        ub = adapter.unembedding_bias()
+        if ub is not None:
+            const = ub.detach().to(self.device, torch.float32) + (const if const is not None else 0)
+        self.const = const
+        self.V = int(w.shape[0])
+        self.targets = targets
+        self.negatives = int(negatives)
+        self.gen = torch.Generator().manual_seed(int(seed) + 15485863)
+
+    def _logits(self, bank: JumpBank, inp: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+        """Logits (J, B, C) of the head of every jump's output on vocabulary columns ``cols`` (None: all)."""
+        if bank.residual:
+            return self._residual_logits(bank, inp, cols)
+        z = torch.bmm(bank.normalize(inp.to(bank.A.dtype)).transpose(0, 1), bank.A)  # (J, B, r)
+        b = bank.B
+        if self.kind == "layernorm":
+            b = b - b.mean(-1, keepdim=True)
+        W = self.W if cols is None else self.W[cols]
+        M = torch.matmul(b, W.T)  # (J, r, C)
+        logits = torch.bmm(z, M)
+        if self.kind != "identity":
+            gram = torch.bmm(b, b.transpose(1, 2)) / b.shape[-1]
+            ms = (torch.bmm(z, gram) * z).sum(-1, keepdim=True).clamp_min(0)
+            logits = logits * torch.rsqrt(ms + self.eps)
+        if self.const is not None:
+            logits = logits + (self.const if cols is None else self.const[cols])
+        return self.adapter.finish_logits(logits)
+
+    def _residual_logits(self, bank: JumpBank, inp: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+        """A residual jump's output ``h + correction`` is full-rank: the head costs O(H) per column."""
+        y = bank(inp.to(bank.A.dtype)).transpose(0, 1)  # (J, B, H)
+        if self.kind != "identity":
+            if self.kind == "layernorm":
+                y = y - y.mean(-1, keepdim=True)
+                y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+            else:
+                y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+        W = self.W if cols is None else self.W[cols]
+        logits = y @ W.T
+        if self.const is not None:
+            logits = logits + (self.const if cols is None else self.const[cols])
+        return self.adapter.finish_logits(logits)
+
+    def __call__(self, bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        token, logp = self.targets.lookup(rows)
+        token, logp = token.to(self.device), logp.to(self.device)
+        if bank.training and self.negatives > 0:
+            cand, inverse = torch.unique(token, return_inverse=True)  # sorted union of the batch's targets
+            neg = torch.randint(0, self.V, (self.negatives,), generator=self.gen).to(self.device)
+            cols = torch.cat([cand, neg])
+            logits = self._logits(bank, inp, cols)
+            c = len(cand)
+            in_cand = torch.isin(neg, cand)
+            neg_logits = logits[..., c:] + math.log(max(self.V - c, 1) / self.negatives)
+            neg_logits = neg_logits.masked_fill(in_cand, -math.inf)
+            lse = torch.logsumexp(torch.cat([logits[..., :c], neg_logits], -1), -1)  # (J, B)
+            chosen = logits[..., :c].gather(-1, inverse.unsqueeze(0).expand(logits.shape[0], -1, -1))
+        else:
+            logits = self._logits(bank, inp, None)
+            lse = torch.logsumexp(logits, -1)
+            chosen = logits.gather(-1, token.unsqueeze(0).expand(logits.shape[0], -1, -1))
+        logq = chosen - lse.unsqueeze(-1)  # (J, B, k)
+        p = logp.exp()
+        p_rest = (1 - p.sum(-1)).clamp_min(0)  # (B,)
+        q_top = torch.logsumexp(logq, -1).clamp_max(-1e-6)
+        logq_rest = torch.log(-torch.expm1(q_top))  # log(1 - sum q_top)
+        kl_top = (p * (logp - logq)).sum(-1)  # (J, B)
+        rest = torch.where(p_rest > 0, p_rest * (torch.log(p_rest.clamp_min(1e-30)) - logq_rest), 0.0)
+        return (kl_top + rest).mean(-1)
+
+
+__all__ = ["HeadTargets", "head_targets", "HeadKL", "DEFAULT_TOP_K", "DEFAULT_NEGATIVES"]
