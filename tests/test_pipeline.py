@@ -190,3 +190,15 @@ def test_preset_best_trains_kl_and_a_residual_joint_jump(tmp_path, tiny_dir, cor
     assert "Preset `best`" in (out / "report" / "report.md").read_text()
     sel = json.loads((out / "selection.json").read_text())
     assert sel["rule"] == "head" and "paper_chosen" in sel
+
+
+def test_sweep_per_objective_multipliers(run_dir, capsys):
+    from onejump.sweep import load_sweep
+
+    code = main(["-q", "sweep", "--out", str(run_dir), "--objectives", "mse,kl", "--multipliers", "1,2",
+                 "--kl-multipliers", "1", "--residual-multipliers", "none", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    sweep = load_sweep(run_dir)
+    base = sweep["base_rank"]
+    assert {(c["objective"], c["rank"]) for c in sweep["configs"]} == {("mse", base), ("mse", 2 * base),
+                                                                       ("kl", base)}

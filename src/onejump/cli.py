@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--multipliers", default="1,2,4,8",
                    help="rank multipliers m of floor(H/100), comma-separated (default: %(default)s)")
     p.add_argument("--objectives", default="mse,kl", help="objectives, comma-separated (default: %(default)s)")
+    p.add_argument("--kl-multipliers", default=None,
+                   help="rank multipliers for the kl objective only (default: --multipliers)")
     p.add_argument("--residual-multipliers", default="1,2",
                    help="rank multipliers of the residual KL joint jump (h + BN(h) A B), comma-separated, or "
                         "'none' (default: %(default)s)")
@@ -387,8 +389,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     with _lock(run.folder):
         residual = () if args.residual_multipliers.strip().lower() == "none" else \
             _int_list(args.residual_multipliers, "residual-multipliers")
+        per = {"kl": _int_list(args.kl_multipliers, "kl-multipliers")} if args.kl_multipliers else None
         out = sweep(run, multipliers=multipliers, objectives=objectives, residual_multipliers=residual,
-                    progress=not args.quiet)
+                    per_objective=per, progress=not args.quiet)
         path = run.report()
     best, bar = out.get("best"), out.get("bar")
     if best and bar:

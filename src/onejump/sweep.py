@@ -175,13 +175,17 @@ def choose_best(configs: list[dict[str, Any]], paper_params: int, budget: float 
 
 
 def sweep(run: Any, *, multipliers: tuple[int, ...] = MULTIPLIERS, objectives: tuple[str, ...] = ("mse", "kl"),
-          residual_multipliers: tuple[int, ...] = (1, 2), progress: bool = True) -> dict[str, Any]:
+          residual_multipliers: tuple[int, ...] = (1, 2), per_objective: dict[str, tuple[int, ...]] | None = None,
+          progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the whole sweep on a run folder; writes and returns ``sweep/sweep.json``.
 
-    ``objectives`` x ``multipliers`` for the plain jumps, plus the residual KL joint jump
+    ``objectives`` x ``multipliers`` for the plain jumps (``per_objective`` overrides the
+    multipliers of one objective, e.g. ``{"kl": (1, 2)}``), plus the residual KL joint jump
     (``kl-res``) at ``residual_multipliers`` (empty: none).
     """
-    if not multipliers or any(m < 1 for m in multipliers) or any(m < 1 for m in residual_multipliers):
+    per_objective = dict(per_objective or {})
+    every = [*multipliers, *residual_multipliers, *(m for ms in per_objective.values() for m in ms)]
+    if not multipliers or any(m < 1 for m in every):
         raise ConfigError("rank multipliers must be >= 1")
     for objective in objectives:
         if objective not in OBJECTIVES:
@@ -189,7 +193,8 @@ def sweep(run: Any, *, multipliers: tuple[int, ...] = MULTIPLIERS, objectives: t
     store = run.store()
     K, H = store.num_blocks, store.hidden_size
     base = default_rank(H)
-    plan = [(o, m) for o in objectives for m in multipliers] + [("kl-res", m) for m in residual_multipliers]
+    plan = [(o, m) for o in objectives for m in per_objective.get(o, multipliers)]
+    plan += [("kl-res", m) for m in residual_multipliers]
     # most informative first (the paper's configuration, then the candidates for the best single jump,
     # then the larger ranks), so that an interrupted sweep has already covered the comparison that matters
     first = [("mse", 1), ("kl-res", 2), ("kl", 1), ("kl", 2), ("kl-res", 1), ("mse", 2)]
