@@ -221,7 +221,7 @@ def make_figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
 
 
 METHOD_MARKERS = {"per-level": "s", "ojfa-paper": "o", "ojfa-head": "^", "joint": "D"}
-OBJECTIVE_COLORS = {"mse": "tab:blue", "kl": "tab:red"}
+OBJECTIVE_COLORS = {"mse": "tab:blue", "kl": "tab:red", "kl-res": "black"}
 
 
 def beyond_figures(beyond: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -154,8 +154,8 @@ def _references(run: Any) -> dict[str, Any]:
             continue
         p1 = result.samples(name, "precision@1")
         s = result.samples(name, "surprisal")
-        if params is None:
-            params = result.num_blocks * result.hidden_size * result.hidden_size
+        if params is None:  # K affine maps: (H + 1) x H each, as in parameter_counts
+            params = result.num_blocks * (result.hidden_size + 1) * result.hidden_size
         refs[name] = _summary(p1, s, params, None)
     return refs
 
