@@ -157,12 +157,10 @@ class HeadKL:
     def _residual_logits(self, bank: JumpBank, inp: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
         """A residual jump's output ``h + correction`` is full-rank: the head costs O(H) per column."""
         y = bank(inp.to(bank.A.dtype)).transpose(0, 1)  # (J, B, H)
+        if self.kind == "layernorm":
+            y = y - y.mean(-1, keepdim=True)
         if self.kind != "identity":
-            if self.kind == "layernorm":
-                y = y - y.mean(-1, keepdim=True)
-                y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
-            else:
-                y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+            y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
         W = self.W if cols is None else self.W[cols]
         logits = y @ W.T
         if self.const is not None:

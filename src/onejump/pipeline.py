@@ -172,7 +172,7 @@ class Run:
         from dataclasses import replace
 
         from .shortcuts import LinearJTC, default_rank, load_shortcuts, save_shortcuts
-        from .training import train_joint, train_jumps
+        from .training import objective_loss, train_joint, train_jumps
 
         store = self.store()
         lm = self.lm()
@@ -182,6 +182,7 @@ class Run:
         dev = self.compute_device
         out: dict[str, Any] = {}
         joint_config = replace(config, **self.preset().get("joint", {}))
+        targets_cache: dict[int, Any] = {}  # the KL objective's targets, shared by the bank and the joint jump
         jobs = [("nnjtc", _key(base, "nnjtc", config.to_dict()))]
         if joint:
             jobs.append(("joint", _key(base, "joint", joint_config.to_dict())))
@@ -197,11 +198,13 @@ class Run:
             t0 = time.perf_counter()
             history = None
             if kind == "nnjtc":
-                module, history = train_jumps(store, config, device=dev, progress=self.progress, adapter=lm.adapter)
+                loss_fn = objective_loss(store, config, lm.adapter, self.progress, dev, targets_cache)
+                module, history = train_jumps(store, config, device=dev, progress=self.progress, loss_fn=loss_fn)
                 levels, rank = list(range(store.num_blocks)), module.rank
             elif kind == "joint":
+                loss_fn = objective_loss(store, joint_config, lm.adapter, self.progress, dev, targets_cache)
                 module, history = train_joint(store, joint_config, device=dev, progress=self.progress,
-                                              adapter=lm.adapter)
+                                              loss_fn=loss_fn)
                 levels, rank = [-1], module.rank
             else:
                 module = LinearJTC.fit(store, device=dev)

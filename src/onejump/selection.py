@@ -130,8 +130,9 @@ def head_scores(store: Any, adapter: Any, bank: JumpBank, rows: np.ndarray | Non
     K, H = store.num_blocks, store.hidden_size
     if bank.hidden_size != H:
         raise ConfigError(f"jump bank has H={bank.hidden_size} but the store has H={H}")
-    rows = holdout_rows(store) if rows is None else np.asarray(rows)
-    want = set(int(r) for r in rows)
+    rows = holdout_rows(store) if rows is None else np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        raise StoreError("no store rows to compute head scores on")
     head = None if bank.residual else LowRankHead(adapter, bank)
     w_u = adapter.unembedding_matrix()
     dev, w_dtype = w_u.device, w_u.dtype
@@ -139,42 +140,38 @@ def head_scores(store: Any, adapter: Any, bank: JumpBank, rows: np.ndarray | Non
     J = bank.num_jumps
     if chunk_size is None:  # about 2^24 logits (64 MiB) per (chunk, level, vocabulary) block
         chunk_size = max(1, (1 << 24) // (K * int(w_u.shape[0])))
+    targets = torch.from_numpy(store.meta("target")[rows].astype(np.int64)).to(dev)  # t*, as in evaluation
     correct = torch.zeros(J, K, dtype=torch.float64)
     kl_sum = torch.zeros(J, K, dtype=torch.float64)
     n_total = 0
-    bar = tqdm(total=len(want), desc="head scores", unit="sample", disable=not progress, leave=False)
-    for chunk_rows, chunk in store.iter_chunks("train", chunk_size=max(chunk_size, 256)):
-        keep = np.array([int(r) in want for r in chunk_rows])
-        if not keep.any():
-            continue
-        for part in torch.from_numpy(np.nonzero(keep)[0]).split(chunk_size):
-            h = chunk[part].to(dev, torch.float32)
-            if not torch.isfinite(h).all():
-                i, level, _ = (~torch.isfinite(h)).nonzero()[0].tolist()
-                raise NumericalError(f"non-finite hidden state in the store at level {level}, "
-                                     f"sample row {int(chunk_rows[int(part[i])])}")
-            n = h.shape[0]
+    bar = tqdm(total=len(rows), desc="head scores", unit="sample", disable=not progress, leave=False)
+    for start in range(0, len(rows), chunk_size):
+        part = rows[start:start + chunk_size]
+        h = store.read_rows(part).to(dev)
+        if not torch.isfinite(h).all():
+            i, level, _ = (~torch.isfinite(h)).nonzero()[0].tolist()
+            raise NumericalError(f"non-finite hidden state in the store at level {level}, sample row {int(part[i])}")
+        n = h.shape[0]
+        top1 = targets[start:start + n]
+        if kl:
             final_logp = torch.log_softmax(adapter.head(h[:, K].to(w_dtype)).float(), -1)
-            p_final = final_logp.exp() if kl else None
-            neg_entropy = (p_final * final_logp).sum(-1) if kl else None  # (n,)
-            top1 = final_logp.argmax(-1)
-            flat = h[:, :K].reshape(n * K, H)
-            z = None if head is None else head.project_all(flat).view(n, K, J, -1)
-            for m in range(J):
-                if head is None:  # residual jump: the full head on h + correction
-                    logits = adapter.head(bank.apply(flat, m).to(w_dtype)).float().view(n, K, -1)
-                else:
-                    logits = head.logits_from_codes(z[:, :, m].reshape(n * K, -1), m).view(n, K, -1)
-                correct[m] += (logits.argmax(-1) == top1[:, None]).double().sum(0).cpu()
-                if kl:
-                    logq = torch.log_softmax(logits, -1)
-                    cross = torch.einsum("nkv,nv->nk", logq, p_final)
-                    kl_sum[m] += (neg_entropy[:, None] - cross).double().sum(0).cpu()
-            n_total += n
-            bar.update(n)
+            p_final = final_logp.exp()
+            neg_entropy = (p_final * final_logp).sum(-1)  # (n,)
+        flat = h[:, :K].reshape(n * K, H)
+        z = None if head is None else head.project_all(flat).view(n, K, J, -1)
+        for m in range(J):
+            if head is None:  # residual jump: the full head on h + correction
+                logits = adapter.head(bank.apply(flat, m).to(w_dtype)).float().view(n, K, -1)
+            else:
+                logits = head.logits_from_codes(z[:, :, m].reshape(n * K, -1), m).view(n, K, -1)
+            correct[m] += (logits.argmax(-1) == top1[:, None]).double().sum(0).cpu()
+            if kl:
+                logq = torch.log_softmax(logits, -1)
+                cross = torch.einsum("nkv,nv->nk", logq, p_final)
+                kl_sum[m] += (neg_entropy[:, None] - cross).double().sum(0).cpu()
+        n_total += n
+        bar.update(n)
     bar.close()
-    if n_total == 0:
-        raise StoreError("no store rows to compute head scores on")
     out = {"precision@1": correct / n_total}
     if kl:
         out["kl"] = kl_sum / n_total

@@ -33,7 +33,7 @@ from .evaluation import bootstrap_ci, evaluate, paired_test
 from .selection import head_scores, holdout_rows, select_ojfa
 from .shortcuts import default_rank, jump_parameter_count, load_shortcuts, save_shortcuts
 from .store import atomic_write_text
-from .training import OBJECTIVES, TrainConfig, train_joint, train_jumps
+from .training import OBJECTIVES, TrainConfig, objective_loss, train_joint, train_jumps
 
 MULTIPLIERS = (1, 2, 4, 8)
 SINGLE = ("ojfa-paper", "ojfa-head", "joint")
@@ -91,6 +91,7 @@ def run_config(run: Any, objective: str, rank: int, *, progress: bool = True) ->
     dev = run.compute_device
     timings: dict[str, float] = {}
     modules = {}
+    targets_cache: dict[int, Any] = {}  # the KL objective's targets, shared by the bank and the joint jump
     for kind, trainer in (("nnjtc", train_jumps), ("joint", train_joint)):
         if kind not in kinds:
             continue
@@ -102,7 +103,8 @@ def run_config(run: Any, objective: str, rank: int, *, progress: bool = True) ->
                 cached = loaded.module
         if cached is None:
             t0 = time.perf_counter()
-            module, history = trainer(store, config, device=dev, progress=progress, adapter=lm.adapter)
+            loss_fn = objective_loss(store, config, lm.adapter, progress, dev, targets_cache)
+            module, history = trainer(store, config, device=dev, progress=progress, loss_fn=loss_fn)
             timings[f"train:{kind}"] = time.perf_counter() - t0
             save_shortcuts(path, module.cpu(), kind=kind, model=lm.name, fingerprint=lm.fingerprint,
                            levels=list(range(K)) if kind == "nnjtc" else [-1], rank=rank, num_blocks=K,
@@ -224,7 +226,7 @@ def sweep(run: Any, *, multipliers: tuple[int, ...] = MULTIPLIERS, objectives: t
                 "paper_ojfa_mean_precision@1": p_ojfa["mean_precision@1"],
                 "parameter_ratio": bm["parameters"] / p_ojfa["parameters"],
                 "precision_ratio": bm["mean_precision@1"] / max(p_ojfa["mean_precision@1"], 1e-12),
-                "vs_paper_ojfa": test._asdict() if hasattr(test, "_asdict") else dict(test),
+                "vs_paper_ojfa": test._asdict(),
                 "levels_checked": upto + 1,
                 "levels_not_above_logit_lens": below,
                 "params_ok": bm["parameters"] <= 2 * p_ojfa["parameters"],

@@ -365,13 +365,9 @@ and under ``no_grad`` in eval mode for validation chunks.
 """
 
 
-def _loss_per_jump(bank: JumpBank, inp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (bank(inp) - target.unsqueeze(1)).pow(2).sum(-1).mean(0)
-
-
 def mse_loss(bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Eq. 2 per jump: ``mean_i ||jump(h_i) - h_i^K||^2`` (the default :data:`LossFn`; ignores ``rows``)."""
-    return _loss_per_jump(bank, inp, tgt)
+    return (bank(inp) - tgt.unsqueeze(1)).pow(2).sum(-1).mean(0)
 
 
 def _jump_name(levels: list[int] | None, j: int) -> str:
@@ -492,9 +488,11 @@ def _prepare(store: Any, config: TrainConfig | None, device: str | torch.device)
 
 
 def objective_loss(store: Any, config: TrainConfig, adapter: Any = None, progress: bool = False,
-                   device: str | torch.device | None = None) -> LossFn | None:
+                   device: str | torch.device | None = None, cache: dict[int, Any] | None = None) -> LossFn | None:
     """The loss of ``config.objective``: None for MSE (the default), a :class:`~onejump.objectives.HeadKL`
-    (with its targets computed from the store's train split) for ``"kl"``."""
+    for ``"kl"`` on :func:`~onejump.objectives.head_targets` of the store's train split. ``cache``
+    (a dict, keyed by ``kl_top_k``) keeps those targets, so several trainings on one store (the
+    bank and the joint jump) share one pass of the final head over it."""
     if config.objective == "mse":
         return None
     if adapter is None:
@@ -502,7 +500,10 @@ def objective_loss(store: Any, config: TrainConfig, adapter: Any = None, progres
                           "adapter (adapter=lm.adapter)")
     from .objectives import HeadKL, head_targets
 
-    targets = head_targets(store, adapter, top_k=config.kl_top_k, progress=progress)
+    cache = {} if cache is None else cache
+    if config.kl_top_k not in cache:
+        cache[config.kl_top_k] = head_targets(store, adapter, top_k=config.kl_top_k, progress=progress)
+    targets = cache[config.kl_top_k]
     return HeadKL(adapter, targets, negatives=config.kl_negatives, seed=config.seed, device=device)
 
 
