@@ -16,7 +16,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def real_sentences(n: int, seed: int = 0) -> list[str]:
     """``n`` real Wikipedia sentences from the offline corpus (train part of the default split)."""
-    from onejump.data import load_sentences, split_sentences
+    from onejump.corpus.loaders import load_sentences, split_sentences
 
     split = split_sentences(load_sentences("wikipedia-offline"), n_train=n, n_test=1, seed=seed)
     return [s.text for s in split.train]
@@ -79,7 +79,7 @@ class LimitedStore:
 def load_for_benchmark(model: str, device: str, random_init: bool = False):
     """The model to benchmark; ``random_init`` builds it from a folder's config and tokenizer alone
     (same architecture and cost, random weights: for machines that cannot hold the real weights)."""
-    from onejump.models import from_pretrained_model, load_model, resolve_device
+    from onejump.model.loading import from_pretrained_model, load_model, resolve_device
 
     if not random_init:
         return load_model(model, device=device)

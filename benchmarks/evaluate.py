@@ -21,8 +21,9 @@ import time
 import torch
 from common import LimitedStore, peak_rss_mib, save
 
-from onejump.evaluation import LowRankHead, evaluate
-from onejump.pipeline import Run
+from onejump.evaluation.metrics import evaluate
+from onejump.experiment.run import Run
+from onejump.lenses.lowrank_head import LowRankHead
 
 
 def _full_head_pairs(run: Run, bank, h: torch.Tensor, targets: torch.Tensor) -> tuple[float, torch.Tensor]:

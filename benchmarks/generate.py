@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from common import RESULTS, peak_rss_mib, save
 
+from onejump.experiment.run import Run
 from onejump.generation import (
     generate_confidence,
     generate_greedy,
@@ -33,13 +34,12 @@ from onejump.generation import (
     jump_predictor,
     logit_lens_predictor,
 )
-from onejump.models import load_model
-from onejump.pipeline import Run
-from onejump.shortcuts import OneJump
+from onejump.lenses.onejump import OneJump
+from onejump.model.loading import load_model
 
 
 def prompts_from(run: Run, n: int, words: int) -> list[str]:
-    from onejump.data import load_sentences, split_sentences
+    from onejump.corpus.loaders import load_sentences, split_sentences
 
     args = run.data_args()
     split = split_sentences(load_sentences(args.corpus), args.n_train, args.n_test, seed=args.seed)

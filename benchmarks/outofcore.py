@@ -70,9 +70,11 @@ def peak_rss() -> float:
 
 
 def child(path: str, buffer: int, epochs: int, eval_chunk: int) -> None:
-    from onejump.shortcuts import JumpBank
+    from onejump.lenses.jumps import JumpBank
     from onejump.store import HiddenStateStore
-    from onejump.training import TrainConfig, _fit, _prepare, _Task
+    from onejump.training.config import TrainConfig
+    from onejump.training.fit import _fit, _prepare
+    from onejump.training.reader import _Task
 
     warm = torch.nn.Parameter(torch.zeros(2))  # the first Adam step imports modules (~2 s): not training time
     opt = torch.optim.Adam([warm])

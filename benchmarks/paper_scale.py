@@ -19,10 +19,10 @@ import time
 import torch
 from common import real_sentences, save
 
-from onejump.evaluation import parameter_counts
+from onejump.evaluation.metrics import parameter_counts
 from onejump.extract import extract
-from onejump.models import from_pretrained_model
-from onejump.shortcuts import default_rank
+from onejump.lenses.jumps import default_rank
+from onejump.model.loading import from_pretrained_model
 from onejump.store import store_nbytes
 
 PAPER = {
@@ -63,7 +63,7 @@ def main() -> None:
     sentences = real_sentences(args.n) if args.device != "cpu" else []
     base_tok = None
     if sentences:
-        from onejump.models import DEFAULT_CACHE
+        from onejump.io import DEFAULT_CACHE
 
         base_tok = AutoTokenizer.from_pretrained(args.tokenizer or str(DEFAULT_CACHE / "models" / "smollm2-135m"))
     for name, cfg in PAPER.items():

@@ -11,8 +11,9 @@ import time
 import torch
 from common import peak_rss_mib, save
 
-from onejump.pipeline import Run
-from onejump.training import TrainConfig, train_jumps
+from onejump.experiment.run import Run
+from onejump.training.config import TrainConfig
+from onejump.training.fit import train_jumps
 
 
 def main() -> None:

@@ -16,18 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from onejump import data as d
-from onejump.data import (
-    CorpusSplit,
-    Sentence,
-    clean_text,
-    is_clean_sentence,
-    load_sentences,
-    prepare_offline_corpus,
-    split_into_sentences,
-    split_sentences,
-    wikitext_to_paragraphs,
-)
+from onejump.corpus import cleaning, offline, wikitext
+from onejump.corpus.cleaning import clean_text, is_clean_sentence, split_into_sentences
+from onejump.corpus.loaders import CorpusSplit, Sentence, load_sentences, split_sentences
+from onejump.corpus.offline import prepare_offline_corpus
+from onejump.corpus.wikitext import wikitext_to_paragraphs
 from onejump.errors import CorpusError, OneJumpError
 
 # --------------------------------------------------------------------------------------------
@@ -173,7 +166,7 @@ def test_wikitext_to_paragraphs_strips_markup() -> None:
     for gone in ("Infobox", "cite", "http", "thumb", "Early life", "list item", "numbered", "indented",
                  "Cell", "Category", "de:", "hidden comment", "[[", "{{", "''"):
         assert gone not in text, gone
-    sentences = [s for p in paragraphs for s in d._sentences_from_paragraph(p)]
+    sentences = [s for p in paragraphs for s in cleaning._sentences_from_paragraph(p)]
     assert not any("formula" in s for s in sentences)  # <math> poisons its sentence
     assert all(is_clean_sentence(s) for s in sentences)
 
@@ -205,7 +198,7 @@ def _mediawiki_xml(namespace: bool = True) -> bytes:
 
 @pytest.mark.parametrize("namespace", [True, False])
 def test_gensim_dump_parsing_skips_redirects_and_other_namespaces(namespace: bool) -> None:
-    got = list(d._gensim_sentences(bz2.compress(_mediawiki_xml(namespace))))
+    got = list(wikitext._gensim_sentences(bz2.compress(_mediawiki_xml(namespace))))
     assert [(s, t) for s, t, _ in got] == [
         ("Albedo is the measure of the diffuse reflection of solar radiation.", "Albedo"),
         ("Fresh snow has a very high albedo of about ninety percent.", "Albedo"),
@@ -215,9 +208,9 @@ def test_gensim_dump_parsing_skips_redirects_and_other_namespaces(namespace: boo
 
 def test_gensim_dump_errors_are_corpus_errors() -> None:
     with pytest.raises(CorpusError, match="bz2"):
-        list(d._gensim_sentences(b"not bz2 at all"))
+        list(wikitext._gensim_sentences(b"not bz2 at all"))
     with pytest.raises(CorpusError, match="XML"):
-        list(d._gensim_sentences(bz2.compress(b"<mediawiki><page><title>x</title>")))
+        list(wikitext._gensim_sentences(bz2.compress(b"<mediawiki><page><title>x</title>")))
 
 
 WIKI_UTF8 = """<doc id="1" url="https://en.wikipedia.org/wiki?curid=1" title="Christian Tarr">
@@ -244,7 +237,7 @@ Marks &amp; Spencer is a major British retailer with stores in many countries.
 
 
 def test_exllamav2_parsing_titles_headings_and_gaps() -> None:
-    got = list(d._exllamav2_sentences(WIKI_UTF8))
+    got = list(wikitext._exllamav2_sentences(WIKI_UTF8))
     assert [(s, t) for s, t, _ in got] == [
         (
             "Christian Tarr (May 25, 1765 \u2013 February 24, 1833) was a member of the U.S. House of Representatives.",
@@ -258,16 +251,16 @@ def test_exllamav2_parsing_titles_headings_and_gaps() -> None:
 
 
 def test_heading_heuristic() -> None:
-    assert d._looks_like_heading("Pre-election situation.")
-    assert d._looks_like_heading("Community Coalition and the crack cocaine epidemic.")
-    assert not d._looks_like_heading("He died in 1950.")
-    assert not d._looks_like_heading("The tornado resulted in three injuries.")
-    assert not d._looks_like_heading("Tarr was born in Baltimore, Maryland.")
-    assert not d._looks_like_heading("Offiong left Carlisle by mutual consent on 4 January 2011.")
-    assert not d._looks_like_heading("Highway 745 passes near the community of Kristnes.")
-    assert not d._looks_like_heading("It forms part of the Southampton Urban Area.")
-    assert not d._looks_like_heading("The shell size varies between 10 mm and 36 mm.")
-    assert d._looks_like_heading("Temporary withdrawal of UK domestic services.")
+    assert wikitext._looks_like_heading("Pre-election situation.")
+    assert wikitext._looks_like_heading("Community Coalition and the crack cocaine epidemic.")
+    assert not wikitext._looks_like_heading("He died in 1950.")
+    assert not wikitext._looks_like_heading("The tornado resulted in three injuries.")
+    assert not wikitext._looks_like_heading("Tarr was born in Baltimore, Maryland.")
+    assert not wikitext._looks_like_heading("Offiong left Carlisle by mutual consent on 4 January 2011.")
+    assert not wikitext._looks_like_heading("Highway 745 passes near the community of Kristnes.")
+    assert not wikitext._looks_like_heading("It forms part of the Southampton Urban Area.")
+    assert not wikitext._looks_like_heading("The shell size varies between 10 mm and 36 mm.")
+    assert wikitext._looks_like_heading("Temporary withdrawal of UK domestic services.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,7 +386,7 @@ _WIKI_TOKENS = [*"ab Xy.,!?'\"[]{}|=<>:;*#&/-\n", "[[", "]]", "{{", "}}", "<ref>
 @given(wikitext=st.lists(st.sampled_from(_WIKI_TOKENS), max_size=40).map("".join))
 def test_fuzz_wikitext_never_raises(wikitext: str) -> None:
     for paragraph in wikitext_to_paragraphs(wikitext):
-        for sentence in d._sentences_from_paragraph(paragraph):
+        for sentence in cleaning._sentences_from_paragraph(paragraph):
             assert is_clean_sentence(sentence)
 
 
@@ -545,10 +538,10 @@ def fake_wheels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "_GENSIM": bz2.compress(_mediawiki_xml()),
     }
     for attr, payload in payloads.items():
-        pinned = getattr(d, attr)
+        pinned = getattr(offline, attr)
         sha = _fake_wheel(wheel_dir / pinned.wheel, pinned.member, payload)
         monkeypatch.setattr(
-            d, attr,
+            offline, attr,
             dataclasses.replace(pinned, wheel_sha256=sha, member_sha256=hashlib.sha256(payload).hexdigest()),
         )
 
@@ -578,7 +571,7 @@ def test_prepare_offline_corpus_with_fake_wheels(fake_wheels: Path, monkeypatch:
     def boom(*args: object) -> None:
         raise AssertionError("rebuilt")
 
-    monkeypatch.setattr(d, "_exllamav2_sentences", boom)
+    monkeypatch.setattr(offline, "_exllamav2_sentences", boom)
     mtime = path.stat().st_mtime_ns
     start = time.perf_counter()
     assert prepare_offline_corpus(fake_wheels, progress=False) == path
@@ -607,24 +600,24 @@ def test_prepare_interrupted_write_is_not_taken_as_complete(
             raise KeyboardInterrupt
         return real_dumps(obj, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(d.json, "dumps", failing_dumps)
+    monkeypatch.setattr(offline.json, "dumps", failing_dumps)
     with pytest.raises(KeyboardInterrupt):
         prepare_offline_corpus(fake_wheels, progress=False)
     corpus = fake_wheels / "corpus"
     assert not (corpus / "wikipedia-offline.jsonl").exists()
     assert not list(corpus.glob(".*tmp"))
-    assert not d._is_prepared(corpus)
-    monkeypatch.setattr(d.json, "dumps", real_dumps)
+    assert not offline._is_prepared(corpus)
+    monkeypatch.setattr(offline.json, "dumps", real_dumps)
     assert prepare_offline_corpus(fake_wheels, progress=False).is_file()
     # A truncated jsonl (size no longer matches the metadata) is rebuilt.
     jsonl = corpus / "wikipedia-offline.jsonl"
     jsonl.write_text(jsonl.read_text(encoding="utf-8")[:50], encoding="utf-8")
-    assert not d._is_prepared(corpus)
+    assert not offline._is_prepared(corpus)
 
 
 def test_prepare_checksum_errors(fake_wheels: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pinned = d._EXLLAMAV2
-    monkeypatch.setattr(d, "_EXLLAMAV2", dataclasses.replace(pinned, member_sha256="0" * 64))
+    pinned = offline._EXLLAMAV2
+    monkeypatch.setattr(offline, "_EXLLAMAV2", dataclasses.replace(pinned, member_sha256="0" * 64))
     with pytest.raises(CorpusError, match=r"has sha256 .* expected 0000"):
         prepare_offline_corpus(fake_wheels, progress=False)
 
@@ -632,7 +625,7 @@ def test_prepare_checksum_errors(fake_wheels: Path, monkeypatch: pytest.MonkeyPa
 def test_prepare_downloads_with_pip_when_wheel_is_wrong(
     fake_wheels: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    wheel = fake_wheels / "corpus" / "wheels" / d._GENSIM.wheel
+    wheel = fake_wheels / "corpus" / "wheels" / offline._GENSIM.wheel
     good = wheel.read_bytes()
     wheel.write_bytes(b"corrupted")
     seen: list[list[str]] = []
@@ -640,7 +633,7 @@ def test_prepare_downloads_with_pip_when_wheel_is_wrong(
     def fake_pip(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         seen.append(cmd)
         dest = Path(cmd[cmd.index("--dest") + 1])
-        (dest / d._GENSIM.wheel).write_bytes(good)
+        (dest / offline._GENSIM.wheel).write_bytes(good)
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(subprocess, "run", fake_pip)
@@ -653,7 +646,7 @@ def test_prepare_downloads_with_pip_when_wheel_is_wrong(
 
 
 def test_prepare_download_failures(fake_wheels: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    wheel = fake_wheels / "corpus" / "wheels" / d._EXLLAMAV2.wheel
+    wheel = fake_wheels / "corpus" / "wheels" / offline._EXLLAMAV2.wheel
     wheel.unlink()
 
     def failing_pip(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -665,7 +658,7 @@ def test_prepare_download_failures(fake_wheels: Path, monkeypatch: pytest.Monkey
 
     def wrong_file_pip(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         dest = Path(cmd[cmd.index("--dest") + 1])
-        (dest / d._EXLLAMAV2.wheel).write_bytes(b"tampered")
+        (dest / offline._EXLLAMAV2.wheel).write_bytes(b"tampered")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(subprocess, "run", wrong_file_pip)
@@ -688,7 +681,7 @@ def test_real_offline_corpus() -> None:
     assert time.perf_counter() - start < 1.0
     sentences = load_sentences("wikipedia-offline")
     usable = [s for s in sentences if 8 <= len(s.text.split()) <= 60]
-    by_source = {src: sum(s.source == src for s in usable) for src in d.OFFLINE_SOURCES}
+    by_source = {src: sum(s.source == src for s in usable) for src in offline.OFFLINE_SOURCES}
     assert len(usable) >= 12000, by_source
     assert all(n >= 5000 for n in by_source.values()), by_source
     assert all(is_clean_sentence(s.text) for s in sentences)

@@ -9,20 +9,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onejump.errors import ConfigError, NumericalError
-from onejump.evaluation import (
+from onejump.evaluation.metrics import (
     EvalResult,
-    LowRankHead,
     _reduce_inplace,
     _reduce_logits,
     _score_block,
-    bootstrap_ci,
     evaluate,
-    paired_test,
     parameter_counts,
 )
+from onejump.evaluation.statistics import bootstrap_ci, paired_test
 from onejump.extract import extract
-from onejump.models import from_pretrained_model
-from onejump.shortcuts import JumpBank, LinearJTC
+from onejump.lenses.jtc import LinearJTC
+from onejump.lenses.jumps import JumpBank
+from onejump.lenses.lowrank_head import LowRankHead
+from onejump.model.loading import from_pretrained_model
 
 from .test_selection import random_bank, random_sentences
 from .tiny import tiny_model, tiny_tokenizer

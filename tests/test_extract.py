@@ -7,7 +7,7 @@ import torch
 
 from onejump.errors import CorpusError, NumericalError, StoreError
 from onejump.extract import extract, plan_batches, sample_positions
-from onejump.models import from_pretrained_model
+from onejump.model.loading import from_pretrained_model
 from onejump.store import HiddenStateStore, write_shard
 
 from .tiny import tiny_model, tiny_tokenizer
@@ -171,7 +171,7 @@ def test_too_short_sentence(lm, tmp_path):
 
 
 def test_second_writer_is_refused(tmp_path):
-    from onejump.store import folder_lock
+    from onejump.io import folder_lock
 
     with folder_lock(tmp_path / "out"):
         with pytest.raises(StoreError, match="another onejump process"):

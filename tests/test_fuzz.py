@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from onejump.errors import StoreError
 from onejump.extract import extract
-from onejump.models import from_pretrained_model
+from onejump.model.loading import from_pretrained_model
 from onejump.store import HiddenStateStore
 
 from .test_extract import SENTENCES

@@ -12,7 +12,7 @@ from onejump.generation import (
     generate_speculative,
     logit_lens_predictor,
 )
-from onejump.models import from_pretrained_model
+from onejump.model.loading import from_pretrained_model
 
 from .tiny import tiny_model, tiny_tokenizer
 

@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from onejump.evaluation import evaluate
+from onejump.evaluation.metrics import evaluate
+from onejump.evaluation.selection import select_ojfa
 from onejump.extract import extract
 from onejump.generation import generate_reference, generate_speculative, logit_lens_predictor
-from onejump.models import from_pretrained_model
-from onejump.selection import select_ojfa
-from onejump.training import TrainConfig, train_jumps
+from onejump.model.loading import from_pretrained_model
+from onejump.training.config import TrainConfig
+from onejump.training.fit import train_jumps
 
 from .test_extract import SENTENCES
 from .tiny import tiny_model, tiny_tokenizer

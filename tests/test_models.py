@@ -3,13 +3,8 @@ import torch
 from torch import nn
 
 from onejump.errors import ModelLoadError, UnsupportedArchitectureError
-from onejump.models import (
-    ArchitectureAdapter,
-    apply_norm_params,
-    from_pretrained_model,
-    load_model,
-    weights_fingerprint,
-)
+from onejump.model.adapter import ArchitectureAdapter, apply_norm_params
+from onejump.model.loading import from_pretrained_model, load_model, weights_fingerprint
 
 from .tiny import ARCHS, tiny_model, tiny_tokenizer
 

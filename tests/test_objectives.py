@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from onejump.errors import ConfigError, StoreError
+from onejump.evaluation.selection import head_scores, holdout_rows, select_ojfa
 from onejump.extract import extract
-from onejump.models import from_pretrained_model
-from onejump.objectives import HeadKL, HeadTargets, head_targets
-from onejump.selection import head_scores, holdout_rows, select_ojfa
+from onejump.model.loading import from_pretrained_model
+from onejump.training.objectives import HeadKL, HeadTargets, head_targets
 
 from .test_selection import random_bank, random_sentences
 from .tiny import tiny_model, tiny_tokenizer
@@ -171,7 +171,7 @@ def test_head_rule_selection(llama):
 
 
 def residual_bank(K, H, r, seed=0):
-    from onejump.shortcuts import JumpBank
+    from onejump.lenses.jumps import JumpBank
 
     bank = random_bank(K, H, r, seed=seed)
     res = JumpBank(K, H, r, residual=True)
@@ -182,7 +182,8 @@ def residual_bank(K, H, r, seed=0):
 
 
 def test_residual_bank_forward_apply_fold_and_files(tmp_path):
-    from onejump.shortcuts import OneJump, load_shortcuts, save_shortcuts
+    from onejump.lenses.files import load_shortcuts, save_shortcuts
+    from onejump.lenses.onejump import OneJump
 
     K, H, r = 3, 16, 2
     bank = residual_bank(K, H, r, seed=1)
@@ -225,10 +226,11 @@ def test_residual_kl_matches_full_head(llama):
 
 
 def test_residual_evaluation_selection_and_generation(llama):
-    from onejump.evaluation import LowRankHead, evaluate
+    from onejump.evaluation.metrics import evaluate
+    from onejump.evaluation.selection import reuse_scores
     from onejump.generation import jump_predictor
-    from onejump.selection import reuse_scores
-    from onejump.shortcuts import OneJump
+    from onejump.lenses.lowrank_head import LowRankHead
+    from onejump.lenses.onejump import OneJump
 
     lm, store = llama
     K, H = store.num_blocks, store.hidden_size
@@ -260,7 +262,8 @@ def test_residual_evaluation_selection_and_generation(llama):
 
 
 def test_kl_training_through_train_jumps_and_joint(llama):
-    from onejump.training import TrainConfig, train_joint, train_jumps
+    from onejump.training.config import TrainConfig
+    from onejump.training.fit import train_joint, train_jumps
 
     lm, store = llama
     config = TrainConfig(objective="kl", batch_size=8, max_epochs=3, patience=3, rank=2, kl_top_k=4,

@@ -57,8 +57,8 @@ def test_other_settings_in_same_folder_refused(run_dir, tiny_dir, corpus, capsys
 def test_stage_commands_and_jump_api(run_dir, tiny_dir, capsys):  # noqa: F811
     import torch
 
-    from onejump.models import load_model
-    from onejump.shortcuts import OneJump
+    from onejump.lenses.onejump import OneJump
+    from onejump.model.loading import load_model
 
     assert main(["-q", "select", "--out", str(run_dir), "--device", "cpu"]) == 0
     assert "OJFA choice" in capsys.readouterr().out
@@ -128,8 +128,8 @@ def test_interrupted_run_says_what_was_kept_and_resumes(run_dir, tiny_dir, corpu
 
 
 def test_sweep_adds_beyond_section_and_best_jump(run_dir, capsys):
-    from onejump.shortcuts import OneJump
-    from onejump.sweep import load_sweep
+    from onejump.experiment.sweep import load_sweep
+    from onejump.lenses.onejump import OneJump
 
     code = main(["-q", "sweep", "--out", str(run_dir), "--multipliers", "1,2", "--device", "cpu"])
     out = capsys.readouterr().out
@@ -171,7 +171,7 @@ def test_sweep_bad_arguments(run_dir, capsys):
 
 
 def test_preset_best_trains_kl_and_a_residual_joint_jump(tmp_path, tiny_dir, corpus, capsys):  # noqa: F811
-    from onejump.shortcuts import load_shortcuts
+    from onejump.lenses.files import load_shortcuts
 
     out = tmp_path / "best"
     code = main(["-q", "run", "--preset", "best", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "48",
@@ -193,7 +193,7 @@ def test_preset_best_trains_kl_and_a_residual_joint_jump(tmp_path, tiny_dir, cor
 
 
 def test_sweep_per_objective_multipliers(run_dir, capsys):
-    from onejump.sweep import load_sweep
+    from onejump.experiment.sweep import load_sweep
 
     code = main(["-q", "sweep", "--out", str(run_dir), "--objectives", "mse,kl", "--multipliers", "1,2",
                  "--kl-multipliers", "1", "--residual-multipliers", "none", "--device", "cpu"])

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from onejump.data import load_sentences, split_sentences
+from onejump.corpus.loaders import load_sentences, split_sentences
 from onejump.extract import extract
 from onejump.generation import generate_reference, generate_speculative, logit_lens_predictor
-from onejump.models import load_model
+from onejump.model.loading import load_model
 
 pytestmark = pytest.mark.real
 

@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onejump.errors import ConfigError, NumericalError
+from onejump.evaluation.selection import Selection, reuse_scores, select_ojfa
 from onejump.extract import extract
-from onejump.models import from_pretrained_model
-from onejump.selection import Selection, reuse_scores, select_ojfa
-from onejump.shortcuts import JumpBank
+from onejump.lenses.jumps import JumpBank
+from onejump.model.loading import from_pretrained_model
 
 from .tiny import tiny_model, tiny_tokenizer
 

@@ -9,19 +9,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from onejump.errors import NumericalError, ShortcutError
-from onejump.models import from_pretrained_model
-from onejump.shortcuts import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    IdentityShortcut,
-    JumpBank,
-    LinearJTC,
-    OneJump,
-    default_rank,
-    jump_parameter_count,
-    load_shortcuts,
-    save_shortcuts,
-)
+from onejump.lenses.files import CONFIG_NAME, WEIGHTS_NAME, load_shortcuts, save_shortcuts
+from onejump.lenses.jtc import IdentityShortcut, LinearJTC
+from onejump.lenses.jumps import JumpBank, default_rank, jump_parameter_count
+from onejump.lenses.onejump import OneJump
+from onejump.model.loading import from_pretrained_model
 
 from .test_selection import FakeStore, random_bank
 from .tiny import tiny_model, tiny_tokenizer

@@ -7,9 +7,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from onejump.errors import ConfigError, NumericalError
-from onejump.shortcuts import JumpBank
+from onejump.lenses.jumps import JumpBank
 from onejump.store import FORMAT, VERSION, HiddenStateStore, write_shard
-from onejump.training import TrainConfig, _prepare, _Task, mse_loss, train_joint, train_jumps, train_jumps_looped
+from onejump.training.config import TrainConfig
+from onejump.training.fit import _prepare, train_joint, train_jumps, train_jumps_looped
+from onejump.training.objectives import mse_loss
+from onejump.training.reader import _Task
 
 from .test_selection import FakeStore
 
@@ -29,7 +32,7 @@ FAST = dict(rank=2, max_epochs=6, patience=3, batch_size=16, lr=1e-2)
 
 def bank_val_loss(store, bank, config):
     """Recompute each jump's validation loss (Eq. 2) with the returned bank."""
-    from onejump.training import _split
+    from onejump.training.reader import _split
 
     x = store.hidden("train")
     _, va = _split(x.shape[0], config.val_fraction, config.seed)

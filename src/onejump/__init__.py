@@ -15,14 +15,17 @@ from .errors import (
     StoreError,
     UnsupportedArchitectureError,
 )
-from .evaluation import evaluate
+from .evaluation.metrics import evaluate
+from .evaluation.selection import select_ojfa
 from .extract import extract
-from .models import ArchitectureAdapter, LoadedModel, from_pretrained_model, load_model
-from .objectives import HeadKL
-from .selection import select_ojfa
-from .shortcuts import JumpBank, OneJump
+from .lenses.jumps import JumpBank
+from .lenses.onejump import OneJump
+from .model.adapter import ArchitectureAdapter
+from .model.loading import LoadedModel, from_pretrained_model, load_model
 from .store import HiddenStateStore
-from .training import TrainConfig, train_joint, train_jumps
+from .training.config import TrainConfig
+from .training.fit import train_joint, train_jumps
+from .training.objectives import HeadKL
 
 __version__ = "0.1.0"
 

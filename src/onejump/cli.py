@@ -70,7 +70,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from .training import OBJECTIVES, TrainConfig
+    from .training.config import OBJECTIVES, TrainConfig
 
     d = TrainConfig()
     p.add_argument("--preset", choices=["paper", "best"], default="paper",
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_split(args: argparse.Namespace):
-    from .data import load_sentences, split_sentences
+    from .corpus.loaders import load_sentences, split_sentences
 
     sentences = load_sentences(args.corpus, text_field=args.text_field, hf_config=args.hf_config,
                                max_documents=args.max_documents)
@@ -204,15 +204,15 @@ def _load_split(args: argparse.Namespace):
 
 
 def _load_model(args: argparse.Namespace):
-    from .models import load_model
+    from .model.loading import load_model
 
     return load_model(args.model, device=args.device if args.device_map is None else None, dtype=args.dtype,
                       device_map=args.device_map)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .data import prepare_offline_corpus
-    from .models import ALIASES, load_model
+    from .corpus.offline import prepare_offline_corpus
+    from .model.loading import ALIASES, load_model
 
     path = prepare_offline_corpus(progress=not args.quiet)
     print(f"corpus: {path}")
@@ -227,7 +227,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _data_args(args: argparse.Namespace):
-    from .pipeline import DataArgs
+    from .experiment.run import DataArgs
 
     return DataArgs(model=args.model, corpus=args.corpus, hf_config=args.hf_config, text_field=args.text_field,
                     max_documents=args.max_documents, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
@@ -239,7 +239,7 @@ def _lock(folder: Path):
     import contextlib
     import os
 
-    from .store import folder_lock
+    from .io import folder_lock
 
     return folder_lock(folder) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
 
@@ -264,8 +264,8 @@ def _print_store(store) -> None:
 
 def _train_config(args: argparse.Namespace):
     """TrainConfig from the preset, overridden by explicit flags; the rank multiplier rides along."""
-    from .pipeline import PRESETS
-    from .training import TrainConfig
+    from .experiment.presets import PRESETS
+    from .training.config import TrainConfig
 
     preset = PRESETS[args.preset]
     values = {**preset["train"], "val_fraction": args.val_fraction, "seed": args.train_seed, "rank": args.rank}
@@ -278,13 +278,13 @@ def _train_config(args: argparse.Namespace):
 
 
 def _rank_multiplier(args: argparse.Namespace) -> int:
-    from .pipeline import PRESETS
+    from .experiment.presets import PRESETS
 
     return 1 if args.rank is not None else int(PRESETS[args.preset]["rank_multiplier"])
 
 
 def _run(args: argparse.Namespace, *, existing: bool = True):
-    from .pipeline import Run
+    from .experiment.run import Run
 
     run = Run(args.out, device=args.device, dtype=args.dtype, device_map=args.device_map, progress=not args.quiet)
     if existing:
@@ -376,8 +376,8 @@ def _int_list(text: str, name: str) -> tuple[int, ...]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import sweep
-    from .training import OBJECTIVES
+    from .experiment.sweep import sweep
+    from .training.config import OBJECTIVES
 
     run = _run(args)
     multipliers = _int_list(args.multipliers, "multipliers")
@@ -412,7 +412,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         generate_speculative,
         jump_predictor,
     )
-    from .shortcuts import OneJump
+    from .lenses.onejump import OneJump
 
     lm = _load_model(args)
     ids = lm.tokenizer(args.prompt)["input_ids"]
@@ -454,7 +454,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .models import installed_alias_versions
+    from .model.loading import installed_alias_versions
     from .store import HiddenStateStore
 
     if args.path:

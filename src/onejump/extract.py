@@ -22,17 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, CorpusError, StoreError
-from .models import LoadedModel
-from .store import (
-    FORMAT,
-    STORE_DTYPES,
-    VERSION,
-    HiddenStateStore,
-    atomic_write_text,
-    finished_shard,
-    shard_name,
-    write_shard,
-)
+from .io import atomic_write_text
+from .model.loading import LoadedModel
+from .store import FORMAT, STORE_DTYPES, VERSION, HiddenStateStore, finished_shard, shard_name, write_shard
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
-from .models import LoadedModel
+from .model.loading import LoadedModel
 
 #: An exit predictor maps (hidden states (n, H) at ``level``, level) to logits (n, V).
 ExitPredictor = Callable[[torch.Tensor, int], torch.Tensor]
@@ -366,7 +366,7 @@ def jump_predictor(lm: LoadedModel, jump: Any) -> ExitPredictor:
     (see :class:`onejump.evaluation.LowRankHead`), exact to float rounding.
     """
     from .errors import ShortcutError
-    from .evaluation import LowRankHead
+    from .lenses.lowrank_head import LowRankHead
 
     if jump.fingerprint and jump.fingerprint != lm.fingerprint:
         raise ShortcutError(

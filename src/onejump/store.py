@@ -15,8 +15,6 @@ leaves a file that looks complete. Nothing here unpickles anything.
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import os
 import tempfile
@@ -31,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import NumericalError, StoreError
+from .io import _cleanup, _disk_error, atomic_write_text, sha256_file
 
 FORMAT = "onejump-store"
 VERSION = 1
@@ -38,48 +37,6 @@ SPLITS = {"train": 0, "test": 1}
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _META_KEYS = ("sample_id", "split", "position", "target", "token_offsets")
 _REQUIRED_KEYS = ("hidden", "tokens", *_META_KEYS)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 4 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        _cleanup(tmp)
-        raise _disk_error(path, exc) from None
-    except BaseException:
-        _cleanup(tmp)
-        raise
-
-
-def _cleanup(tmp: str) -> None:
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-
-
-def _disk_error(path: Path, exc: OSError) -> StoreError:
-    if exc.errno == errno.ENOSPC:
-        return StoreError(
-            f"disk full while writing {path}; finished shards are kept: free space and rerun the same command"
-        )
-    return StoreError(f"could not write {path}: {exc.strerror or exc}")
 
 
 def shard_name(index: int) -> str:
@@ -367,30 +324,3 @@ class HiddenStateStore:
 def store_nbytes(num_samples: int, num_levels: int, hidden: int, dtype: str = "float32") -> int:
     """Bytes taken by the hidden states of a store (for planning)."""
     return num_samples * num_levels * hidden * torch.tensor([], dtype=STORE_DTYPES[dtype]).element_size()
-
-
-class folder_lock:  # noqa: N801 - used as a context manager, reads like a function
-    """Hold an exclusive lock on an output folder; a second writer is refused at once.
-
-    Uses an OS file lock (``filelock``), so a killed process never leaves a stale lock.
-    """
-
-    def __init__(self, folder: str | Path):
-        from filelock import FileLock
-
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(self.folder / ".onejump.lock"), timeout=0)
-
-    def __enter__(self) -> folder_lock:
-        from filelock import Timeout
-
-        try:
-            self._lock.acquire()
-        except Timeout:
-            raise StoreError(f"another onejump process is writing to {self.folder}; wait for it or use "
-                             "another folder") from None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()

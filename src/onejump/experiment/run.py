@@ -28,29 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from .errors import ShortcutError, StoreError
-from .store import HiddenStateStore, atomic_write_text
+from ..errors import ShortcutError, StoreError
+from ..io import atomic_write_text
+from ..store import HiddenStateStore
+from .presets import PRESETS
+from .results import build_results
 
 
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-# The presets of ``onejump run --preset``. ``paper``: the paper's settings (Eq. 2 MSE, r = floor(H/100),
-# the D_m rule). ``best``: the best single-jump configuration of ``onejump sweep`` within twice the
-# paper's OJFA parameters (docs/beyond.md has the evidence): everything trained with KL through the
-# frozen head at r = 2 floor(H/100); the single jump from the per-level bank is chosen by the
-# head-aware rule, and the joint jump is the residual form ``h + BN(h) A B`` (the sweep's best
-# single jump on both models), trained with the ``joint`` overrides below.
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"train": {"objective": "mse"}, "rank_multiplier": 1, "select_rule": "paper", "joint": {}},
-    "best": {"train": {"objective": "kl", "batch_size": 64, "lr": 1e-2, "max_epochs": 8, "patience": 3},
-             "rank_multiplier": 2, "select_rule": "head",
-             "joint": {"residual": True, "lr": 3e-3, "max_epochs": 4, "patience": 2}},
-}
 
 
 @dataclass
@@ -113,7 +101,7 @@ class Run:
     def lm(self):
         """The model, loaded once."""
         if self._lm is None:
-            from .models import load_model
+            from ..model.loading import load_model
 
             args = self.data_args()
             self._lm = load_model(args.model, device=self.device if self.device_map is None else None,
@@ -122,7 +110,7 @@ class Run:
 
     @property
     def compute_device(self) -> torch.device:
-        from .models import resolve_device
+        from ..model.loading import resolve_device
 
         return resolve_device(self.device)
 
@@ -131,8 +119,8 @@ class Run:
         """Sample the corpus, extract hidden states (resumable); writes run.json."""
         from dataclasses import asdict
 
-        from .data import load_sentences, split_sentences
-        from .extract import extract
+        from ..corpus.loaders import load_sentences, split_sentences
+        from ..extract import extract
 
         run_json = self.folder / "run.json"
         if run_json.is_file():
@@ -171,8 +159,10 @@ class Run:
         """
         from dataclasses import replace
 
-        from .shortcuts import LinearJTC, default_rank, load_shortcuts, save_shortcuts
-        from .training import objective_loss, train_joint, train_jumps
+        from ..lenses.files import load_shortcuts, save_shortcuts
+        from ..lenses.jtc import LinearJTC
+        from ..lenses.jumps import default_rank
+        from ..training.fit import objective_loss, train_joint, train_jumps
 
         store = self.store()
         lm = self.lm()
@@ -218,7 +208,7 @@ class Run:
 
     @staticmethod
     def _cached_shortcuts(folder: Path, key: str, fingerprint: str):
-        from .shortcuts import load_shortcuts
+        from ..lenses.files import load_shortcuts
 
         if not (folder / "shortcuts.json").is_file():
             return None
@@ -229,7 +219,7 @@ class Run:
         return loaded.module if (loaded.config.get("extra") or {}).get("key") == key else None
 
     def shortcuts(self, kind: str):
-        from .shortcuts import load_shortcuts
+        from ..lenses.files import load_shortcuts
 
         folder = self.shortcut_dir(kind)
         if not (folder / "shortcuts.json").is_file():
@@ -246,7 +236,7 @@ class Run:
 
     def record_preset(self, name: str, select_rule: str | None = None) -> None:
         """Write ``preset.json`` (which preset trained this run, and its selection rule)."""
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         if name not in PRESETS:
             raise ConfigError(f"unknown preset '{name}'; use one of {', '.join(PRESETS)}")
@@ -262,8 +252,8 @@ class Run:
         ``rule``: ``paper`` (D_m, Eq. 5) or ``head`` (held-out precision@1 through the head);
         default: the run's preset's rule.
         """
-        from .selection import select_ojfa
-        from .shortcuts import OneJump
+        from ..evaluation.selection import select_ojfa
+        from ..lenses.onejump import OneJump
 
         rule = rule or self.preset().get("select_rule", "paper")
         bank_file = self.shortcuts("nnjtc")
@@ -291,7 +281,7 @@ class Run:
     # ---- stage 4: evaluate -----------------------------------------------------------------
     def evaluate(self):
         """Evaluate every (jump, level) pair and the baselines on the test split (cached)."""
-        from .evaluation import EvalResult, evaluate
+        from ..evaluation.metrics import EvalResult, evaluate
 
         selection = self.select_result()
         kinds = {k: self.shortcuts(k) for k in ("nnjtc", "joint", "jtc") if
@@ -322,8 +312,8 @@ class Run:
     # ---- stage 5: report -------------------------------------------------------------------
     def report(self, result: Any = None) -> Path:
         """Build results.json, the figures and report.md from the saved stages."""
-        from .evaluation import EvalResult
-        from .reporting import write_report
+        from ..evaluation.metrics import EvalResult
+        from .report import write_report
 
         if result is None:
             folder = self.folder / "evaluation"
@@ -351,108 +341,3 @@ class Run:
         saved.update(self.state.timings)
         atomic_write_text(path, json.dumps(saved, indent=1))
         return saved
-
-
-# --------------------------------------------------------------------------------------------------
-# results.json
-# --------------------------------------------------------------------------------------------------
-
-
-def _bootstrap_weights(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
-    """Multinomial resampling weights (n_boot, n) / n: a bootstrap mean is one matrix product."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64) / n
-
-
-def _per_level_ci(values: np.ndarray, weights: np.ndarray, alpha: float = 0.05) -> list[list[float]]:
-    """Percentile bootstrap CI of the mean for each row of ``values`` (K, N)."""
-    boot = values.astype(np.float64) @ weights.T  # (K, n_boot)
-    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=1)
-    return [[float(a), float(b)] for a, b in zip(low, high)]
-
-
-def _selection_summary(selection: dict[str, Any]) -> dict[str, Any]:
-    """The paper's D matrix / D_m for the figures, whichever rule made the choice."""
-    out = {"rule": selection.get("rule", "paper"), "chosen": selection["chosen"]}
-    if out["rule"] == "paper":
-        out.update(scores=selection["matrix"], D=selection["scores"], softmax=selection["softmax"])
-    else:
-        d = torch.tensor(selection["paper_scores"], dtype=torch.float64)
-        out.update(scores=selection["paper_matrix"], D=selection["paper_scores"],
-                   softmax=torch.softmax(d / selection.get("temperature", 5e-4), 0).tolist(),
-                   paper_chosen=selection["paper_chosen"], head_scores=selection["scores"],
-                   head_matrix=selection["matrix"])
-    return out
-
-
-def build_results(run: Run, result: Any) -> dict[str, Any]:
-    """The ``results.json`` dictionary (schema in :mod:`onejump.reporting`)."""
-    from .evaluation import paired_test, parameter_counts
-
-    args = run.data_args()
-    store = run.store()
-    lm = run.lm()
-    selection = run.select_result()
-    K = store.num_blocks
-    bank = run.shortcuts("nnjtc")
-    rank = int(bank.config["rank"])
-    weights = _bootstrap_weights(result.num_samples)
-    names = {"identity": "identity", "full_nnjtc": "full", "ojfa": "ojfa", "joint": "joint", "jtc": "jtc"}
-    params = parameter_counts(K, store.hidden_size, rank)
-    methods: dict[str, Any] = {}
-    for name, key in names.items():
-        if key not in result.methods:
-            continue
-        p1 = result.samples(key, "precision@1").numpy().astype(np.float64)
-        sur = result.samples(key, "surprisal").numpy().astype(np.float64)
-        entry = {
-            "precision@1": p1.mean(1).tolist(),
-            "precision@1_ci": _per_level_ci(p1, weights),
-            "precision@5": result.metric(key, "precision@5").tolist(),
-            "surprisal": sur.mean(1).tolist(),
-            "surprisal_ci": _per_level_ci(sur, weights),
-            "reverse_surprisal": result.metric(key, "reverse_surprisal").tolist(),
-            "parameters": params.get(name, 0),
-        }
-        methods[name] = entry
-    pair_p1 = result.pair_matrix("precision@1").numpy()
-    pair_p5 = result.pair_matrix("precision@5").numpy()
-    pair_s = result.pair_matrix("surprisal").numpy()
-    pair_r = result.pair_matrix("reverse_surprisal").numpy()
-    methods["arbitrary_mean"] = {
-        "precision@1": pair_p1.mean(0).tolist(),
-        "precision@5": pair_p5.mean(0).tolist(),
-        "surprisal": pair_s.mean(0).tolist(),
-        "reverse_surprisal": pair_r.mean(0).tolist(),
-        "parameters": params["ojfa"],
-    }
-    for entry in methods.values():
-        entry["mean_precision@1"] = float(np.mean(entry["precision@1"]))
-        entry["mean_precision@5"] = float(np.mean(entry["precision@5"]))
-        entry["mean_surprisal"] = float(np.mean(entry["surprisal"]))
-    tests = {}
-    ojfa = result.samples("ojfa", "precision@1").numpy().astype(np.float64).mean(0)
-    for other, key in (("full_nnjtc", "full"), ("joint", "joint")):
-        if key in result.methods:
-            b = result.samples(key, "precision@1").numpy().astype(np.float64).mean(0)
-            t = paired_test(ojfa, b)
-            tests[f"ojfa_vs_{other}"] = {"mean_diff": float(t.mean_diff), "ci": [float(t.low), float(t.high)],
-                                         "p_value": float(t.p_value), "method": t.test, "n": int(t.n)}
-    train_cfg = (bank.config.get("extra") or {}).get("history", {}) or {}
-    joint_file = run.shortcuts("joint") if (run.shortcut_dir("joint") / "shortcuts.json").is_file() else None
-    return {
-        "model": {"name": lm.name, "fingerprint": lm.fingerprint, "num_blocks": K, "hidden_size": store.hidden_size,
-                  "vocab_size": lm.adapter.vocab_size},
-        "data": {"corpus": args.corpus, "n_train": int(store.manifest["n_train"]),
-                 "n_test": int(store.manifest["n_test"]), "seed": args.seed},
-        "config": {"rank": rank, "train": train_cfg.get("config", {}), "preset": run.preset(),
-                   "joint_residual": bool(joint_file.config.get("residual")) if joint_file is not None else None},
-        "selection": _selection_summary(selection),
-        "levels": list(range(K)),
-        "methods": methods,
-        "reuse": {"precision@1": pair_p1.tolist(), "surprisal": pair_s.tolist()},
-        "parameters": params,
-        "final_surprisal": result.final_surprisal,
-        "tests": tests,
-    }
-

@@ -28,15 +28,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .evaluation import bootstrap_ci, evaluate, paired_test
-from .selection import head_scores, holdout_rows, select_ojfa
-from .shortcuts import default_rank, jump_parameter_count, load_shortcuts, save_shortcuts
-from .store import atomic_write_text
-from .training import OBJECTIVES, TrainConfig, objective_loss, train_joint, train_jumps
+from ..errors import ConfigError
+from ..evaluation.metrics import evaluate
+from ..evaluation.selection import head_scores, holdout_rows, select_ojfa
+from ..evaluation.statistics import bootstrap_ci, paired_test
+from ..io import atomic_write_text
+from ..lenses.files import load_shortcuts, save_shortcuts
+from ..lenses.jumps import default_rank, jump_parameter_count
+from ..training.config import OBJECTIVES, TrainConfig
+from ..training.fit import objective_loss, train_joint, train_jumps
 
 MULTIPLIERS = (1, 2, 4, 8)
 SINGLE = ("ojfa-paper", "ojfa-head", "joint")
+
 
 #: The sweep's variants: training settings, and which shortcuts each trains. ``mse`` is the
 #: paper's protocol. ``kl`` trains through the head: KL converges in a few epochs, and more,
@@ -243,7 +247,7 @@ def sweep(run: Any, *, multipliers: tuple[int, ...] = MULTIPLIERS, objectives: t
 
 def _save_best(run: Any, best: dict[str, Any]) -> Path:
     """Save the best single jump as ``<run>/sweep/best`` (an ``ojfa`` folder that generation loads)."""
-    from .shortcuts import OneJump
+    from ..lenses.onejump import OneJump
 
     lm = run.lm()
     folder = run.folder / "sweep" / f"{best['objective']}-r{best['rank']}"
@@ -276,6 +280,3 @@ def load_sweep(folder: str | Path) -> dict[str, Any] | None:
     """``<run>/sweep/sweep.json`` if the sweep was run, else None."""
     path = Path(folder) / "sweep" / "sweep.json"
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-__all__ = ["MULTIPLIERS", "choose_best", "load_sweep", "objective_config", "run_config", "sweep"]

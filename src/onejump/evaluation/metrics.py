@@ -23,13 +23,12 @@ import copy
 import dataclasses
 import functools
 import json
-import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,109 +36,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, NumericalError, StoreError
-from .shortcuts import JumpBank, LinearJTC, jump_parameter_count
+from ..errors import ConfigError, NumericalError, StoreError
+from ..lenses.jtc import LinearJTC
+from ..lenses.jumps import JumpBank, jump_parameter_count
+from ..lenses.lowrank_head import LowRankHead
 
 METRICS = ("precision@1", "precision@5", "surprisal", "reverse_surprisal")
 _SAMPLE_KEYS = {"precision@1": "correct1", "precision@5": "correct5", "surprisal": "surprisal",
                 "reverse_surprisal": "reverse_surprisal"}
+
+
 TOP_K = 5
-
-
-# --------------------------------------------------------------------------------------------------
-# The head in rank-r form
-# --------------------------------------------------------------------------------------------------
-
-
-class LowRankHead:
-    """``head(jump_m(h))`` computed exactly from the rank-r code ``z = BN_m(h) @ A_m``.
-
-    With ``y = z @ B_m`` the final norm depends on z only through r-dim quantities:
-
-    - RMSNorm: ``mean(y^2) = z G z^T`` with ``G = B B^T / H``; logits
-      ``= (z @ M) * rsqrt(z G z^T + eps) + c`` with ``M = B diag(w) W_U^T`` (r x V);
-    - LayerNorm: centre ``B' = B - mean_H(B)`` (per row), so ``y - mean(y) = z @ B'``,
-      ``var(y) = z (B' B'^T / H) z^T`` and ``M = B' diag(w) W_U^T``;
-    - no norm: ``logits = z @ (B W_U^T)``;
-
-    ``c = bias @ W_U^T + unembedding bias`` (when present), then the architecture's logit
-    scaling / soft-capping (``adapter.finish_logits``). ``M`` and ``G`` are precomputed per jump
-    (in float64, stored in float32). Raises ``UnsupportedArchitectureError`` (from the adapter)
-    when the final norm cannot be written out.
-    """
-
-    def __init__(self, adapter: Any, bank: JumpBank, device: str | torch.device | None = None):
-        if getattr(bank, "residual", False):
-            raise ConfigError("a residual jump (h + low-rank correction) has no rank-r head form; "
-                              "apply the full head to bank.apply(h, m)")
-        params = adapter.norm_params()
-        w_u = adapter.unembedding_matrix().detach()
-        dev = torch.device(device) if device is not None else w_u.device
-        self.adapter = adapter
-        self.bank = bank
-        self.kind = params.kind
-        self.eps = float(params.eps)
-        H = bank.hidden_size
-        if w_u.shape[1] != H:
-            raise ConfigError(f"jump bank has H={H} but the model's unembedding takes {w_u.shape[1]}")
-        b = bank.B.detach().to(dev, torch.float64)  # (J, r, H)
-        if self.kind == "layernorm":
-            b = b - b.mean(-1, keepdim=True)
-        self.gram = (b @ b.transpose(1, 2) / H).float()  # (J, r, r)
-        if params.weight is not None:
-            b = b * params.weight.to(dev, torch.float64)
-        w64 = w_u.to(dev, torch.float64)
-        self.M = torch.einsum("jrh,vh->jrv", b, w64).float().contiguous()  # (J, r, V)
-        const = None
-        if params.bias is not None:
-            const = w64 @ params.bias.to(dev, torch.float64)
-        ub = adapter.unembedding_bias()
-        if ub is not None:
-            const = ub.detach().to(dev, torch.float64) + (const if const is not None else 0)
-        self.const = const.float() if const is not None else None
-        a_fold, c_fold = bank.folded_parameters()
-        self.A_fold = a_fold.to(dev)  # (J, H, r)
-        self.c_fold = c_fold.to(dev)  # (J, r)
-        self.device = dev
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.M.shape[2])
-
-    def project_all(self, h: torch.Tensor) -> torch.Tensor:
-        """Codes of every jump at once, BatchNorm folded: (rows, H) -> (rows, J, r) in one GEMM."""
-        J, H, r = self.A_fold.shape
-        a_cat = self.A_fold.permute(1, 0, 2).reshape(H, J * r)
-        return torch.addmm(self.c_fold.reshape(-1), h.to(self.device, torch.float32), a_cat).view(-1, J, r)
-
-    def scaled_codes(self, z: torch.Tensor, jump: int) -> torch.Tensor:
-        """``z * rsqrt(z G z^T + eps)`` (the norm's scale moved onto the r-dim code)."""
-        if self.kind == "identity":
-            return z
-        ms = ((z @ self.gram[jump]) * z).sum(-1, keepdim=True).clamp_min_(0)
-        return z * torch.rsqrt(ms + self.eps)
-
-    def logits_from_scaled(self, u: torch.Tensor, jump: int) -> torch.Tensor:
-        """Logits (rows, V) from scaled codes ``u`` (rows, r) (see :meth:`scaled_codes`)."""
-        if self.const is not None:
-            logits = torch.addmm(self.const, u, self.M[jump])
-        else:
-            logits = u @ self.M[jump]
-        return self.adapter.finish_logits(logits)
-
-    def logits_from_codes(self, z: torch.Tensor, jump: int) -> torch.Tensor:
-        """Logits (rows, V) from codes ``z`` (rows, r) of jump ``jump``."""
-        return self.logits_from_scaled(self.scaled_codes(z.to(self.device, torch.float32), jump), jump)
-
-    def logits(self, h: torch.Tensor, jump: int) -> torch.Tensor:
-        """``head(jump(h))`` for ``h`` (rows, H) from the unfolded eval-mode BatchNorm of the jump."""
-        z = self.bank.project(h.to(self.bank.A.device), jump)
-        return self.logits_from_codes(z, jump)
-
-
-# --------------------------------------------------------------------------------------------------
-# Per-row metrics
-# --------------------------------------------------------------------------------------------------
 
 
 def _reduce_inplace(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -244,11 +151,6 @@ class _Chunk:
                              self.reducer)
         sink.put(idx, values, self.n, self.K, self.offset)
         timings[name] += time.perf_counter() - t0
-
-
-# --------------------------------------------------------------------------------------------------
-# Results
-# --------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -384,11 +286,6 @@ class EvalResult:
         for k in bool_keys:
             per_sample[k] = per_sample[k].bool()
         return cls(per_sample=per_sample, **meta)
-
-
-# --------------------------------------------------------------------------------------------------
-# Evaluation
-# --------------------------------------------------------------------------------------------------
 
 
 def _default_blocks(vocab: int, device: torch.device) -> tuple[int, int]:
@@ -567,99 +464,6 @@ def evaluate(store: Any, adapter: Any, bank: JumpBank | None = None, *, joint: J
                       seconds=time.perf_counter() - t_start, timings=timings)
 
 
-# --------------------------------------------------------------------------------------------------
-# Statistics
-# --------------------------------------------------------------------------------------------------
-
-
-class CI(NamedTuple):
-    """A mean and its percentile bootstrap confidence interval."""
-
-    mean: float
-    low: float
-    high: float
-
-
-def _as_float64(values: Any) -> np.ndarray:
-    arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-    return arr.astype(np.float64).reshape(-1)
-
-
-def bootstrap_ci(values: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> CI:
-    """Percentile bootstrap CI of the mean of ``values`` (1-D; bools count as 0/1). Seeded."""
-    x = _as_float64(values)
-    if x.size == 0:
-        raise ConfigError("bootstrap_ci needs at least one value")
-    if not 0 < alpha < 1 or n_boot < 1:
-        raise ConfigError("alpha must be in (0, 1) and n_boot >= 1")
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    step = max(1, (1 << 22) // x.size)
-    for start in range(0, n_boot, step):
-        count = min(step, n_boot - start)
-        means[start:start + count] = x[rng.integers(0, x.size, size=(count, x.size))].mean(1)
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return CI(float(x.mean()), float(low), float(high))
-
-
-class PairedTest(NamedTuple):
-    """Result of :func:`paired_test`: mean of ``a - b``, its bootstrap CI and a two-sided p-value."""
-
-    mean_diff: float
-    low: float
-    high: float
-    p_value: float
-    test: str
-    n: int
-
-
-def _binom_two_sided(k: int, n: int) -> float:
-    """Exact two-sided binomial test p-value of k successes out of n at p = 1/2."""
-    if n == 0:
-        return 1.0
-    k = min(k, n - k)
-    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(k + 1)]
-    top = max(logs)
-    tail = math.exp(top) * sum(math.exp(v - top) for v in logs)
-    return min(1.0, 2 * tail)
-
-
-def paired_test(a: Any, b: Any, *, n_perm: int = 10000, n_boot: int = 1000, seed: int = 0,
-                alpha: float = 0.05) -> PairedTest:
-    """Paired comparison of per-sample values of two methods on the same samples.
-
-    Bool inputs (correctness): exact McNemar test on the discordant pairs. Otherwise: sign-flip
-    permutation test of the mean difference (``n_perm`` random flips, p-value with the +1
-    correction). The CI is a percentile bootstrap of the mean difference.
-    """
-    xa, xb = _as_float64(a), _as_float64(b)
-    if xa.shape != xb.shape or xa.size == 0:
-        raise ConfigError(f"paired_test needs two non-empty arrays of the same length ({xa.size} vs {xb.size})")
-    d = xa - xb
-    ci = bootstrap_ci(d, n_boot=n_boot, seed=seed, alpha=alpha)
-    is_bool = all(isinstance(v, torch.Tensor) and v.dtype == torch.bool or
-                  isinstance(v, np.ndarray) and v.dtype == np.bool_ for v in (a, b))
-    if is_bool:
-        a_only = int(((xa == 1) & (xb == 0)).sum())
-        b_only = int(((xa == 0) & (xb == 1)).sum())
-        return PairedTest(ci.mean, ci.low, ci.high, _binom_two_sided(a_only, a_only + b_only), "mcnemar-exact",
-                          xa.size)
-    observed = abs(d.mean())
-    rng = np.random.default_rng(seed)
-    hits = 0
-    step = max(1, (1 << 22) // d.size)
-    for start in range(0, n_perm, step):
-        count = min(step, n_perm - start)
-        signs = rng.integers(0, 2, size=(count, d.size), dtype=np.int8) * 2 - 1
-        hits += int((np.abs((signs * d).mean(1)) >= observed - 1e-12).sum())
-    return PairedTest(ci.mean, ci.low, ci.high, (hits + 1) / (n_perm + 1), "sign-flip-permutation", xa.size)
-
-
-# --------------------------------------------------------------------------------------------------
-# Parameter accounting
-# --------------------------------------------------------------------------------------------------
-
-
 def parameter_counts(num_blocks: int, hidden_size: int, rank: int) -> dict[str, Any]:
     """Shortcut parameters held at inference by each method, and the OJFA reduction factor.
 
@@ -680,7 +484,3 @@ def parameter_counts(num_blocks: int, hidden_size: int, rank: int) -> dict[str, 
         "hidden_size": hidden_size,
         "rank": rank,
     }
-
-
-__all__ = ["CI", "EvalResult", "LowRankHead", "METRICS", "PairedTest", "bootstrap_ci", "evaluate", "paired_test",
-           "parameter_counts"]

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, NumericalError, StoreError
-from .shortcuts import JumpBank
+from ..errors import ConfigError, NumericalError, StoreError
+from ..lenses.jumps import JumpBank
 
 FIGURE3_TEMPERATURE = 5e-4
 RULES = ("paper", "head")
@@ -102,7 +102,7 @@ def holdout_rows(store: Any, val_fraction: float = 0.1, seed: int = 0,
     """Store rows of the validation part of the train split, exactly as training holds them out
     (a seeded subset of ``max_rows`` of them when there are more: the K x K head scores cost
     K^2 V per row)."""
-    from .training import _split
+    from ..training.reader import _split
 
     rows = store.indices("train")
     if len(rows) < 3:
@@ -125,7 +125,7 @@ def head_scores(store: Any, adapter: Any, bank: JumpBank, rows: np.ndarray | Non
     ``KL(p_final || softmax(head(jump_m(h^k))))`` (three more passes over the vocabulary). Exact
     head in rank-r form (:class:`~onejump.evaluation.LowRankHead`), full vocabulary.
     """
-    from .evaluation import LowRankHead
+    from ..lenses.lowrank_head import LowRankHead
 
     K, H = store.num_blocks, store.hidden_size
     if bank.hidden_size != H:
@@ -271,6 +271,3 @@ def select_ojfa(store: Any, bank: JumpBank, split: str = "train", chunk_size: in
     sel.others = {"paper_chosen": paper.chosen, "paper_scores": paper.scores.tolist(),
                   "paper_matrix": paper.matrix.tolist()}
     return sel
-
-
-__all__ = ["FIGURE3_TEMPERATURE", "RULES", "Selection", "head_scores", "holdout_rows", "reuse_scores", "select_ojfa"]

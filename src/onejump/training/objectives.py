@@ -30,6 +30,7 @@ vocabulary column, about H/r times more per step (the sampled normaliser keeps t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +38,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, NumericalError, StoreError
-from .shortcuts import JumpBank
+from ..errors import ConfigError, NumericalError, StoreError
+from ..lenses.jumps import JumpBank
 
 DEFAULT_TOP_K = 32
 DEFAULT_NEGATIVES = 2048
@@ -195,4 +196,9 @@ class HeadKL:
         return (kl_top + rest).mean(-1)
 
 
-__all__ = ["HeadTargets", "head_targets", "HeadKL", "DEFAULT_TOP_K", "DEFAULT_NEGATIVES"]
+LossFn = Callable[[JumpBank, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def mse_loss(bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 per jump: ``mean_i ||jump(h_i) - h_i^K||^2`` (the default :data:`LossFn`; ignores ``rows``)."""
+    return (bank(inp) - tgt.unsqueeze(1)).pow(2).sum(-1).mean(0)

@@ -1,0 +1,94 @@
+"""Statistics for per-sample results: bootstrap confidence intervals and paired tests."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+
+class CI(NamedTuple):
+    """A mean and its percentile bootstrap confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+
+
+def _as_float64(values: Any) -> np.ndarray:
+    arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    return arr.astype(np.float64).reshape(-1)
+
+
+def bootstrap_ci(values: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> CI:
+    """Percentile bootstrap CI of the mean of ``values`` (1-D; bools count as 0/1). Seeded."""
+    x = _as_float64(values)
+    if x.size == 0:
+        raise ConfigError("bootstrap_ci needs at least one value")
+    if not 0 < alpha < 1 or n_boot < 1:
+        raise ConfigError("alpha must be in (0, 1) and n_boot >= 1")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    step = max(1, (1 << 22) // x.size)
+    for start in range(0, n_boot, step):
+        count = min(step, n_boot - start)
+        means[start:start + count] = x[rng.integers(0, x.size, size=(count, x.size))].mean(1)
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return CI(float(x.mean()), float(low), float(high))
+
+
+class PairedTest(NamedTuple):
+    """Result of :func:`paired_test`: mean of ``a - b``, its bootstrap CI and a two-sided p-value."""
+
+    mean_diff: float
+    low: float
+    high: float
+    p_value: float
+    test: str
+    n: int
+
+
+def _binom_two_sided(k: int, n: int) -> float:
+    """Exact two-sided binomial test p-value of k successes out of n at p = 1/2."""
+    if n == 0:
+        return 1.0
+    k = min(k, n - k)
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(k + 1)]
+    top = max(logs)
+    tail = math.exp(top) * sum(math.exp(v - top) for v in logs)
+    return min(1.0, 2 * tail)
+
+
+def paired_test(a: Any, b: Any, *, n_perm: int = 10000, n_boot: int = 1000, seed: int = 0,
+                alpha: float = 0.05) -> PairedTest:
+    """Paired comparison of per-sample values of two methods on the same samples.
+
+    Bool inputs (correctness): exact McNemar test on the discordant pairs. Otherwise: sign-flip
+    permutation test of the mean difference (``n_perm`` random flips, p-value with the +1
+    correction). The CI is a percentile bootstrap of the mean difference.
+    """
+    xa, xb = _as_float64(a), _as_float64(b)
+    if xa.shape != xb.shape or xa.size == 0:
+        raise ConfigError(f"paired_test needs two non-empty arrays of the same length ({xa.size} vs {xb.size})")
+    d = xa - xb
+    ci = bootstrap_ci(d, n_boot=n_boot, seed=seed, alpha=alpha)
+    is_bool = all(isinstance(v, torch.Tensor) and v.dtype == torch.bool or
+                  isinstance(v, np.ndarray) and v.dtype == np.bool_ for v in (a, b))
+    if is_bool:
+        a_only = int(((xa == 1) & (xb == 0)).sum())
+        b_only = int(((xa == 0) & (xb == 1)).sum())
+        return PairedTest(ci.mean, ci.low, ci.high, _binom_two_sided(a_only, a_only + b_only), "mcnemar-exact",
+                          xa.size)
+    observed = abs(d.mean())
+    rng = np.random.default_rng(seed)
+    hits = 0
+    step = max(1, (1 << 22) // d.size)
+    for start in range(0, n_perm, step):
+        count = min(step, n_perm - start)
+        signs = rng.integers(0, 2, size=(count, d.size), dtype=np.int8) * 2 - 1
+        hits += int((np.abs((signs * d).mean(1)) >= observed - 1e-12).sum())
+    return PairedTest(ci.mean, ci.low, ci.high, (hits + 1) / (n_perm + 1), "sign-flip-permutation", xa.size)

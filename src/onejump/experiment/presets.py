@@ -1,0 +1,18 @@
+"""The presets of ``onejump run --preset``: the paper's settings and the best single-jump configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The presets of ``onejump run --preset``. ``paper``: the paper's settings (Eq. 2 MSE, r = floor(H/100),
+# the D_m rule). ``best``: the best single-jump configuration of ``onejump sweep`` within twice the
+# paper's OJFA parameters (docs/beyond.md has the evidence): everything trained with KL through the
+# frozen head at r = 2 floor(H/100); the single jump from the per-level bank is chosen by the
+# head-aware rule, and the joint jump is the residual form ``h + BN(h) A B`` (the sweep's best
+# single jump on both models), trained with the ``joint`` overrides below.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"train": {"objective": "mse"}, "rank_multiplier": 1, "select_rule": "paper", "joint": {}},
+    "best": {"train": {"objective": "kl", "batch_size": 64, "lr": 1e-2, "max_epochs": 8, "patience": 3},
+             "rank_multiplier": 2, "select_rule": "head",
+             "joint": {"residual": True, "lr": 3e-3, "max_epochs": 4, "patience": 2}},
+}

@@ -1,0 +1,98 @@
+"""Small file helpers shared by the package: the cache root, sha256, atomic writes, the folder lock."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import StoreError
+
+DEFAULT_CACHE: Path = Path(os.environ.get("ONEJUMP_CACHE") or Path.home() / ".cache" / "onejump")
+
+
+def _write_atomic(path: Path, write: Callable[[io.TextIOBase], None]) -> None:
+    """Write a text file under a temporary name in the same folder, then os.replace it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8", newline="\n") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        _cleanup(tmp)
+        raise _disk_error(path, exc) from None
+    except BaseException:
+        _cleanup(tmp)
+        raise
+
+
+def _cleanup(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+
+
+def _disk_error(path: Path, exc: OSError) -> StoreError:
+    if exc.errno == errno.ENOSPC:
+        return StoreError(
+            f"disk full while writing {path}; finished shards are kept: free space and rerun the same command"
+        )
+    return StoreError(f"could not write {path}: {exc.strerror or exc}")
+
+
+class folder_lock:  # noqa: N801 - used as a context manager, reads like a function
+    """Hold an exclusive lock on an output folder; a second writer is refused at once.
+
+    Uses an OS file lock (``filelock``), so a killed process never leaves a stale lock.
+    """
+
+    def __init__(self, folder: str | Path):
+        from filelock import FileLock
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.folder / ".onejump.lock"), timeout=0)
+
+    def __enter__(self) -> folder_lock:
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise StoreError(f"another onejump process is writing to {self.folder}; wait for it or use "
+                             "another folder") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()

@@ -1,0 +1,5 @@
+"""Lenses: every way of turning a hidden state at an exit level into next-token logits."""
+
+from .base import Lens, LogitLens
+
+__all__ = ["Lens", "LogitLens"]

@@ -1,0 +1,160 @@
+"""The lens interface: anything that turns a hidden state at an exit level into next-token logits.
+
+A lens is a small ``nn.Module`` with the model's head bound at construction and one call,
+``lens(h, level) -> logits``. ``lens.transform(h, level)`` is the representation it hands to the
+head (its estimate of h^K); ``forward`` may take an exact shortcut through the head (the rank-r
+head of a low-rank jump) but always equals ``head(transform(h, level))`` up to float rounding.
+
+Saved form: a folder with ``config.json`` (kind, model, fingerprint, shapes) next to
+``weights.safetensors``; :meth:`Lens.load` checks the model's fingerprint and builds the right
+class from the config's ``kind``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..errors import ShortcutError
+from ..io import atomic_write_text, sha256_file
+
+LENS_FORMAT = "onejump-lens"
+LENS_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "weights.safetensors"
+
+
+class Lens(nn.Module):
+    """Base class of every hidden-state-to-logits reader.
+
+    Subclasses set ``kind`` and implement :meth:`transform`; those with weights implement
+    :meth:`lens_config` and :meth:`from_config`. ``lm`` (a :class:`onejump.LoadedModel`) is held as a
+    plain attribute, not a submodule, so ``state_dict()`` holds only the lens's own tensors.
+    """
+
+    kind: ClassVar[str] = ""
+    kinds: ClassVar[dict[str, type[Lens]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            Lens.kinds[cls.kind] = cls
+
+    def __init__(self, lm: Any):
+        super().__init__()
+        object.__setattr__(self, "lm", lm)
+
+    # ---- shape of the model ------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        return self.lm.num_blocks
+
+    @property
+    def hidden_size(self) -> int:
+        return self.lm.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.lm.adapter.vocab_size
+
+    def check_level(self, level: int) -> int:
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < self.num_blocks:
+            raise ShortcutError(f"exit level must be in 0..{self.num_blocks - 1}, got {level!r}")
+        return level
+
+    def check_hidden(self, h: torch.Tensor) -> None:
+        if h.shape[-1] != self.hidden_size:
+            raise ShortcutError(f"hidden width {h.shape[-1]} does not match the model's H={self.hidden_size}")
+
+    # ---- the call ----------------------------------------------------------------------------
+    def transform(self, h: torch.Tensor, level: int) -> torch.Tensor:
+        """The lens's estimate of h^K from ``h`` = h^level, shape (..., H)."""
+        raise NotImplementedError
+
+    def forward(self, h: torch.Tensor, level: int) -> torch.Tensor:
+        """Next-token logits (..., V) read from ``h`` = h^level through the model's head."""
+        return self.lm.adapter.head(self.transform(h, level))
+
+    # ---- accounting --------------------------------------------------------------------------
+    @property
+    def num_parameters(self) -> int:
+        """Numbers held at inference (weights and BatchNorm statistics), as the paper counts them."""
+        return sum(int(t.numel()) for t in self.state_dict().values())
+
+    def transform_cost(self) -> int:
+        """Multiply-adds per token of :meth:`transform`."""
+        return 0
+
+    def logits_cost(self) -> int:
+        """Multiply-adds per token of ``lens(h, level)``, the head included."""
+        return self.transform_cost() + self.hidden_size * self.vocab_size
+
+    # ---- files -------------------------------------------------------------------------------
+    def lens_config(self) -> dict[str, Any]:
+        """What besides the weights is needed to rebuild the lens (JSON)."""
+        return {}
+
+    @classmethod
+    def from_config(cls, lm: Any, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Lens:
+        return cls(lm)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``config.json`` + ``weights.safetensors`` to ``folder`` (created), atomically per file."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
+        tmp = folder / f".{WEIGHTS_NAME}.tmp"
+        save_file(tensors, str(tmp))
+        tmp.replace(folder / WEIGHTS_NAME)
+        config = {"format": LENS_FORMAT, "version": LENS_VERSION, "kind": self.kind,
+                  "model": self.lm.name, "fingerprint": self.lm.fingerprint,
+                  "num_blocks": self.num_blocks, "hidden_size": self.hidden_size,
+                  "parameters": self.num_parameters, **self.lens_config(),
+                  "weights": WEIGHTS_NAME, "sha256": sha256_file(folder / WEIGHTS_NAME),
+                  "tensors": {k: list(v.shape) for k, v in tensors.items()}}
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=1))
+        return folder
+
+    save = save_pretrained
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, lm: Any) -> Lens:
+        """Load a lens folder for the model ``lm`` (its fingerprint must match the file's)."""
+        from .files import read_lens_folder
+
+        config, tensors = read_lens_folder(Path(folder), lm)
+        kind = config["kind"]
+        if kind not in Lens.kinds:
+            raise ShortcutError(f"{folder}: unknown lens kind '{kind}' (known: {', '.join(sorted(Lens.kinds))})")
+        target = Lens.kinds[kind]
+        if cls is not Lens and not issubclass(target, cls):
+            raise ShortcutError(f"{folder} holds a '{kind}' lens, not a {cls.__name__}")
+        return target.from_config(lm, config, tensors)
+
+    load = from_pretrained
+
+    def extra_repr(self) -> str:
+        return f"model={self.lm.name}, K={self.num_blocks}, H={self.hidden_size}, parameters={self.num_parameters}"
+
+
+class LogitLens(Lens):
+    """The logit lens: the model's head applied to the hidden state as it is (no parameters)."""
+
+    kind = "logit"
+
+    def transform(self, h: torch.Tensor, level: int) -> torch.Tensor:
+        self.check_level(level)
+        self.check_hidden(h)
+        return h
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file (never pickle)."""
+    with safe_open(str(path), framework="pt") as fh:
+        return {k: fh.get_tensor(k) for k in fh.keys()}

@@ -1,0 +1,255 @@
+"""Files of jumps and lenses: safetensors weights next to a JSON config; nothing is ever unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..errors import NumericalError, ShortcutError
+from ..io import sha256_file
+from .jtc import LinearJTC
+from .jumps import _BANK_KEYS, JumpBank
+
+FORMAT = "onejump-shortcuts"
+VERSION = 1
+CONFIG_NAME = "shortcuts.json"
+WEIGHTS_NAME = "weights.safetensors"
+KINDS = ("nnjtc", "joint", "ojfa", "jtc")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+
+
+class ShortcutFile(NamedTuple):
+    """What :func:`load_shortcuts` returns: the module (JumpBank or LinearJTC) and its JSON config."""
+
+    module: nn.Module
+    config: dict[str, Any]
+
+
+def _refuse_pickle_name(path: Path) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ShortcutError(
+            f"refusing {path}: '{path.suffix}' files are pickle-based and can run code when loaded; onejump "
+            f"shortcuts are a folder with {CONFIG_NAME} + {WEIGHTS_NAME}"
+        )
+
+
+def save_shortcuts(path: str | Path, bank: nn.Module, *, kind: str, model: str, fingerprint: str,
+                   levels: Sequence[int], rank: int | None, chosen_jump: int | None = None,
+                   num_blocks: int | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write shortcuts to the folder ``path`` (created): ``weights.safetensors`` and ``shortcuts.json``.
+
+    ``kind`` is ``"nnjtc"`` (the K per-level jumps), ``"joint"`` (one jump trained on all levels),
+    ``"ojfa"`` (the chosen jump alone) or ``"jtc"`` (a :class:`LinearJTC`, ``rank=None``).
+    ``levels`` are the levels the jumps were trained at (``[-1]`` for the joint jump; the exit
+    levels for JTC). ``fingerprint`` is the model's weights hash; loading checks it. Files are
+    written to temporary names and renamed. Returns the folder.
+    """
+    folder = Path(path)
+    _refuse_pickle_name(folder)
+    if kind not in KINDS:
+        raise ShortcutError(f"unknown shortcut kind '{kind}'; use one of {', '.join(KINDS)}")
+    if kind == "jtc":
+        if not isinstance(bank, LinearJTC):
+            raise ShortcutError("kind 'jtc' needs a LinearJTC")
+        tensors = {"W": bank.W.detach().to("cpu", torch.float32).contiguous()}
+        hidden, n_jumps, rank = bank.hidden_size, bank.num_levels, None
+        k_default = bank.num_levels
+    else:
+        if not isinstance(bank, JumpBank):
+            raise ShortcutError(f"kind '{kind}' needs a JumpBank")
+        if rank != bank.rank:
+            raise ShortcutError(f"rank {rank} given but the bank has rank {bank.rank}")
+        if len(levels) != bank.num_jumps:
+            raise ShortcutError(f"{len(levels)} levels given for {bank.num_jumps} jumps")
+        if kind in ("joint", "ojfa") and bank.num_jumps != 1:
+            raise ShortcutError(f"kind '{kind}' holds exactly one jump, the bank has {bank.num_jumps}")
+        tensors = bank.tensors()
+        hidden, n_jumps = bank.hidden_size, bank.num_jumps
+        k_default = bank.num_jumps if kind == "nnjtc" else None
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise NumericalError(f"shortcut tensor '{name}' holds NaN or inf; not saved")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{WEIGHTS_NAME}.")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        os.replace(tmp, folder / WEIGHTS_NAME)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "model": model,
+        "fingerprint": fingerprint,
+        "hidden_size": hidden,
+        "num_blocks": num_blocks if num_blocks is not None else k_default,
+        "num_jumps": n_jumps,
+        "levels": [int(x) for x in levels],
+        "rank": rank,
+        "chosen_jump": chosen_jump,
+        "bn_eps": getattr(bank, "eps", None),
+        "bn_momentum": getattr(bank, "momentum", None),
+        "residual": bool(getattr(bank, "residual", False)),
+        "weights": WEIGHTS_NAME,
+        "sha256": sha256_file(folder / WEIGHTS_NAME),
+        "tensors": {k: list(v.shape) for k, v in tensors.items()},
+        "parameters": sum(int(v.numel()) for v in tensors.values()),
+        "extra": extra or {},
+    }
+    from ..io import atomic_write_text
+
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=1))
+    return folder
+
+
+def _resolve_shortcut_path(path: Path) -> tuple[Path, Path]:
+    """(folder, config file) of a shortcut path (the folder, its JSON, or its safetensors)."""
+    _refuse_pickle_name(path)
+    if path.is_dir():
+        return path, path / CONFIG_NAME
+    if path.is_file():
+        with path.open("rb") as fh:
+            head = fh.read(4)
+        if head[:1] == b"\x80" or head[:2] == b"PK":
+            raise ShortcutError(f"refusing {path}: it is a pickle / torch.save archive, which can run code "
+                                f"when loaded; onejump shortcuts are safetensors + JSON")
+        if path.suffix == ".json":
+            return path.parent, path
+        if path.suffix == ".safetensors":
+            return path.parent, path.parent / CONFIG_NAME
+        raise ShortcutError(f"{path} is not a shortcut folder, {CONFIG_NAME} or {WEIGHTS_NAME}")
+    raise ShortcutError(f"shortcut path not found: {path}")
+
+
+def load_shortcuts(path: str | Path, fingerprint: str | None = None) -> ShortcutFile:
+    """Load shortcuts written by :func:`save_shortcuts` (a folder, or its JSON file).
+
+    Refuses, with :class:`ShortcutError`: pickle-based files (``.pt``, ``.bin``, ...), a JSON that
+    names a weights file outside its folder, a weights file whose sha256, tensor names, shapes,
+    rank or dtype do not match the JSON, and (with ``fingerprint``) shortcuts trained for another
+    model. NaN/inf weights raise :class:`NumericalError`.
+    """
+    folder, cfg_path = _resolve_shortcut_path(Path(path))
+    if not cfg_path.is_file():
+        raise ShortcutError(f"{folder} is not a shortcut folder: {CONFIG_NAME} missing")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ShortcutError(f"{cfg_path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ShortcutError(f"{cfg_path} is not an onejump shortcut config")
+    if config.get("version") != VERSION:
+        raise ShortcutError(f"shortcut format version {config.get('version')} is not supported (expected {VERSION})")
+    if fingerprint is not None and config.get("fingerprint") != fingerprint:
+        raise ShortcutError(
+            f"shortcuts in {folder} were trained for another model (model '{config.get('model')}', weights hash "
+            f"{config.get('fingerprint')}); this model's hash is {fingerprint}: retrain them for this model"
+        )
+    kind = config.get("kind")
+    if kind not in KINDS:
+        raise ShortcutError(f"{cfg_path}: unknown shortcut kind {kind!r}")
+    weights = (folder / str(config.get("weights", ""))).resolve()
+    if weights.parent != folder.resolve():
+        raise ShortcutError(f"{cfg_path} names a weights file outside its folder: {config.get('weights')!r}")
+    _refuse_pickle_name(weights)
+    if not weights.is_file():
+        raise ShortcutError(f"shortcut weights missing: {weights}")
+    if config.get("sha256") and sha256_file(weights) != config["sha256"]:
+        raise ShortcutError(f"shortcut weights {weights.name} are corrupt or were changed (sha256 differs)")
+    try:
+        H = int(config["hidden_size"])
+        J = int(config["num_jumps"])
+        levels = [int(x) for x in config["levels"]]
+    except (KeyError, TypeError, ValueError):
+        raise ShortcutError(f"{cfg_path} lacks hidden_size, num_jumps or levels, or has bad values") from None
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            keys = set(fh.keys())
+            expected = {"W"} if kind == "jtc" else set(_BANK_KEYS)
+            if keys != expected:
+                raise ShortcutError(f"{weights.name} holds tensors {sorted(keys)}, expected {sorted(expected)}")
+            for k in sorted(keys):
+                if fh.get_slice(k).get_dtype() != "F32":
+                    raise ShortcutError(f"{weights.name}: tensor '{k}' has dtype {fh.get_slice(k).get_dtype()}, "
+                                        "expected F32")
+            tensors = {k: fh.get_tensor(k) for k in keys}
+    except ShortcutError:
+        raise
+    except Exception as exc:  # malformed safetensors header
+        raise ShortcutError(f"{weights.name} is not a readable safetensors file: {exc}") from None
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise NumericalError(f"shortcut tensor '{name}' in {weights.name} holds NaN or inf")
+    if kind == "jtc":
+        W = tensors["W"]
+        if W.dim() != 3 or tuple(W.shape) != (J, H + 1, H):
+            raise ShortcutError(f"{weights.name}: JTC weights have shape {tuple(W.shape)}, expected {(J, H + 1, H)}")
+        return ShortcutFile(LinearJTC(W), config)
+    rank = config.get("rank")
+    if not isinstance(rank, int) or not 1 <= rank <= H:
+        raise ShortcutError(f"{cfg_path}: rank {rank!r} is invalid for H={H}")
+    if len(levels) != J:
+        raise ShortcutError(f"{cfg_path}: {len(levels)} levels for {J} jumps")
+    a_shape = tuple(tensors["A"].shape)
+    if len(a_shape) == 3 and a_shape[:2] == (J, H) and a_shape[2] != rank:
+        raise ShortcutError(f"{weights.name}: jumps have rank {a_shape[2]} but the config says rank {rank}")
+    residual = config.get("residual", False)
+    if not isinstance(residual, bool):
+        raise ShortcutError(f"{cfg_path}: 'residual' must be true or false, got {residual!r}")
+    bank = JumpBank(J, H, rank, levels=levels, eps=float(config.get("bn_eps") or 1e-5),
+                    momentum=float(config.get("bn_momentum") or 0.1), residual=residual)
+    bank.load_tensors(tensors)
+    if torch.any(bank.running_var < 0):
+        raise ShortcutError(f"{weights.name}: negative BatchNorm running variance")
+    return ShortcutFile(bank.eval(), config)
+
+
+def read_lens_folder(folder: Path, lm: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config, tensors) of a lens folder written by :meth:`Lens.save_pretrained`, checked against ``lm``."""
+    from .base import CONFIG_NAME as LENS_CONFIG
+    from .base import LENS_FORMAT, read_weights
+
+    _refuse_pickle_name(folder)
+    cfg_path = folder / LENS_CONFIG
+    if not cfg_path.is_file():
+        raise ShortcutError(f"{folder} is not a lens folder: {LENS_CONFIG} missing")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ShortcutError(f"{cfg_path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or config.get("format") != LENS_FORMAT:
+        raise ShortcutError(f"{cfg_path} is not an onejump lens config")
+    if config.get("fingerprint") != lm.fingerprint:
+        raise ShortcutError(f"the lens in {folder} was trained for another model (model '{config.get('model')}', "
+                            f"weights hash {config.get('fingerprint')}); this model's hash is {lm.fingerprint}")
+    weights = (folder / str(config.get("weights", ""))).resolve()
+    if weights.parent != folder.resolve():
+        raise ShortcutError(f"{cfg_path} names a weights file outside its folder: {config.get('weights')!r}")
+    _refuse_pickle_name(weights)
+    if not weights.is_file():
+        raise ShortcutError(f"lens weights missing: {weights}")
+    if sha256_file(weights) != config.get("sha256"):
+        raise ShortcutError(f"lens weights {weights.name} are corrupt or were changed (sha256 differs)")
+    try:
+        tensors = read_weights(weights)
+    except Exception as exc:  # malformed safetensors header
+        raise ShortcutError(f"{weights.name} is not a readable safetensors file: {exc}") from None
+    shapes = {k: list(v.shape) for k, v in tensors.items()}
+    if shapes != config.get("tensors"):
+        raise ShortcutError(f"{weights.name} holds tensors {shapes}, the config says {config.get('tensors')}")
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise NumericalError(f"lens tensor '{name}' in {weights.name} holds NaN or inf")
+    return config, tensors

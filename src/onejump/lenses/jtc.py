@@ -1,0 +1,114 @@
+"""The full-rank linear JTC maps of Din et al. (2023), one affine map per level, fitted in closed form."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import NumericalError, ShortcutError, StoreError
+
+
+class IdentityShortcut(nn.Module):
+    """The logit lens / identity shortcut (Schwartz et al., 2020): ``h^k`` is fed to the head as it is."""
+
+    def forward(self, h: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        return h
+
+    def parameter_count(self) -> int:
+        return 0
+
+
+class LinearJTC(nn.Module):
+    """Full-rank per-level affine maps ``h^k @ W_k + b_k ~ h^K`` (Din et al., 2023, "Jump to Conclusions").
+
+    ``W`` has shape (K, H+1, H): rows 0..H-1 are the matrix, row H the bias. Fit with :meth:`fit`
+    (closed-form ridge regression, streamed over chunks, solved in float64).
+    """
+
+    def __init__(self, W: torch.Tensor):
+        super().__init__()
+        if W.dim() != 3 or W.shape[1] != W.shape[2] + 1:
+            raise ShortcutError(f"JTC weights must have shape (K, H+1, H), got {tuple(W.shape)}")
+        self.register_buffer("W", W.detach().to(torch.float32).contiguous())
+
+    @property
+    def num_levels(self) -> int:
+        return int(self.W.shape[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.W.shape[2])
+
+    def parameter_count(self) -> int:
+        """``K * (H^2 + H)``."""
+        return int(self.W.numel())
+
+    def forward(self, h: torch.Tensor, level: int) -> torch.Tensor:
+        """Map ``h`` (..., H) from ``level`` to an estimate of h^K."""
+        if not 0 <= level < self.num_levels:
+            raise ShortcutError(f"JTC level must be in 0..{self.num_levels - 1}, got {level}")
+        flat = h.reshape(-1, self.hidden_size).to(self.W.dtype)
+        return torch.addmm(self.W[level, -1], flat, self.W[level, :-1]).reshape(h.shape)
+
+    def apply_all(self, h: torch.Tensor) -> torch.Tensor:
+        """All levels at once: (N, K, H) -> (N, K, H), level k mapped with ``W_k``."""
+        x = h.to(self.W.dtype).transpose(0, 1)  # (K, N, H)
+        return torch.baddbmm(self.W[:, -1:, :], x, self.W[:, :-1, :]).transpose(0, 1)
+
+    @classmethod
+    def fit(cls, store: Any, *, split: str = "train", ridge: float = 1e-6, chunk_size: int = 1024,
+            levels: Sequence[int] | None = None, device: str | torch.device = "cpu") -> LinearJTC:
+        """Least squares fit of every level k in 0..K-1 to h^K on a store split.
+
+        Accumulates ``X^T X`` and ``X^T Y`` (X = [h^k, 1]) in float64 chunk by chunk, so memory is
+        ``K (H+1)^2`` doubles whatever the number of samples, then solves
+        ``(X^T X + lam I) W = X^T Y`` per level with ``lam = ridge * trace(X^T X)/H`` (the bias
+        row is not penalised). ``ridge`` only guards against an ill-conditioned ``X^T X``.
+        """
+        K, H = store.num_blocks, store.hidden_size
+        lv = list(range(K)) if levels is None else [int(k) for k in levels]
+        if any(not 0 <= k < K for k in lv):
+            raise ShortcutError(f"JTC levels must be in 0..{K - 1}")
+        if ridge < 0:
+            raise ShortcutError(f"ridge must be >= 0, got {ridge}")
+        dev = torch.device(device)
+        L = len(lv)
+        xtx = torch.zeros(L, H + 1, H + 1, dtype=torch.float64, device=dev)
+        xty = torch.zeros(L, H + 1, H, dtype=torch.float64, device=dev)
+        n = 0
+        for rows, chunk in store.iter_chunks(split, chunk_size=chunk_size, levels=[*lv, K]):
+            chunk = chunk.to(dev, torch.float64)
+            _check_finite_chunk(chunk, rows, [*lv, K])
+            x = torch.cat([chunk[:, :L], torch.ones(chunk.shape[0], L, 1, dtype=torch.float64, device=dev)], 2)
+            x = x.transpose(0, 1)  # (L, n, H+1)
+            y = chunk[:, L]  # (n, H)
+            xtx += x.transpose(1, 2) @ x
+            xty += x.transpose(1, 2) @ y
+            n += chunk.shape[0]
+        if n == 0:
+            raise StoreError(f"store split '{split}' is empty; cannot fit JTC")
+        W = torch.empty(L, H + 1, H, dtype=torch.float64, device=dev)
+        for i in range(L):
+            a = xtx[i].clone()
+            lam = ridge * torch.diagonal(a)[:H].sum() / H
+            a.diagonal()[:H] += lam
+            try:
+                W[i] = torch.linalg.solve(a, xty[i])
+            except RuntimeError:  # singular even with the ridge: fall back to the pseudo-inverse
+                W[i] = torch.linalg.lstsq(a, xty[i]).solution
+        if not torch.isfinite(W).all():
+            raise NumericalError("JTC least squares gave non-finite weights; raise ridge")
+        full = torch.zeros(K, H + 1, H, dtype=torch.float64, device=dev)
+        full[lv] = W
+        return cls(full.float().cpu())
+
+
+def _check_finite_chunk(chunk: torch.Tensor, rows: Iterable[int], levels: Sequence[int]) -> None:
+    finite = torch.isfinite(chunk)
+    if not finite.all():
+        i, lvl, _ = (~finite).nonzero()[0].tolist()
+        raise NumericalError(f"non-finite hidden state in the store at level {levels[lvl]}, "
+                             f"sample row {list(rows)[i]}")

@@ -1,0 +1,96 @@
+"""The model head in rank-r form: ``head(jump(h))`` computed exactly from the r-dim code of a low-rank jump."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from .jumps import JumpBank
+
+
+class LowRankHead:
+    """``head(jump_m(h))`` computed exactly from the rank-r code ``z = BN_m(h) @ A_m``.
+
+    With ``y = z @ B_m`` the final norm depends on z only through r-dim quantities:
+
+    - RMSNorm: ``mean(y^2) = z G z^T`` with ``G = B B^T / H``; logits
+      ``= (z @ M) * rsqrt(z G z^T + eps) + c`` with ``M = B diag(w) W_U^T`` (r x V);
+    - LayerNorm: centre ``B' = B - mean_H(B)`` (per row), so ``y - mean(y) = z @ B'``,
+      ``var(y) = z (B' B'^T / H) z^T`` and ``M = B' diag(w) W_U^T``;
+    - no norm: ``logits = z @ (B W_U^T)``;
+
+    ``c = bias @ W_U^T + unembedding bias`` (when present), then the architecture's logit
+    scaling / soft-capping (``adapter.finish_logits``). ``M`` and ``G`` are precomputed per jump
+    (in float64, stored in float32). Raises ``UnsupportedArchitectureError`` (from the adapter)
+    when the final norm cannot be written out.
+    """
+
+    def __init__(self, adapter: Any, bank: JumpBank, device: str | torch.device | None = None):
+        if getattr(bank, "residual", False):
+            raise ConfigError("a residual jump (h + low-rank correction) has no rank-r head form; "
+                              "apply the full head to bank.apply(h, m)")
+        params = adapter.norm_params()
+        w_u = adapter.unembedding_matrix().detach()
+        dev = torch.device(device) if device is not None else w_u.device
+        self.adapter = adapter
+        self.bank = bank
+        self.kind = params.kind
+        self.eps = float(params.eps)
+        H = bank.hidden_size
+        if w_u.shape[1] != H:
+            raise ConfigError(f"jump bank has H={H} but the model's unembedding takes {w_u.shape[1]}")
+        b = bank.B.detach().to(dev, torch.float64)  # (J, r, H)
+        if self.kind == "layernorm":
+            b = b - b.mean(-1, keepdim=True)
+        self.gram = (b @ b.transpose(1, 2) / H).float()  # (J, r, r)
+        if params.weight is not None:
+            b = b * params.weight.to(dev, torch.float64)
+        w64 = w_u.to(dev, torch.float64)
+        self.M = torch.einsum("jrh,vh->jrv", b, w64).float().contiguous()  # (J, r, V)
+        const = None
+        if params.bias is not None:
+            const = w64 @ params.bias.to(dev, torch.float64)
+        ub = adapter.unembedding_bias()
+        if ub is not None:
+            const = ub.detach().to(dev, torch.float64) + (const if const is not None else 0)
+        self.const = const.float() if const is not None else None
+        a_fold, c_fold = bank.folded_parameters()
+        self.A_fold = a_fold.to(dev)  # (J, H, r)
+        self.c_fold = c_fold.to(dev)  # (J, r)
+        self.device = dev
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.M.shape[2])
+
+    def project_all(self, h: torch.Tensor) -> torch.Tensor:
+        """Codes of every jump at once, BatchNorm folded: (rows, H) -> (rows, J, r) in one GEMM."""
+        J, H, r = self.A_fold.shape
+        a_cat = self.A_fold.permute(1, 0, 2).reshape(H, J * r)
+        return torch.addmm(self.c_fold.reshape(-1), h.to(self.device, torch.float32), a_cat).view(-1, J, r)
+
+    def scaled_codes(self, z: torch.Tensor, jump: int) -> torch.Tensor:
+        """``z * rsqrt(z G z^T + eps)`` (the norm's scale moved onto the r-dim code)."""
+        if self.kind == "identity":
+            return z
+        ms = ((z @ self.gram[jump]) * z).sum(-1, keepdim=True).clamp_min_(0)
+        return z * torch.rsqrt(ms + self.eps)
+
+    def logits_from_scaled(self, u: torch.Tensor, jump: int) -> torch.Tensor:
+        """Logits (rows, V) from scaled codes ``u`` (rows, r) (see :meth:`scaled_codes`)."""
+        if self.const is not None:
+            logits = torch.addmm(self.const, u, self.M[jump])
+        else:
+            logits = u @ self.M[jump]
+        return self.adapter.finish_logits(logits)
+
+    def logits_from_codes(self, z: torch.Tensor, jump: int) -> torch.Tensor:
+        """Logits (rows, V) from codes ``z`` (rows, r) of jump ``jump``."""
+        return self.logits_from_scaled(self.scaled_codes(z.to(self.device, torch.float32), jump), jump)
+
+    def logits(self, h: torch.Tensor, jump: int) -> torch.Tensor:
+        """``head(jump(h))`` for ``h`` (rows, H) from the unfolded eval-mode BatchNorm of the jump."""
+        z = self.bank.project(h.to(self.bank.A.device), jump)
+        return self.logits_from_codes(z, jump)

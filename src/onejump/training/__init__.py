@@ -1,0 +1,7 @@
+"""Training jumps: the configuration, the streaming reader over the store, the fit loop, the objectives."""
+
+from .config import TrainConfig, TrainHistory
+from .fit import train_joint, train_jumps
+from .objectives import HeadKL
+
+__all__ = ["HeadKL", "TrainConfig", "TrainHistory", "train_joint", "train_jumps"]

@@ -1,0 +1,282 @@
+"""Training of N-NJTC jumps (Eq. 1-2) from a hidden-state store.
+
+- :func:`train_jumps`: the K per-level jumps (jump k: level k -> h^K), trained together in one
+  batched loop; ``batched=False`` (or :func:`train_jumps_looped`) trains them one at a time in a
+  Python loop on the same data, init and batch order, for comparison.
+- :func:`train_joint`: one jump trained on inputs pooled from all exit levels 0..K-1.
+
+Objective (Eq. 2): ``L_k = 1/N sum_i ||jump_k(h_i^k) - h_i^K||^2``, the squared L2 norm is
+*summed* over the H dimensions and averaged over samples (exactly Eq. 2; a mean over H would only
+divide the gradients by H, which Adam is insensitive to). The batched loop minimises
+``sum_k L_k``: jumps share no parameter, so each jump gets exactly the gradient (and Adam update)
+it would get alone.
+
+Data: the train split is streamed from the store's memory-mapped shards through a shuffle
+buffer of ``TrainConfig.buffer_samples`` samples (validation too, in store order), so a store
+larger than memory trains in bounded memory; a split that fits in the buffer is read once and
+shuffled as a whole each epoch. A custom objective enters as ``loss_fn`` (:data:`LossFn`).
+
+Model selection: a seeded ``val_fraction`` of the store's *train* split is held out; after every
+epoch each jump's validation loss (eval-mode BN, running statistics) is measured and each jump
+keeps the weights of its own best epoch. A jump stops improving its best after ``patience``
+epochs without a new best; training ends when all have stopped or at ``max_epochs``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, NumericalError
+from ..lenses.jumps import JumpBank
+from .config import TrainConfig, TrainHistory
+from .objectives import LossFn, mse_loss
+from .reader import _Reader, _Source, _split, _Task, _train_rows
+
+"""``loss_fn(bank, inp, tgt, rows) -> (J,)``: the loss of each jump on a batch, averaged over it.
+
+``inp`` (B, J, H) inputs on the training device, ``tgt`` (B, H) the h^K targets (same device),
+``rows`` (B,) CPU LongTensor: the store row (``store.indices("train")`` value) of each example's
+sample (joint: of the pair's sample). Called in train mode for training batches (with autograd)
+and under ``no_grad`` in eval mode for validation chunks.
+"""
+
+
+def _jump_name(levels: list[int] | None, j: int) -> str:
+    return "the joint jump" if levels is None else f"jump {levels[j]} (level {levels[j]})"
+
+
+@torch.no_grad()
+def _val_losses(bank: JumpBank, task: _Task, device: torch.device, chunk: int,
+                loss_fn: LossFn | None = None) -> torch.Tensor:
+    loss_fn = loss_fn or mse_loss
+    bank.eval()
+    total = torch.zeros(bank.num_jumps, dtype=torch.float64, device=device)
+    n = 0
+    for inp, tgt, rows in task.chunks(chunk):
+        inp, tgt = inp.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
+        total += loss_fn(bank, inp, tgt, rows).double() * len(rows)
+        n += len(rows)
+    return (total / max(n, 1)).cpu()
+
+
+def _fit(bank: JumpBank, train: _Task, val: _Task | None, config: TrainConfig, device: torch.device,
+         progress: bool, desc: str, levels_for_names: list[int] | None,
+         on_epoch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+         loss_fn: LossFn | None = None) -> TrainHistory:
+    """Adam on ``sum_j L_j`` (``L = loss_fn``, default :func:`mse_loss`); each jump keeps the
+    weights of its own best validation epoch."""
+    loss_fn = loss_fn or mse_loss
+    J = bank.num_jumps
+    opt = torch.optim.Adam(bank.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed + 104729)
+    history = TrainHistory(kind="", levels=[], n_train=train.size, n_val=val.size if val else 0,
+                           config=config.to_dict())
+    best_val = torch.full((J,), math.inf, dtype=torch.float64)
+    best_epoch = torch.zeros(J, dtype=torch.long)
+    stale = torch.zeros(J, dtype=torch.long)
+    active = torch.ones(J, dtype=torch.bool)
+    best_state = {k: v.detach().clone() for k, v in bank.tensors_live().items()}
+    bar = tqdm(total=config.max_epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
+    for epoch in range(config.max_epochs):
+        bank.train()
+        sums = torch.zeros(J, dtype=torch.float64, device=device)
+        seen = 0
+        for inp, tgt, rows in train.batches(config.batch_size, gen):
+            inp, tgt = inp.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
+            per_jump = loss_fn(bank, inp, tgt, rows)
+            if not torch.isfinite(per_jump.detach()).all():
+                j = int((~torch.isfinite(per_jump.detach())).nonzero()[0])
+                raise NumericalError(f"training loss of {_jump_name(levels_for_names, j)} became "
+                                     f"{float(per_jump.detach()[j])} at epoch {epoch}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            per_jump.sum().backward()
+            opt.step()
+            sums += per_jump.detach().double() * len(rows)
+            seen += len(rows)
+        train_loss = (sums / max(seen, 1)).cpu()
+        val_loss = _val_losses(bank, val, device, config.eval_chunk, loss_fn) if val is not None else train_loss
+        if not torch.isfinite(val_loss).all():
+            j = int((~torch.isfinite(val_loss)).nonzero()[0])
+            raise NumericalError(f"validation loss of {_jump_name(levels_for_names, j)} is {float(val_loss[j])} "
+                                 f"at epoch {epoch}; lower the learning rate")
+        history.train_loss.append(train_loss.tolist())
+        history.val_loss.append(val_loss.tolist())
+        improved = active & (val_loss < best_val)
+        if improved.any():
+            best_val[improved] = val_loss[improved]
+            best_epoch[improved] = epoch
+            dev_mask = improved.to(device)
+            for k, v in bank.tensors_live().items():
+                best_state[k][dev_mask] = v.detach()[dev_mask]
+        stale[improved] = 0
+        stale[active & ~improved] += 1
+        active &= stale < config.patience
+        history.epochs_run = epoch + 1
+        if on_epoch is not None:
+            on_epoch(epoch, train_loss, val_loss)
+        bar.update(1)
+        bar.set_postfix(val=f"{float(val_loss.mean()):.4g}", active=int(active.sum()))
+        if not active.any():
+            break
+    bar.close()
+    with torch.no_grad():
+        for k, v in bank.tensors_live().items():
+            v.copy_(best_state[k])
+    history.best_epoch = best_epoch.tolist()
+    history.best_val_loss = best_val.tolist()
+    return history
+
+
+def _target_energy(source: _Source | None, K: int) -> float:
+    """Mean of ``||h^K - mean(h^K)||^2`` over the source's rows, streamed (Chan's pairwise update)."""
+    n, mean, m2 = 0, None, 0.0
+    for x, _, _ in source.buffers(None) if source is not None else ():
+        t = x[:, K].double()
+        nb, mb = t.shape[0], t.mean(0)
+        m2b = float((t - mb).pow(2).sum())
+        if mean is None:
+            mean, m2 = mb, m2b
+        else:
+            delta = mb - mean
+            m2 += m2b + float(delta.pow(2).sum()) * n * nb / (n + nb)
+            mean = mean + delta * (nb / (n + nb))
+        n += nb
+    return m2 / n if n else float("nan")
+
+
+def _prepare(store: Any, config: TrainConfig | None, device: str | torch.device):
+    """Validated config, the training and validation sources (validation None when empty), device."""
+    config = config or TrainConfig()
+    config.validate()
+    rows = _train_rows(store)
+    tr, va = _split(len(rows), config.val_fraction, config.seed)
+    tr_rows, va_rows = rows[tr.numpy()], rows[va.numpy()]
+    resident = len(rows) <= config.buffer_samples
+    reader = _Reader(store, min(config.buffer_samples, max(len(tr_rows), len(va_rows))))
+    train = _Source(reader, tr_rows, config.buffer_samples, resident)
+    val = _Source(reader, va_rows, config.buffer_samples, resident) if len(va_rows) else None
+    return config, train, val, torch.device(device)
+
+
+def objective_loss(store: Any, config: TrainConfig, adapter: Any = None, progress: bool = False,
+                   device: str | torch.device | None = None, cache: dict[int, Any] | None = None) -> LossFn | None:
+    """The loss of ``config.objective``: None for MSE (the default), a :class:`~onejump.objectives.HeadKL`
+    for ``"kl"`` on :func:`~onejump.objectives.head_targets` of the store's train split. ``cache``
+    (a dict, keyed by ``kl_top_k``) keeps those targets, so several trainings on one store (the
+    bank and the joint jump) share one pass of the final head over it."""
+    if config.objective == "mse":
+        return None
+    if adapter is None:
+        raise ConfigError(f"the '{config.objective}' objective trains through the model's head: pass the model's "
+                          "adapter (adapter=lm.adapter)")
+    from .objectives import HeadKL, head_targets
+
+    cache = {} if cache is None else cache
+    if config.kl_top_k not in cache:
+        cache[config.kl_top_k] = head_targets(store, adapter, top_k=config.kl_top_k, progress=progress)
+    targets = cache[config.kl_top_k]
+    return HeadKL(adapter, targets, negatives=config.kl_negatives, seed=config.seed, device=device)
+
+
+def train_jumps(store: Any, config: TrainConfig | None = None, device: str | torch.device = "cpu",
+                progress: bool = True, *, batched: bool = True,
+                loss_fn: LossFn | None = None, adapter: Any = None) -> tuple[JumpBank, TrainHistory]:
+    """Train the K per-level N-NJTC jumps (jump k maps level k to h^K) on the store's train split.
+
+    With ``batched=True`` all K jumps run in one loop over batched (K, H, r) tensors; with
+    ``batched=False`` they are trained one after another on the same data, initial weights and
+    batch order (same results up to float rounding; slower). Returns the bank (in eval mode, on
+    ``device``; each jump holds its best-validation weights) and the history. ``loss_fn``
+    (see :data:`LossFn`) replaces the MSE of Eq. 2 in training and validation; without it,
+    ``config.objective`` decides (``"kl"`` needs ``adapter``, the model's head).
+    """
+    config, tr, va, dev = _prepare(store, config, device)
+    if loss_fn is None:
+        loss_fn = objective_loss(store, config, adapter, progress, dev)
+    K, H = store.num_blocks, store.hidden_size
+    levels = list(range(K))
+    init = JumpBank(K, H, config.rank, levels=levels, eps=config.bn_eps, momentum=config.bn_momentum,
+                    seed=config.seed, residual=config.residual)
+    t0 = time.perf_counter()
+    if batched:
+        bank = init.to(dev)
+        hist = _fit(bank, _Task(tr, levels, K), _Task(va, levels, K) if va is not None else None, config, dev,
+                    progress, "train jumps", levels, loss_fn=loss_fn)
+    else:
+        bank = init.to(dev)
+        parts: list[TrainHistory] = []
+        for k in tqdm(levels, desc="train jumps (looped)", disable=not progress, leave=False):
+            one = init.select(k).to(dev)
+            parts.append(_fit(one, _Task(tr, [k], K), _Task(va, [k], K) if va is not None else None, config,
+                              dev, False, f"jump {k}", [k], loss_fn=loss_fn))
+            with torch.no_grad():
+                for name, v in one.tensors_live().items():
+                    getattr(bank, name)[k] = v[0]
+        hist = _merge_histories(parts)
+    hist.kind = "nnjtc"
+    hist.levels = levels
+    hist.target_energy = _target_energy(va, K)
+    hist.seconds = time.perf_counter() - t0
+    return bank.eval(), hist
+
+
+def train_jumps_looped(store: Any, config: TrainConfig | None = None, device: str | torch.device = "cpu",
+                       progress: bool = True, *, loss_fn: LossFn | None = None,
+                       adapter: Any = None) -> tuple[JumpBank, TrainHistory]:
+    """:func:`train_jumps` with the K jumps trained one at a time in a Python loop (for benchmarks)."""
+    return train_jumps(store, config, device, progress, batched=False, loss_fn=loss_fn, adapter=adapter)
+
+
+def _merge_histories(parts: list[TrainHistory]) -> TrainHistory:
+    epochs = max(p.epochs_run for p in parts)
+
+    def column(p: TrainHistory, attr: str, e: int) -> float:
+        rows = getattr(p, attr)
+        return rows[e][0] if e < len(rows) else float("nan")
+
+    merged = copy.deepcopy(parts[0])
+    merged.train_loss = [[column(p, "train_loss", e) for p in parts] for e in range(epochs)]
+    merged.val_loss = [[column(p, "val_loss", e) for p in parts] for e in range(epochs)]
+    merged.best_epoch = [p.best_epoch[0] for p in parts]
+    merged.best_val_loss = [p.best_val_loss[0] for p in parts]
+    merged.epochs_run = epochs
+    return merged
+
+
+def train_joint(store: Any, config: TrainConfig | None = None, device: str | torch.device = "cpu",
+                progress: bool = True, *, loss_fn: LossFn | None = None,
+                adapter: Any = None) -> tuple[JumpBank, TrainHistory]:
+    """Train one jump on inputs pooled from all exit levels 0..K-1 (the paper's joint baseline).
+
+    Every (sample, level) pair of the train part is one example with target h^K of that sample;
+    its single BatchNorm therefore normalises with statistics pooled over levels. Validation uses
+    the held-out samples at all levels. An epoch is one pass over all N*K pairs in batches of
+    ``batch_size * K`` pairs: the same rows per step and the same steps per epoch as the
+    per-level bank (whose step holds ``batch_size`` samples at each of the K levels), so both get
+    the same compute and the same epoch budget. Pairs are formed within the shuffle buffer (see
+    :class:`TrainConfig`). ``loss_fn`` (see :data:`LossFn`; ``rows`` is each pair's sample row)
+    replaces the MSE. Returns a bank with J = 1 (``levels == [-1]``).
+    """
+    config, tr, va, dev = _prepare(store, config, device)
+    if loss_fn is None:
+        loss_fn = objective_loss(store, config, adapter, progress, dev)
+    K, H = store.num_blocks, store.hidden_size
+    config = replace(config, batch_size=config.batch_size * K)
+    bank = JumpBank(1, H, config.rank, levels=[-1], eps=config.bn_eps, momentum=config.bn_momentum,
+                    seed=config.seed, residual=config.residual).to(dev)
+    t0 = time.perf_counter()
+    hist = _fit(bank, _Task(tr, None, K), _Task(va, None, K) if va is not None else None, config, dev, progress,
+                "train joint jump", None, loss_fn=loss_fn)
+    hist.kind = "joint"
+    hist.levels = [-1]
+    hist.target_energy = _target_energy(va, K)
+    hist.seconds = time.perf_counter() - t0
+    return bank.eval(), hist
