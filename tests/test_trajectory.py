@@ -124,7 +124,7 @@ def test_lens_command_bad_input(capsys, tiny_dir, tmp_path):
         (["--prompt", "x" * 300, "--out", tmp_path / "a.png"], "at most 128"),
         (["--prompt", PROMPT, "--lens", tmp_path / "other-lens", "--out", tmp_path / "a.png"], "another model"),
         (["--prompt", PROMPT, "--lens", "tuned", "--out", tmp_path / "a.png"], "--run"),
-        (["--prompt", PROMPT, "--out", tmp_path / "a.jpg"], ".png or .html"),
+        (["--prompt", PROMPT, "--out", tmp_path / "a.jpg"], "or .html"),
         (["--prompt", PROMPT, "--lens", tmp_path / "missing" / "lens" / "dir", "--out", tmp_path / "a.png"],
          "neither a folder nor a hub id"),
     ]

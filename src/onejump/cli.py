@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=None, help="run folder whose ojfa/best/tuned lenses --lens may name")
     p.add_argument("--statistic", choices=["probs", "kl", "entropy"], default="probs",
                    help="cell colour: top-1 probability, KL(p_final || p_lens) or entropy (default: %(default)s)")
-    p.add_argument("--out", required=True, help="output file: .png (matplotlib) or .html")
+    p.add_argument("--out", required=True, help="output file: .png / .pdf / .svg (matplotlib) or .html")
     p.add_argument("--model", default=None,
                    help="alias, hub id, local folder or .gguf file (default: the run's model, else smollm2-135m)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
@@ -476,11 +476,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_lens(args: argparse.Namespace) -> int:
     from .lenses.resolve import resolve_lens, run_model
     from .model.loading import DEFAULT_MODEL, load_model
-    from .trajectory import trajectories, write_html
+    from .trajectory import save_trajectories, trajectories
 
     out = Path(args.out)
-    if out.suffix.lower() not in (".png", ".html"):
-        raise ConfigError(f"--out must end in .png or .html, got '{out.name}'")
+    if out.suffix.lower() not in (".png", ".pdf", ".svg", ".html"):
+        raise ConfigError(f"--out must end in .png, .pdf, .svg or .html, got '{out.name}'")
     if args.run is not None and not Path(args.run).is_dir():
         raise ConfigError(f"run folder not found: {args.run}")
     if not args.prompt.strip():
@@ -491,16 +491,7 @@ def cmd_lens(args: argparse.Namespace) -> int:
     lenses = [resolve_lens(spec, lm, args.run).to(lm.device).eval() for spec in specs]
     trajs = trajectories(lenses, lm, args.prompt, names=specs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".html":
-        write_html(trajs, out, args.statistic, title=f"{lm.name}: {args.prompt}")
-    else:
-        fig = trajs[0].plot(args.statistic, others=trajs[1:])
-        tmp = out.with_name(f".{out.name}.tmp")
-        try:
-            fig.savefig(tmp, dpi=130, format="png")
-            tmp.replace(out)
-        finally:
-            tmp.unlink(missing_ok=True)
+    save_trajectories(trajs, out, args.statistic)
     print(f"{out}: {' vs '.join(specs)} on {trajs[0].num_tokens} tokens x {lm.num_blocks} levels of {lm.name}")
     return 0
 

@@ -55,7 +55,7 @@ def encode_prompt(lm: Any, prompt: str) -> list[int]:
 
 @torch.no_grad()
 def hidden_states(lm: Any, ids: Sequence[int]) -> torch.Tensor:
-    """Hidden states at levels 0..K for every position: (K+1, T, H), float32 on the model's device."""
+    """Hidden states at levels 0..K for every position: (K+1, T, H), in the model's dtype and on its device."""
     device = next(lm.model.parameters()).device
     captured: dict[int, torch.Tensor] = {}
     handles = lm.adapter.level_hooks(lambda level, h: captured.__setitem__(level, h[0].detach()))
@@ -65,7 +65,7 @@ def hidden_states(lm: Any, ids: Sequence[int]) -> torch.Tensor:
         for handle in handles:
             handle.remove()
     K = lm.adapter.num_blocks
-    return torch.stack([captured[k].float() for k in range(K + 1)])
+    return torch.stack([captured[k] for k in range(K + 1)])
 
 
 @dataclass
@@ -122,7 +122,10 @@ class PredictionTrajectory:
 @torch.no_grad()
 def trajectories(lenses: Sequence[Any], lm: Any, prompt: str, *, names: Sequence[str] | None = None,
                  top_k: int = 5) -> list[PredictionTrajectory]:
-    """One :class:`PredictionTrajectory` per lens, all from one forward pass of ``lm`` on ``prompt``."""
+    """One :class:`PredictionTrajectory` per lens, all from one forward pass of ``lm`` on ``prompt``.
+
+    The lenses must be on the model's device. ``names`` label the panels (default: each lens's kind).
+    """
     if not lenses:
         raise ConfigError("give at least one lens")
     if names is not None and len(names) != len(lenses):
@@ -163,15 +166,35 @@ def trajectories(lenses: Sequence[Any], lm: Any, prompt: str, *, names: Sequence
 def write_html(trajs: Sequence[PredictionTrajectory], path: str | Path, statistic: str = "probs",
                title: str = "") -> Path:
     """A self-contained HTML page: one grid per lens, cells coloured by ``statistic``, top-k on hover."""
+    from .io import atomic_write_text
     from .trajectory_plot import html_page
 
     path = Path(path)
-    text = html_page(trajs, statistic, title=title)
-    from .io import atomic_write_text
+    atomic_write_text(path, html_page(trajs, statistic, title=title))
+    return path
 
-    atomic_write_text(path, text)
+
+def save_trajectories(trajs: Sequence[PredictionTrajectory], path: str | Path, statistic: str = "probs",
+                      title: str = "") -> Path:
+    """Write the side-by-side grid to ``path``: ``.html`` (:func:`write_html`) or an image matplotlib
+    writes (``.png``, ``.pdf``, ``.svg``), through a temporary file and a rename."""
+    path = Path(path)
+    if path.suffix.lower() == ".html":
+        return write_html(trajs, path, statistic, title=title)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in ("png", "pdf", "svg"):
+        raise ConfigError(f"a trajectory figure is .png, .pdf, .svg or .html, got '{path.name}'")
+    fig = trajs[0].plot(statistic, others=trajs[1:])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, dpi=130, format=fmt)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
 __all__ = ["PredictionTrajectory", "STATISTICS", "context_length", "encode_prompt", "hidden_states",
-           "trajectories", "write_html"]
+           "save_trajectories", "trajectories", "write_html"]
