@@ -48,7 +48,8 @@ class TunedTrainConfig:
     """Hyper-parameters of :func:`train_tuned_lens` (defaults: tuned-lens's, see the module doc).
 
     ``batch_size=256`` store rows per step (x K levels); ``num_steps=250`` the length of the linear
-    decay; ``eval_every=25`` steps between validations; ``patience=3`` evaluations without a new
+    decay; ``eval_every=50`` steps between validations (each is an exact pass
+    of the head, all V columns, over the held-out rows); ``patience=3`` evaluations without a new
     best before a level counts as stopped; ``kl_top_k`` / ``kl_negatives`` the loss's target summary
     and sampled normaliser (as for the KL-trained jumps); ``eval_rows=0``: validation rows per
     exact-head chunk chosen to keep a chunk's logits near 64 MiB; ``buffer_samples`` the shuffle
@@ -62,7 +63,7 @@ class TunedTrainConfig:
     clip_grad_norm: float = 1.0
     num_steps: int = 250
     batch_size: int = 256
-    eval_every: int = 25
+    eval_every: int = 50
     patience: int = 3
     val_fraction: float = 0.1
     seed: int = 0
