@@ -227,7 +227,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _data_args(args: argparse.Namespace):
-    from .experiment.run import DataArgs
+    from .experiment.presets import DataArgs
 
     return DataArgs(model=args.model, corpus=args.corpus, hf_config=args.hf_config, text_field=args.text_field,
                     max_documents=args.max_documents, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
@@ -299,8 +299,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     with _lock(run.folder):
         run.record_preset(args.preset, args.select_rule)
         out = run.train(config, joint=not args.no_joint, jtc=not args.no_jtc, rank_multiplier=_rank_multiplier(args))
-    for kind, module in out.items():
-        print(f"{kind}: {sum(p.numel() for p in module.parameters()):,} parameters -> {run.shortcut_dir(kind)}")
+    for kind, lens in out.items():
+        print(f"{kind}: {lens.num_parameters:,} parameters -> {run.shortcut_dir(kind)}")
     return 0
 
 
@@ -412,7 +412,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         generate_speculative,
         jump_predictor,
     )
-    from .lenses.onejump import OneJump
+    from .lenses.base import Lens
 
     lm = _load_model(args)
     ids = lm.tokenizer(args.prompt)["input_ids"]
@@ -425,7 +425,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         jump_dir = Path(args.jump or "runs/demo")
         if (jump_dir / "shortcuts" / "ojfa").is_dir():
             jump_dir = jump_dir / "shortcuts" / "ojfa"
-        jump = OneJump.load(jump_dir, fingerprint=lm.fingerprint)
+        jump = Lens.load(jump_dir, lm)
         predictor = jump_predictor(lm, jump)
         if args.exit_mode == "confidence":
             levels = None
