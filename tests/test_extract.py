@@ -182,27 +182,26 @@ def test_second_writer_is_refused(tmp_path):
 
 
 def test_disk_full_keeps_finished_shards(lm, tmp_path, monkeypatch):
-    import errno
-
-    import onejump.store as store_mod
+    import safetensors.torch
+    from safetensors import SafetensorError
 
     kw = dict(seed=0, shard_size=6, max_batch_size=4, progress=False)
-    real_save = store_mod.save_file
+    real_save = safetensors.torch.save_file
     calls = {"n": 0}
 
-    def flaky_save(tensors, path, *a, **k):
+    def flaky_save(tensors, path, *a, **k):  # what safetensors raises when the disk fills up
         calls["n"] += 1
         if calls["n"] == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         return real_save(tensors, path, *a, **k)
 
-    monkeypatch.setattr(store_mod, "save_file", flaky_save)
+    monkeypatch.setattr(safetensors.torch, "save_file", flaky_save)
     with pytest.raises(StoreError, match="disk full"):
         extract(lm, SENTENCES, tmp_path / "s", **kw)
     names = sorted(p.name for p in (tmp_path / "s").iterdir())
     assert "shard-00001.safetensors" in names and "shard-00002.safetensors" not in names
     assert not [n for n in names if n.startswith(".shard-")]  # no half-written file left
-    monkeypatch.setattr(store_mod, "save_file", real_save)
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
     extract(lm, SENTENCES, tmp_path / "s", **kw)
     extract(lm, SENTENCES, tmp_path / "ref", **kw)
     assert _files(tmp_path / "s") == _files(tmp_path / "ref")

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .errors import NumericalError, StoreError
-from .io import _cleanup, _disk_error, atomic_write_text, sha256_file
+from .io import atomic_write_text, save_safetensors, sha256_file
 
 FORMAT = "onejump-store"
 VERSION = 1
@@ -77,19 +74,7 @@ def write_shard(folder: Path, index: int, tensors: dict[str, torch.Tensor]) -> d
             "(fp16 overflow? use --store-dtype float32 or bfloat16)"
         )
     path = folder / shard_name(index)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        _cleanup(tmp)
-        raise _disk_error(path, exc) from None
-    except BaseException:
-        _cleanup(tmp)
-        raise
+    save_safetensors(tensors, path)
     info = {"file": path.name, "count": int(hidden.shape[0]), "bytes": path.stat().st_size,
             "sha256": sha256_file(path)}
     atomic_write_text(folder / f"shard-{index:05d}.json", json.dumps(info))

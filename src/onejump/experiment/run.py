@@ -125,7 +125,9 @@ class Run:
         run_json = self.folder / "run.json"
         if run_json.is_file():
             old = self.data_args()
-            if asdict(old) != asdict(args):
+            # settings bind the folder once extraction has started (store/plan.json); before that, a
+            # command that failed (bad model, bad corpus) leaves nothing the corrected command must match
+            if asdict(old) != asdict(args) and (self.store_dir / "plan.json").is_file():
                 diff = [k for k, v in asdict(args).items() if asdict(old).get(k) != v]
                 raise StoreError(f"{self.folder} belongs to a run with other settings ({', '.join(diff)}); "
                                  "use another --out folder")
