@@ -35,6 +35,13 @@ def _number(text: str) -> float:
     return value
 
 
+def _non_negative(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _positive(kind: type = int) -> Callable[[str], int | float]:
     def parse(text: str):
         value = _integer(text) if kind is int else _number(text)
@@ -65,7 +72,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="read at most this many documents (lines, records, articles); useful for hf: corpora")
     p.add_argument("--n-train", type=_positive(), default=9000, help="train sentences (default: %(default)s)")
     p.add_argument("--n-test", type=_positive(), default=3000, help="test sentences (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample and positions (default: 0)")
+    p.add_argument("--seed", type=_non_negative, default=0, help="seed of the sample and positions (default: 0)")
     p.add_argument("--store-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="dtype of stored hidden states (default: %(default)s)")
     p.add_argument("--tokens-per-batch", type=_positive(), default=8192,
@@ -108,7 +115,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         f"{d.patience} for paper)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="part of the train split that picks each jump's stopping epoch (default: %(default)s)")
-    p.add_argument("--train-seed", type=int, default=d.seed, help="seed of init and batch order (default: 0)")
+    p.add_argument("--train-seed", type=_non_negative, default=d.seed, help="seed of init and batch order (default: 0)")
     p.add_argument("--select-rule", choices=["paper", "head"], default=None,
                    help="how the single jump is chosen: paper (D_m, Eq. 5) or head (held-out precision@1 through "
                         "the head) (default: the preset's)")
@@ -116,8 +123,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-jtc", action="store_true", help="skip the full-rank JTC baseline")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line, like every other error (the full usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="onejump",
         description="One Jump Is All You Need: train low-rank early-exit shortcuts (N-NJTC), pick one jump "
                     "for all exit levels (OJFA), evaluate it against the logit lens and per-level jumps.",
@@ -299,6 +313,8 @@ def _rank_multiplier(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, *, existing: bool = True):
     from .experiment.run import Run
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a file, not a folder: give a run folder (new or existing)")
     run = Run(args.out, device=args.device, dtype=args.dtype, device_map=args.device_map, progress=not args.quiet)
     if existing:
         run.data_args()  # a clear error before anything is written if this is not a run folder
@@ -569,7 +585,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     _friendly_types(parser)
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors and --help: a return code, also when called in-process
+        return exc.code if isinstance(exc.code, int) else 2
     if args.command is None:
         parser.print_help()
         return 2
