@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -293,3 +294,70 @@ def test_shard_size_does_what_its_help_says(capsys, tiny_dir, corpus, tmp_path):
     assert code == 0, err
     counts = [e["count"] for e in json.loads((tmp_path / "r" / "store" / "manifest.json").read_text())["shards"]]
     assert sum(counts) == 60 and all(7 <= c < 7 + 64 for c in counts[:-1]) and 0 < counts[-1] < 7 + 64
+
+
+NOT_UTF8 = "\udcff\udcfe"  # how Python hands over argument bytes that are not UTF-8
+HOSTILE = {
+    "extract": [["--out", "{file}"], ["--out", "{ro}/x"], ["--out", ""], ["--model", "{notmodel}"], ["--model", ""],
+                ["--model", NOT_UTF8], ["--corpus", "{binary}"], ["--corpus", "{tmp}"], ["--corpus", "{file}"],
+                ["--n-train", "-1"], ["--n-train", "x"], ["--n-test", "99999999999999999999"], ["--seed", "-3"],
+                ["--max-documents", "0"], ["--tokens-per-batch", "0"], ["--shard-size", "1e3"], ["--device", "nope"],
+                ["--device", "cuda:7"], ["--dtype", "int8"], ["--store-dtype", "float8"], ["--text-field", ""],
+                ["--out", "{file}/below"]],
+    "train": [["--out", "{file}"], ["--out", "{nothing}"], ["--out", "{ro}"], ["--rank", "0"], ["--rank", "-2"],
+              ["--rank", "100000"], ["--rank", "x"], ["--lr", "-1"], ["--lr", "inf"], ["--batch-size", "0"],
+              ["--max-epochs", "0"], ["--patience", "-1"], ["--val-fraction", "2"], ["--val-fraction", "-0.5"],
+              ["--objective", "cosine"], ["--preset", "nope"], ["--train-seed", "-1"], ["--device", "cuda:7"]],
+    "select": [["--out", "{file}"], ["--out", "{nothing}"], ["--out", "{ro}"], ["--out", "{store}"],
+               ["--select-rule", "nope"]],
+    "evaluate": [["--out", "{file}"], ["--out", "{nothing}"], ["--out", "{ro}"], ["--out", "{store}"]],
+    "report": [["--out", "{file}"], ["--out", "{nothing}"], ["--out", "{ro}"], ["--out", "{store}"],
+               ["--out", NOT_UTF8]],
+    "run": [["--out", "{file}"], ["--out", "{ro}"], ["--model", "{notmodel}"], ["--corpus", "{binary}"],
+            ["--rank", "0"], ["--n-train", "1"]],
+    "sweep": [["--out", "{file}"], ["--out", "{nothing}"], ["--out", "{ro}"], ["--multipliers", "0,x"],
+              ["--multipliers", ""], ["--objectives", "cosine"], ["--kl-multipliers", "-1"],
+              ["--residual-multipliers", "abc"]],
+    "generate": [["--prompt", ""], ["--prompt", NOT_UTF8], ["--prompt", "Alpha", "--jump", "{file}"],
+                 ["--prompt", "Alpha", "--jump", "{nothing}"], ["--prompt", "Alpha", "--jump", "{store}"],
+                 ["--prompt", "Alpha", "--max-new-tokens", "0"], ["--prompt", "Alpha", "--max-new-tokens", "x"],
+                 ["--prompt", "Alpha", "--lambda", "5", "--exit", "confidence"],
+                 ["--prompt", "Alpha", "--exit-levels", "a,b", "--exit", "confidence"],
+                 ["--prompt", "Alpha", "--exit-levels", "99", "--exit", "confidence"],
+                 ["--prompt", "Alpha", "--draft-level", "0"], ["--prompt", "Alpha", "--draft-level", "99"],
+                 ["--prompt", "Alpha", "--draft-len", "0"], ["--prompt", "Alpha", "--model", "{notmodel}"]],
+    "info": [["{file}"], ["{nothing}"], ["{binary}"], ["{notmodel}"], [NOT_UTF8]],
+    "prepare": [["--models", NOT_UTF8]],
+}
+
+
+def test_hostile_arguments_never_give_a_traceback(capsys, tiny_run, tiny_dir, corpus, tmp_path):
+    """Every command with arguments a careless or hostile user might pass: an exit code and at most one line of
+    error, never a traceback and never an internal error."""
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "binary").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "notmodel").mkdir()
+    _copy_run(tiny_run, tmp_path / "ro")
+    run = _copy_run(tiny_run, tmp_path / "r")
+    paths = dict(file=tmp_path / "file", ro=tmp_path / "ro", binary=tmp_path / "binary", tmp=tmp_path,
+                 notmodel=tmp_path / "notmodel", nothing=tmp_path / "nothing", store=run / "store")
+    base = {"extract": ["--model", tiny_dir, *_fmt(TINY_DATA, corpus=corpus), "--out", tmp_path / "new"],
+            "run": ["--model", tiny_dir, *_fmt(TINY_DATA, corpus=corpus), "--max-epochs", 1,
+                    "--out", tmp_path / "new2"],
+            "generate": ["--model", tiny_dir, "--jump", run, "--device", "cpu", "--max-new-tokens", 2]}
+    stage = ["--out", run, "--device", "cpu"]
+    failures = []
+    with read_only(tmp_path / "ro"):
+        for command, cases in HOSTILE.items():
+            for case in cases:
+                argv = [command, *base.get(command, stage if command not in ("info", "prepare") else []),
+                        *_fmt(case, **paths)]
+                code, out, err = _run(capsys, *argv)
+                lines = err.strip().splitlines()
+                names = re.findall(r"\b[a-z]+_[a-z_]+\b", err.replace(str(tmp_path), "").replace(str(tiny_dir), ""))
+                if names:  # an internal (Python) name in a user's error
+                    failures.append(f"{' '.join(map(str, argv))}: internal names {names}: {err.strip()}")
+                if "Traceback" in err or "internal error" in err or (code != 0 and len(lines) != 1) or code == 0 \
+                        and command not in ("info",):
+                    failures.append(f"{' '.join(map(str, argv))} -> exit {code}: {err.strip()[-300:]}")
+    assert not failures, "\n".join(failures)

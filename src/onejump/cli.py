@@ -315,6 +315,8 @@ def _run(args: argparse.Namespace, *, existing: bool = True):
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out} is a file, not a folder: give a run folder (new or existing)")
+    if existing and (Path(args.out) / "manifest.json").is_file() and (Path(args.out).parent / "run.json").is_file():
+        raise ConfigError(f"--out {args.out} is the store of a run; give the run folder: --out {Path(args.out).parent}")
     run = Run(args.out, device=args.device, dtype=args.dtype, device_map=args.device_map, progress=not args.quiet)
     if existing:
         run.data_args()  # a clear error before anything is written if this is not a run folder
@@ -503,6 +505,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     if args.path:
         path = Path(args.path)
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{path} is a file; give a store folder or a run folder")
         if (path / "run.json").is_file() or (path / "store").is_dir():
             print(f"{path} is a run folder; its store is {path / 'store'}")
             path = path / "store"
@@ -551,15 +555,23 @@ def _friendly_types(parser: argparse.ArgumentParser) -> None:
             action.type = _number
 
 
-def _check_utf8(argv: list[str]) -> None:
-    """Arguments with bytes that are not UTF-8 (Python keeps them as lone surrogates) are refused by name."""
+_NOT_EMPTY = ("--out", "--model", "--corpus", "--jump", "--text-field", "--device")
+
+
+def _check_argv(argv: list[str]) -> None:
+    """Refuse, by name, arguments with bytes that are not UTF-8 (Python keeps them as lone surrogates)
+    and empty folder, model or corpus names (an empty --out would write into the current folder)."""
     for i, arg in enumerate(argv):
+        name = argv[i - 1] if i and argv[i - 1].startswith("-") else "an argument"
+        if arg.startswith("--") and "=" in arg:
+            name, arg = arg.split("=", 1)
         try:
             arg.encode("utf-8")
         except UnicodeEncodeError as exc:
-            name = argv[i - 1] if i and argv[i - 1].startswith("-") else "an argument"
             raise ConfigError(f"{name} holds bytes that are not UTF-8 text (byte {ord(arg[exc.start]) & 0xFF:#04x} at "
                               f"character {exc.start}); pass UTF-8 text") from None
+        if name in _NOT_EMPTY and not arg.strip():
+            raise ConfigError(f"{name} is empty")
 
 
 def _os_error_message(exc: OSError) -> str:
@@ -600,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        _check_utf8(argv)
+        _check_argv(argv)
         _quiet_libraries(args.quiet)
         return COMMANDS[args.command](args)
     except OneJumpError as exc:

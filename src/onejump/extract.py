@@ -67,7 +67,7 @@ def plan_batches(samples: Sequence[Sample], tokens_per_batch: int = 8192, max_ba
     ``rows * longest`` stays within ``tokens_per_batch``.
     """
     if tokens_per_batch < 1 or max_batch_size < 1:
-        raise ConfigError("tokens_per_batch and max_batch_size must be >= 1")
+        raise ConfigError("the token budget and the batch size of extraction must be >= 1")
     order = sorted(range(len(samples)), key=lambda i: (len(samples[i].tokens), i))
     batches: list[list[int]] = []
     current: list[int] = []

@@ -285,7 +285,7 @@ def load_model(
             raise ModelLoadError(f"model path not found or not a folder: {name}")
         if looks_local and not (path / "config.json").is_file():
             raise ModelLoadError(f"{name} is a folder but not a model: it has no config.json (a model folder holds "
-                                 "config.json, the weights and the tokenizer files, as save_pretrained writes them)")
+                                 "config.json, the weights and the tokenizer files)")
         if not looks_local and ("/" not in name and name not in _KNOWN_BARE_HUB_IDS):
             known = ", ".join(ALIASES)
             raise ModelLoadError(
