@@ -108,9 +108,12 @@ class Run:
         run_json = self.folder / "run.json"
         if run_json.is_file():
             old = self.data_args()
-            if asdict(old) != asdict(args):
+            # settings bind the folder once extraction has started (store/plan.json); before that, a
+            # command that failed (bad model, bad corpus) leaves nothing the corrected command must match
+            if asdict(old) != asdict(args) and (self.store_dir / "plan.json").is_file():
                 diff = [k for k, v in asdict(args).items() if asdict(old).get(k) != v]
-                raise StoreError(f"{self.folder} belongs to a run with other settings ({', '.join(diff)}); "
+                flags = ", ".join(f"--{k.replace('_', '-')}" for k in diff)
+                raise StoreError(f"{self.folder} belongs to a run with other settings ({flags}); "
                                  "use another --out folder")
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_json, json.dumps({"data": asdict(args)}, indent=1))
