@@ -253,6 +253,11 @@ class HiddenStateStore:
         return _Shard(path, count, meta, num_tokens)
 
     # ---- sizes and metadata -------------------------------------------------------------------
+    def verify_identity(self) -> str:
+        """:attr:`identity` after :meth:`verify`: what a cached stage records and checks its store by."""
+        self.verify()
+        return self.identity
+
     @property
     def identity(self) -> str:
         """Content key of the store: a hash of the manifest's shard sha256s, counts and layout.

@@ -59,6 +59,7 @@ class Run:
         self.progress = progress
         self.state = RunState()
         self._lm = None
+        self._store: HiddenStateStore | None = None
 
     # ---- paths and config ---------------------------------------------------------------------
     @property
@@ -135,7 +136,10 @@ class Run:
         return store
 
     def store(self) -> HiddenStateStore:
-        return HiddenStateStore.open(self.store_dir, fingerprint=self.lm().fingerprint, verify=False)
+        """The run's store, opened once (its shards are verified before first use)."""
+        if self._store is None:
+            self._store = HiddenStateStore.open(self.store_dir, fingerprint=self.lm().fingerprint, verify=False)
+        return self._store
 
     # ---- what each stage was computed from -------------------------------------------------
     def identity(self, name: str) -> str | None:
@@ -146,7 +150,9 @@ class Run:
         ``evaluation``: their JSON. A stage records the identities of its inputs in its key, so a
         changed input makes every stage after it stale.
         """
-        paths = {"store": self.store_dir / "manifest.json", "selection": self.folder / "selection.json",
+        if name == "store" and (self.store_dir / "manifest.json").is_file():
+            return self.store().verify_identity()
+        paths = {"selection": self.folder / "selection.json",
                  "evaluation": self.folder / "evaluation" / "result.json"}
         if name in paths:
             path = paths[name]

@@ -18,11 +18,10 @@ from typing import Any, ClassVar
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import ShortcutError
-from ..io import atomic_write_text, sha256_file
+from ..io import atomic_write_text, save_safetensors, sha256_file
 
 LENS_FORMAT = "onejump-lens"
 LENS_VERSION = 1
@@ -109,9 +108,8 @@ class Lens(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
-        tmp = folder / f".{WEIGHTS_NAME}.tmp"
-        save_file(tensors, str(tmp))
-        tmp.replace(folder / WEIGHTS_NAME)
+        (folder / CONFIG_NAME).unlink(missing_ok=True)  # a folder without its config is never taken for a lens
+        save_safetensors(tensors, folder / WEIGHTS_NAME)
         config = {"format": LENS_FORMAT, "version": LENS_VERSION, "kind": self.kind,
                   "model": self.lm.name, "fingerprint": self.lm.fingerprint,
                   "num_blocks": self.num_blocks, "hidden_size": self.hidden_size,
