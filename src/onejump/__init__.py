@@ -6,8 +6,10 @@ beyond it (KL through the frozen head, residual jumps, a head-aware selection ru
 """
 
 from .errors import (
+    ChecksumError,
     ConfigError,
     CorpusError,
+    DiskFullError,
     ModelLoadError,
     NumericalError,
     OneJumpError,
@@ -31,8 +33,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArchitectureAdapter",
+    "ChecksumError",
     "ConfigError",
     "CorpusError",
+    "DiskFullError",
     "HeadKL",
     "HiddenStateStore",
     "JumpBank",
