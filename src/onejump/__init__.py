@@ -5,6 +5,7 @@ final representation, the D_m reuse score, and the single best jump for all exit
 beyond it (KL through the frozen head, residual jumps, a head-aware selection rule).
 """
 
+from . import threads as _threads  # noqa: F401  first: sets OpenMP's wait policy before torch loads it
 from .errors import (
     ChecksumError,
     ConfigError,

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", default=None,
+                        help="CPU threads: 'auto' = usable CPUs minus those other processes keep busy, or a number "
+                             "(default: $ONEJUMP_THREADS, else $OMP_NUM_THREADS, else auto)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="fetch the offline corpus and cache the offline models (idempotent)",
@@ -506,12 +509,15 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries(args.quiet)
     import signal
 
+    from .threads import apply_thread_policy
+
     def _terminate(signum: int, _frame: object) -> None:  # `kill` behaves like Ctrl-C: say what was kept
         raise KeyboardInterrupt
 
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _terminate)
     try:
+        apply_thread_policy(args.threads)
         return COMMANDS[args.command](args)
     except OneJumpError as exc:
         print(f"onejump {args.command}: error: {exc}", file=sys.stderr)
