@@ -40,7 +40,7 @@ def test_qwen_head_and_levels(alias):
     assert not torch.equal(lm.model.lm_head.weight, embed)
 
     ids = lm.tokenizer([TEXT], return_tensors="pt").input_ids
-    caps: dict[int, torch.Tensor] = {}
+    caps = {}
     handles = lm.adapter.level_hooks(lambda k, h: caps.__setitem__(k, h.detach()))
     try:
         with torch.no_grad():
