@@ -57,5 +57,5 @@ def test_qwen_head_and_levels(alias):
     torch.testing.assert_close(logits, out.logits, rtol=1e-5, atol=1e-5)
     # the test can tell the heads apart: the embedding as head gives other logits
     assert (via_embedding - out.logits).abs().max() > 1e-2
-    del lm, out, caps
+    del lm, out
     gc.collect()
