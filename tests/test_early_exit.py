@@ -239,8 +239,11 @@ def test_json_round_trip_table_and_figure(setup, tmp_path):
                for a, b in zip(front, front[1:]))
     lines = render_exit_table(sim)
     assert sum(line.startswith("| logit lens") for line in lines) == 2 and len(lines) == 4 + 4
-    path = plot_exit_frontier(sim, tmp_path / "fig" / "frontier.png")
-    assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
+    assert render_exit_table(data) == lines
+    for source in (sim, data):
+        path = plot_exit_frontier(source, tmp_path / "fig" / "frontier.png")
+        assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
+        path.unlink()
     section, figs = exit_report_section(sim, tmp_path)
     assert figs[0].is_file() and any(figs[0].name in line for line in section)
     (tmp_path / "exits" / "exits.json").write_text("{}")

@@ -52,8 +52,8 @@ TENSORS_NAME = "exits.safetensors"
 
 
 def default_lambdas() -> list[float]:
-    """Thresholds from 0 to 1, denser near 1 where high agreement is decided."""
-    grid = np.concatenate([np.linspace(0.0, 0.9, 19), np.linspace(0.91, 0.99, 9),
+    """Thresholds from 0 to 1: steps of 0.01 below 0.1 and above 0.9, 0.025 between, then 1 - 5e-3 ... 1 - 1e-4, 1."""
+    grid = np.concatenate([np.linspace(0.0, 0.1, 11), np.linspace(0.1, 0.9, 33), np.linspace(0.91, 0.99, 9),
                            1.0 - np.array([5e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4]), [1.0]])
     return sorted({round(float(x), 6) for x in grid})
 
