@@ -126,9 +126,16 @@ class Lens(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path, lm: Any) -> Lens:
         """Load a lens folder for the model ``lm`` (its fingerprint must match the file's)."""
-        from .files import read_lens_folder
+        from .files import CONFIG_NAME as LEGACY_CONFIG
+        from .files import legacy_lens, read_lens_folder
 
-        config, tensors = read_lens_folder(Path(folder), lm)
+        folder = Path(folder)
+        if not (folder / CONFIG_NAME).is_file() and (folder / LEGACY_CONFIG).is_file():
+            lens = legacy_lens(folder, lm)
+            if cls is not Lens and not isinstance(lens, cls):
+                raise ShortcutError(f"{folder} holds a '{lens.kind}' lens, not a {cls.__name__}")
+            return lens
+        config, tensors = read_lens_folder(folder, lm)
         kind = config["kind"]
         if kind not in Lens.kinds:
             raise ShortcutError(f"{folder}: unknown lens kind '{kind}' (known: {', '.join(sorted(Lens.kinds))})")

@@ -283,6 +283,9 @@ def load_model(
         looks_local = name.startswith((".", "/", "~")) or os.sep in name and path.exists() or path.exists()
         if looks_local and not path.is_dir():
             raise ModelLoadError(f"model path not found or not a folder: {name}")
+        if looks_local and not (path / "config.json").is_file():
+            raise ModelLoadError(f"{name} is a folder but not a model: it has no config.json (a model folder holds "
+                                 "config.json, the weights and the tokenizer files)")
         if not looks_local and ("/" not in name and name not in _KNOWN_BARE_HUB_IDS):
             known = ", ".join(ALIASES)
             raise ModelLoadError(
@@ -294,10 +297,9 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch_dtype, device_map=device_map, revision=revision
         )
-    except OSError as exc:
-        raise ModelLoadError(f"could not load model '{name}': {str(exc).splitlines()[0]}") from None
-    except ValueError as exc:
-        raise ModelLoadError(f"could not load model '{name}': {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError) as exc:  # transformers' messages span lines: keep all of it, on one line
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise ModelLoadError(f"could not load model '{name}': {text}") from None
     if dev is not None:
         model = model.to(dev)
     return _finish(name, model, tokenizer, fingerprint)
