@@ -19,32 +19,11 @@ from onejump.evaluation.early_exit import (
 )
 from onejump.experiment.exit_figures import exit_report_section, plot_exit_frontier, render_exit_table
 from onejump.extract import extract
-from onejump.lenses.base import Lens, LogitLens
-from onejump.lenses.lowrank_head import LowRankHead
+from onejump.lenses import LogitLens, PerLevelLens
 from onejump.model.loading import from_pretrained_model
 
 from .test_selection import random_bank, random_sentences
 from .tiny import tiny_model, tiny_tokenizer
-
-
-class BankLens(Lens):
-    """Jump ``level`` of a per-level bank at each level, through the exact rank-r head."""
-
-    kind = "test-bank"
-
-    def __init__(self, lm, bank):
-        super().__init__(lm)
-        self.bank = bank
-        self.head = LowRankHead(lm.adapter, bank)
-
-    def transform(self, h, level):
-        return self.bank.apply(h, level)
-
-    def forward(self, h, level):
-        return self.head.logits(h, level)
-
-    def logits_cost(self):
-        return self.bank.rank * (self.hidden_size + self.vocab_size)
 
 
 class SharpLens(LogitLens):
@@ -121,7 +100,7 @@ def test_lambda_above_one_never_exits(setup):
 def test_level_subset_equals_the_subset_of_a_full_simulation(setup):
     lm, store = setup
     bank = random_bank(store.num_blocks, store.hidden_size, 4, seed=3)
-    lenses = {"logit": LogitLens(lm), "bank": BankLens(lm, bank)}
+    lenses = {"logit": LogitLens(lm), "bank": PerLevelLens(lm, bank)}
     full = simulate_exits(store, lenses, progress=False)
     part = simulate_exits(store, lenses, levels=[2, 1], progress=False)
     assert part.levels == [1, 2]
@@ -226,13 +205,13 @@ def test_choose_levels_drops_checks_that_cost_more_than_they_save():
 def test_json_round_trip_table_and_figure(setup, tmp_path):
     lm, store = setup
     bank = random_bank(store.num_blocks, store.hidden_size, 4, seed=3)
-    sim = simulate_exits(store, {"logit lens": LogitLens(lm), "bank": BankLens(lm, bank)}, progress=False)
+    sim = simulate_exits(store, {"logit lens": LogitLens(lm), "bank": PerLevelLens(lm, bank)}, progress=False)
     sim.save(tmp_path / "exits")
     back = ExitSimulation.load(tmp_path / "exits")
     assert back.to_dict() == json.loads(json.dumps(sim.to_dict()))
     data = json.loads((tmp_path / "exits" / "exits.json").read_text())
     assert set(data["curves"]) == {"logit lens", "bank"} and len(data["summary"]) == 2 * 2 * 3
-    assert data["lenses"]["bank"]["check_macs"] == 4 * (64 + 96)
+    assert data["lenses"]["bank"]["check_macs"] == 4 * (64 + 4 + 96)  # code, norm scale, logits
     front = sim.frontier("bank")
     assert front[0]["agreement"] <= front[-1]["agreement"] == 1.0
     assert all(a["cost_blocks"] <= b["cost_blocks"] and a["agreement"] < b["agreement"]
