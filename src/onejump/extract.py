@@ -29,12 +29,14 @@ from .store import FORMAT, STORE_DTYPES, VERSION, HiddenStateStore, finished_sha
 
 @dataclass(frozen=True)
 class Sample:
-    """One sampled position: sentence ``sample_id``, prefix token ids ending at ``position``."""
+    """One sampled position: sentence ``sample_id``, prefix token ids ending at ``position``, and the
+    sentence's real next token after it (-1 when ``position`` is its last token)."""
 
     sample_id: int
     split: int
     position: int
     tokens: tuple[int, ...]
+    next_token: int = -1
 
 
 def sample_positions(tokenizer: Any, sentences: Sequence[str], splits: Sequence[int], seed: int) -> list[Sample]:
@@ -53,7 +55,8 @@ def sample_positions(tokenizer: Any, sentences: Sequence[str], splits: Sequence[
                 f"sentence {i} has fewer than 2 tokens ({sentences[i][:60]!r}); filter such sentences out"
             )
         pos = int(rng.integers(1, n))
-        samples.append(Sample(i, int(splits[i]), pos, tuple(int(t) for t in ids[: pos + 1])))
+        samples.append(Sample(i, int(splits[i]), pos, tuple(int(t) for t in ids[: pos + 1]),
+                              int(ids[pos + 1]) if pos + 1 < n else -1))
     return samples
 
 
@@ -64,7 +67,7 @@ def plan_batches(samples: Sequence[Sample], tokens_per_batch: int = 8192, max_ba
     ``rows * longest`` stays within ``tokens_per_batch``.
     """
     if tokens_per_batch < 1 or max_batch_size < 1:
-        raise ConfigError("tokens_per_batch and max_batch_size must be >= 1")
+        raise ConfigError("the token budget and the batch size of extraction must be >= 1")
     order = sorted(range(len(samples)), key=lambda i: (len(samples[i].tokens), i))
     batches: list[list[int]] = []
     current: list[int] = []
@@ -160,6 +163,7 @@ def _plan_key(lm: LoadedModel, samples: Sequence[Sample], seed: int, dtype: str,
         "num_samples": len(samples),
         "samples_sha256": digest.hexdigest()[:16],
         "layout": layout,
+        "next_token": True,  # the shards record each sample's real next token (stores before this did not)
     }
 
 
@@ -189,6 +193,13 @@ def _check_or_write_plan(out: Path, key: dict[str, Any]) -> None:
             old = json.loads(plan_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise StoreError(f"{plan_path} is corrupt; remove the folder to start over") from None
+        if not isinstance(old, dict):
+            raise StoreError(f"{plan_path} is corrupt; remove the folder to start over")
+        if "next_token" not in old and old == {k: v for k, v in key.items() if k != "next_token"}:
+            if (out / "manifest.json").is_file():
+                return  # a finished store of an older onejump: readable, without next tokens
+            raise StoreError(f"{out} holds an unfinished extraction started by an older onejump (it does not record "
+                             "next tokens); remove the folder or use another, and rerun")
         if old != key:
             diff = [k for k in key if old.get(k) != key[k]]
             raise StoreError(
@@ -299,6 +310,7 @@ def extract(
                 "target": torch.cat(targets).to(torch.int64),
                 "tokens": torch.tensor([t for tt in toks for t in tt], dtype=torch.int32),
                 "token_offsets": torch.from_numpy(offsets.astype(np.int64)),
+                "next_token": torch.tensor([samples[i].next_token for i in shard_samples], dtype=torch.int64),
             }
             collect()
             pending.append((index, writer.submit(write_shard, out, index, tensors)))
@@ -322,6 +334,7 @@ def extract(
         "n_train": int(sum(1 for s in samples if s.split == 0)),
         "n_test": int(sum(1 for s in samples if s.split == 1)),
         "total_prefix_tokens": int(total_tokens),
+        "n_without_next_token": int(sum(1 for s in samples if s.next_token < 0)),
         "shards": infos,
         **({"extra": extra} if extra else {}),
     }

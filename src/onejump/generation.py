@@ -358,35 +358,39 @@ def logit_lens_predictor(lm: LoadedModel) -> ExitPredictor:
 
 
 def jump_predictor(lm: LoadedModel, jump: Any) -> ExitPredictor:
-    """The OJFA jump + the head in rank-r form as an exit predictor: O(r(H+V)) per vector
-    (a residual jump needs the full head: O(HV), like the logit lens).
+    """A lens (e.g. :class:`onejump.OneJump`) as an exit predictor: ``lens(h, level)`` in float32.
 
-    ``jump`` is a :class:`onejump.shortcuts.OneJump`; its BatchNorm is folded into one affine map
-    ``z = h @ A' + c`` (r dims) and the head is applied through ``(z @ M) / scale(z) + c_V``
-    (see :class:`onejump.evaluation.LowRankHead`), exact to float rounding.
+    A plain low-rank jump reads its logits through the exact rank-r head: O(r(H+V)) per vector.
     """
     from .errors import ShortcutError
-    from .lenses.lowrank_head import LowRankHead
 
-    if jump.fingerprint and jump.fingerprint != lm.fingerprint:
-        raise ShortcutError(
-            f"the jump was trained for another model (weights {jump.fingerprint}, this model {lm.fingerprint})"
-        )
-    if jump.hidden_size != lm.hidden_size or jump.num_blocks != lm.num_blocks:
-        raise ShortcutError(f"the jump is for H={jump.hidden_size}, K={jump.num_blocks}; this model has "
-                            f"H={lm.hidden_size}, K={lm.num_blocks}")
-    if jump.bank.residual:  # h + low-rank correction: the full head, as for the logit lens
-        folded = jump.jump.to(lm.device)
-        dtype = lm.adapter.unembedding_matrix().dtype
+    if jump.lm.fingerprint != lm.fingerprint:
+        raise ShortcutError(f"the lens was trained for another model (weights {jump.lm.fingerprint}, "
+                            f"this model {lm.fingerprint})")
+    jump = jump.to(lm.device)
+    return lambda h, level: jump(h, level).float()
 
-        def predict_residual(h: torch.Tensor, level: int) -> torch.Tensor:
-            return lm.adapter.head(folded(h.float()).to(dtype)).float()
 
-        return predict_residual
-    head = LowRankHead(lm.adapter, jump.bank.to(lm.device), device=lm.device)
-    a_fold, c_fold = head.A_fold[0].contiguous(), head.c_fold[0].contiguous()
+def generate(lm: LoadedModel, prompt: str | Sequence[int], lens: Any = None, *, exit: str = "none",
+             max_new_tokens: int = 32, draft_level: int | None = None, draft_len: int = 4, lam: float = 0.9,
+             measure: str = "prob") -> tuple[str, GenerationResult]:
+    """Greedy generation from a prompt, plain or with early exit through ``lens``.
 
-    def predict(h: torch.Tensor, level: int) -> torch.Tensor:
-        return head.logits_from_codes(torch.addmm(c_fold, h.float(), a_fold), 0)
-
-    return predict
+    ``exit``: ``"none"`` (plain greedy), ``"speculative"`` (draft with blocks 1..draft_level and the
+    lens, verify with the whole model: the output equals greedy decoding) or ``"confidence"`` (exit at
+    the first level whose lens confidence reaches ``lam``). Returns (the new text, the result).
+    """
+    ids = list(lm.tokenizer(prompt)["input_ids"]) if isinstance(prompt, str) else list(prompt)
+    if exit == "none":
+        res = generate_greedy(lm, ids, max_new_tokens)
+    elif lens is None:
+        raise ConfigError(f"exit='{exit}' needs a lens (e.g. the OJFA jump)")
+    elif exit == "speculative":
+        level = draft_level if draft_level is not None else max(1, (2 * lm.num_blocks) // 3)
+        res = generate_speculative(lm, jump_predictor(lm, lens), ids, max_new_tokens, draft_level=level,
+                                   draft_len=draft_len)
+    elif exit == "confidence":
+        res = generate_confidence(lm, jump_predictor(lm, lens), ids, max_new_tokens, lam=lam, measure=measure)
+    else:
+        raise ConfigError(f"unknown exit mode '{exit}'; use none, speculative or confidence")
+    return lm.tokenizer.decode(res.tokens), res

@@ -35,8 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from onejump.errors import CorpusError
-
+from ..errors import CorpusError
 from ..io import DEFAULT_CACHE, _write_atomic, sha256_file
 from .wikitext import _exllamav2_sentences, _gensim_sentences
 

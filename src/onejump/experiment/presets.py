@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 # The presets of ``onejump run --preset``. ``paper``: the paper's settings (Eq. 2 MSE, r = floor(H/100),
@@ -16,3 +17,20 @@ PRESETS: dict[str, dict[str, Any]] = {
              "rank_multiplier": 2, "select_rule": "head",
              "joint": {"residual": True, "lr": 3e-3, "max_epochs": 4, "patience": 2}},
 }
+
+
+@dataclass
+class DataArgs:
+    """What to extract (the ``run.json`` of a run folder)."""
+
+    model: str = "smollm2-135m"
+    corpus: str = "wikipedia-offline"
+    hf_config: str | None = None
+    text_field: str = "text"
+    max_documents: int | None = None
+    n_train: int = 9000
+    n_test: int = 3000
+    seed: int = 0
+    store_dtype: str = "float32"
+    tokens_per_batch: int = 8192
+    shard_size: int = 1024

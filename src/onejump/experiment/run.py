@@ -33,29 +33,12 @@ import torch
 from ..errors import ShortcutError, StoreError
 from ..io import atomic_write_text
 from ..store import HiddenStateStore
-from .presets import PRESETS
+from .presets import PRESETS, DataArgs
 from .results import build_results
 
 
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass
-class DataArgs:
-    """What to extract (the ``run.json`` of a run folder)."""
-
-    model: str = "smollm2-135m"
-    corpus: str = "wikipedia-offline"
-    hf_config: str | None = None
-    text_field: str = "text"
-    max_documents: int | None = None
-    n_train: int = 9000
-    n_test: int = 3000
-    seed: int = 0
-    store_dtype: str = "float32"
-    tokens_per_batch: int = 8192
-    shard_size: int = 1024
 
 
 @dataclass
@@ -76,6 +59,7 @@ class Run:
         self.progress = progress
         self.state = RunState()
         self._lm = None
+        self._store: HiddenStateStore | None = None
 
     # ---- paths and config ---------------------------------------------------------------------
     @property
@@ -125,9 +109,12 @@ class Run:
         run_json = self.folder / "run.json"
         if run_json.is_file():
             old = self.data_args()
-            if asdict(old) != asdict(args):
+            # settings bind the folder once extraction has started (store/plan.json); before that, a
+            # command that failed (bad model, bad corpus) leaves nothing the corrected command must match
+            if asdict(old) != asdict(args) and (self.store_dir / "plan.json").is_file():
                 diff = [k for k, v in asdict(args).items() if asdict(old).get(k) != v]
-                raise StoreError(f"{self.folder} belongs to a run with other settings ({', '.join(diff)}); "
+                flags = ", ".join(f"--{k.replace('_', '-')}" for k in diff)
+                raise StoreError(f"{self.folder} belongs to a run with other settings ({flags}); "
                                  "use another --out folder")
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_json, json.dumps({"data": asdict(args)}, indent=1))
@@ -149,82 +136,97 @@ class Run:
         return store
 
     def store(self) -> HiddenStateStore:
-        return HiddenStateStore.open(self.store_dir, fingerprint=self.lm().fingerprint, verify=False)
+        """The run's store, opened once (its shards are verified before first use)."""
+        if self._store is None:
+            self._store = HiddenStateStore.open(self.store_dir, fingerprint=self.lm().fingerprint, verify=False)
+        return self._store
+
+    # ---- what each stage was computed from -------------------------------------------------
+    def identity(self, name: str) -> str | None:
+        """Content identity of a stage output (None when it does not exist).
+
+        ``store``: its manifest (which lists every shard's sha256); a lens kind: its config (which
+        holds the weights' sha256, checked whenever the lens is loaded); ``selection`` and
+        ``evaluation``: their JSON. A stage records the identities of its inputs in its key, so a
+        changed input makes every stage after it stale.
+        """
+        if name == "store" and (self.store_dir / "manifest.json").is_file():
+            return self.store().verify_identity()
+        paths = {"selection": self.folder / "selection.json",
+                 "evaluation": self.folder / "evaluation" / "result.json"}
+        if name in paths:
+            path = paths[name]
+        else:
+            folder = self.shortcut_dir(name)
+            path = next((folder / n for n in ("config.json", "shortcuts.json") if (folder / n).is_file()),
+                        folder / "config.json")
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+
+    def has_lens(self, kind: str) -> bool:
+        return self.identity(kind) is not None
+
+    def lens(self, kind: str):
+        """The lens saved by a stage: ``nnjtc`` (per-level), ``joint``, ``jtc`` or ``ojfa``."""
+        from ..lenses.base import Lens
+
+        if not self.has_lens(kind):
+            command = "select" if kind == "ojfa" else "train"
+            raise ShortcutError(f"no trained '{kind}' lens in {self.shortcut_dir(kind)}: run "
+                                f"`onejump {command} --out {self.folder}`")
+        return Lens.load(self.shortcut_dir(kind), self.lm())
+
+    def train_or_reuse(self, kind: str, config: Any, folder: Path, targets_cache: dict | None = None):
+        """The lens of ``kind`` (``nnjtc``, ``joint``, ``jtc``) trained with ``config`` on this run's store,
+        saved in ``folder``; reused from there when it was trained from the same store and config."""
+        from ..lenses.base import Lens
+
+        key = _key({"store": self.identity("store"), "fingerprint": self.lm().fingerprint}, kind,
+                   config.to_dict() if config is not None else None)
+        if (folder / "config.json").is_file() or (folder / "shortcuts.json").is_file():
+            try:
+                lens = Lens.load(folder, self.lm())
+                if lens.extra.get("key") == key:
+                    self.state.reused.append(f"train:{kind}")
+                    return lens
+            except ShortcutError:
+                pass  # a damaged or foreign file: train again and replace it
+        t0 = time.perf_counter()
+        self._fit(kind, self.store(), config, {} if targets_cache is None else targets_cache, key).save(folder)
+        self._timed(f"train:{kind}", t0)
+        return Lens.load(folder, self.lm())
 
     # ---- stage 2: train --------------------------------------------------------------------
     def train(self, config: Any, *, joint: bool = True, jtc: bool = True, rank_multiplier: int = 1) -> dict[str, Any]:
-        """Train (or reuse) the per-level bank, the joint jump and the JTC maps.
+        """Train (or reuse) the per-level bank, the joint jump and the JTC maps; returns their lenses.
 
         ``rank_multiplier`` (with ``config.rank`` unset) trains at ``rank_multiplier * floor(H/100)``.
         """
         from dataclasses import replace
 
-        from ..lenses.files import load_shortcuts, save_shortcuts
-        from ..lenses.jtc import LinearJTC
         from ..lenses.jumps import default_rank
-        from ..training.fit import objective_loss, train_joint, train_jumps
 
-        store = self.store()
-        lm = self.lm()
         if config.rank is None and rank_multiplier != 1:
-            config = replace(config, rank=rank_multiplier * default_rank(store.hidden_size))
-        base = {"store": store.manifest["samples_sha256"], "fingerprint": store.fingerprint}
-        dev = self.compute_device
-        out: dict[str, Any] = {}
+            config = replace(config, rank=rank_multiplier * default_rank(self.store().hidden_size))
         joint_config = replace(config, **self.preset().get("joint", {}))
         targets_cache: dict[int, Any] = {}  # the KL objective's targets, shared by the bank and the joint jump
-        jobs = [("nnjtc", _key(base, "nnjtc", config.to_dict()))]
-        if joint:
-            jobs.append(("joint", _key(base, "joint", joint_config.to_dict())))
-        if jtc:
-            jobs.append(("jtc", _key(base, "jtc")))
-        for kind, key in jobs:
-            folder = self.shortcut_dir(kind)
-            cached = self._cached_shortcuts(folder, key, lm.fingerprint)
-            if cached is not None:
-                out[kind] = cached
-                self.state.reused.append(f"train:{kind}")
-                continue
-            t0 = time.perf_counter()
-            history = None
-            if kind == "nnjtc":
-                loss_fn = objective_loss(store, config, lm.adapter, self.progress, dev, targets_cache)
-                module, history = train_jumps(store, config, device=dev, progress=self.progress, loss_fn=loss_fn)
-                levels, rank = list(range(store.num_blocks)), module.rank
-            elif kind == "joint":
-                loss_fn = objective_loss(store, joint_config, lm.adapter, self.progress, dev, targets_cache)
-                module, history = train_joint(store, joint_config, device=dev, progress=self.progress,
-                                              loss_fn=loss_fn)
-                levels, rank = [-1], module.rank
-            else:
-                module = LinearJTC.fit(store, device=dev)
-                levels, rank = list(range(store.num_blocks)), None
-            extra = {"key": key, "history": history.to_dict() if history is not None else None}
-            save_shortcuts(folder, module.cpu(), kind=kind, model=lm.name, fingerprint=lm.fingerprint, levels=levels,
-                           rank=rank, num_blocks=store.num_blocks, extra=extra)
-            out[kind] = load_shortcuts(folder, fingerprint=lm.fingerprint).module
-            self._timed(f"train:{kind}", t0)
-        return out
+        jobs = [("nnjtc", config)] + ([("joint", joint_config)] if joint else []) + ([("jtc", None)] if jtc else [])
+        return {kind: self.train_or_reuse(kind, cfg, self.shortcut_dir(kind), targets_cache) for kind, cfg in jobs}
 
-    @staticmethod
-    def _cached_shortcuts(folder: Path, key: str, fingerprint: str):
-        from ..lenses.files import load_shortcuts
+    def _fit(self, kind: str, store: HiddenStateStore, config: Any, targets_cache: dict, key: str):
+        from ..lenses.jtc import JTCLens, LinearJTC
+        from ..lenses.onejump import OneJump, PerLevelLens
+        from ..training.fit import objective_loss, train_joint, train_jumps
 
-        if not (folder / "shortcuts.json").is_file():
-            return None
-        try:
-            loaded = load_shortcuts(folder, fingerprint=fingerprint)
-        except ShortcutError:
-            return None
-        return loaded.module if (loaded.config.get("extra") or {}).get("key") == key else None
-
-    def shortcuts(self, kind: str):
-        from ..lenses.files import load_shortcuts
-
-        folder = self.shortcut_dir(kind)
-        if not (folder / "shortcuts.json").is_file():
-            raise ShortcutError(f"no trained '{kind}' shortcuts in {folder}: run `onejump train --out {self.folder}`")
-        return load_shortcuts(folder, fingerprint=self.lm().fingerprint)
+        lm, dev = self.lm(), self.compute_device
+        if kind == "jtc":
+            return JTCLens(lm, LinearJTC.fit(store, device=dev).cpu(), extra={"key": key})
+        loss_fn = objective_loss(store, config, lm.adapter, self.progress, dev, targets_cache)
+        trainer = train_jumps if kind == "nnjtc" else train_joint
+        bank, history = trainer(store, config, device=dev, progress=self.progress, loss_fn=loss_fn)
+        extra = {"key": key, "history": history.to_dict()}
+        if kind == "nnjtc":
+            return PerLevelLens(lm, bank.cpu(), extra=extra)
+        return OneJump(lm, bank.cpu(), trained_at=-1, extra=extra)
 
     # ---- stage 3: select -------------------------------------------------------------------
     def preset(self) -> dict[str, Any]:
@@ -246,6 +248,9 @@ class Run:
             info["select_rule"] = select_rule
         atomic_write_text(self.folder / "preset.json", json.dumps(info, indent=1))
 
+    def _select_key(self, rule: str) -> str:
+        return _key(self.identity("nnjtc"), self.identity("store"), "select", rule)
+
     def select(self, rule: str | None = None) -> dict[str, Any]:
         """Score every jump at every level, choose the single jump (OJFA), save it as shortcuts/ojfa.
 
@@ -253,73 +258,89 @@ class Run:
         default: the run's preset's rule.
         """
         from ..evaluation.selection import select_ojfa
-        from ..lenses.onejump import OneJump
 
         rule = rule or self.preset().get("select_rule", "paper")
-        bank_file = self.shortcuts("nnjtc")
-        key = _key(bank_file.config.get("extra", {}).get("key"), "select", rule)
+        per_level = self.lens("nnjtc")
+        key = self._select_key(rule)
         path = self.folder / "selection.json"
-        if path.is_file():
+        if path.is_file() and self.has_lens("ojfa"):
             saved = json.loads(path.read_text())
-            if saved.get("key") == key and (self.shortcut_dir("ojfa") / "shortcuts.json").is_file():
+            if saved.get("key") == key and self.lens("ojfa").extra.get("selection_key") == key:
                 self.state.reused.append("select")
                 return saved
         t0 = time.perf_counter()
-        store = self.store()
-        lm = self.lm()
-        selection = select_ojfa(store, bank_file.module, device=self.compute_device, progress=self.progress,
-                                rule=rule, adapter=lm.adapter)
+        selection = select_ojfa(self.store(), per_level, device=self.compute_device, progress=self.progress,
+                                rule=rule)
         result = {"key": key, **selection.to_dict()}
-        jump = OneJump.from_bank(bank_file.module, selection.chosen, num_blocks=store.num_blocks, model=lm.name,
-                                 fingerprint=lm.fingerprint, extra={"selection_key": key, "D": selection.to_dict()[
-                                     "scores"][selection.chosen]})
+        jump = selection.lens
+        jump.extra = {"selection_key": key, "D": result["scores"][selection.chosen]}
         jump.save(self.shortcut_dir("ojfa"))
         atomic_write_text(path, json.dumps(result, indent=1))
         self._timed("select", t0)
         return result
 
+    def select_result(self) -> dict[str, Any]:
+        """The saved selection, refused when the per-level jumps changed after it was made."""
+        path = self.folder / "selection.json"
+        if not path.is_file():
+            raise ShortcutError(f"no OJFA selection in {self.folder}: run `onejump select --out {self.folder}`")
+        saved = json.loads(path.read_text())
+        if saved.get("key") != self._select_key(saved.get("rule", "paper")):
+            raise ShortcutError(f"the OJFA selection in {self.folder} was made from other jumps or another store "
+                                f"than those now in the run: run `onejump select --out {self.folder}`")
+        return saved
+
     # ---- stage 4: evaluate -----------------------------------------------------------------
+    def evaluation_key(self) -> str:
+        """What the evaluation is computed from: the store, every lens, the selection."""
+        inputs = {name: self.identity(name) for name in ("store", "nnjtc", "joint", "jtc", "ojfa", "selection")}
+        return _key(inputs, "eval", 2)
+
     def evaluate(self):
-        """Evaluate every (jump, level) pair and the baselines on the test split (cached)."""
-        from ..evaluation.metrics import EvalResult, evaluate
+        """Evaluate every lens of the run and the reuse matrix on the test split (cached)."""
+        from ..evaluation.metrics import reuse_matrix
+        from ..evaluation.result import EvalResult
+        from ..lenses.base import LogitLens
 
         selection = self.select_result()
-        kinds = {k: self.shortcuts(k) for k in ("nnjtc", "joint", "jtc") if
-                 (self.shortcut_dir(k) / "shortcuts.json").is_file()}
-        key = _key({k: v.config.get("extra", {}).get("key") for k, v in kinds.items()}, selection["chosen"], "eval")
+        key = self.evaluation_key()
         folder = self.folder / "evaluation"
         if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key:
             self.state.reused.append("evaluate")
             return EvalResult.load(folder)
         t0 = time.perf_counter()
-        store = self.store()
-        lm = self.lm()
-        result = evaluate(store, lm.adapter, kinds["nnjtc"].module,
-                          joint=kinds["joint"].module if "joint" in kinds else None,
-                          jtc=kinds["jtc"].module if "jtc" in kinds else None,
-                          chosen=selection["chosen"], device=self.compute_device, progress=self.progress)
+        store, lm = self.store(), self.lm()
+        per_level = self.lens("nnjtc")
+        lenses = {"identity": LogitLens(lm), "full": per_level, "ojfa": self.lens("ojfa")}
+        lenses.update({kind: self.lens(kind) for kind in ("joint", "jtc") if self.has_lens(kind)})
+        from ..evaluation.metrics import evaluate
+
+        result = evaluate(store, lenses, chosen=selection["chosen"], progress=self.progress)
+        result = result.merge(reuse_matrix(store, per_level, chosen=selection["chosen"], progress=self.progress))
         result.save(folder)
         atomic_write_text(folder / "key.txt", key)
         self._timed("evaluate", t0)
         return result
 
-    def select_result(self) -> dict[str, Any]:
-        path = self.folder / "selection.json"
-        if not path.is_file():
-            raise ShortcutError(f"no OJFA selection in {self.folder}: run `onejump select --out {self.folder}`")
-        return json.loads(path.read_text())
+    def evaluation(self):
+        """The saved evaluation, refused when any lens, the store or the selection changed after it."""
+        from ..evaluation.result import EvalResult
+
+        folder = self.folder / "evaluation"
+        if not (folder / "result.json").is_file():
+            raise StoreError(f"no evaluation in {self.folder}: run `onejump evaluate --out {self.folder}`")
+        if not (folder / "key.txt").is_file() or (folder / "key.txt").read_text() != self.evaluation_key():
+            raise StoreError(f"the evaluation in {self.folder} is older than the lenses, store or selection now "
+                             f"in the run: run `onejump evaluate --out {self.folder}`")
+        return EvalResult.load(folder)
 
     # ---- stage 5: report -------------------------------------------------------------------
     def report(self, result: Any = None) -> Path:
         """Build results.json, the figures and report.md from the saved stages."""
-        from ..evaluation.metrics import EvalResult
         from .report import write_report
 
         if result is None:
-            folder = self.folder / "evaluation"
-            if not (folder / "result.json").is_file():
-                raise StoreError(f"no evaluation in {self.folder}: run `onejump evaluate --out {self.folder}`")
-            result = EvalResult.load(folder)
+            result = self.evaluation()
         t0 = time.perf_counter()
         results = build_results(self, result)
         from .sweep import load_sweep

@@ -18,11 +18,10 @@ from typing import Any, ClassVar
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import ShortcutError
-from ..io import atomic_write_text, sha256_file
+from ..io import atomic_write_text, save_safetensors, sha256_file
 
 LENS_FORMAT = "onejump-lens"
 LENS_VERSION = 1
@@ -109,9 +108,8 @@ class Lens(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
-        tmp = folder / f".{WEIGHTS_NAME}.tmp"
-        save_file(tensors, str(tmp))
-        tmp.replace(folder / WEIGHTS_NAME)
+        (folder / CONFIG_NAME).unlink(missing_ok=True)  # a folder without its config is never taken for a lens
+        save_safetensors(tensors, folder / WEIGHTS_NAME)
         config = {"format": LENS_FORMAT, "version": LENS_VERSION, "kind": self.kind,
                   "model": self.lm.name, "fingerprint": self.lm.fingerprint,
                   "num_blocks": self.num_blocks, "hidden_size": self.hidden_size,
@@ -128,7 +126,8 @@ class Lens(nn.Module):
         """Load a lens for the model ``lm`` (its fingerprint must match the file's) from a folder or a
         Hugging Face hub id (``owner/name``, ``revision`` optional); a tuned-lens folder
         (``config.json`` + ``params.pt``) is imported as a :class:`~onejump.lenses.tuned.TunedLens`."""
-        from .files import read_lens_folder
+        from .files import CONFIG_NAME as LEGACY_CONFIG
+        from .files import legacy_lens, read_lens_folder
         from .hub import resolve_pretrained
         from .tuned_format import import_tuned_lens, is_tuned_lens_folder
 
@@ -138,7 +137,12 @@ class Lens(nn.Module):
             if not isinstance(lens, cls):
                 raise ShortcutError(f"{folder} holds a tuned lens, not a {cls.__name__}")
             return lens
-        config, tensors = read_lens_folder(Path(folder), lm)
+        if not (folder / CONFIG_NAME).is_file() and (folder / LEGACY_CONFIG).is_file():
+            lens = legacy_lens(folder, lm)
+            if cls is not Lens and not isinstance(lens, cls):
+                raise ShortcutError(f"{folder} holds a '{lens.kind}' lens, not a {cls.__name__}")
+            return lens
+        config, tensors = read_lens_folder(folder, lm)
         kind = config["kind"]
         if kind not in Lens.kinds:
             raise ShortcutError(f"{folder}: unknown lens kind '{kind}' (known: {', '.join(sorted(Lens.kinds))})")

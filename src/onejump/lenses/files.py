@@ -253,3 +253,21 @@ def read_lens_folder(folder: Path, lm: Any) -> tuple[dict[str, Any], dict[str, t
         if not torch.isfinite(t).all():
             raise NumericalError(f"lens tensor '{name}' in {weights.name} holds NaN or inf")
     return config, tensors
+
+
+def legacy_lens(folder: Path, lm: Any):
+    """A lens from a shortcut folder (``shortcuts.json``): what run folders held before lens files."""
+    from .jtc import JTCLens
+    from .onejump import OneJump, PerLevelLens
+
+    module, config = load_shortcuts(folder, fingerprint=lm.fingerprint)
+    extra = config.get("extra") or {}
+    kind = config["kind"]
+    if kind == "jtc":
+        return JTCLens(lm, module, extra=extra)
+    if kind == "nnjtc":
+        return PerLevelLens(lm, module, extra=extra)
+    trained_at = -1 if kind == "joint" else config.get("chosen_jump")
+    if not isinstance(trained_at, int):
+        raise ShortcutError(f"{folder} records no chosen jump")
+    return OneJump(lm, module, trained_at=trained_at, extra=extra)

@@ -10,8 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import ConfigError, ShortcutError
 from .base import Lens, LogitLens
 
@@ -41,31 +39,10 @@ def run_model(run: str | Path) -> str | None:
     return model if isinstance(model, str) else None
 
 
-class _SingleJumpLens(Lens):
-    """A single jump saved in a shortcut folder (``shortcuts.json``), read as a lens (not registered)."""
-
-    def __init__(self, lm: Any, jump: Any):
-        super().__init__(lm)
-        self.jump = jump.to(lm.device)
-        self.jump_module = self.jump.bank  # registered, so .parameters() finds the device
-
-    def transform(self, h: torch.Tensor, level: int) -> torch.Tensor:
-        return self.jump.shortcut(h, self.check_level(level))
-
-
-def load_lens(source: str | Path, lm: Any) -> Lens:
-    """A lens from a folder (onejump lens, tuned-lens folder, or a single-jump shortcut folder) or hub id."""
-    path = Path(source)
-    if path.is_dir() and (path / "shortcuts.json").is_file() and not (path / "config.json").is_file():
-        from .onejump import OneJump
-
-        return _SingleJumpLens(lm, OneJump.load(path, fingerprint=lm.fingerprint))
-    return Lens.from_pretrained(source, lm)
-
-
 def resolve_lens(spec: str, lm: Any, run: str | Path | None = None) -> Lens:
     """The lens ``spec`` names: ``logit``; ``ojfa`` / ``best`` / ``tuned`` of the run folder ``run``;
-    or a lens folder, tuned-lens folder or hub id (:meth:`Lens.from_pretrained`)."""
+    or a lens folder (also an older run's shortcut folder), a tuned-lens folder or a hub id
+    (:meth:`Lens.from_pretrained`)."""
     if spec == "logit":
         return LogitLens(lm)
     if spec in RUN_LENS_NAMES:
@@ -74,8 +51,8 @@ def resolve_lens(spec: str, lm: Any, run: str | Path | None = None) -> Lens:
         path = run_lens_path(run, spec)
         if not path.is_dir():
             raise ShortcutError(f"run {run} has no '{spec}' lens (expected at {path}); train it first")
-        return load_lens(path, lm)
-    return load_lens(spec, lm)
+        return Lens.from_pretrained(path, lm)
+    return Lens.from_pretrained(spec, lm)
 
 
-__all__ = ["RUN_LENS_NAMES", "load_lens", "resolve_lens", "run_lens_path", "run_model"]
+__all__ = ["RUN_LENS_NAMES", "resolve_lens", "run_lens_path", "run_model"]

