@@ -159,3 +159,43 @@ def test_aggregate_metrics_shape(tmp_path):
     for bad in ({"a": {"kl": [1.0], "ce": [1.0, 2.0]}}, {"a": {"precision": [1.0]}}, {"baseline": {"kl": [1.0]}}):
         with pytest.raises(ConfigError):
             aggregate_metrics(bad)
+
+
+NOT_UTF8 = "\udcff\udcfe"
+
+
+def test_lens_command_hostile_arguments(capsys, tiny_dir, tmp_path):
+    """Bad arguments of every kind: an exit code and one line, never a traceback, nothing written."""
+    from .test_cli import read_only
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "binary").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "ro").mkdir()
+    bad_tl = tmp_path / "bad-tl"
+    bad_tl.mkdir()
+    (bad_tl / "config.json").write_text(json.dumps({"d_model": 64, "num_hidden_layers": 3}))
+    (bad_tl / "params.pt").write_bytes(b"\x80\x04K\x01.")  # a pickle of the int 1, not a tensor dict
+    out = ["--out", tmp_path / "o.png"]
+    cases = [["--prompt", NOT_UTF8, *out], ["--prompt", "ab", "--out", tmp_path / "file" / "below.png"],
+             ["--prompt", "ab", "--out", tmp_path / "ro" / "x.png"], ["--prompt", "ab", "--out", ""],
+             ["--prompt", "ab", "--lens", tmp_path / "file", *out],
+             ["--prompt", "ab", "--lens", tmp_path / "binary", *out],
+             ["--prompt", "ab", "--lens", tmp_path / "empty", *out], ["--prompt", "ab", "--lens", bad_tl, *out],
+             ["--prompt", "ab", "--run", tmp_path / "file", *out],
+             ["--prompt", "ab", "--run", tmp_path / "nothing", "--lens", "ojfa", *out],
+             ["--prompt", "ab", "--run", tmp_path / "empty", "--lens", "best", *out],
+             ["--prompt", "ab", "--compare", "tuned", *out], ["--prompt", "ab", "--statistic", "nope", *out],
+             ["--prompt", "ab", "--device", "cuda:7", *out], ["--prompt", "ab", "--dtype", "int8", *out]]
+    failures = []
+    with read_only(tmp_path / "ro"):
+        for case in cases:
+            argv = ["lens", "--model", tiny_dir, *case]
+            code, _, err = _run(capsys, *argv)
+            lines = err.strip().splitlines()
+            if code == 0 or len(lines) != 1 or "Traceback" in err or "internal error" in err:
+                failures.append(f"{argv} -> {code}: {err.strip()[-300:]}")
+    assert not failures, "\n".join(failures)
+    assert not (tmp_path / "o.png").exists() and not list((tmp_path / "ro").iterdir())
+    code, _, err = _run(capsys, "lens", "--prompt", "ab", "--model", tmp_path / "empty", *out)
+    assert code != 0 and len(err.strip().splitlines()) == 1

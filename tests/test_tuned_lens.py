@@ -202,7 +202,6 @@ def _bad_params(lm, K, H):
             "a list": ([torch.zeros(H)], "plain dict")}
 
 
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("case", ["missing", "extra", "shape", "not a tensor", "a list", "pickle", "garbage",
                                   "no params"])
 def test_bad_tuned_lens_folders_are_refused(lm, tmp_path, case):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -203,7 +204,9 @@ def _read_config(path: Path) -> dict[str, Any]:
 def _read_params(path: Path) -> dict[str, torch.Tensor]:
     """``params.pt`` through ``torch.load(weights_only=True)``: a flat dict of str -> tensor, or an error."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # anything torch's restricted unpickler refuses or cannot parse
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ShortcutError(f"{path} is not a plain tensor dict readable with torch.load(weights_only=True): "
