@@ -286,3 +286,18 @@ def test_hub_download_and_upload(lm, tmp_path, monkeypatch):
         Lens.from_pretrained("someone/missing", lm)
     with pytest.raises(ShortcutError, match="neither a folder nor a hub id"):
         Lens.from_pretrained(tmp_path / "no" / "such" / "folder", lm)
+
+
+def test_aggregate_metrics_of_an_evaluation(lm, store, tmp_path):
+    from onejump.evaluation import evaluate
+    from onejump.evaluation.aggregate import flatten_metrics, metrics_of_result, write_aggregate_metrics
+
+    result = evaluate(store, {"logit": LogitLens(lm), "tuned": random_tuned(lm)}, progress=False)
+    path = write_aggregate_metrics(tmp_path, **metrics_of_result(result))
+    flat = flatten_metrics(json.loads(path.read_text()))
+    K = lm.num_blocks
+    for lens in ("logit", "tuned"):
+        for metric, key in (("kl", "kl"), ("entropy", "entropy"), ("ce", "cross_entropy")):
+            assert [flat[f"{lens}.{metric}.layer_{k}"] for k in range(K)] == pytest.approx(
+                result.metric(lens, key).tolist())
+    assert flat["baseline.ce.final"] == pytest.approx(result.final_cross_entropy)

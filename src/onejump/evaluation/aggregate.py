@@ -118,4 +118,35 @@ def write_aggregate_metrics(folder: str | Path, metrics: Mapping[str, Mapping[st
     return path
 
 
-__all__ = ["FILE_NAME", "METRICS", "aggregate_metrics", "flatten_metrics", "write_aggregate_metrics"]
+_RESULT_METRICS = {"kl": "kl", "ce": "cross_entropy", "entropy": "entropy"}
+
+
+def metrics_of_result(result: Any, transfer_name: str = "jumps") -> dict[str, Any]:
+    """The arguments of :func:`write_aggregate_metrics` from an :class:`~onejump.evaluation.result.EvalResult`.
+
+    Every method of the result with any of kl / cross-entropy / entropy (a metric the evaluation
+    could not give, e.g. cross-entropy of a store without next tokens, is left out); the model's
+    own cross-entropy as ``baseline.ce``; and, when the reuse matrix covers every jump, its kl and ce
+    as ``{transfer_name}.layer_transfer``.
+    """
+    metrics: dict[str, dict[str, Any]] = {}
+    for method in result.methods:
+        block = {name: result.metric(method, key).tolist() for name, key in _RESULT_METRICS.items()
+                 if result.has(method, key)}
+        if block:
+            metrics[method] = block
+    baseline = {"ce": result.final_cross_entropy} if result.final_cross_entropy is not None else None
+    transfer: dict[str, dict[str, Any]] = {}
+    if list(result.jumps) == list(range(result.num_blocks)):
+        for name, key in (("kl", "kl"), ("ce", "cross_entropy")):
+            try:
+                transfer.setdefault(transfer_name, {})[name] = result.pair_matrix(key).tolist()
+            except KeyError:
+                continue
+    if transfer and transfer_name not in metrics:
+        metrics[transfer_name] = {}
+    return {"metrics": metrics, "baseline": baseline, "layer_transfer": {k: v for k, v in transfer.items() if v}}
+
+
+__all__ = ["FILE_NAME", "METRICS", "aggregate_metrics", "flatten_metrics", "metrics_of_result",
+           "write_aggregate_metrics"]
