@@ -146,13 +146,16 @@ def trajectories(lenses: Sequence[Any], lm: Any, prompt: str, *, names: Sequence
     labels = [f"level {k}" for k in range(K)] + ["output"]
     out = []
     for j, lens in enumerate(lenses):
-        rows = [torch.log_softmax(lens(hidden[k], k).float(), -1) for k in range(K)]
-        logp = torch.stack([*rows, final])  # (K+1, T, V)
-        p = logp.exp()
-        kl = (p_final * (final - logp)).sum(-1).clamp_min(0)
-        entropy = -(p * logp).sum(-1)
-        top_p, top_i = p.topk(min(top_k, logp.shape[-1]), dim=-1)
-        top_i_np = top_i.cpu().numpy()
+        kls, entropies, tops = [], [], []
+        for k in range(K + 1):  # one level at a time: (T, V) in memory, not (K+1, T, V)
+            logp = final if k == K else torch.log_softmax(lens(hidden[k], k).float(), -1)
+            p = logp.exp()
+            kls.append((p_final * (final - logp)).sum(-1).clamp_min(0))
+            entropies.append(-(p * logp).sum(-1))
+            tops.append(p.topk(min(top_k, logp.shape[-1]), dim=-1))
+        kl, entropy = torch.stack(kls), torch.stack(entropies)
+        top_p = torch.stack([t.values for t in tops])
+        top_i_np = torch.stack([t.indices for t in tops]).cpu().numpy()
         topk_tokens = [[[show(int(i)) for i in cell] for cell in row] for row in top_i_np]
         name = names[j] if names is not None else str(getattr(lens, "kind", "") or f"lens {j}")
         out.append(PredictionTrajectory(
