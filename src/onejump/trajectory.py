@@ -10,6 +10,7 @@ self-contained page where hovering a cell shows its top tokens.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,7 +193,9 @@ def save_trajectories(trajs: Sequence[PredictionTrajectory], path: str | Path, s
         fig.suptitle(title, fontsize=10)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fig.savefig(tmp, dpi=130, format=fmt)
+        with warnings.catch_warnings():  # tokens in scripts the font lacks are drawn as boxes; no need to say so
+            warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+            fig.savefig(tmp, dpi=130, format=fmt)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
