@@ -329,6 +329,7 @@ class Run:
         folder = self.folder / "evaluation"
         if not (folder / "result.json").is_file():
             raise StoreError(f"no evaluation in {self.folder}: run `onejump evaluate --out {self.folder}`")
+        self.select_result()  # a stale selection is named first: it is the earliest stage to redo
         if not (folder / "key.txt").is_file() or (folder / "key.txt").read_text() != self.evaluation_key():
             raise StoreError(f"the evaluation in {self.folder} is older than the lenses, store or selection now "
                              f"in the run: run `onejump evaluate --out {self.folder}`")
