@@ -6,11 +6,9 @@ import pytest
 
 from onejump.cli import main
 
-from .test_cli import corpus, tiny_dir  # noqa: F401  (fixtures)
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_dir, corpus):  # noqa: F811
+def run_dir(tmp_path_factory, tiny_dir, corpus):
     out = tmp_path_factory.mktemp("run") / "r"
     code = main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "48", "--n-test", "24",
                  "--max-epochs", "3", "--batch-size", "16", "--rank", "2", "--out", str(out), "--device", "cpu"])
@@ -39,7 +37,7 @@ def test_run_writes_report(run_dir):
         assert (report / fig).stat().st_size > 1000
 
 
-def test_rerun_reuses_every_stage(run_dir, tiny_dir, corpus, capsys):  # noqa: F811
+def test_rerun_reuses_every_stage(run_dir, tiny_dir, corpus, capsys):
     code = main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "48", "--n-test", "24",
                  "--max-epochs", "3", "--batch-size", "16", "--rank", "2", "--out", str(run_dir), "--device", "cpu"])
     out = capsys.readouterr().out
@@ -47,14 +45,14 @@ def test_rerun_reuses_every_stage(run_dir, tiny_dir, corpus, capsys):  # noqa: F
     assert "reused: extract, train:nnjtc, train:joint, train:jtc, select, evaluate" in out
 
 
-def test_other_settings_in_same_folder_refused(run_dir, tiny_dir, corpus, capsys):  # noqa: F811
+def test_other_settings_in_same_folder_refused(run_dir, tiny_dir, corpus, capsys):
     code = main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "40", "--n-test", "24",
                  "--out", str(run_dir), "--device", "cpu"])
     err = capsys.readouterr().err
     assert code != 0 and "other settings" in err
 
 
-def test_stage_commands_and_jump_api(run_dir, tiny_dir, capsys):  # noqa: F811
+def test_stage_commands_and_jump_api(run_dir, tiny_dir, capsys):
     import torch
 
     from onejump.lenses import Lens, OneJump
@@ -80,7 +78,7 @@ def test_stage_without_run_folder_is_clear(tmp_path, capsys):
     assert "not an onejump run folder" in capsys.readouterr().err
 
 
-def test_same_seed_same_results(run_dir, tiny_dir, corpus, tmp_path):  # noqa: F811
+def test_same_seed_same_results(run_dir, tiny_dir, corpus, tmp_path):
     """A second run from scratch with the same seeds gives a byte-identical store and the same results."""
     out = tmp_path / "again"
     assert main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "48", "--n-test", "24",
@@ -98,7 +96,7 @@ def test_same_seed_same_results(run_dir, tiny_dir, corpus, tmp_path):  # noqa: F
     assert (other / "store" / "plan.json").read_text() != (out / "store" / "plan.json").read_text()
 
 
-def test_interrupted_run_says_what_was_kept_and_resumes(run_dir, tiny_dir, corpus, tmp_path):  # noqa: F811
+def test_interrupted_run_says_what_was_kept_and_resumes(run_dir, tiny_dir, corpus, tmp_path):
     """Ctrl-C during training: one line on stderr, the store is kept, a rerun gives the same results."""
     import signal
     import subprocess
@@ -176,7 +174,7 @@ def test_sweep_bad_arguments(run_dir, capsys):
     assert "objectives" in capsys.readouterr().err
 
 
-def test_preset_best_trains_kl_and_a_residual_joint_jump(tmp_path, tiny_dir, corpus, capsys):  # noqa: F811
+def test_preset_best_trains_kl_and_a_residual_joint_jump(tmp_path, tiny_dir, corpus, capsys):
     from onejump.lenses import Lens
     from onejump.model.loading import load_model
 

@@ -7,13 +7,11 @@ import pytest
 
 from onejump.cli import main
 
-from .test_cli import corpus, tiny_dir  # noqa: F401  (fixtures)
-
 COMMON = ["--device", "cpu"]
 
 
 @pytest.fixture()
-def run_dir(tmp_path, tiny_dir, corpus):  # noqa: F811
+def run_dir(tmp_path, tiny_dir, corpus):
     out = tmp_path / "r"
     assert main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "40", "--n-test", "20",
                  "--max-epochs", "2", "--batch-size", "16", "--rank", "2", "--out", str(out), *COMMON]) == 0
@@ -64,7 +62,7 @@ def test_replaced_joint_jump_or_selection_makes_the_evaluation_stale(run_dir, ca
     _refused(capsys, "report", run_dir, "onejump evaluate")
 
 
-def test_a_changed_store_retrains_everything(run_dir, capsys, tmp_path, tiny_dir, corpus):  # noqa: F811
+def test_a_changed_store_retrains_everything(run_dir, capsys, tmp_path, tiny_dir, corpus):
     other = tmp_path / "other"
     assert main(["-q", "extract", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "40", "--n-test",
                  "20", "--seed", "1", "--out", str(other), *COMMON]) == 0
