@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .figures import PRETTY, make_figures
+from ..io import atomic_write_text
+from .figures import PRETTY, field_figure, make_figures
 
 SCHEMA = "onejump-results/1"
 
@@ -115,10 +116,11 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     results = dict(results)
     results.setdefault("schema", SCHEMA)
     results["claims"] = evaluate_claims(results)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1))
     figures = make_figures(results, out_dir)
+    figures += [p for p in (field_figure(results, out_dir),) if p is not None]
     md = render_markdown(results, [p.name for p in figures])
-    (out_dir / "report.md").write_text(md)
+    atomic_write_text(out_dir / "report.md", md)
     return out_dir / "report.md"
 
 
@@ -181,6 +183,24 @@ def _preset_line(results: dict[str, Any]) -> str:
     return line + "."
 
 
+def _field_lines(results: dict[str, Any]) -> list[str]:
+    """The field's metrics (tuned-lens's): KL to the final distribution, cross-entropy against the text."""
+    methods = {n: m for n, m in results["methods"].items() if "kl" in m}
+    if not methods:
+        return []
+    floor = results.get("final_cross_entropy")
+    lines = ["", "## The field's metrics (test set, mean over exit levels)", "",
+             "KL(p_final || p_lens) is tuned-lens's headline metric; cross-entropy is against the sentence's real "
+             "next token" + (f" (the model's own: {floor:.3f} nats, the floor of every lens)" if floor is not None
+                             else " (not available: the store predates next-token recording)") + ".", "",
+             "| lens | mean KL (nats) | mean cross-entropy (nats) | mean entropy (nats) |", "|---|---|---|---|"]
+    for name, m in methods.items():
+        ce = f"{m['mean_cross_entropy']:.3f}" if "mean_cross_entropy" in m else "-"
+        entropy = m.get("mean_entropy", float("nan"))
+        lines.append(f"| {PRETTY.get(name, name)} | {m['mean_kl']:.3f} | {ce} | {entropy:.3f} |")
+    return lines
+
+
 def _yes(flag: bool) -> str:
     return "yes" if flag else "**no**"
 
@@ -223,6 +243,7 @@ def render_markdown(results: dict[str, Any], figures: list[str]) -> str:
             f"| {PRETTY.get(name, name)} | {method['mean_precision@1']:.3f} | {method['mean_precision@5']:.3f} | "
             f"{method['mean_surprisal']:.2f} | {_fmt_params(params) if params is not None else '-'} |"
         )
+    lines += _field_lines(results)
     tests = results.get("tests", {})
     if tests:
         lines += ["", "## Paired tests (per test sample, all exit levels pooled)", "",
