@@ -32,8 +32,11 @@ def test_run_writes_report(run_dir):
                                                      "ojfa_at_least_joint", "ojfa_beats_arbitrary"}
     md = (report / "report.md").read_text()
     assert "claims" in md and "OJFA choice: jump" in md
+    assert "## Early exit" in md and "## The field's metrics" in md and results["early_exit"]
+    assert results["methods"]["ojfa"]["mean_kl"] >= 0 and "mean_cross_entropy" in results["methods"]["identity"]
+    assert results["final_cross_entropy"] > 0
     for fig in ("fig2_ojfa_vs_arbitrary_joint.png", "fig3_selection_softmax.png", "fig4_ojfa_vs_identity_full.png",
-                "reuse_heatmaps.png"):
+                "reuse_heatmaps.png", "field_metrics.png", "early_exit_frontier.png"):
         assert (report / fig).stat().st_size > 1000
 
 

@@ -360,10 +360,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run = _run(args)
     with _lock(run.folder):
         result = run.evaluate()
+        run.simulate_exits()
     for method in result.methods:
         p1 = result.metric(method, "precision@1")
+        kl = f", mean KL {float(result.metric(method, 'kl').mean()):.3f}" if result.has(method, "kl") else ""
         print(f"{method:>9}: mean precision@1 {float(p1.mean()):.3f}, mean surprisal "
-              f"{float(result.metric(method, 'surprisal').mean()):.2f}")
+              f"{float(result.metric(method, 'surprisal').mean()):.2f}{kl}")
+    print(f"early exit: {run.folder / 'early_exit'}")
     return 0
 
 
@@ -395,13 +398,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                   ("train", lambda: (run.record_preset(args.preset, args.select_rule),
                                      run.train(config, joint=not args.no_joint, jtc=not args.no_jtc,
                                                rank_multiplier=_rank_multiplier(args)))),
-                  ("select", run.select), ("evaluate", run.evaluate)]
-        result = None
+                  ("select", run.select), ("evaluate", run.evaluate), ("early exit", run.simulate_exits)]
         for name, stage in stages:
             if not args.quiet:
                 print(f"== {name}", file=sys.stderr)
-            result = stage()
-        path = run.report(result)
+            stage()
+        path = run.report()
     if run.state.reused:
         print(f"reused: {', '.join(run.state.reused)}")
     _print_claims(path)

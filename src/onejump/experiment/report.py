@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..io import atomic_write_text
+from .exit_figures import exit_report_section
 from .figures import PRETTY, field_figure, make_figures
 
 SCHEMA = "onejump-results/1"
@@ -119,7 +120,10 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1))
     figures = make_figures(results, out_dir)
     figures += [p for p in (field_figure(results, out_dir),) if p is not None]
-    md = render_markdown(results, [p.name for p in figures])
+    sections: list[str] = []
+    if results.get("early_exit"):
+        sections, _ = exit_report_section(results["early_exit"], out_dir)
+    md = render_markdown(results, [p.name for p in figures], sections)
     atomic_write_text(out_dir / "report.md", md)
     return out_dir / "report.md"
 
@@ -205,7 +209,7 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "**no**"
 
 
-def render_markdown(results: dict[str, Any], figures: list[str]) -> str:
+def render_markdown(results: dict[str, Any], figures: list[str], sections: list[str] | None = None) -> str:
     """The human-readable report."""
     mdl, data, sel = results["model"], results["data"], results["selection"]
     K = len(results["levels"])
@@ -259,6 +263,8 @@ def render_markdown(results: dict[str, Any], figures: list[str]) -> str:
                      + " |")
     if results.get("beyond"):
         lines += render_beyond(results["beyond"])
+    if sections:
+        lines += ["", *sections]
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in figures]
     timings = results.get("timings")

@@ -322,6 +322,55 @@ class Run:
         self._timed("evaluate", t0)
         return result
 
+    def run_lenses(self, with_per_level: bool = True) -> dict[str, Any]:
+        """The run's lenses by report name: the logit lens, full N-NJTC, OJFA, and whichever of the
+        joint jump, JTC, the tuned lens and the sweep's best single jump exist."""
+        from ..lenses.base import Lens, LogitLens
+
+        lm = self.lm()
+        lenses: dict[str, Any] = {"identity": LogitLens(lm)}
+        if with_per_level:
+            lenses["full"] = self.lens("nnjtc")
+        lenses["ojfa"] = self.lens("ojfa")
+        lenses.update({kind: self.lens(kind) for kind in ("joint", "jtc", "tuned") if self.has_lens(kind)})
+        best = self.folder / "sweep" / "best"
+        if (best / "config.json").is_file():
+            lenses["best"] = Lens.load(best, lm)
+        return lenses
+
+    def exits_key(self) -> str:
+        best = self.folder / "sweep" / "best" / "config.json"
+        best_id = hashlib.sha256(best.read_bytes()).hexdigest()[:16] if best.is_file() else None
+        return _key(self.evaluation_key(), self.identity("tuned"), best_id, "exits", 1)
+
+    def simulate_exits(self):
+        """Confidence early exit simulated on the test store for every lens of the run (cached)."""
+        from ..evaluation.early_exit import ExitSimulation, simulate_exits
+
+        self.select_result()
+        folder, key = self.folder / "early_exit", self.exits_key()
+        if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key:
+            self.state.reused.append("exits")
+            return ExitSimulation.load(folder)
+        t0 = time.perf_counter()
+        sim = simulate_exits(self.store(), self.run_lenses(), progress=self.progress)
+        sim.save(folder)
+        atomic_write_text(folder / "key.txt", key)
+        self._timed("exits", t0)
+        return sim
+
+    def exits(self):
+        """The saved exit simulation (None if never run), refused when its lenses changed after it."""
+        from ..evaluation.early_exit import ExitSimulation
+
+        folder = self.folder / "early_exit"
+        if not (folder / "key.txt").is_file():
+            return None
+        if (folder / "key.txt").read_text() != self.exits_key():
+            raise StoreError(f"the early-exit simulation in {self.folder} is older than the lenses now in the run: "
+                             f"run `onejump evaluate --out {self.folder}`")
+        return ExitSimulation.load(folder)
+
     def evaluation(self):
         """The saved evaluation, refused when any lens, the store or the selection changed after it."""
         from ..evaluation.result import EvalResult
@@ -352,6 +401,9 @@ class Run:
                 for m in cfg["methods"].values():
                     m.pop("sample_precision@1", None)
             results["beyond"] = beyond
+        exits = self.exits()
+        if exits is not None:
+            results["early_exit"] = exits.to_dict()
         self._timed("report", t0)
         results["timings"] = self.all_timings()
         return write_report(results, self.folder / "report")
