@@ -36,6 +36,8 @@ class GenerationResult:
     prefill_seconds: float = 0.0
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
+    lens_seconds: float = 0.0  # inside draft_seconds (speculative) or the forwards (confidence)
+    checks: int = 0  # lens evaluations
 
     @property
     def tokens_per_second(self) -> float:

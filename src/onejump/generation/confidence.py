@@ -115,13 +115,17 @@ def generate_confidence(
     levels = check_confidence_args(lm, lam, measure, exit_levels)
     K, eos = lm.num_blocks, eos_ids(lm)
 
+    res = GenerationResult([], 0.0, f"confidence(lambda={lam},{measure},levels={len(levels)})")
+
     def decide(h: torch.Tensor, level: int) -> tuple[int, float] | None:
+        t = time.perf_counter()
         token, conf = confidence_of(lens(h, level)[-1], measure)
+        res.lens_seconds += time.perf_counter() - t
+        res.checks += 1
         return (token, conf) if conf >= lam else None
 
     t0 = time.perf_counter()
     cache = new_cache(lm)
-    res = GenerationResult([], 0.0, f"confidence(lambda={lam},{measure},levels={len(levels)})")
     complete = 0  # cache length that is complete in every block
     inputs = list(prompt_ids)
     try:

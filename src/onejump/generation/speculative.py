@@ -87,11 +87,14 @@ def generate_speculative(
             while len(res.tokens) < max_new_tokens and token not in eos:
                 budget = min(draft_len, max_new_tokens - len(res.tokens) - 1)
                 t1 = clock()
-                inputs, states = _draft(lens, stages, cache, token, budget, draft_threshold)
+                lens_time = [0.0]
+                inputs, states = _draft(lens, stages, cache, token, budget, draft_threshold, lens_time)
                 t2 = clock()
                 greedy = _verify(lm, stages, cache, inputs, states, complete, reuse_cache)
                 res.verify_seconds += clock() - t2
                 res.draft_seconds += t2 - t1
+                res.lens_seconds += lens_time[0]
+                res.checks += len(states)
                 drafts = inputs[1:]
                 accepted = 0
                 while accepted < len(drafts) and drafts[accepted] == greedy[accepted]:
@@ -118,22 +121,25 @@ def generate_speculative(
     return res
 
 
-def _draft(lens: Any, stages: ModelStages, cache: Any, token: int, budget: int,
-           threshold: float | None) -> tuple[list[int], list[torch.Tensor]]:
+def _draft(lens: Any, stages: ModelStages, cache: Any, token: int, budget: int, threshold: float | None,
+           timing: list[float]) -> tuple[list[int], list[torch.Tensor]]:
     """Draft up to ``budget`` tokens after ``token``: (verification inputs [token, d1..dn], their level-E states).
 
     Each input's level-E state is computed here (blocks 1..E enter the cache) except, when the
     draft ran to its full length, the last one's: verification adds it. An unsure draft is dropped,
-    and then every input's state is already known.
+    and then every input's state is already known. The lens's time is added to ``timing[0]``.
     """
     E = stages.level
     inputs, states = [token], []
     while len(inputs) - 1 < budget:
         h = stages.lower([inputs[-1]], cache)
         states.append(h)
+        t0 = time.perf_counter()
         logits = lens(h, E)[-1].float()
         nxt = int(logits.argmax())
-        if threshold is not None and float(torch.softmax(logits.float(), -1)[nxt]) < threshold:
+        sure = threshold is None or float(torch.softmax(logits, -1)[nxt]) >= threshold
+        timing[0] += time.perf_counter() - t0
+        if not sure:
             return inputs, states
         inputs.append(nxt)
     return inputs, states
