@@ -174,7 +174,7 @@ def check_lens(lm: Any, lens: Any) -> None:
                             f"{lm.fingerprint})")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cache_kwarg(model_class: type) -> str:
     import inspect
 
