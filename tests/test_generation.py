@@ -11,7 +11,9 @@ from onejump.generation import (
     generate_reference,
     generate_speculative,
 )
-from onejump.generation.common import CAN_RECORD_PAST
+from onejump.generation.auto import Candidate, choose, measure
+from onejump.generation.bound import speculative_bound, speculative_costs
+from onejump.generation.common import CAN_RECORD_PAST, GenerationResult
 from onejump.lenses.base import Lens, LogitLens
 from onejump.lenses.jumps import JumpBank
 from onejump.model.loading import from_pretrained_model
@@ -260,3 +262,136 @@ def test_ctrl_c_returns_what_was_produced(lm, mode, monkeypatch):
     monkeypatch.undo()
     assert 1 <= len(produced) < 20
     assert produced == generate_greedy(lm, PROMPT, 20).tokens[:len(produced)]
+
+
+# ---- the bound, the auto picker ------------------------------------------------------------------
+
+def test_speculative_bound_formula():
+    assert speculative_bound(0.0, 3, 0.2, 1.0) == pytest.approx(1 / 1.6)
+    assert speculative_bound(1.0, 3, 0.2, 1.0) == pytest.approx(4 / 1.6)
+    a, g, c, v = 0.6, 4, 0.25, 1.0
+    assert speculative_bound(a, g, c, v) == pytest.approx(sum(a ** i for i in range(g + 1)) / (g * c + v))
+
+
+def test_measured_costs_from_timings():
+    """c, v, the bound and the achieved speed-up from the timings a run records (controlled numbers)."""
+    # 2 rounds of g=2 drafts: 3 of 4 accepted (round 1: both, round 2: first), 0.1 s a greedy step
+    run = GenerationResult(tokens=[1] * 6, seconds=0.55, mode="speculative", drafted=4, accepted=3, tested=4,
+                           rounds=2, prefill_seconds=0.1, draft_seconds=0.2, verify_seconds=0.2, checks=4)
+    out = speculative_costs([run], 0.1, 2)
+    assert out["acceptance"] == 0.75 and out["c"] == 0.5 and out["v"] == 1.0
+    assert out["bound"] == pytest.approx(speculative_bound(0.75, 2, 0.5, 1.0), abs=1e-4)
+    assert out["achieved"] == pytest.approx(5 * 0.1 / 0.45, abs=1e-4)  # 5 tokens after the prompt's
+    assert out["bound_rounds"] == pytest.approx(5 * 0.1 / 0.4, abs=1e-4)
+    assert out["overhead_fraction"] == pytest.approx(0.05 / 0.45, abs=1e-4)
+
+
+def _spec(E, g, bound, achieved, a):
+    return Candidate("speculative", {"draft_level": E, "draft_len": g}, bound, achieved, 1.0, a)
+
+
+def _conf(lam, achieved, agreement):
+    return Candidate("confidence", {"lam": lam, "exit_levels": [20, 25]}, 1.5, achieved, agreement)
+
+
+def test_auto_picks_plain_greedy_when_no_exit_pays():
+    choice = choose([_spec(20, 1, 0.62, 0.6, 0.4), _spec(28, 1, 0.74, 0.71, 0.63), _spec(28, 3, 0.55, 0.5, 0.6)])
+    assert choice.mode == "greedy" and choice.params == {}
+    assert choice.reason.startswith("plain greedy: no early exit pays on this model (bound 0.74x at best: "
+                                    "speculative E=28 g=1, a=0.63)")
+
+
+def test_auto_picks_the_fastest_exact_mode():
+    choice = choose([_spec(20, 1, 1.2, 1.1, 0.7), _spec(20, 3, 1.5, 1.4, 0.7), _conf(0.9, 2.5, 0.9)])
+    assert choice.mode == "speculative" and choice.params == {"draft_level": 20, "draft_len": 3}
+    assert "speculative E=20 g=3: 1.40x" in choice.reason and "bound 1.50x" in choice.reason
+    assert "\n" not in choice.reason
+
+
+def test_auto_confidence_exits_only_above_the_agreement_floor():
+    cands = [_spec(28, 1, 0.74, 0.71, 0.63), _conf(0.9, 2.5, 0.9), _conf(0.99, 1.3, 0.97)]
+    exact = choose(cands, 1.0)
+    assert exact.mode == "greedy" and "agrees with greedy on 0.90 of tokens, below the floor 1.00" in exact.reason
+    loose = choose(cands, 0.95)
+    assert loose.mode == "confidence" and loose.params["lam"] == 0.99
+    assert choose(cands, 0.85).params["lam"] == 0.9
+    assert choose([_spec(28, 1, 1.04, 1.02, 0.9)]).mode == "greedy"  # within timing noise of greedy
+    with pytest.raises(ConfigError, match="agreement floor"):
+        choose(cands, 0.0)
+
+
+def test_auto_measures_real_candidates(lm):
+    cands = measure(lm, LogitLens(lm), [PROMPT, PROMPT[:3]], new_tokens=6, levels=[1, 2], draft_lens=(1, 2),
+                    with_confidence=True, lambdas=(0.5,))
+    spec = [c for c in cands if c.mode == "speculative"]
+    assert [(c.params["draft_level"], c.params["draft_len"]) for c in spec] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert all(c.bound > 0 and c.achieved > 0 and 0 <= c.acceptance <= 1 for c in spec)
+    conf = [c for c in cands if c.mode == "confidence"]
+    assert len(conf) == 1 and 0 <= conf[0].agreement <= 1
+    assert choose(cands).mode in ("greedy", "speculative")
+
+
+# ---- the command ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny-llama-gen")
+    model = tiny_model("llama")
+    model.generation_config.eos_token_id = None
+    model.save_pretrained(d)
+    tok = tiny_tokenizer()
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture
+def cli(tiny_dir, capsys):
+    """``onejump generate`` on the tiny model, in this process: (exit code, stdout, stderr)."""
+    from onejump.cli import main
+
+    def run(*argv):
+        code = main(["-q", "generate", "--model", str(tiny_dir), "--device", "cpu", *map(str, argv)])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def test_cli_refuses_tokens_past_the_context(cli):
+    code, out, err = cli("--prompt", "abc", "--max-new-tokens", 200, "--exit", "none")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == ["onejump generate: error: --max-new-tokens 200: the prompt (3 tokens) + the "
+                                        "new tokens exceed the model's context of 128 positions; use "
+                                        "--max-new-tokens <= 125"]
+
+
+@pytest.mark.parametrize("mode", ["none", "speculative", "confidence"])
+def test_cli_ctrl_c_prints_what_was_produced(cli, monkeypatch, mode):
+    from transformers import LlamaForCausalLM
+
+    original = LlamaForCausalLM.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", forward)
+    code, out, err = cli("--prompt", "abc", "--max-new-tokens", 60, "--exit", mode, "--lens", "logit",
+                         "--draft-level", 1, "--lambda", 1.0)
+    assert code == 130
+    assert "Traceback" not in err and "interrupted after" in err
+    produced = int(err.split("interrupted after ")[1].split()[0])
+    assert 1 <= produced < 60
+    assert out.startswith("abc") and len(out.rstrip("\n")) > len("abc")
+
+
+def test_cli_auto_says_why_in_one_line(cli):
+    code, out, err = cli("--prompt", "abc", "--max-new-tokens", 5, "--exit", "auto", "--lens", "logit")
+    assert code == 0 and out.startswith("abc")
+    lines = [ln for ln in err.splitlines() if "--exit auto chose" in ln]
+    assert len(lines) == 1
+    assert lines[0].split("chose ")[1].startswith(("plain greedy: no early exit pays on this model (bound ",
+                                                    "speculative E="))
