@@ -19,7 +19,7 @@ measured price, the head for tokens the full model emits. A cProfile of the best
 says where the remaining time goes.
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/generate.py [--model smollm2-135m] [--prompts 3]
-       [--new-tokens 24] [--levels 20,26,28] [--draft-lens 1,3] [--jump FOLDER]
+       [--new-tokens 20] [--levels 20,25,28] [--draft-lens 1,3] [--dynamic 0.5:6] [--jump FOLDER] [--no-reuse]
 """
 
 from __future__ import annotations
@@ -52,14 +52,25 @@ def run_all(fn, prompts: list[list[int]], n: int) -> list:
     return [fn(p, n) for p in prompts]
 
 
-def speculative_row(lm, lens, prompts, n, refs, E, g, threshold):
-    greedy = run_all(lambda p, k: generate_greedy(lm, p, k), prompts, n)
-    step = sum(greedy_step_seconds(r) * (len(r.tokens) - 1) for r in greedy) / sum(len(r.tokens) - 1 for r in greedy)
-    outs = run_all(lambda p, k: generate_speculative(lm, lens, p, k, draft_level=E, draft_len=g,
-                                                     draft_threshold=threshold), prompts, n)
+def paired(lm, prompts, n, run) -> tuple[float, list]:
+    """Greedy then ``run`` on each prompt in turn: (greedy seconds per decoding step, run's results).
+
+    Alternating per prompt keeps both under the same machine load (the CPU may be shared).
+    """
+    greedy, outs = [], []
+    for p in prompts:
+        greedy.append(generate_greedy(lm, p, n))
+        outs.append(run(p, n))
+    steps = sum(len(r.tokens) - 1 for r in greedy)
+    return sum(greedy_step_seconds(r) * (len(r.tokens) - 1) for r in greedy) / steps, outs
+
+
+def speculative_row(lm, lens, prompts, n, refs, E, g, threshold, reuse=True):
+    step, outs = paired(lm, prompts, n, lambda p, k: generate_speculative(
+        lm, lens, p, k, draft_level=E, draft_len=g, draft_threshold=threshold, reuse_cache=reuse))
     row = speculative_costs(outs, step, None if threshold is not None else g)
     t_ref = sum(r.seconds for r in refs)
-    row.update({"draft_level": E, "draft_len": g, "draft_threshold": threshold,
+    row.update({"draft_level": E, "draft_len": g, "draft_threshold": threshold, "reuse_cache": reuse,
                 "achieved_vs_generate": round(t_ref / sum(o.seconds for o in outs), 4),
                 "identical": all(o.tokens == r.tokens for o, r in zip(outs, refs)),
                 "greedy_step_ms": round(step * 1e3, 2)})
@@ -82,9 +93,7 @@ def unit_prices(lm, lens, level: int, reps: int = 20) -> dict[str, float]:
 
 def confidence_row(lm, lens, prompts, n, refs, lam, levels):
     K = lm.num_blocks
-    greedy = run_all(lambda p, k: generate_greedy(lm, p, k), prompts, n)
-    step = sum(greedy_step_seconds(r) * (len(r.tokens) - 1) for r in greedy) / sum(len(r.tokens) - 1 for r in greedy)
-    outs = run_all(lambda p, k: generate_confidence(lm, lens, p, k, lam=lam, exit_levels=levels), prompts, n)
+    step, outs = paired(lm, prompts, n, lambda p, k: generate_confidence(lm, lens, p, k, lam=lam, exit_levels=levels))
     prices = unit_prices(lm, lens, levels[0])
     per_block = (step - prices["head"]) / K
     emitted = sum(len(o.tokens) - 1 for o in outs)
@@ -107,7 +116,7 @@ def confidence_row(lm, lens, prompts, n, refs, lam, levels):
             "c_lens": round(prices["lens"] / step, 4), "head_fraction": round(prices["head"] / step, 4)}
 
 
-def profile(lm, lens, prompt, n, row) -> dict:
+def profile(lm, lens, prompt, n, row, suffix: str) -> dict:
     prof = cProfile.Profile()
     prof.enable()
     res = generate_speculative(lm, lens, prompt, n, draft_level=row["draft_level"], draft_len=row["draft_len"],
@@ -115,7 +124,7 @@ def profile(lm, lens, prompt, n, row) -> dict:
     prof.disable()
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
-    (RESULTS / "generate-cpu-profile.txt").write_text(buf.getvalue())
+    (RESULTS / f"generate-cpu{suffix}-profile.txt").write_text(buf.getvalue())
     lower = res.draft_seconds - res.lens_seconds
     split = {"prefill": res.prefill_seconds, "draft_blocks_1_to_E": lower, "draft_lens": res.lens_seconds,
              "verify": res.verify_seconds,
@@ -129,8 +138,8 @@ def main() -> None:
     ap.add_argument("--jump", default=None, help="a saved jump lens folder to compare with the logit lens")
     ap.add_argument("--prompts", type=int, default=3)
     ap.add_argument("--words", type=int, default=10, help="words of each sentence used as prompt")
-    ap.add_argument("--new-tokens", type=int, default=24)
-    ap.add_argument("--levels", default=None, help="draft levels E, comma-separated (default: 2K/3, K-4, K-2)")
+    ap.add_argument("--new-tokens", type=int, default=20)
+    ap.add_argument("--levels", default=None, help="draft levels E, comma-separated (default: 2K/3, 5K/6, K-2)")
     ap.add_argument("--draft-lens", default="1,3", help="fixed draft lengths g (default: %(default)s)")
     ap.add_argument("--dynamic", default="0.5:6", help="dynamic draft length as THRESHOLD:MAX_LEN, or 'none'")
     ap.add_argument("--lambdas", default="0.9,0.99", help="confidence-exit thresholds (default: %(default)s)")
@@ -145,7 +154,7 @@ def main() -> None:
     texts = [" ".join(s.split()[:args.words]) for s in real_sentences(args.prompts, seed=1)]
     prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
     n = args.new_tokens
-    levels = [int(x) for x in args.levels.split(",")] if args.levels else sorted({(2 * K) // 3, K - 4, K - 2})
+    levels = [int(x) for x in args.levels.split(",")] if args.levels else sorted({(2 * K) // 3, (5 * K) // 6, K - 2})
     configs: list[tuple[int, float | None]] = [(int(g), None) for g in args.draft_lens.split(",")]
     if args.dynamic != "none":
         thr, most = args.dynamic.split(":")
@@ -175,25 +184,31 @@ def main() -> None:
             print(json.dumps(row), file=sys.stderr, flush=True)
     spec = [r for r in results["configurations"] if r["mode"] == "speculative"]
     best = max(spec, key=lambda r: r["achieved"])
-    if args.no_reuse:
-        outs = [generate_speculative(lm, lenses[best["lens"]], p, n, draft_level=best["draft_level"],
-                                     draft_len=best["draft_len"], draft_threshold=best["draft_threshold"],
-                                     reuse_cache=False) for p in prompts]
-        step = float(best["greedy_step_ms"]) / 1e3
-        results["best_without_cache_reuse"] = speculative_costs(outs, step, None if best["draft_threshold"]
-                                                                else best["draft_len"])
+    if args.no_reuse:  # the same configuration, verification rerunning blocks 1..E on the drafted tokens
+        row = {"mode": "speculative", "lens": best["lens"],
+               **speculative_row(lm, lenses[best["lens"]], prompts, n, refs, best["draft_level"], best["draft_len"],
+                                 best["draft_threshold"], reuse=False)}
+        results["configurations"].append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
     results["best"] = best
-    results["best_time_split"] = profile(lm, lenses[best["lens"]], prompts[0], n, best)
+    suffix = "" if args.model == "smollm2-135m" else f"-{args.model}"
+    results["best_time_split"] = profile(lm, lenses[best["lens"]], prompts[0], n, best, suffix)
     results["seconds"] = round(time.perf_counter() - t_start, 1)
     results["peak_rss_mib"] = round(peak_rss_mib(), 1)
     results["target"] = "speculative: achieved >= 0.9 of the bound, identical output"
-    save("generate-cpu", results)
-    print(f"{'mode':12} {'lens':6} {'E':>3} {'g':>8} {'a':>6} {'c':>6} {'v':>6} {'bound':>6} {'achieved':>8} "
-          f"{'of bound':>8}")
+    save("generate-cpu" if args.model == "smollm2-135m" else f"generate-cpu-{args.model}", results)
+    print("| mode | lens | E | g | a | c | v | bound | achieved | of bound | vs model.generate | identical |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results["configurations"]:
-        g = (f"<={r['draft_len']}@{r['draft_threshold']}" if r.get("draft_threshold") else str(r.get("draft_len", "")))
-        print(f"{r['mode']:12} {r['lens']:6} {r.get('draft_level', ''):>3} {g:>8} {r.get('acceptance', ''):>6} "
-              f"{r.get('c', ''):>6} {r.get('v', ''):>6} {r['bound']:>6} {r['achieved']:>8} {r['achieved_of_bound']:>8}")
+        g = str(r.get("draft_len", ""))
+        if r.get("draft_threshold"):
+            g = f"<={g} @ p>={r['draft_threshold']}"
+        mode = r["mode"] + ("" if r.get("reuse_cache", True) else " (no cache reuse)")
+        if r["mode"] == "confidence":
+            mode, g = f"confidence lambda={r['lambda']}", f"agreement {r['token_agreement']}"
+        print(f"| {mode} | {r['lens']} | {r.get('draft_level', '')} | {g} | {r.get('acceptance', '')} | "
+              f"{r.get('c', '')} | {r.get('v', '')} | {r['bound']:.2f} | {r['achieved']:.2f} | "
+              f"{r['achieved_of_bound']:.2f} | {r['achieved_vs_generate']:.2f} | {r.get('identical', '')} |")
 
 
 if __name__ == "__main__":

@@ -145,6 +145,8 @@ def calibration_prompts(lm: Any, prompt_ids: Sequence[int]) -> list[list[int]]:
 def pick(lm: Any, lens: Any, prompt_ids: Sequence[int], *, min_agreement: float = 1.0, new_tokens: int = 10,
          progress: Callable[[str], None] | None = None, **kwargs: Any) -> Choice:
     """Measure the candidates on calibration prompts and :func:`choose` among them."""
+    if not 0.0 < min_agreement <= 1.0:  # before minutes of measuring, not after
+        raise ConfigError(f"the agreement floor must be in (0, 1], got {min_agreement}")
     prompts = calibration_prompts(lm, prompt_ids)
     candidates = measure(lm, lens, prompts, new_tokens=new_tokens, with_confidence=min_agreement < 1.0,
                          progress=progress, **kwargs)
