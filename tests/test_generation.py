@@ -388,6 +388,11 @@ def test_cli_ctrl_c_prints_what_was_produced(cli, monkeypatch, mode):
     assert out.startswith("abc") and len(out.rstrip("\n")) > len("abc")
 
 
+def test_cli_refuses_an_agreement_floor_outside_0_1(cli):
+    code, out, err = cli("--prompt", "abc", "--exit", "auto", "--min-agreement", 1.5)
+    assert code == 2 and err.strip() == "onejump generate: error: --min-agreement must be in (0, 1], got 1.5"
+
+
 def test_cli_auto_says_why_in_one_line(cli):
     code, out, err = cli("--prompt", "abc", "--max-new-tokens", 5, "--exit", "auto", "--lens", "logit")
     assert code == 0 and out.startswith("abc")

@@ -472,6 +472,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     from .generation.auto import pick
 
+    if not 0.0 < args.min_agreement <= 1.0:
+        raise ConfigError(f"--min-agreement must be in (0, 1], got {args.min_agreement}")
     lm = _load_model(args)
     ids = lm.tokenizer(args.prompt)["input_ids"]
     if not args.prompt.strip() or not ids:
