@@ -6,7 +6,7 @@ import torch
 from onejump.evaluation.metrics import evaluate, reuse_matrix
 from onejump.evaluation.selection import select_ojfa
 from onejump.extract import extract
-from onejump.generation import generate_reference, generate_speculative, logit_lens_predictor
+from onejump.generation import generate_reference, generate_speculative
 from onejump.lenses import LogitLens, PerLevelLens
 from onejump.model.loading import from_pretrained_model
 from onejump.training.config import TrainConfig
@@ -56,5 +56,5 @@ def test_speculative_on_cuda_equals_generate(pair):
     prompt = [5, 17, 33, 8, 41, 12]
     gpu.model.generation_config.eos_token_id = None
     ref = generate_reference(gpu, prompt, 16).tokens
-    res = generate_speculative(gpu, logit_lens_predictor(gpu), prompt, 16, draft_level=2, draft_len=3)
+    res = generate_speculative(gpu, LogitLens(gpu), prompt, 16, draft_level=2, draft_len=3)
     assert res.tokens == ref

@@ -207,25 +207,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank multipliers of the residual KL joint jump (h + BN(h) A B), comma-separated, or "
                         "'none' (default: %(default)s)")
 
-    p = sub.add_parser("generate", help="greedy generation with early exits through the OJFA jump",
-                       description="Generate with confidence early exits (--exit confidence) or lossless "
-                                   "self-speculative decoding (--exit speculative), using a jump trained by "
-                                   "`onejump run` (the run folder's shortcuts/ojfa).")
+    p = sub.add_parser("generate", help="greedy generation with early exits through a lens",
+                       description="Generate greedily, with lossless self-speculative decoding (--exit speculative: "
+                                   "draft with blocks 1..E and a lens, verify with blocks E+1..K on the draft's "
+                                   "cache; output identical to greedy), confidence early exits (--exit confidence), "
+                                   "or let --exit auto measure both on a few prompts and pick the fastest that "
+                                   "keeps the quality you ask for (--min-agreement). Ctrl-C prints what was "
+                                   "generated so far.")
     _add_model_args(p)
-    p.add_argument("--jump", default=None, help="an OJFA jump folder or a run folder (default: runs/demo)")
+    p.add_argument("--lens", default=None,
+                   help="the lens that drafts / checks exits: 'logit' (the logit lens), a lens folder, an OJFA jump "
+                        "folder or a run folder (its shortcuts/ojfa) (default: runs/demo if it holds a jump, else "
+                        "the logit lens)")
+    p.add_argument("--jump", default=None, help="same as --lens (kept for older scripts)")
     p.add_argument("--prompt", required=True, help="the prompt text")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default: %(default)s)")
-    p.add_argument("--exit", dest="exit_mode", choices=["confidence", "speculative", "none"], default="speculative",
-                   help="early-exit mode (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=_positive(), default=32,
+                   help="tokens to generate; prompt + new tokens must fit the model's context (default: %(default)s)")
+    p.add_argument("--exit", dest="exit_mode", choices=["speculative", "confidence", "auto", "none"],
+                   default="speculative",
+                   help="early-exit mode; auto measures the modes on calibration prompts first (default: %(default)s)")
+    p.add_argument("--min-agreement", type=float, default=1.0,
+                   help="--exit auto: the least token agreement with greedy accepted; 1 (default) allows only "
+                        "exact modes, lower values let confidence exits compete")
     p.add_argument("--lambda", dest="lam", type=float, default=0.9,
                    help="confidence threshold in (0, 1] for --exit confidence (default: %(default)s)")
     p.add_argument("--measure", choices=["prob", "margin"], default="prob",
                    help="confidence: max probability or top1-top2 margin (default: %(default)s)")
     p.add_argument("--exit-levels", default=None,
-                   help="comma-separated exit levels for --exit confidence (default: all of 1..K-1)")
+                   help="comma-separated exit levels checked by --exit confidence (default: all of 1..K-1)")
     p.add_argument("--draft-level", type=int, default=None,
                    help="E for --exit speculative: draft with blocks 1..E (default: 2K/3)")
-    p.add_argument("--draft-len", type=int, default=4, help="tokens drafted per verification (default: %(default)s)")
+    p.add_argument("--draft-len", type=_positive(), default=4,
+                   help="most tokens drafted per verification (default: %(default)s)")
+    p.add_argument("--draft-threshold", type=float, default=None,
+                   help="dynamic draft length: stop drafting when the lens's top probability falls below this "
+                        "(default: always draft --draft-len tokens)")
     p.add_argument("--compare", action="store_true", help="also run model.generate and report agreement and speed")
 
     p = sub.add_parser("info", help="describe a store, a model or the installed offline assets")
@@ -462,41 +478,81 @@ def _jump_folder(path: str) -> Path:
     return folder
 
 
+def _generation_lens(args: argparse.Namespace, lm):
+    """The lens named by --lens / --jump: ``logit``, a lens folder, or a run folder (its OJFA jump)."""
+    from .lenses.base import Lens, LogitLens
+
+    name = args.lens or args.jump
+    if name is None:
+        if not (Path("runs/demo") / "run.json").is_file():
+            print("onejump generate: lens: the logit lens (no --lens given, runs/demo holds no jump)", file=sys.stderr)
+            return LogitLens(lm)
+        name = "runs/demo"
+    if name == "logit":
+        return LogitLens(lm)
+    return Lens.load(_jump_folder(name), lm)
+
+
+def _exit_levels(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--exit-levels must be comma-separated integers, got '{text}'") from None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from .generation import (
+        GenerationInterrupted,
         generate_confidence,
         generate_greedy,
         generate_reference,
         generate_speculative,
-        jump_predictor,
+        max_positions,
     )
-    from .lenses.base import Lens
+    from .generation.auto import pick
 
+    if not 0.0 < args.min_agreement <= 1.0:
+        raise ConfigError(f"--min-agreement must be in (0, 1], got {args.min_agreement}")
     lm = _load_model(args)
     ids = lm.tokenizer(args.prompt)["input_ids"]
     if not args.prompt.strip() or not ids:
         raise ConfigError("the prompt is empty")
+    limit = max_positions(lm)
+    if limit is not None and len(ids) + args.max_new_tokens > limit:
+        fix = f"use --max-new-tokens <= {limit - len(ids)}" if limit > len(ids) else "shorten the prompt"
+        raise ConfigError(f"--max-new-tokens {args.max_new_tokens}: the prompt ({len(ids)} tokens) + the new tokens "
+                          f"exceed the model's context of {limit} positions; {fix}")
     K = lm.num_blocks
-    if args.exit_mode == "none":
-        res = generate_greedy(lm, ids, args.max_new_tokens)
-    else:
-        jump_dir = _jump_folder(args.jump or "runs/demo")
-        jump = Lens.load(jump_dir, lm)
-        predictor = jump_predictor(lm, jump)
-        if args.exit_mode == "confidence":
-            levels = None
-            if args.exit_levels:
-                try:
-                    levels = [int(x) for x in args.exit_levels.split(",") if x.strip()]
-                except ValueError:
-                    raise ConfigError(
-                        f"--exit-levels must be comma-separated integers, got '{args.exit_levels}'") from None
-            res = generate_confidence(lm, predictor, ids, args.max_new_tokens, lam=args.lam, measure=args.measure,
-                                      exit_levels=levels)
+    mode, params = args.exit_mode, {}
+    lens = None if mode == "none" else _generation_lens(args, lm)
+    if mode == "auto":
+        _INTERRUPT_HINT[0] = "interrupted while measuring the modes; nothing was generated"
+        try:
+            choice = pick(lm, lens, ids, min_agreement=args.min_agreement,
+                          progress=lambda msg: print(f"onejump generate: measuring {msg}", file=sys.stderr))
+        except GenerationInterrupted:
+            raise KeyboardInterrupt from None
+        print(f"onejump generate: --exit auto chose {choice.reason}", file=sys.stderr)
+        mode, params = choice.mode, choice.params
+    elif mode == "confidence":
+        params = {"lam": args.lam, "measure": args.measure, "exit_levels": _exit_levels(args.exit_levels)}
+    elif mode == "speculative":
+        params = {"draft_level": args.draft_level if args.draft_level is not None else max(1, (2 * K) // 3),
+                  "draft_len": args.draft_len, "draft_threshold": args.draft_threshold}
+    try:
+        if mode == "confidence":
+            res = generate_confidence(lm, lens, ids, args.max_new_tokens, **params)
+        elif mode == "speculative":
+            res = generate_speculative(lm, lens, ids, args.max_new_tokens, **params)
         else:
-            level = args.draft_level if args.draft_level is not None else max(1, (2 * K) // 3)
-            res = generate_speculative(lm, predictor, ids, args.max_new_tokens, draft_level=level,
-                                       draft_len=args.draft_len)
+            res = generate_greedy(lm, ids, args.max_new_tokens)
+    except GenerationInterrupted as stop:
+        print(args.prompt + lm.tokenizer.decode(stop.result.tokens), flush=True)
+        print(f"onejump generate: interrupted after {len(stop.result.tokens)} new tokens (printed above)",
+              file=sys.stderr)
+        return 130
     print(args.prompt + lm.tokenizer.decode(res.tokens))
     summary = res.summary(K)
     if args.compare:
