@@ -244,6 +244,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: always draft --draft-len tokens)")
     p.add_argument("--compare", action="store_true", help="also run model.generate and report agreement and speed")
 
+    p = sub.add_parser("lens", help="what every level predicts on a prompt: the token x level grid (PNG or HTML)",
+                       description="Run the model on a prompt and read every level with a lens: each cell is the "
+                                   "lens's top-1 next-token prediction, coloured by its probability (or the KL to "
+                                   "the model's final distribution, or the entropy). --compare draws a second lens "
+                                   "beside the first. An .html output shows the top-5 tokens on hover.")
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--lens", default="logit",
+                   help="logit; ojfa, best or tuned (lenses of --run); a lens folder, a tuned-lens folder "
+                        "(config.json + params.pt) or a Hugging Face hub id (default: %(default)s)")
+    p.add_argument("--compare", default=None, metavar="LENS2", help="a second lens, drawn beside the first")
+    p.add_argument("--run", default=None, help="run folder whose ojfa/best/tuned lenses --lens may name")
+    p.add_argument("--statistic", choices=["probs", "kl", "entropy"], default="probs",
+                   help="cell colour: top-1 probability, KL(p_final || p_lens) or entropy (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output file: .png / .pdf / .svg (matplotlib) or .html")
+    p.add_argument("--model", default=None,
+                   help="alias, hub id, local folder or .gguf file (default: the run's model, else smollm2-135m)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="model weights dtype (default: %(default)s)")
+
     p = sub.add_parser("info", help="describe a store, a model or the installed offline assets")
     p.add_argument("path", nargs="?", help="a store folder (omit for installed assets)")
     return parser
@@ -565,6 +585,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lens(args: argparse.Namespace) -> int:
+    from .lenses.resolve import resolve_lens, run_model
+    from .model.loading import DEFAULT_MODEL, load_model
+    from .trajectory import save_trajectories, trajectories
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg", ".html"):
+        raise ConfigError(f"--out must end in .png, .pdf, .svg or .html, got '{out.name}'")
+    if args.run is not None and not Path(args.run).is_dir():
+        raise ConfigError(f"run folder not found: {args.run}")
+    if not args.prompt.strip():
+        raise ConfigError("the prompt is empty; give some text with --prompt")
+    model = args.model or (run_model(args.run) if args.run else None) or DEFAULT_MODEL
+    lm = load_model(model, device=args.device, dtype=args.dtype)
+    specs = [args.lens] + ([args.compare] if args.compare else [])
+    lenses = [resolve_lens(spec, lm, args.run).to(lm.device).eval() for spec in specs]
+    trajs = trajectories(lenses, lm, args.prompt, names=specs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_trajectories(trajs, out, args.statistic)
+    print(f"{out}: {' vs '.join(specs)} on {trajs[0].num_tokens} tokens x {lm.num_blocks} levels of {lm.name}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .model.loading import installed_alias_versions
     from .store import HiddenStateStore
@@ -592,6 +635,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "sweep": cmd_sweep,
     "generate": cmd_generate,
+    "lens": cmd_lens,
     "info": cmd_info,
 }
 _INTERRUPT_HINT = ["nothing was kept"]

@@ -122,12 +122,21 @@ class Lens(nn.Module):
     save = save_pretrained
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, lm: Any) -> Lens:
-        """Load a lens folder for the model ``lm`` (its fingerprint must match the file's)."""
+    def from_pretrained(cls, folder: str | Path, lm: Any, *, revision: str | None = None) -> Lens:
+        """Load a lens for the model ``lm`` (its fingerprint must match the file's) from a folder or a
+        Hugging Face hub id (``owner/name``, ``revision`` optional); a tuned-lens folder
+        (``config.json`` + ``params.pt``) is imported as a :class:`~onejump.lenses.tuned.TunedLens`."""
         from .files import CONFIG_NAME as LEGACY_CONFIG
         from .files import legacy_lens, read_lens_folder
+        from .hub import resolve_pretrained
+        from .tuned_format import import_tuned_lens, is_tuned_lens_folder
 
-        folder = Path(folder)
+        folder = resolve_pretrained(folder, revision=revision)
+        if is_tuned_lens_folder(folder):
+            lens = import_tuned_lens(folder, lm)
+            if not isinstance(lens, cls):
+                raise ShortcutError(f"{folder} holds a tuned lens, not a {cls.__name__}")
+            return lens
         if not (folder / CONFIG_NAME).is_file() and (folder / LEGACY_CONFIG).is_file():
             lens = legacy_lens(folder, lm)
             if cls is not Lens and not isinstance(lens, cls):
@@ -143,6 +152,12 @@ class Lens(nn.Module):
         return target.from_config(lm, config, tensors)
 
     load = from_pretrained
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload to a Hugging Face hub model repository (see :func:`onejump.lenses.hub.push_to_hub`)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     def extra_repr(self) -> str:
         return f"model={self.lm.name}, K={self.num_blocks}, H={self.hidden_size}, parameters={self.num_parameters}"
