@@ -220,8 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draft-len", type=int, default=4, help="tokens drafted per verification (default: %(default)s)")
     p.add_argument("--compare", action="store_true", help="also run model.generate and report agreement and speed")
 
-    p = sub.add_parser("info", help="describe a store, a model or the installed offline assets")
-    p.add_argument("path", nargs="?", help="a store folder (omit for installed assets)")
+    p = sub.add_parser("info", help="describe a store (or a run folder's store), or the installed offline models",
+                       description="Check a store (every shard's sha256 and the manifest's counts) and describe it: "
+                                   "model, K, H, split sizes, dtype, identity, whether next tokens are recorded. "
+                                   "Without a path: the offline models installed in the cache.")
+    p.add_argument("path", nargs="?", help="a store folder or a run folder (omit for the installed models)")
     return parser
 
 
