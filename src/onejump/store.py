@@ -199,7 +199,7 @@ class HiddenStateStore:
         for key, value in found.items():
             if key in m and m[key] != value:
                 raise StoreError(f"store {self.path}: its manifest says {key} = {m[key]!r} but the shards hold "
-                                 f"{value}; the store was changed after extraction: re-extract it")
+                                 f"{value}; the store was changed after extraction: extract again into a new folder")
         if "num_samples" not in m:
             raise StoreError(f"store {self.path}: its manifest lacks num_samples")
 
@@ -226,7 +226,8 @@ class HiddenStateStore:
                     raise StoreError(f"store shard {shard.path} is unreadable: {digest.strerror or digest}")
                 if digest != entry.get("sha256"):
                     raise StoreError(f"store shard {shard.path.name} in {self.path} is corrupt (its sha256 differs "
-                                     "from the one recorded at extraction): re-extract the store")
+                                     "from the one recorded at extraction): restore it, or extract again into a new "
+                                     "folder (`onejump extract --out NEW_FOLDER`)")
             _VERIFIED[key] = before
         self._verified = True
 
