@@ -264,8 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="model weights dtype (default: %(default)s)")
 
-    p = sub.add_parser("info", help="describe a store, a model or the installed offline assets")
-    p.add_argument("path", nargs="?", help="a store folder (omit for installed assets)")
+    p = sub.add_parser("info", help="describe a store (or a run folder's store), or the installed offline models",
+                       description="Check a store (every shard's sha256 and the manifest's counts) and describe it: "
+                                   "model, K, H, split sizes, dtype, identity, whether next tokens are recorded. "
+                                   "Without a path: the offline models installed in the cache.")
+    p.add_argument("path", nargs="?", help="a store folder or a run folder (omit for the installed models)")
     return parser
 
 
@@ -718,25 +721,33 @@ def main(argv: list[str] | None = None) -> int:
 
     from .threads import apply_thread_policy
 
-    def _terminate(signum: int, _frame: object) -> None:  # `kill` behaves like Ctrl-C: say what was kept
+    interrupted: list[int] = []
+
+    def _interrupt(signum: int, _frame: object) -> None:  # `kill` behaves like Ctrl-C: say what was kept
+        interrupted.append(signum)
         raise KeyboardInterrupt
 
-    if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, _terminate)
+    # Libraries (torch, safetensors) can turn a KeyboardInterrupt raised inside them into an error of
+    # their own; remembering the signal lets an error that follows Ctrl-C be reported as the interrupt.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None))
+                if sig is not None}
     try:
         _check_argv(argv)
         _quiet_libraries(args.quiet)
         apply_thread_policy(args.threads)
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return _interrupted(args.command)
     except OneJumpError as exc:
+        if interrupted:
+            return _interrupted(args.command)
         print(f"onejump {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\nonejump {args.command}: interrupted: {_INTERRUPT_HINT[0]}", file=sys.stderr)
-        return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
         from .io import os_error_of
 
+        if interrupted:
+            return _interrupted(args.command)
         err = os_error_of(exc)
         if err is not None:
             print(f"onejump {args.command}: error: {_one_line(_os_error_message(err))}", file=sys.stderr)
@@ -746,6 +757,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"onejump {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} (a bug: please "
               "report it; ONEJUMP_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupted(command: str) -> int:
+    print(f"\nonejump {command}: interrupted: {_INTERRUPT_HINT[0]}", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

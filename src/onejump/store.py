@@ -16,19 +16,21 @@ leaves a file that looks complete. Nothing here unpickles anything.
 
 Every reading method verifies the store's bytes before its first use in a process
 (:meth:`HiddenStateStore.verify`): a full sha256 of every shard against the hashes recorded at
-write time. At about 1.5 GB/s (hashlib's sha256 uses the CPU's SHA instructions) this costs a
-small fraction of any stage that reads the store (``benchmarks/verify.py``), and unlike a check
-of sizes and modification times it also catches a changed byte that kept the file's size and
-times (a copy tool restoring times, ``touch -r``, media corruption). The result is remembered for
-the process per store identity and per the shards' (device, inode, size, mtime, ctime), so the
-stages of one ``onejump run`` hash the store once, and a shard changed in between is hashed again.
+write time. sha256 runs on the CPU's SHA instructions, so this costs a fraction of one training
+epoch and is paid once per process (``benchmarks/verify.py``); unlike a check of sizes and
+modification times it also catches a changed byte that kept the file's size and times (a copy
+tool restoring times, ``touch -r``, media corruption). The result is remembered for the process
+per store identity and per the shards' (device, inode, size, mtime, ctime), so the stages of one
+``onejump run`` hash the store once, and a shard changed in between is hashed again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,13 @@ _NEXT = "next_token"
 
 # Stores whose bytes this process has hashed: (folder, identity) -> the shards' stat signatures then.
 _VERIFIED: dict[tuple[str, str], tuple[tuple[int, ...], ...]] = {}
+
+
+def _hash_or_error(path: Path) -> str | OSError:
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        return exc
 
 
 def _signature(path: Path) -> tuple[int, ...]:
@@ -190,7 +199,7 @@ class HiddenStateStore:
         for key, value in found.items():
             if key in m and m[key] != value:
                 raise StoreError(f"store {self.path}: its manifest says {key} = {m[key]!r} but the shards hold "
-                                 f"{value}; the store was changed after extraction: re-extract it")
+                                 f"{value}; the store was changed after extraction: extract again into a new folder")
         if "num_samples" not in m:
             raise StoreError(f"store {self.path}: its manifest lacks num_samples")
 
@@ -209,14 +218,16 @@ class HiddenStateStore:
         except OSError as exc:
             raise StoreError(f"store {self.path}: cannot read a shard: {exc.strerror or exc}") from None
         if _VERIFIED.get(key) != before:
-            for shard, entry in zip(self._shards, self.manifest["shards"]):
-                try:
-                    digest = sha256_file(shard.path)
-                except OSError as exc:
-                    raise StoreError(f"store shard {shard.path} is unreadable: {exc.strerror or exc}") from None
+            # hashlib releases the GIL on large blocks: shards hash in parallel on several cores
+            with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1, len(self._shards)))) as pool:
+                digests = list(pool.map(_hash_or_error, [s.path for s in self._shards]))
+            for shard, entry, digest in zip(self._shards, self.manifest["shards"], digests):
+                if isinstance(digest, OSError):
+                    raise StoreError(f"store shard {shard.path} is unreadable: {digest.strerror or digest}")
                 if digest != entry.get("sha256"):
                     raise StoreError(f"store shard {shard.path.name} in {self.path} is corrupt (its sha256 differs "
-                                     "from the one recorded at extraction): re-extract the store")
+                                     "from the one recorded at extraction): restore it, or extract again into a new "
+                                     "folder (`onejump extract --out NEW_FOLDER`)")
             _VERIFIED[key] = before
         self._verified = True
 
