@@ -35,6 +35,10 @@ def test_run_writes_report(run_dir):
     assert "## Early exit" in md and "## The field's metrics" in md and results["early_exit"]
     assert results["methods"]["ojfa"]["mean_kl"] >= 0 and "mean_cross_entropy" in results["methods"]["identity"]
     assert results["final_cross_entropy"] > 0
+    assert "## One jump against the tuned lens" in md and results["methods"]["tuned"]["parameters"] > 0
+    assert "## What each level predicts" in md and (report / "trajectory.png").stat().st_size > 1000
+    agg = json.loads((report / "aggregate_metrics.json").read_text())
+    assert set(agg["tuned"]) >= {"kl", "ce", "entropy"} and "layer_0" in agg["tuned"]["kl"]
     for fig in ("fig2_ojfa_vs_arbitrary_joint.png", "fig3_selection_softmax.png", "fig4_ojfa_vs_identity_full.png",
                 "reuse_heatmaps.png", "field_metrics.png", "early_exit_frontier.png"):
         assert (report / fig).stat().st_size > 1000

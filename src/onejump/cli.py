@@ -121,6 +121,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "the head) (default: the preset's)")
     p.add_argument("--no-joint", action="store_true", help="skip the joint-jump baseline")
     p.add_argument("--no-jtc", action="store_true", help="skip the full-rank JTC baseline")
+    p.add_argument("--no-tuned", action="store_true",
+                   help="skip the tuned lens (a full-rank affine translator per level, trained with KL; the "
+                        "field's reference lens)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -217,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--lens", default=None,
                    help="the lens that drafts / checks exits: 'logit' (the logit lens), a lens folder, an OJFA jump "
-                        "folder or a run folder (its shortcuts/ojfa) (default: runs/demo if it holds a jump, else "
+                        "folder or a run folder (its OJFA jump) (default: runs/demo if it holds a jump, else "
                         "the logit lens)")
     p.add_argument("--jump", default=None, help="same as --lens (kept for older scripts)")
     p.add_argument("--prompt", required=True, help="the prompt text")
@@ -377,7 +380,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _INTERRUPT_HINT[0] = "nothing of the interrupted training was kept; rerun the same command"
     with _lock(run.folder):
         run.record_preset(args.preset, args.select_rule)
-        out = run.train(config, joint=not args.no_joint, jtc=not args.no_jtc, rank_multiplier=_rank_multiplier(args))
+        out = run.train(config, joint=not args.no_joint, jtc=not args.no_jtc, tuned=not args.no_tuned,
+                        rank_multiplier=_rank_multiplier(args))
     for kind, lens in out.items():  # counted as the files and the report count: weights and BatchNorm statistics
         print(f"{kind}: {lens.num_parameters:,} parameters held at inference -> {run.shortcut_dir(kind)}")
     return 0
@@ -436,6 +440,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         stages = [("extract", lambda: run.extract(data)),
                   ("train", lambda: (run.record_preset(args.preset, args.select_rule),
                                      run.train(config, joint=not args.no_joint, jtc=not args.no_jtc,
+                                               tuned=not args.no_tuned,
                                                rank_multiplier=_rank_multiplier(args)))),
                   ("select", run.select), ("evaluate", run.evaluate), ("early exit", run.simulate_exits)]
         for name, stage in stages:
@@ -489,13 +494,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _jump_folder(path: str) -> Path:
-    """The OJFA jump folder of ``--jump``: the folder itself, or a run folder's ``shortcuts/ojfa``."""
+    """The OJFA jump folder of ``--jump``: the folder itself, or a run folder's OJFA jump."""
     from .errors import ShortcutError
 
     folder = Path(path)
-    if (folder / "shortcuts" / "ojfa").is_dir():
-        return folder / "shortcuts" / "ojfa"
-    if (folder / "run.json").is_file() or (folder / "shortcuts").is_dir():
+    from .experiment.run import Run
+
+    if Run(folder).lens_path("ojfa").is_dir():
+        return Run(folder).lens_path("ojfa")
+    if (folder / "run.json").is_file():
         raise ShortcutError(f"run folder {folder} has no chosen jump yet: run `onejump select --out {folder}` "
                             f"(after `onejump train --out {folder}`)")
     return folder
@@ -589,7 +596,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_lens(args: argparse.Namespace) -> int:
-    from .lenses.resolve import resolve_lens, run_model
+    from .experiment.lens_names import resolve_lens, run_model
     from .model.loading import DEFAULT_MODEL, load_model
     from .trajectory import save_trajectories, trajectories
 

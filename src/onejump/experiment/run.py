@@ -66,8 +66,12 @@ class Run:
     def store_dir(self) -> Path:
         return self.folder / "store"
 
-    def shortcut_dir(self, kind: str) -> Path:
-        return self.folder / "shortcuts" / kind
+    def lens_path(self, name: str) -> Path:
+        """Where the run keeps a lens: ``nnjtc`` (per-level), ``joint``, ``jtc``, ``ojfa``, ``tuned``, or the
+        sweep's ``best`` single jump."""
+        return self.folder / "sweep" / "best" if name == "best" else self.folder / "shortcuts" / name
+
+    shortcut_dir = lens_path
 
     def data_args(self) -> DataArgs:
         path = self.folder / "run.json"
@@ -196,8 +200,9 @@ class Run:
         return Lens.load(folder, self.lm())
 
     # ---- stage 2: train --------------------------------------------------------------------
-    def train(self, config: Any, *, joint: bool = True, jtc: bool = True, rank_multiplier: int = 1) -> dict[str, Any]:
-        """Train (or reuse) the per-level bank, the joint jump and the JTC maps; returns their lenses.
+    def train(self, config: Any, *, joint: bool = True, jtc: bool = True, tuned: bool = True,
+              rank_multiplier: int = 1) -> dict[str, Any]:
+        """Train (or reuse) the per-level bank, the joint jump, the JTC maps and the tuned lens; returns their lenses.
 
         ``rank_multiplier`` (with ``config.rank`` unset) trains at ``rank_multiplier * floor(H/100)``.
         """
@@ -209,7 +214,10 @@ class Run:
             config = replace(config, rank=rank_multiplier * default_rank(self.store().hidden_size))
         joint_config = replace(config, **self.preset().get("joint", {}))
         targets_cache: dict[int, Any] = {}  # the KL objective's targets, shared by the bank and the joint jump
+        from ..training.tuned import TunedTrainConfig
+
         jobs = [("nnjtc", config)] + ([("joint", joint_config)] if joint else []) + ([("jtc", None)] if jtc else [])
+        jobs += [("tuned", TunedTrainConfig())] if tuned else []
         return {kind: self.train_or_reuse(kind, cfg, self.shortcut_dir(kind), targets_cache) for kind, cfg in jobs}
 
     def _fit(self, kind: str, store: HiddenStateStore, config: Any, targets_cache: dict, key: str):
@@ -220,6 +228,13 @@ class Run:
         lm, dev = self.lm(), self.compute_device
         if kind == "jtc":
             return JTCLens(lm, LinearJTC.fit(store, device=dev).cpu(), extra={"key": key})
+        if kind == "tuned":
+            from ..training.tuned import train_tuned_lens
+
+            lens, history = train_tuned_lens(store, lm, config, device=dev, progress=self.progress,
+                                             targets=targets_cache.get(config.kl_top_k))
+            lens.extra = {"key": key, "history": history.to_dict()}
+            return lens.cpu()
         loss_fn = objective_loss(store, config, lm.adapter, self.progress, dev, targets_cache)
         trainer = train_jumps if kind == "nnjtc" else train_joint
         bank, history = trainer(store, config, device=dev, progress=self.progress, loss_fn=loss_fn)
@@ -293,14 +308,14 @@ class Run:
     # ---- stage 4: evaluate -----------------------------------------------------------------
     def evaluation_key(self) -> str:
         """What the evaluation is computed from: the store, every lens, the selection."""
-        inputs = {name: self.identity(name) for name in ("store", "nnjtc", "joint", "jtc", "ojfa", "selection")}
+        inputs = {name: self.identity(name) for name in ("store", "nnjtc", "joint", "jtc", "ojfa", "tuned",
+                                                         "selection")}
         return _key(inputs, "eval", 2)
 
     def evaluate(self):
         """Evaluate every lens of the run and the reuse matrix on the test split (cached)."""
         from ..evaluation.metrics import reuse_matrix
         from ..evaluation.result import EvalResult
-        from ..lenses.base import LogitLens
 
         selection = self.select_result()
         key = self.evaluation_key()
@@ -309,10 +324,9 @@ class Run:
             self.state.reused.append("evaluate")
             return EvalResult.load(folder)
         t0 = time.perf_counter()
-        store, lm = self.store(), self.lm()
-        per_level = self.lens("nnjtc")
-        lenses = {"identity": LogitLens(lm), "full": per_level, "ojfa": self.lens("ojfa")}
-        lenses.update({kind: self.lens(kind) for kind in ("joint", "jtc") if self.has_lens(kind)})
+        store = self.store()
+        lenses = self.run_lenses(best=False)
+        per_level = lenses["full"]
         from ..evaluation.metrics import evaluate
 
         result = evaluate(store, lenses, chosen=selection["chosen"], progress=self.progress)
@@ -322,24 +336,20 @@ class Run:
         self._timed("evaluate", t0)
         return result
 
-    def run_lenses(self, with_per_level: bool = True) -> dict[str, Any]:
+    def run_lenses(self, best: bool = True) -> dict[str, Any]:
         """The run's lenses by report name: the logit lens, full N-NJTC, OJFA, and whichever of the
         joint jump, JTC, the tuned lens and the sweep's best single jump exist."""
         from ..lenses.base import Lens, LogitLens
 
         lm = self.lm()
-        lenses: dict[str, Any] = {"identity": LogitLens(lm)}
-        if with_per_level:
-            lenses["full"] = self.lens("nnjtc")
-        lenses["ojfa"] = self.lens("ojfa")
+        lenses: dict[str, Any] = {"identity": LogitLens(lm), "full": self.lens("nnjtc"), "ojfa": self.lens("ojfa")}
         lenses.update({kind: self.lens(kind) for kind in ("joint", "jtc", "tuned") if self.has_lens(kind)})
-        best = self.folder / "sweep" / "best"
-        if (best / "config.json").is_file():
-            lenses["best"] = Lens.load(best, lm)
+        if best and (self.lens_path("best") / "config.json").is_file():
+            lenses["best"] = Lens.load(self.lens_path("best"), lm)
         return lenses
 
     def exits_key(self) -> str:
-        best = self.folder / "sweep" / "best" / "config.json"
+        best = self.lens_path("best") / "config.json"
         best_id = hashlib.sha256(best.read_bytes()).hexdigest()[:16] if best.is_file() else None
         return _key(self.evaluation_key(), self.identity("tuned"), best_id, "exits", 1)
 
@@ -404,9 +414,27 @@ class Run:
         exits = self.exits()
         if exits is not None:
             results["early_exit"] = exits.to_dict()
+        out = self.folder / "report"
+        self._report_extras(result, out)
         self._timed("report", t0)
         results["timings"] = self.all_timings()
-        return write_report(results, self.folder / "report")
+        return write_report(results, out)
+
+    def _report_extras(self, result: Any, out: Path) -> None:
+        """tuned-lens-shaped ``aggregate_metrics.json``, and the prediction trajectory of a fixed test
+        sentence (its first sample's prefix) through the logit lens and the run's single jump."""
+        from ..evaluation.aggregate import metrics_of_result, write_aggregate_metrics
+        from ..lenses.base import LogitLens
+        from ..trajectory import save_trajectories, trajectories
+
+        write_aggregate_metrics(out, **metrics_of_result(result))
+        lm, store = self.lm(), self.store()
+        single = "best" if (self.lens_path("best") / "config.json").is_file() else "ojfa"
+        lenses = [LogitLens(lm), self.run_lenses()[single]]
+        row = int(store.indices("test")[0])
+        prompt = lm.tokenizer.decode(store.prefix_tokens(row), skip_special_tokens=True)
+        trajs = trajectories([lens.to(lm.device) for lens in lenses], lm, prompt, names=["logit lens", single])
+        save_trajectories(trajs, out / "trajectory.png", title=f"{lm.name}: what each level predicts")
 
     def all_timings(self) -> dict[str, float]:
         """This invocation's stage timings merged into those recorded by earlier ones (timings.json)."""

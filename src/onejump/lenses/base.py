@@ -48,6 +48,7 @@ class Lens(nn.Module):
     def __init__(self, lm: Any):
         super().__init__()
         object.__setattr__(self, "lm", lm)
+        self.extra: dict[str, Any] = {}  # provenance kept with the file (training history, stage keys)
 
     # ---- shape of the model ------------------------------------------------------------------
     @property
@@ -113,7 +114,7 @@ class Lens(nn.Module):
         config = {"format": LENS_FORMAT, "version": LENS_VERSION, "kind": self.kind,
                   "model": self.lm.name, "fingerprint": self.lm.fingerprint,
                   "num_blocks": self.num_blocks, "hidden_size": self.hidden_size,
-                  "parameters": self.num_parameters, **self.lens_config(),
+                  "parameters": self.num_parameters, **self.lens_config(), "extra": self.extra,
                   "weights": WEIGHTS_NAME, "sha256": sha256_file(folder / WEIGHTS_NAME),
                   "tensors": {k: list(v.shape) for k, v in tensors.items()}}
         atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=1))
@@ -149,7 +150,9 @@ class Lens(nn.Module):
         target = Lens.kinds[kind]
         if cls is not Lens and not issubclass(target, cls):
             raise ShortcutError(f"{folder} holds a '{kind}' lens, not a {cls.__name__}")
-        return target.from_config(lm, config, tensors)
+        lens = target.from_config(lm, config, tensors)
+        lens.extra = dict(config.get("extra") or {})
+        return lens
 
     load = from_pretrained
 
