@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import defaults as DEFAULTS  # noqa: N812  (the data defaults, written once)
 from .errors import ConfigError, OneJumpError
 
 EPILOG = "Docs: README.md. Defaults reproduce the paper's protocol on the offline SmolLM2-135M model."
@@ -53,7 +54,7 @@ def _positive(kind: type = int) -> Callable[[str], int | float]:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m",
+    p.add_argument("--model", default=DEFAULTS.DEFAULT_MODEL,
                    help="alias (smollm2-135m, gemma3-270m; qwen2.5-coder-0.5b, qwen2.5-coder-1.5b are downloaded "
                         "on first use), hub id, local folder or .gguf file (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
@@ -64,20 +65,22 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--corpus", default="wikipedia-offline",
+    p.add_argument("--corpus", default=DEFAULTS.DEFAULT_CORPUS,
                    help="wikipedia-offline (default), a .txt/.jsonl file, or hf:DATASET (online)")
     p.add_argument("--hf-config", default=None, help="dataset config for hf: corpora, e.g. 20231101.en")
     p.add_argument("--text-field", default="text", help="text field of .jsonl / hf: corpora (default: text)")
     p.add_argument("--max-documents", type=_positive(), default=None,
                    help="read at most this many documents (lines, records, articles); useful for hf: corpora")
-    p.add_argument("--n-train", type=_positive(), default=9000, help="train sentences (default: %(default)s)")
-    p.add_argument("--n-test", type=_positive(), default=3000, help="test sentences (default: %(default)s)")
-    p.add_argument("--seed", type=_non_negative, default=0, help="seed of the sample and positions (default: 0)")
+    p.add_argument("--n-train", type=_positive(), default=DEFAULTS.N_TRAIN,
+                   help="train sentences (default: %(default)s)")
+    p.add_argument("--n-test", type=_positive(), default=DEFAULTS.N_TEST, help="test sentences (default: %(default)s)")
+    p.add_argument("--seed", type=_non_negative, default=DEFAULTS.SEED,
+                   help="seed of the sample and positions (default: %(default)s)")
     p.add_argument("--store-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="dtype of stored hidden states (default: %(default)s)")
-    p.add_argument("--tokens-per-batch", type=_positive(), default=8192,
+    p.add_argument("--tokens-per-batch", type=_positive(), default=DEFAULTS.TOKENS_PER_BATCH,
                    help="token budget of one extraction batch (default: %(default)s)")
-    p.add_argument("--shard-size", type=_positive(), default=1024,
+    p.add_argument("--shard-size", type=_positive(), default=DEFAULTS.SHARD_SIZE,
                    help="about this many samples per store shard file: a shard holds whole extraction batches "
                         "(up to 64 samples each), so it ends at the first batch that reaches this size, and the "
                         "last shard holds the rest; a shard is what an interrupted extraction keeps and what "

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .defaults import SHARD_SIZE, TOKENS_PER_BATCH
 from .errors import ConfigError, CorpusError, StoreError
 from .io import atomic_write_text
 from .model.loading import LoadedModel
@@ -60,7 +61,8 @@ def sample_positions(tokenizer: Any, sentences: Sequence[str], splits: Sequence[
     return samples
 
 
-def plan_batches(samples: Sequence[Sample], tokens_per_batch: int = 8192, max_batch_size: int = 64) -> list[list[int]]:
+def plan_batches(samples: Sequence[Sample], tokens_per_batch: int = TOKENS_PER_BATCH,
+                 max_batch_size: int = 64) -> list[list[int]]:
     """Group samples (indices into ``samples``) into length-bucketed batches within a token budget.
 
     Sorting by prefix length keeps padding small; a batch holds at most ``max_batch_size`` rows and
@@ -82,7 +84,7 @@ def plan_batches(samples: Sequence[Sample], tokens_per_batch: int = 8192, max_ba
     return batches
 
 
-def plan_shards(batches: list[list[int]], shard_size: int = 1024) -> list[list[list[int]]]:
+def plan_shards(batches: list[list[int]], shard_size: int = SHARD_SIZE) -> list[list[list[int]]]:
     """Group consecutive batches into shards of about ``shard_size`` samples."""
     shards: list[list[list[int]]] = []
     current: list[list[int]] = []
@@ -228,9 +230,9 @@ def extract(
     splits: Sequence[int] | None = None,
     seed: int = 0,
     store_dtype: str = "float32",
-    tokens_per_batch: int = 8192,
+    tokens_per_batch: int = TOKENS_PER_BATCH,
     max_batch_size: int = 64,
-    shard_size: int = 1024,
+    shard_size: int = SHARD_SIZE,
     progress: bool = True,
     extra: dict[str, Any] | None = None,
     on_shard: Callable[[int, int], None] | None = None,

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..defaults import DEFAULT_MODEL  # noqa: F401  (re-exported: the alias used when none is given)
 from ..errors import DiskFullError, ModelLoadError
 from ..io import DEFAULT_CACHE, sha256_file
 from .adapter import ArchitectureAdapter
@@ -72,9 +73,6 @@ ALIASES: dict[str, GGUFAlias] = {
         description="Gemma 3 270M base (K=18, H=640), Q4_K_M GGUF dequantized to fp32",
     ),
 }
-
-
-DEFAULT_MODEL = "smollm2-135m"
 
 
 def known_aliases() -> list[str]:
