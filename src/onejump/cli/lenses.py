@@ -16,7 +16,7 @@ def _jump_folder(path: str) -> Path:
     from ..errors import ShortcutError
 
     folder = Path(path)
-    from ..experiment.run import Run
+    from ..experiment.folder import RunFolder as Run
 
     if Run(folder).lens_path("ojfa").is_dir():
         return Run(folder).lens_path("ojfa")

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import ConfigError, ShortcutError
 from ..lenses.base import Lens, LogitLens
-from .run import Run
+from .folder import RunFolder
 
 RUN_LENS_NAMES = ("ojfa", "best", "tuned")
 
@@ -17,7 +17,7 @@ def run_lens_path(run: str | Path, name: str) -> Path:
     """Where run folder ``run`` keeps lens ``name`` (``ojfa``, ``best`` or ``tuned``): the run owns its layout."""
     if name not in RUN_LENS_NAMES:
         raise ConfigError(f"a run names its lenses {', '.join(RUN_LENS_NAMES)}; got '{name}'")
-    return Run(run).lens_path(name)
+    return RunFolder(run).lens_path(name)
 
 
 def run_model(run: str | Path) -> str | None:

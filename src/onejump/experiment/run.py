@@ -1,22 +1,10 @@
-"""The whole experiment as cached stages: extract -> train -> select -> evaluate -> report.
+"""The whole experiment as cached stages: extract -> train -> select -> evaluate -> early exit -> report.
 
-A run folder holds::
-
-    run.json               model and data arguments (written by the extract stage)
-    store/                 hidden states (onejump.store)
-    shortcuts/nnjtc/       the K per-level jumps (records the OJFA choice once selected)
-    shortcuts/joint/       one jump trained on all levels
-    shortcuts/jtc/         the full-rank linear JTC maps
-    shortcuts/ojfa/        the chosen jump alone (what early-exit inference loads)
-    selection.json         D matrix, D_m, OJFA choice, softmax(D / 5e-4) (and the head-aware scores)
-    preset.json            the preset the run was trained with (paper / best) and its selection rule
-    evaluation/            per-sample test results (safetensors) + summary
-    report/                results.json, figures, report.md
-    sweep/                 the objective x rank sweep (``onejump sweep``), if run
-
-Every stage is keyed by a hash of its inputs (store, training configuration, ...); a stage whose
-output exists with the same key is reused, so ``onejump run`` after an interruption, or with only
-the report changed, redoes only what is needed.
+Every stage records a key made of the content identities of its inputs (the store's shard hashes,
+each lens file's weights hash, the selection, the evaluation) and its settings; a stage whose
+output holds the current key is reused, one whose inputs changed is recomputed by ``onejump run``
+and refused, with the command to run, by a command that only reads it (``report``, ``evaluate``).
+The folder's layout is :mod:`onejump.experiment.folder`'s.
 """
 
 from __future__ import annotations
@@ -24,83 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from ..errors import ShortcutError, StoreError
 from ..io import atomic_write_text
 from ..store import HiddenStateStore
-from .presets import PRESETS, DataArgs
+from .folder import RunFolder, stage_key
+from .presets import DataArgs
 from .results import build_results
 
 
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass
-class RunState:
-    """Timings and the objects produced so far."""
-
-    timings: dict[str, float] = field(default_factory=dict)
-    reused: list[str] = field(default_factory=list)
-
-
-class Run:
+class Run(RunFolder):
     """A run folder and its stages."""
-
-    def __init__(self, folder: str | Path, *, device: str = "auto", dtype: str = "float32",
-                 device_map: str | None = None, progress: bool = True):
-        self.folder = Path(folder)
-        self.device, self.dtype, self.device_map = device, dtype, device_map
-        self.progress = progress
-        self.state = RunState()
-        self._lm = None
-        self._store: HiddenStateStore | None = None
-
-    # ---- paths and config ---------------------------------------------------------------------
-    @property
-    def store_dir(self) -> Path:
-        return self.folder / "store"
-
-    def lens_path(self, name: str) -> Path:
-        """Where the run keeps a lens: ``nnjtc`` (per-level), ``joint``, ``jtc``, ``ojfa``, ``tuned``, or the
-        sweep's ``best`` single jump."""
-        return self.folder / "sweep" / "best" if name == "best" else self.folder / "shortcuts" / name
-
-    shortcut_dir = lens_path
-
-    def data_args(self) -> DataArgs:
-        path = self.folder / "run.json"
-        if not path.is_file():
-            raise StoreError(f"{self.folder} is not an onejump run folder (no run.json): run `onejump extract "
-                             f"--out {self.folder}` or `onejump run --out {self.folder}` first")
-        try:
-            return DataArgs(**json.loads(path.read_text())["data"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise StoreError(f"{path} is corrupt: {exc}") from None
-
-    def _timed(self, stage: str, t0: float) -> None:
-        self.state.timings[stage] = round(self.state.timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
-
-    def lm(self):
-        """The model, loaded once."""
-        if self._lm is None:
-            from ..model.loading import load_model
-
-            args = self.data_args()
-            self._lm = load_model(args.model, device=self.device if self.device_map is None else None,
-                                  dtype=self.dtype, device_map=self.device_map)
-        return self._lm
-
-    @property
-    def compute_device(self) -> torch.device:
-        from ..model.loading import resolve_device
-
-        return resolve_device(self.device)
 
     # ---- stage 1: extract ------------------------------------------------------------------
     def extract(self, args: DataArgs) -> HiddenStateStore:
@@ -139,52 +63,13 @@ class Run:
         self._timed("extract", t0)
         return store
 
-    def store(self) -> HiddenStateStore:
-        """The run's store, opened once (its shards are verified before first use)."""
-        if self._store is None:
-            self._store = HiddenStateStore.open(self.store_dir, fingerprint=self.lm().fingerprint, verify=False)
-        return self._store
-
     # ---- what each stage was computed from -------------------------------------------------
-    def identity(self, name: str) -> str | None:
-        """Content identity of a stage output (None when it does not exist).
-
-        ``store``: its manifest (which lists every shard's sha256); a lens kind: its config (which
-        holds the weights' sha256, checked whenever the lens is loaded); ``selection`` and
-        ``evaluation``: their JSON. A stage records the identities of its inputs in its key, so a
-        changed input makes every stage after it stale.
-        """
-        if name == "store" and (self.store_dir / "manifest.json").is_file():
-            return self.store().verify_identity()
-        paths = {"selection": self.folder / "selection.json",
-                 "evaluation": self.folder / "evaluation" / "result.json"}
-        if name in paths:
-            path = paths[name]
-        else:
-            folder = self.shortcut_dir(name)
-            path = next((folder / n for n in ("config.json", "shortcuts.json") if (folder / n).is_file()),
-                        folder / "config.json")
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
-
-    def has_lens(self, kind: str) -> bool:
-        return self.identity(kind) is not None
-
-    def lens(self, kind: str):
-        """The lens saved by a stage: ``nnjtc`` (per-level), ``joint``, ``jtc`` or ``ojfa``."""
-        from ..lenses.base import Lens
-
-        if not self.has_lens(kind):
-            command = "select" if kind == "ojfa" else "train"
-            raise ShortcutError(f"no trained '{kind}' lens in {self.shortcut_dir(kind)}: run "
-                                f"`onejump {command} --out {self.folder}`")
-        return Lens.load(self.shortcut_dir(kind), self.lm())
-
     def train_or_reuse(self, kind: str, config: Any, folder: Path, targets_cache: dict | None = None):
         """The lens of ``kind`` (``nnjtc``, ``joint``, ``jtc``) trained with ``config`` on this run's store,
         saved in ``folder``; reused from there when it was trained from the same store and config."""
         from ..lenses.base import Lens
 
-        key = _key({"store": self.identity("store"), "fingerprint": self.lm().fingerprint}, kind,
+        key = stage_key({"store": self.identity("store"), "fingerprint": self.lm().fingerprint}, kind,
                    config.to_dict() if config is not None else None)
         if (folder / "config.json").is_file() or (folder / "shortcuts.json").is_file():
             try:
@@ -244,27 +129,8 @@ class Run:
         return OneJump(lm, bank.cpu(), trained_at=-1, extra=extra)
 
     # ---- stage 3: select -------------------------------------------------------------------
-    def preset(self) -> dict[str, Any]:
-        """The preset recorded by train/run (``preset.json``); the paper's when none was recorded."""
-        path = self.folder / "preset.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        return {"name": "paper", **PRESETS["paper"]}
-
-    def record_preset(self, name: str, select_rule: str | None = None) -> None:
-        """Write ``preset.json`` (which preset trained this run, and its selection rule)."""
-        from ..errors import ConfigError
-
-        if name not in PRESETS:
-            raise ConfigError(f"unknown preset '{name}'; use one of {', '.join(PRESETS)}")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        info = {"name": name, **PRESETS[name]}
-        if select_rule is not None:
-            info["select_rule"] = select_rule
-        atomic_write_text(self.folder / "preset.json", json.dumps(info, indent=1))
-
-    def _select_key(self, rule: str) -> str:
-        return _key(self.identity("nnjtc"), self.identity("store"), "select", rule)
+    def _selectstage_key(self, rule: str) -> str:
+        return stage_key(self.identity("nnjtc"), self.identity("store"), "select", rule)
 
     def select(self, rule: str | None = None) -> dict[str, Any]:
         """Score every jump at every level, choose the single jump (OJFA), save it as shortcuts/ojfa.
@@ -276,7 +142,7 @@ class Run:
 
         rule = rule or self.preset().get("select_rule", "paper")
         per_level = self.lens("nnjtc")
-        key = self._select_key(rule)
+        key = self._selectstage_key(rule)
         path = self.folder / "selection.json"
         if path.is_file() and self.has_lens("ojfa"):
             saved = json.loads(path.read_text())
@@ -300,17 +166,17 @@ class Run:
         if not path.is_file():
             raise ShortcutError(f"no OJFA selection in {self.folder}: run `onejump select --out {self.folder}`")
         saved = json.loads(path.read_text())
-        if saved.get("key") != self._select_key(saved.get("rule", "paper")):
+        if saved.get("key") != self._selectstage_key(saved.get("rule", "paper")):
             raise ShortcutError(f"the OJFA selection in {self.folder} was made from other jumps or another store "
                                 f"than those now in the run: run `onejump select --out {self.folder}`")
         return saved
 
     # ---- stage 4: evaluate -----------------------------------------------------------------
-    def evaluation_key(self) -> str:
+    def evaluationstage_key(self) -> str:
         """What the evaluation is computed from: the store, every lens, the selection."""
         inputs = {name: self.identity(name) for name in ("store", "nnjtc", "joint", "jtc", "ojfa", "tuned",
                                                          "selection")}
-        return _key(inputs, "eval", 2)
+        return stage_key(inputs, "eval", 2)
 
     def evaluate(self):
         """Evaluate every lens of the run and the reuse matrix on the test split (cached)."""
@@ -318,7 +184,7 @@ class Run:
         from ..evaluation.result import EvalResult
 
         selection = self.select_result()
-        key = self.evaluation_key()
+        key = self.evaluationstage_key()
         folder = self.folder / "evaluation"
         if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key:
             self.state.reused.append("evaluate")
@@ -348,17 +214,17 @@ class Run:
             lenses["best"] = Lens.load(self.lens_path("best"), lm)
         return lenses
 
-    def exits_key(self) -> str:
+    def exitsstage_key(self) -> str:
         best = self.lens_path("best") / "config.json"
         best_id = hashlib.sha256(best.read_bytes()).hexdigest()[:16] if best.is_file() else None
-        return _key(self.evaluation_key(), self.identity("tuned"), best_id, "exits", 1)
+        return stage_key(self.evaluationstage_key(), self.identity("tuned"), best_id, "exits", 1)
 
     def simulate_exits(self):
         """Confidence early exit simulated on the test store for every lens of the run (cached)."""
         from ..evaluation.early_exit import ExitSimulation, simulate_exits
 
         self.select_result()
-        folder, key = self.folder / "early_exit", self.exits_key()
+        folder, key = self.folder / "early_exit", self.exitsstage_key()
         if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key:
             self.state.reused.append("exits")
             return ExitSimulation.load(folder)
@@ -376,7 +242,7 @@ class Run:
         folder = self.folder / "early_exit"
         if not (folder / "key.txt").is_file():
             return None
-        if (folder / "key.txt").read_text() != self.exits_key():
+        if (folder / "key.txt").read_text() != self.exitsstage_key():
             raise StoreError(f"the early-exit simulation in {self.folder} is older than the lenses now in the run: "
                              f"run `onejump evaluate --out {self.folder}`")
         return ExitSimulation.load(folder)
@@ -389,7 +255,7 @@ class Run:
         if not (folder / "result.json").is_file():
             raise StoreError(f"no evaluation in {self.folder}: run `onejump evaluate --out {self.folder}`")
         self.select_result()  # a stale selection is named first: it is the earliest stage to redo
-        if not (folder / "key.txt").is_file() or (folder / "key.txt").read_text() != self.evaluation_key():
+        if not (folder / "key.txt").is_file() or (folder / "key.txt").read_text() != self.evaluationstage_key():
             raise StoreError(f"the evaluation in {self.folder} is older than the lenses, store or selection now "
                              f"in the run: run `onejump evaluate --out {self.folder}`")
         return EvalResult.load(folder)
@@ -436,10 +302,3 @@ class Run:
         trajs = trajectories([lens.to(lm.device) for lens in lenses], lm, prompt, names=["logit lens", single])
         save_trajectories(trajs, out / "trajectory.png", title=f"{lm.name}: what each level predicts")
 
-    def all_timings(self) -> dict[str, float]:
-        """This invocation's stage timings merged into those recorded by earlier ones (timings.json)."""
-        path = self.folder / "timings.json"
-        saved = json.loads(path.read_text()) if path.is_file() else {}
-        saved.update(self.state.timings)
-        atomic_write_text(path, json.dumps(saved, indent=1))
-        return saved
