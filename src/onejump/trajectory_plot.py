@@ -10,6 +10,8 @@ import numpy as np
 
 from .errors import ConfigError
 
+STATISTICS = {"probs": "top-1 probability", "kl": "KL(p_final || p_lens) [nats]", "entropy": "entropy [nats]"}
+
 if TYPE_CHECKING:
     from .trajectory import PredictionTrajectory
 
@@ -18,7 +20,6 @@ _STYLE = {"probs": ("Blues", 1.0), "kl": ("Reds", None), "entropy": ("Purples", 
 
 
 def _limits(trajs: Sequence[PredictionTrajectory], statistic: str) -> tuple[str, float, float]:
-    from .trajectory import STATISTICS
 
     if statistic not in STATISTICS:
         raise ConfigError(f"unknown statistic {statistic!r}; use one of {', '.join(STATISTICS)}")
@@ -77,7 +78,6 @@ def plot_trajectories(trajs: Sequence[PredictionTrajectory], statistic: str = "p
 
 
 def _label(statistic: str) -> str:
-    from .trajectory import STATISTICS
 
     return STATISTICS[statistic]
 

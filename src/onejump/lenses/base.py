@@ -39,6 +39,9 @@ class Lens(nn.Module):
 
     kind: ClassVar[str] = ""
     kinds: ClassVar[dict[str, type[Lens]]] = {}
+    # Reading and uploading live in lenses.files / lenses.hub, which build lenses of every kind;
+    # the package plugs them in here (onejump/lenses/__init__.py), so this module imports none of them.
+    io: ClassVar[Any] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -126,41 +129,15 @@ class Lens(nn.Module):
     def from_pretrained(cls, folder: str | Path, lm: Any, *, revision: str | None = None) -> Lens:
         """Load a lens for the model ``lm`` (its fingerprint must match the file's) from a folder or a
         Hugging Face hub id (``owner/name``, ``revision`` optional); a tuned-lens folder
-        (``config.json`` + ``params.pt``) is imported as a :class:`~onejump.lenses.tuned.TunedLens`."""
-        from .files import CONFIG_NAME as LEGACY_CONFIG
-        from .files import legacy_lens, read_lens_folder
-        from .hub import resolve_pretrained
-        from .tuned_format import import_tuned_lens, is_tuned_lens_folder
-
-        folder = resolve_pretrained(folder, revision=revision)
-        if is_tuned_lens_folder(folder):
-            lens = import_tuned_lens(folder, lm)
-            if not isinstance(lens, cls):
-                raise ShortcutError(f"{folder} holds a tuned lens, not a {cls.__name__}")
-            return lens
-        if not (folder / CONFIG_NAME).is_file() and (folder / LEGACY_CONFIG).is_file():
-            lens = legacy_lens(folder, lm)
-            if cls is not Lens and not isinstance(lens, cls):
-                raise ShortcutError(f"{folder} holds a '{lens.kind}' lens, not a {cls.__name__}")
-            return lens
-        config, tensors = read_lens_folder(folder, lm)
-        kind = config["kind"]
-        if kind not in Lens.kinds:
-            raise ShortcutError(f"{folder}: unknown lens kind '{kind}' (known: {', '.join(sorted(Lens.kinds))})")
-        target = Lens.kinds[kind]
-        if cls is not Lens and not issubclass(target, cls):
-            raise ShortcutError(f"{folder} holds a '{kind}' lens, not a {cls.__name__}")
-        lens = target.from_config(lm, config, tensors)
-        lens.extra = dict(config.get("extra") or {})
-        return lens
+        (``config.json`` + ``params.pt``) is imported as a :class:`~onejump.lenses.tuned.TunedLens`;
+        the shortcut folders of older run folders load too."""
+        return Lens.io.load(cls, folder, lm, revision=revision)
 
     load = from_pretrained
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Upload to a Hugging Face hub model repository (see :func:`onejump.lenses.hub.push_to_hub`)."""
-        from .hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
+        return Lens.io.push(self, repo_id, **kwargs)
 
     def extra_repr(self) -> str:
         return f"model={self.lm.name}, K={self.num_blocks}, H={self.hidden_size}, parameters={self.num_parameters}"

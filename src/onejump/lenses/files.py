@@ -16,8 +16,13 @@ from torch import nn
 
 from ..errors import NumericalError, ShortcutError
 from ..io import sha256_file
-from .jtc import LinearJTC
+from .base import CONFIG_NAME as LENS_CONFIG
+from .base import LENS_FORMAT, Lens, read_weights
+from .hub import resolve_pretrained
+from .jtc import JTCLens, LinearJTC
 from .jumps import _BANK_KEYS, JumpBank
+from .onejump import OneJump, PerLevelLens
+from .tuned_format import import_tuned_lens, is_tuned_lens_folder
 
 FORMAT = "onejump-shortcuts"
 VERSION = 1
@@ -218,9 +223,6 @@ def load_shortcuts(path: str | Path, fingerprint: str | None = None) -> Shortcut
 
 def read_lens_folder(folder: Path, lm: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(config, tensors) of a lens folder written by :meth:`Lens.save_pretrained`, checked against ``lm``."""
-    from .base import CONFIG_NAME as LENS_CONFIG
-    from .base import LENS_FORMAT, read_weights
-
     _refuse_pickle_name(folder)
     cfg_path = folder / LENS_CONFIG
     if not cfg_path.is_file():
@@ -257,9 +259,6 @@ def read_lens_folder(folder: Path, lm: Any) -> tuple[dict[str, Any], dict[str, t
 
 def legacy_lens(folder: Path, lm: Any):
     """A lens from a shortcut folder (``shortcuts.json``): what run folders held before lens files."""
-    from .jtc import JTCLens
-    from .onejump import OneJump, PerLevelLens
-
     module, config = load_shortcuts(folder, fingerprint=lm.fingerprint)
     extra = config.get("extra") or {}
     kind = config["kind"]
@@ -271,3 +270,31 @@ def legacy_lens(folder: Path, lm: Any):
     if not isinstance(trained_at, int):
         raise ShortcutError(f"{folder} records no chosen jump")
     return OneJump(lm, module, trained_at=trained_at, extra=extra)
+
+
+def load_lens(cls: type, folder: str | Path, lm: Any, *, revision: str | None = None) -> Any:
+    """Load a lens for the model ``lm`` (its fingerprint must match the file's) from a folder or a
+    Hugging Face hub id (``owner/name``, ``revision`` optional); a tuned-lens folder
+    (``config.json`` + ``params.pt``) is imported as a :class:`~onejump.lenses.tuned.TunedLens`."""
+    folder = resolve_pretrained(folder, revision=revision)
+    if is_tuned_lens_folder(folder):
+        lens = import_tuned_lens(folder, lm)
+        if not isinstance(lens, cls):
+            raise ShortcutError(f"{folder} holds a tuned lens, not a {cls.__name__}")
+        return lens
+    if not (folder / LENS_CONFIG).is_file() and (folder / CONFIG_NAME).is_file():
+        lens = legacy_lens(folder, lm)
+        if cls is not Lens and not isinstance(lens, cls):
+            raise ShortcutError(f"{folder} holds a '{lens.kind}' lens, not a {cls.__name__}")
+        return lens
+    config, tensors = read_lens_folder(folder, lm)
+    kind = config["kind"]
+    if kind not in Lens.kinds:
+        raise ShortcutError(f"{folder}: unknown lens kind '{kind}' (known: {', '.join(sorted(Lens.kinds))})")
+    target = Lens.kinds[kind]
+    if cls is not Lens and not issubclass(target, cls):
+        raise ShortcutError(f"{folder} holds a '{kind}' lens, not a {cls.__name__}")
+    lens = target.from_config(lm, config, tensors)
+    lens.extra = dict(config.get("extra") or {})
+    return lens
+
