@@ -109,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--threads", default=None,
-                        help="CPU threads: 'auto' = usable CPUs minus those other processes keep busy, or a number "
-                             "(default: $ONEJUMP_THREADS, else $OMP_NUM_THREADS, else auto)")
+                        help="CPU threads: 'auto' = the CPUs this process may use ($OMP_NUM_THREADS if set), 'free' = "
+                             "those minus the CPUs other processes keep busy, or a number (default: $ONEJUMP_THREADS, "
+                             "else auto). Idle OpenMP threads sleep instead of spinning unless $OMP_WAIT_POLICY says "
+                             "otherwise")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="fetch the offline corpus and cache the offline models (idempotent)",
