@@ -138,8 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--threads", default=None,
-                        help="CPU threads: 'auto' = usable CPUs minus those other processes keep busy, or a number "
-                             "(default: $ONEJUMP_THREADS, else $OMP_NUM_THREADS, else auto)")
+                        help="CPU threads: 'auto' = the CPUs this process may use ($OMP_NUM_THREADS if set), 'free' = "
+                             "those minus the CPUs other processes keep busy, or a number (default: $ONEJUMP_THREADS, "
+                             "else auto). Idle OpenMP threads sleep instead of spinning unless $OMP_WAIT_POLICY says "
+                             "otherwise")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_experiment_commands(sub)
     _add_lens_commands(sub)
