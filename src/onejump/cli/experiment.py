@@ -14,7 +14,8 @@ from .common import _INTERRUPT_HINT, _data_args, _int_list, _lock, _rank_multipl
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from ..corpus.offline import prepare_offline_corpus
-    from ..model.loading import known_aliases, load_model, unknown_model_error
+    from ..model.aliases import known_aliases, unknown_model_error
+    from ..model.loading import load_model
 
     for alias in args.models:  # before any download, so a typo costs nothing
         if alias not in known_aliases():
@@ -162,7 +163,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ..model.loading import installed_alias_versions
+    from ..model.aliases import installed_alias_versions
     from ..store import HiddenStateStore
 
     if args.path:

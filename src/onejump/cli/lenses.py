@@ -114,8 +114,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_lens(args: argparse.Namespace) -> int:
+    from ..defaults import DEFAULT_MODEL
     from ..experiment.lens_names import resolve_lens, run_model
-    from ..model.loading import DEFAULT_MODEL, load_model
+    from ..model.loading import load_model
     from ..trajectory import save_trajectories, trajectories
 
     out = Path(args.out)
