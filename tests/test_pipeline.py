@@ -1,6 +1,7 @@
 """`onejump run` end to end on a tiny model: every stage, the report, and stage reuse."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -49,7 +50,7 @@ def test_rerun_reuses_every_stage(run_dir, tiny_dir, corpus, capsys):
                  "--max-epochs", "3", "--batch-size", "16", "--rank", "2", "--out", str(run_dir), "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "reused: extract, train:nnjtc, train:joint, train:jtc, select, evaluate" in out
+    assert "reused: extract, train:nnjtc, train:joint, train:jtc, train:tuned, select, evaluation, reuse, exits" in out
 
 
 def test_other_settings_in_same_folder_refused(run_dir, tiny_dir, corpus, capsys):
@@ -85,6 +86,14 @@ def test_stage_without_run_folder_is_clear(tmp_path, capsys):
     assert "not an onejump run folder" in capsys.readouterr().err
 
 
+def _results(run: Path) -> dict:
+    """results.json without its wall-clock times (the only thing two identical runs may differ in)."""
+    r = json.loads((run / "report" / "results.json").read_text())
+    r.pop("timings")
+    r["early_exit"].pop("seconds")
+    return r
+
+
 def test_same_seed_same_results(run_dir, tiny_dir, corpus, tmp_path):
     """A second run from scratch with the same seeds gives a byte-identical store and the same results."""
     out = tmp_path / "again"
@@ -92,10 +101,7 @@ def test_same_seed_same_results(run_dir, tiny_dir, corpus, tmp_path):
                  "--max-epochs", "3", "--batch-size", "16", "--rank", "2", "--out", str(out), "--device", "cpu"]) == 0
     for shard in sorted((run_dir / "store").glob("shard-*.safetensors")):
         assert shard.read_bytes() == (out / "store" / shard.name).read_bytes()
-    a = json.loads((run_dir / "report" / "results.json").read_text())
-    b = json.loads((out / "report" / "results.json").read_text())
-    a.pop("timings"), b.pop("timings")
-    assert a == b
+    assert _results(run_dir) == _results(out)
     # another seed samples other sentences and positions
     other = tmp_path / "seed1"
     assert main(["-q", "extract", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "48",
@@ -127,10 +133,7 @@ def test_interrupted_run_says_what_was_kept_and_resumes(run_dir, tiny_dir, corpu
     assert len(lines) == 1 and "interrupted: finished stages are kept" in lines[0], err
     assert (out / "store" / "manifest.json").exists()
     assert subprocess.run(cmd, capture_output=True).returncode == 0
-    a = json.loads((run_dir / "report" / "results.json").read_text())
-    b = json.loads((out / "report" / "results.json").read_text())
-    a.pop("timings"), b.pop("timings")
-    assert a == b
+    assert _results(run_dir) == _results(out)
 
 
 def test_sweep_adds_beyond_section_and_best_jump(run_dir, capsys):

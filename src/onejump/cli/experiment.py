@@ -150,6 +150,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         per = {"kl": _int_list(args.kl_multipliers, "kl-multipliers")} if args.kl_multipliers else None
         out = sweep(run, multipliers=multipliers, objectives=objectives, residual_multipliers=residual,
                     per_objective=per, progress=not args.quiet)
+        run.simulate_exits()  # the sweep's best single jump joins the early-exit comparison
         path = run.report()
     best, bar = out.get("best"), out.get("bar")
     if best and bar:
