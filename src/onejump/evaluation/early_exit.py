@@ -418,38 +418,53 @@ class LevelChoice(NamedTuple):
     lens: str
     measure: str
     agreement_floor: float
+    include_checks: bool
     levels: list[int]
     best: SavedAt | None  # with the chosen levels; None when checking no level is best
-    compute_saved: float  # block-equivalents; 0 when no level is checked
-    compute_saved_all_levels: float | None  # every simulated level checked (None: floor not reached)
+    saved: float  # blocks (or block-equivalents with checks); 0 when no level is checked
+    saved_all_levels: float | None  # every simulated level checked (None: floor not reached)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self._asdict(), "best": self.best._asdict() if self.best is not None else None}
 
 
-def choose_exit_levels(sim: ExitSimulation, lens: str, measure: str, *, agreement: float = 0.95) -> LevelChoice:
+def choose_exit_levels(sim: ExitSimulation, lens: str, measure: str, *, agreement: float = 0.95,
+                       include_checks: bool = True) -> LevelChoice:
     """The set of exit levels that saves the most compute (checks included) at ``agreement`` or better.
 
     Greedy backward elimination from every simulated level: drop, one at a time, the level whose
-    removal raises the compute saved the most, while some removal does. Dropping a level moves its
-    exits to later levels (agreement can only rise for those tokens) and spares its check for the
-    tokens that pass it. Checking no level (plain decoding: saves 0, agreement 1) is a candidate, so
-    the result never saves less than 0 nor less than checking every level.
+    removal helps most, while some removal helps. Dropping a level moves its exits to later levels
+    and spares its check for the tokens that pass it. Until the floor is reached, "helps" means a
+    higher best agreement (e.g. dropping the levels where a lens is confidently wrong); after, more
+    compute saved. Checking no level (plain decoding: saves 0, agreement 1) is a candidate, so the
+    result never saves less than 0 nor less than checking every level. ``include_checks=False``
+    optimises blocks saved alone (the checks' cost left out).
     """
 
-    def score(levels: list[int]) -> tuple[float, SavedAt | None]:
+    def score(levels: list[int]) -> tuple[tuple[int, float, float], SavedAt | None]:
         if not levels:
-            return 0.0, None
-        best = sim.saved_at(lens, measure, agreement, include_checks=True, levels=levels)
-        return (best.blocks_saved, best) if best is not None else (-np.inf, None)
+            return (1, 0.0, 0.0), None
+        best = sim.saved_at(lens, measure, agreement, include_checks=include_checks, levels=levels)
+        if best is not None:
+            return (1, best.blocks_saved, 0.0), best
+        c = sim.curve(lens, measure, levels)
+        ok = np.nonzero(c.exit_rate > 0)[0]
+        if not ok.size:
+            return (0, -1.0, 0.0), None
+        i = ok[np.argmax(c.agreement[ok])]  # the first of equals: the lowest lambda, the most exits
+        spent = c.mean_cost[i] if include_checks else c.mean_blocks[i]
+        return (0, float(c.agreement[i]), float(sim.num_blocks - spent)), None
 
     current = list(sim.levels)
     value, best = score(current)
-    all_levels = value if best is not None else None
+    all_levels = value[1] if best is not None else None
     while current:
         trials = [(score([k for k in current if k != drop]), drop) for drop in current]
         (new_value, new_best), drop = max(trials, key=lambda t: t[0][0])
-        if not new_value > value + 1e-12:
+        if not new_value > value:
             break
         current.remove(drop)
         value, best = new_value, new_best
-    if value <= 0 and current:  # checking no level at all is at least as good
-        current, value, best = [], 0.0, None
-    return LevelChoice(lens, measure, float(agreement), current, best, float(value), all_levels)
+    if value[0] == 0 or value[1] <= 0:  # checking no level at all is at least as good
+        current, value, best = [], (1, 0.0, 0.0), None
+    return LevelChoice(lens, measure, float(agreement), include_checks, current, best, float(value[1]), all_levels)

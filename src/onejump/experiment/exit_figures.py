@@ -117,3 +117,32 @@ def exit_report_section(sim: ExitSimulation | dict[str, Any], out_dir: str | Pat
     lines = ["## Early exit (simulated on the test store)", "", *render_exit_table(sim), "",
              f"![early exit: agreement vs compute]({figure_name})", ""]
     return lines, [fig]
+
+
+def _ranges(levels: Sequence[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
+    runs: list[list[int]] = []
+    for k in sorted(levels):
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    parts = [str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs]
+    return ", ".join(parts) if parts else "none (plain decoding)"
+
+
+def render_level_choices(choices: Sequence[Any]) -> list[str]:
+    """Markdown lines: the exit levels :func:`~onejump.evaluation.early_exit.choose_exit_levels` kept.
+
+    ``choices``: :class:`~onejump.evaluation.early_exit.LevelChoice` objects or their ``to_dict()``.
+    """
+    lines = ["| lens | confidence | agreement floor | checks counted | levels checked | saved, every level | "
+             "saved, these levels | λ |", "|" + "---|" * 8]
+    for c in choices:
+        c = c.to_dict() if hasattr(c, "to_dict") else c
+        every = "not reached" if c["saved_all_levels"] is None else f"{c['saved_all_levels']:.2f}"
+        lam = f"{c['best']['lam']:g}" if c["best"] else "-"
+        lines.append(f"| {c['lens']} | {MEASURE_NAMES.get(c['measure'], c['measure'])} | "
+                     f"{100 * c['agreement_floor']:g}% | {'yes' if c['include_checks'] else 'no'} | "
+                     f"{_ranges(c['levels'])} | {every} | {c['saved']:.2f} | {lam} |")
+    return lines
