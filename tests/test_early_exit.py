@@ -250,6 +250,9 @@ def test_json_round_trip_table_and_figure(setup, tmp_path):
         path.unlink()
     section, figs = exit_report_section(sim, tmp_path)
     assert figs[0].is_file() and any(figs[0].name in line for line in section)
+    choice = choose_exit_levels(sim, "bank", "margin", agreement=0.9, include_checks=False)
+    with_choices, _ = exit_report_section({**data, "level_choices": [choice.to_dict()]}, tmp_path)
+    assert with_choices[:len(section)] == section and len(with_choices) == len(section) + 2 + 3 + 1
     (tmp_path / "exits" / "exits.json").write_text("{}")
     with pytest.raises(StoreError):
         ExitSimulation.load(tmp_path / "exits")

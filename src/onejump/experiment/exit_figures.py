@@ -111,11 +111,22 @@ def plot_exit_frontier(sim: ExitSimulation | dict[str, Any], path: str | Path, *
 
 
 def exit_report_section(sim: ExitSimulation | dict[str, Any], out_dir: str | Path, *,
-                        figure_name: str = "early_exit_frontier.png") -> tuple[list[str], list[Path]]:
-    """The report's early-exit section (markdown lines) and the figure it links (written to ``out_dir``)."""
+                        figure_name: str = "early_exit_frontier.png",
+                        level_choices: Sequence[Any] | None = None) -> tuple[list[str], list[Path]]:
+    """The report's early-exit section (markdown lines) and the figure it links (written to ``out_dir``).
+
+    ``level_choices`` (default: the dict's ``"level_choices"`` entry, if any): results of
+    :func:`~onejump.evaluation.early_exit.choose_exit_levels`, shown as a second table.
+    """
     fig = plot_exit_frontier(sim, Path(out_dir) / figure_name)
+    if level_choices is None and isinstance(sim, dict):
+        level_choices = sim.get("level_choices")
     lines = ["## Early exit (simulated on the test store)", "", *render_exit_table(sim), "",
              f"![early exit: agreement vs compute]({figure_name})", ""]
+    if level_choices:
+        lines += ["Exit checks only at a chosen set of levels (greedy removal of the levels whose checks cost "
+                  "more than they save, or that are confidently wrong):", "", *render_level_choices(level_choices),
+                  ""]
     return lines, [fig]
 
 
