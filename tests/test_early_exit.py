@@ -11,12 +11,12 @@ from onejump.evaluation.early_exit import (
     ExitSimulation,
     LensExits,
     block_macs,
-    choose_exit_levels,
     default_lambdas,
     first_exit,
     head_macs,
     simulate_exits,
 )
+from onejump.evaluation.exit_levels import choose_exit_levels
 from onejump.experiment.exit_figures import (
     _ranges,
     exit_report_section,
