@@ -67,8 +67,9 @@ def plot_exit_frontier(sim: ExitSimulation | dict[str, Any], path: str | Path, *
                        agreements: Sequence[float] = AGREEMENTS) -> Path:
     """Agreement vs mean compute per token (block-equivalents), one curve per lens and measure.
 
-    Solid: max probability, dashed: margin; one point per lambda with at least one exit, ending at
-    the full model (K, 1); dotted lines at the agreement targets. Right panel: zoom on the targets.
+    Solid: max probability, dashed: margin; one point per lambda with at least one exit, ending where
+    no token exits (K blocks plus every check); dotted lines at the agreement targets; the star is
+    plain decoding (K, 1). Right panel: zoom on the targets and on compute up to 1.1 K.
     """
     import matplotlib
 
@@ -82,13 +83,18 @@ def plot_exit_frontier(sim: ExitSimulation | dict[str, Any], path: str | Path, *
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = {"max_prob": "-", "margin": "--"}
+    floor = min(agreements, default=0.9) - 0.05
+    lowest = float(K)
     for ax, zoom in zip(axes, (False, True)):
         for i, name in enumerate(d["lenses"]):
+            # lambda above every confidence: no exit, but every check made (or plain decoding)
+            never = K + len(d["levels"]) * d["lenses"][name]["check_blocks"] if include_checks else K
             for measure in d["measures"]:
                 c = {k: np.asarray(v) for k, v in d["curves"][name][measure].items()}
                 keep = c["exit_rate"] > 0
                 x = (c["mean_cost"] if include_checks else c["mean_blocks"])[keep]
-                ax.plot(list(x) + [K], list(c["agreement"][keep]) + [1.0], styles.get(measure, ":"),
+                lowest = min([lowest, *x[c["agreement"][keep] >= floor]])
+                ax.plot(list(x) + [never], list(c["agreement"][keep]) + [1.0], styles.get(measure, ":"),
                         color=colors[i % len(colors)], marker=".", markersize=3,
                         label=f"{name} ({MEASURE_NAMES.get(measure, measure)})")
         for a in agreements:
@@ -99,8 +105,9 @@ def plot_exit_frontier(sim: ExitSimulation | dict[str, Any], path: str | Path, *
         ax.set_ylabel("agreement with the full model's top-1")
         ax.grid(alpha=0.3)
         if zoom:
-            ax.set_ylim(min(agreements, default=0.9) - 0.05, 1.005)
-            ax.set_title("zoom on the agreement targets")
+            ax.set_ylim(floor, 1.005)
+            ax.set_xlim(lowest - 0.05 * K, 1.1 * K)
+            ax.set_title("zoom: the agreement targets, at most the full model's compute")
     axes[0].legend(fontsize=7, loc="lower right")
     title = f"{d['model']}: " if d.get("model") else ""
     fig.suptitle(f"{title}early exit on the {d['split']} split (K = {K})")
