@@ -312,17 +312,20 @@ def _atomic(path: Path, write: Any) -> None:
 
 def _curve(conf: torch.Tensor, correct: torch.Tensor, levels: list[int], K: int, lambdas: Sequence[float],
            check_macs: int, head: int, block: int) -> ExitCurve:
+    """Every mean follows from the counts of exits per (lambda, exit index) and of agreeing exits."""
     L, N = conf.shape
-    e = first_exit(conf, lambdas)  # (lambdas, N)
-    exited = e < L
-    correct_ext = torch.cat([correct.bool(), torch.ones(1, N, dtype=torch.bool)])
-    agree = correct_ext.gather(0, e).double().mean(1)
-    blocks = torch.tensor(levels + [K], dtype=torch.float64)[e]
-    checks = torch.clamp(e + 1, max=L).double()
-    cost = blocks + (checks * check_macs - exited.double() * head) / block
-    hist = torch.zeros(e.shape[0], L + 1, dtype=torch.int64).scatter_add_(1, e, torch.ones_like(e))
-    return ExitCurve(np.asarray(lambdas, dtype=np.float64), exited.double().mean(1).numpy(), agree.numpy(),
-                     blocks.mean(1).numpy(), checks.mean(1).numpy(), cost.mean(1).numpy(), hist.numpy())
+    e = first_exit(conf, lambdas).numpy()  # (lambdas, N) in 0..L
+    n_lam = e.shape[0]
+    hist = np.bincount((e + (L + 1) * np.arange(n_lam)[:, None]).ravel(), minlength=n_lam * (L + 1))
+    hist = hist.reshape(n_lam, L + 1)
+    correct_ext = np.concatenate([correct.numpy().astype(bool), np.ones((1, N), dtype=bool)])
+    agree = correct_ext[e, np.arange(N)].sum(1) / N
+    freq = hist / N
+    exit_rate = 1.0 - freq[:, L]
+    blocks = freq @ np.array(levels + [K], dtype=np.float64)
+    checks = freq @ np.array(list(range(1, L + 1)) + [L], dtype=np.float64)
+    cost = blocks + (checks * check_macs - exit_rate * head) / block
+    return ExitCurve(np.asarray(lambdas, dtype=np.float64), exit_rate, agree, blocks, checks, cost, hist)
 
 
 # --------------------------------------------------------------------------------------------------
