@@ -16,7 +16,7 @@ from onejump.evaluation.early_exit import (
     head_macs,
     simulate_exits,
 )
-from onejump.evaluation.exit_levels import choose_exit_levels
+from onejump.evaluation.exit_levels import choose_exit_levels, evaluate_choice
 from onejump.experiment.exit_figures import (
     _ranges,
     exit_report_section,
@@ -211,6 +211,15 @@ def test_choose_levels_drops_checks_that_cost_more_than_they_save():
     none = choose_exit_levels(expensive, "x", "max_prob", agreement=0.7)
     assert none.levels == [] and none.saved == 0 and none.best is None
     assert "none (plain decoding)" in render_level_choices([none])[2]
+    assert evaluate_choice(none, sim)["compute_saved"] == 0
+    # read on the simulation it was chosen on, the choice gives what it promised
+    again = evaluate_choice(choice, sim)
+    assert again["levels"] == [2] and again["compute_saved"] == pytest.approx(1.5)
+    assert again["agreement"] == pytest.approx(0.75) and again["blocks_saved"] == pytest.approx(4 - 2.5)
+    other = hand_sim(check_macs=3)
+    other.lambdas = [0.3]
+    with pytest.raises(ConfigError):
+        evaluate_choice(choice, other)
     # without the checks' cost, every exit level that brings exits earlier is kept
     free = choose_exit_levels(expensive, "x", "max_prob", agreement=0.7, include_checks=False)
     assert free.saved == pytest.approx(4 - 9 / 4) and 1 in free.levels and 2 in free.levels

@@ -1,4 +1,8 @@
-"""Exit checks only at a chosen set of levels, chosen from an offline exit simulation."""
+"""Exit checks only at a chosen set of levels, chosen from an offline exit simulation.
+
+Choosing levels and lambda on the split they are then scored on is optimistic: choose on a
+simulation of the train split and read the choice on the test split with :func:`evaluate_choice`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..errors import ConfigError
 from .early_exit import ExitSimulation, SavedAt
 
 
@@ -65,3 +70,23 @@ def choose_exit_levels(sim: ExitSimulation, lens: str, measure: str, *, agreemen
     if value[0] == 0 or value[1] <= 0:  # checking no level at all is at least as good
         current, value, best = [], (1, 0.0, 0.0), None
     return LevelChoice(lens, measure, float(agreement), include_checks, current, best, float(value[1]), all_levels)
+
+
+def evaluate_choice(choice: LevelChoice, sim: ExitSimulation) -> dict[str, Any]:
+    """The chosen levels and lambda applied to another simulation (e.g. chosen on train, read on test).
+
+    Returns agreement, exit rate, blocks saved and compute saved (block-equivalents, checks
+    counted) there; ``sim`` must have simulated those levels and that lambda.
+    """
+    K = sim.num_blocks
+    if not choice.levels or choice.best is None:
+        return {"levels": [], "lam": None, "agreement": 1.0, "exit_rate": 0.0, "blocks_saved": 0.0,
+                "compute_saved": 0.0}
+    c = sim.curve(choice.lens, choice.measure, choice.levels)
+    hits = np.nonzero(np.isclose(c.lambdas, choice.best.lam, rtol=0, atol=1e-9))[0]
+    if not hits.size:
+        raise ConfigError(f"lambda {choice.best.lam} is not in the simulation's grid")
+    i = int(hits[0])
+    return {"levels": list(choice.levels), "lam": float(c.lambdas[i]), "agreement": float(c.agreement[i]),
+            "exit_rate": float(c.exit_rate[i]), "blocks_saved": float(K - c.mean_blocks[i]),
+            "compute_saved": float(K - c.mean_cost[i])}
