@@ -300,10 +300,14 @@ class ExitSimulation:
 
 
 def _atomic(path: Path, write: Any) -> None:
+    """Write through a temporary file and a rename, with the permissions of a plainly created file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
