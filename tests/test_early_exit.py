@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -241,7 +242,9 @@ def test_json_round_trip_table_and_figure(setup, tmp_path):
     bank = random_bank(store.num_blocks, store.hidden_size, 4, seed=3)
     sim = simulate_exits(store, {"logit lens": LogitLens(lm), "bank": PerLevelLens(lm, bank)}, progress=False)
     sim.save(tmp_path / "exits")
-    assert (tmp_path / "exits" / "exits.json").stat().st_mode & 0o044  # not private to its writer
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "exits" / "exits.json").stat().st_mode & 0o777 == 0o666 & ~umask  # as open() makes it
     back = ExitSimulation.load(tmp_path / "exits")
     assert back.to_dict() == json.loads(json.dumps(sim.to_dict()))
     data = json.loads((tmp_path / "exits" / "exits.json").read_text())
