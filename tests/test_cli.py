@@ -12,29 +12,6 @@ import pytest
 
 from onejump.cli import main
 
-from .tiny import tiny_model, tiny_tokenizer
-
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    import random
-
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 14))).capitalize() + "." for _ in range(80)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
 
 def _run(capsys, *argv):
     code = main(["-q", *map(str, argv)])
@@ -230,7 +207,8 @@ def test_disk_full_during_extraction(capsys, tiny_dir, corpus, tmp_path):
 
 
 def test_disk_full_during_training(capsys, tiny_run, tmp_path):
-    from onejump.lenses.files import load_shortcuts
+    from onejump.lenses import Lens
+    from onejump.model.loading import load_model
 
     with small_disk(tmp_path / "disk") as disk:
         run = _copy_run(tiny_run, disk / "r")
@@ -242,9 +220,9 @@ def test_disk_full_during_training(capsys, tiny_run, tmp_path):
         assert kinds
         for folder in kinds:  # a folder with its config is complete; none holds a temporary file
             assert not [p for p in folder.iterdir() if p.name.startswith(".")]
-            if (folder / "shortcuts.json").exists():
-                load_shortcuts(folder)
-        assert not (run / "shortcuts" / "jtc" / "shortcuts.json").exists()
+            if (folder / "config.json").exists():
+                Lens.load(folder, load_model(json.loads((run / "run.json").read_text())["data"]["model"]))
+        assert not (run / "shortcuts" / "jtc" / "config.json").exists()
         (disk / "filler").unlink()
         code, out, err = _run(capsys, "train", "--out", run, "--max-epochs", 1, "--device", "cpu")
         assert code == 0 and "jtc: 12,480 parameters" in out, err
@@ -271,7 +249,7 @@ def test_messages_tell_the_truth(capsys, tiny_run, tiny_dir, tmp_path):
     results = json.loads((run / "report" / "results.json").read_text())
     printed = {line.split(":")[0]: int(line.split()[1].replace(",", "")) for line in out.splitlines()}
     for kind, name in (("nnjtc", "full_nnjtc"), ("joint", "joint"), ("jtc", "jtc")):
-        saved = json.loads((run / "shortcuts" / kind / "shortcuts.json").read_text())["parameters"]
+        saved = json.loads((run / "shortcuts" / kind / "config.json").read_text())["parameters"]
         assert printed[kind] == saved == results["parameters"][name]
     code, out, err = _run(capsys, "info", run)  # a run folder: its store
     assert code == 0 and f"its store is {run / 'store'}" in out and "40 train + 20 test" in out, err

@@ -13,10 +13,13 @@ a hidden state into logits is a :class:`Lens`.
     result = oj.evaluate(store, {"logit lens": oj.LogitLens(lm), "ojfa": ojfa})
 """
 
+from . import threads as _threads  # noqa: F401, I001  first: sets OpenMP's wait policy before torch loads it
 from .corpus import load_sentences, split_sentences
 from .errors import (
+    ChecksumError,
     ConfigError,
     CorpusError,
+    DiskFullError,
     ModelLoadError,
     NumericalError,
     OneJumpError,
@@ -38,9 +41,39 @@ select = select_ojfa
 __version__ = "0.2.0"
 
 __all__ = [
-    "ArchitectureAdapter", "ConfigError", "CorpusError", "EvalResult", "HiddenStateStore", "JTCLens", "JumpBank",
-    "Lens", "LoadedModel", "LogitLens", "ModelLoadError", "NumericalError", "OneJump", "OneJumpError",
-    "PerLevelLens", "ShortcutError", "StoreError", "TrainConfig", "UnsupportedArchitectureError", "evaluate",
-    "extract", "from_pretrained_model", "generate", "load_model", "load_sentences", "reuse_matrix", "select",
-    "select_ojfa", "split_sentences", "train_joint", "train_joint_jump", "train_jumps", "train_per_level",
+    "ArchitectureAdapter",
+    "ChecksumError",
+    "ConfigError",
+    "CorpusError",
+    "DiskFullError",
+    "EvalResult",
+    "HiddenStateStore",
+    "JTCLens",
+    "JumpBank",
+    "Lens",
+    "LoadedModel",
+    "LogitLens",
+    "ModelLoadError",
+    "NumericalError",
+    "OneJump",
+    "OneJumpError",
+    "PerLevelLens",
+    "ShortcutError",
+    "StoreError",
+    "TrainConfig",
+    "UnsupportedArchitectureError",
+    "evaluate",
+    "extract",
+    "from_pretrained_model",
+    "generate",
+    "load_model",
+    "load_sentences",
+    "reuse_matrix",
+    "select",
+    "select_ojfa",
+    "split_sentences",
+    "train_joint",
+    "train_joint_jump",
+    "train_jumps",
+    "train_per_level",
 ]

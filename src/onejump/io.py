@@ -83,7 +83,7 @@ def os_error_of(exc: BaseException) -> OSError | None:
     return OSError(code, os.strerror(code))
 
 
-def save_safetensors(tensors: dict, path: Path) -> None:
+def save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file under a temporary name in its folder, fsync it and rename it.
 
     A full disk or an unwritable folder becomes one :class:`StoreError` line, and no partial file
@@ -98,7 +98,7 @@ def save_safetensors(tensors: dict, path: Path) -> None:
         raise _disk_error(path, exc) from None
     os.close(fd)
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -10,10 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..errors import ConfigError, StoreError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, save_safetensors
 
 METRICS = ("precision@1", "precision@5", "surprisal", "reverse_surprisal", "kl", "entropy", "cross_entropy")
 SAMPLE_KEYS = {"precision@1": "correct1", "precision@5": "correct5", "surprisal": "surprisal",
@@ -166,10 +165,8 @@ class EvalResult:
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: (v.to(torch.uint8) if v.dtype == torch.bool else v).contiguous()
                    for k, v in self.per_sample.items()}
-        tmp = folder / ".per_sample.safetensors.tmp"
-        save_file(tensors, str(tmp),
-                  metadata={"bool_keys": json.dumps([k for k, v in self.per_sample.items() if v.dtype == torch.bool])})
-        tmp.replace(folder / "per_sample.safetensors")
+        bools = json.dumps([k for k, v in self.per_sample.items() if v.dtype == torch.bool])
+        save_safetensors(tensors, folder / "per_sample.safetensors", metadata={"bool_keys": bools})
         meta = {"num_blocks": self.num_blocks, "num_samples": self.num_samples, "vocab_size": self.vocab_size,
                 "split": self.split, "jumps": self.jumps, "chosen": self.chosen, "hidden_size": self.hidden_size,
                 "rank": self.rank, "seconds": self.seconds, "timings": self.timings, "parameters": self.parameters}
