@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--measure", choices=["prob", "margin"], default="prob",
                    help="confidence: max probability or top1-top2 margin (default: %(default)s)")
     p.add_argument("--exit-levels", default=None,
-                   help="comma-separated exit levels checked by --exit confidence (default: all of 1..K-1)")
+                   help="comma-separated exit levels checked by --exit confidence (default: all of 1..K-1); with "
+                        "--exit auto, the draft and exit levels it tries (default: 2K/3, 5K/6, K-2)")
     p.add_argument("--draft-level", type=int, default=None,
                    help="E for --exit speculative: draft with blocks 1..E (default: 2K/3)")
     p.add_argument("--draft-len", type=_positive(), default=4,
@@ -489,7 +490,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if mode == "auto":
         _INTERRUPT_HINT[0] = "interrupted while measuring the modes; nothing was generated"
         try:
-            choice = pick(lm, lens, ids, min_agreement=args.min_agreement,
+            choice = pick(lm, lens, ids, min_agreement=args.min_agreement, levels=_exit_levels(args.exit_levels),
                           progress=lambda msg: print(f"onejump generate: measuring {msg}", file=sys.stderr))
         except GenerationInterrupted:
             raise KeyboardInterrupt from None
