@@ -15,7 +15,9 @@ Wikipedia prompts and number of new tokens, batch size 1, in one process:
 Each speculative configuration is timed right after a greedy run on the same prompts (paired), so
 machine load drifts cancel. Confidence exits get the same keys, with a bound from measured unit
 prices: blocks computed per token at the greedy loop's price per block, lens checks at their
-measured price, the head for tokens the full model emits. A cProfile of the best configuration
+measured price, the head for tokens the full model emits. It prices the recomputed blocks of
+exited tokens (deferred exact KV) as if run alone; they run batched with the next token, which
+is cheaper, so confidence rows can beat their "bound". A cProfile of the best configuration
 says where the remaining time goes.
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/generate.py [--model smollm2-135m] [--prompts 3]
