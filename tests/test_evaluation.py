@@ -9,18 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onejump.errors import ConfigError, NumericalError
-from onejump.evaluation.metrics import (
-    EvalResult,
-    _reduce_inplace,
-    _reduce_logits,
-    _score_block,
-    evaluate,
-    parameter_counts,
-)
+from onejump.evaluation.metrics import evaluate, parameter_counts, reuse_matrix
+from onejump.evaluation.result import EvalResult
+from onejump.evaluation.scoring import Reference, _reduce_inplace, _reduce_logits, score_block
 from onejump.evaluation.statistics import bootstrap_ci, paired_test
 from onejump.extract import extract
-from onejump.lenses.jtc import LinearJTC
-from onejump.lenses.jumps import JumpBank
+from onejump.lenses import JTCLens, LinearJTC, LogitLens, OneJump, PerLevelLens
 from onejump.lenses.lowrank_head import LowRankHead
 from onejump.model.loading import from_pretrained_model
 
@@ -33,10 +27,14 @@ def setup(tmp_path_factory):
     lm = from_pretrained_model(tiny_model("llama"), tiny_tokenizer(), name="tiny-llama")
     store = extract(lm, random_sentences(40, seed=2), tmp_path_factory.mktemp("ev") / "s",
                     splits=[0] * 16 + [1] * 24, seed=0, shard_size=10, progress=False)
-    bank = random_bank(store.num_blocks, store.hidden_size, 4, seed=1)
-    joint = random_bank(1, store.hidden_size, 4, seed=2)
-    jtc = LinearJTC.fit(store, ridge=1e-3)
+    bank = PerLevelLens(lm, random_bank(store.num_blocks, store.hidden_size, 4, seed=1))
+    joint = OneJump(lm, random_bank(1, store.hidden_size, 4, seed=2))
+    jtc = JTCLens(lm, LinearJTC.fit(store, ridge=1e-3))
     return lm, store, bank, joint, jtc
+
+
+def _lenses(lm, bank, joint, jtc):
+    return {"identity": LogitLens(lm), "full": bank, "ojfa": bank.jump(1), "joint": joint, "jtc": jtc}
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2", "gemma3_text", "opt", "gpt_neox", "phi3"])
@@ -60,25 +58,42 @@ def test_low_rank_head_is_exact(arch):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.integers(1, 12), st.integers(6, 50))
-def test_score_block_matches_reference(seed, rows, V):
+@given(st.integers(0, 2**31 - 1), st.integers(1, 12), st.integers(6, 50), st.booleans())
+def test_score_block_matches_reference(seed, rows, V, extras):
     gen = torch.Generator().manual_seed(seed)
     logits = torch.randn(rows, V, generator=gen) * 5
-    target = torch.randint(0, V, (rows,), generator=gen)
     final_logp = torch.log_softmax(torch.randn(3, V, generator=gen), -1)
+    per_sample_target = torch.randint(0, V, (3,), generator=gen)
+    next_token = torch.tensor([int(torch.randint(0, V, (1,), generator=gen)), -1, 0])
     sample = torch.randint(0, 3, (rows,), generator=gen)
-    c1, c5, s, rev = _score_block(logits.clone(), target, final_logp, sample)
+    negent = (final_logp.exp() * final_logp).sum(1) if extras else None
+    ref = Reference(per_sample_target, final_logp, negent, next_token if extras else None)
+    out = score_block(logits.clone(), ref, sample)
+    target = per_sample_target[sample]
+    c1, c5, s, rev = out[:4]
     assert torch.equal(c1, logits.argmax(1) == target)
     assert torch.equal(c5, (logits.topk(min(5, V), 1).indices == target[:, None]).any(1))
-    torch.testing.assert_close(s, -torch.log_softmax(logits, 1).gather(1, target[:, None])[:, 0])
+    logq = torch.log_softmax(logits, 1)
+    torch.testing.assert_close(s, -logq.gather(1, target[:, None])[:, 0])
     torch.testing.assert_close(rev, -final_logp[sample, logits.argmax(1)])
     assert (s >= -1e-5).all()
+    if not extras:
+        assert len(out) == 4
+        return
+    kl, entropy, ce = out[4:]
+    p_final = final_logp[sample].exp()
+    torch.testing.assert_close(kl, (p_final * (final_logp[sample] - logq)).sum(1).clamp_min(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(entropy, -(logq.exp() * logq).sum(1), atol=1e-4, rtol=1e-4)
+    nxt = next_token[sample]
+    want = torch.where(nxt >= 0, -logq.gather(1, nxt.clamp_min(0)[:, None])[:, 0], torch.tensor(float("nan")))
+    torch.testing.assert_close(ce, want, equal_nan=True)
 
 
 def test_evaluate_shapes_ranges_and_json(setup, tmp_path):
     lm, store, bank, joint, jtc = setup
     K, N = store.num_blocks, 24
-    res = evaluate(store, lm.adapter, bank, joint=joint, jtc=jtc, chosen=1, progress=False)
+    res = evaluate(store, _lenses(lm, bank, joint, jtc), chosen=1, progress=False)
+    res = res.merge(reuse_matrix(store, bank, chosen=1, progress=False))
     assert res.num_samples == N and res.num_blocks == K and res.jumps == list(range(K))
     assert set(res.methods) == {"identity", "jtc", "joint", "full", "ojfa"}
     assert res.per_sample["pairs/correct1"].shape == (K, K, N)
@@ -87,52 +102,71 @@ def test_evaluate_shapes_ranges_and_json(setup, tmp_path):
         for metric in ("precision@1", "precision@5"):
             v = res.metric(method, metric)
             assert v.shape == (K,) and ((v >= 0) & (v <= 1)).all()
-        assert (res.metric(method, "surprisal") >= 0).all()
+        assert (res.metric(method, "surprisal") >= 0).all() and (res.metric(method, "kl") >= 0).all()
         assert (res.metric(method, "precision@5") >= res.metric(method, "precision@1")).all()
-    full = res.metric("full", "precision@1")
-    pairs = res.pair_matrix("precision@1")
-    torch.testing.assert_close(full, torch.diagonal(pairs))
-    torch.testing.assert_close(res.metric("ojfa", "surprisal"), res.pair_matrix("surprisal")[1])
+    # a lens evaluated on its own agrees with the reuse matrix's row / diagonal
+    torch.testing.assert_close(res.metric("full", "precision@1"), torch.diagonal(res.pair_matrix("precision@1")))
+    torch.testing.assert_close(res.metric("ojfa", "surprisal"), res.pair_matrix("surprisal")[1], atol=1e-4,
+                               rtol=1e-5)
     torch.testing.assert_close(res.metric("jump:2", "surprisal"), res.pair_matrix("surprisal")[2])
     d = json.loads(json.dumps(res.to_dict()))
-    assert d["parameters"]["reduction_factor"] == K and "per_sample" not in json.dumps(d)
+    assert d["lens_parameters"]["ojfa"] == bank.jump(1).num_parameters and "per_sample" not in json.dumps(d)
+    assert set(d["methods"]["identity"]) >= {"precision@1", "kl", "entropy", "surprisal"}
     res.save(tmp_path / "r")
     again = EvalResult.load(tmp_path / "r")
     for k, v in res.per_sample.items():
-        assert torch.equal(v, again.per_sample[k]) and v.dtype == again.per_sample[k].dtype
+        assert torch.equal(v.nan_to_num(), again.per_sample[k].nan_to_num()) and v.dtype == again.per_sample[k].dtype
     with pytest.raises(ConfigError):
         res.metric("magic", "surprisal")
     with pytest.raises(ConfigError):
         res.metric("identity", "accuracy")
 
 
-def test_pairs_match_direct_head(setup):
+def test_every_lens_matches_its_own_call(setup):
+    """evaluate's fast paths give what lens(h, level) gives, level by level."""
+    lm, store, bank, joint, jtc = setup
+    lenses = _lenses(lm, bank, joint, jtc)
+    res = evaluate(store, lenses, progress=False)
+    h = store.hidden("test")
+    t = store.targets("test")
+    final_logp = torch.log_softmax(lm.adapter.head(h[:, -1]), -1).detach()
+    torch.set_grad_enabled(False)
+    for name, lens in lenses.items():
+        for k in range(store.num_blocks):
+            logits = lens(h[:, k], k)
+            logq = torch.log_softmax(logits, -1)
+            torch.testing.assert_close(res.per_sample[f"{name}/surprisal"][k], -logq.gather(1, t[:, None])[:, 0],
+                                       atol=1e-4, rtol=1e-4)
+            kl = (final_logp.exp() * (final_logp - logq)).sum(1)
+            torch.testing.assert_close(res.per_sample[f"{name}/kl"][k], kl.clamp_min(0), atol=1e-4, rtol=1e-3)
+            assert torch.equal(res.per_sample[f"{name}/correct1"][k], logits.argmax(1) == t), (name, k)
+    torch.set_grad_enabled(True)
+
+
+def test_reuse_matrix_matches_direct_head(setup):
     lm, store, bank, _, _ = setup
-    res = evaluate(store, lm.adapter, bank, identity=False, jumps=[0, 2], progress=False)
+    res = reuse_matrix(store, bank, jumps=[0, 2], progress=False)
     h = store.hidden("test")
     t = store.targets("test")
     for i, m in enumerate([0, 2]):
         for k in range(store.num_blocks):
-            logits = lm.adapter.head(bank.apply(h[:, k], m)).detach()
+            logits = lm.adapter.head(bank.bank.apply(h[:, k], m)).detach()
             logp = torch.log_softmax(logits, -1)
             torch.testing.assert_close(res.per_sample["pairs/surprisal"][i, k], -logp.gather(1, t[:, None])[:, 0],
                                        atol=1e-4, rtol=1e-4)
             assert torch.equal(res.per_sample["pairs/correct1"][i, k], logits.argmax(1) == t)
-    assert res.methods == ["full"]  # the diagonal is evaluated on its own; no OJFA choice given
-    full = evaluate(store, lm.adapter, bank, identity=False, progress=False)
-    for metric in ("precision@1", "precision@5", "surprisal", "reverse_surprisal"):
-        torch.testing.assert_close(res.metric("full", metric), full.metric("full", metric), atol=1e-5, rtol=1e-5)
-    with_choice = evaluate(store, lm.adapter, bank, identity=False, jumps=[2], chosen=2, progress=False)
-    assert with_choice.methods == ["full", "ojfa"]
-    torch.testing.assert_close(with_choice.metric("ojfa", "surprisal"), full.metric("jump:2", "surprisal"))
+    assert res.methods == []  # neither the diagonal nor an OJFA choice
+    with_choice = reuse_matrix(store, bank, jumps=[2], chosen=2, progress=False)
+    assert with_choice.methods == ["ojfa"]
+    torch.testing.assert_close(with_choice.metric("ojfa", "surprisal"), res.metric("jump:2", "surprisal"))
 
 
 class FinalEverywhere:
-    """A store view in which every level holds h^K: shortcuts that return their input are perfect."""
+    """A store view in which every level holds h^K: lenses that return their input are perfect."""
 
     def __init__(self, store):
         self.store = store
-        self.num_blocks, self.hidden_size = store.num_blocks, store.hidden_size
+        self.num_blocks, self.hidden_size, self.fingerprint = store.num_blocks, store.hidden_size, store.fingerprint
 
     def targets(self, split):
         return self.store.targets(split)
@@ -145,16 +179,17 @@ class FinalEverywhere:
             yield rows, h[:, -1:].expand_as(h).clone()
 
 
-def test_perfect_shortcut_gets_precision_one_and_model_surprisal(setup):
+def test_perfect_lens_gets_precision_one_and_model_surprisal(setup):
     lm, store, _, _, _ = setup
     K, H = store.num_blocks, store.hidden_size
-    identity_jtc = LinearJTC(torch.cat([torch.eye(H), torch.zeros(1, H)])[None].repeat(K, 1, 1))
-    res = evaluate(FinalEverywhere(store), lm.adapter, jtc=identity_jtc, progress=False)
+    identity_jtc = JTCLens(lm, LinearJTC(torch.cat([torch.eye(H), torch.zeros(1, H)])[None].repeat(K, 1, 1)))
+    res = evaluate(FinalEverywhere(store), {"identity": LogitLens(lm), "jtc": identity_jtc}, progress=False)
     h_final = store.hidden("test")[:, K]
     own = -torch.log_softmax(lm.adapter.head(h_final), -1).gather(1, store.targets("test")[:, None])[:, 0]
     for method in ("identity", "jtc"):
         assert (res.metric(method, "precision@1") == 1).all()
         assert (res.metric(method, "precision@5") == 1).all()
+        assert (res.metric(method, "kl") < 1e-4).all()
         torch.testing.assert_close(res.metric(method, "surprisal"), torch.full((K,), float(own.double().mean()),
                                    dtype=torch.float64), atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(res.metric(method, "reverse_surprisal"), res.metric(method, "surprisal"),
@@ -164,21 +199,27 @@ def test_perfect_shortcut_gets_precision_one_and_model_surprisal(setup):
 
 def test_results_do_not_depend_on_chunking(setup):
     lm, store, bank, joint, jtc = setup
-    a = evaluate(store, lm.adapter, bank, joint=joint, jtc=jtc, chunk_size=5, block_rows=7, progress=False)
-    b = evaluate(store, lm.adapter, bank, joint=joint, jtc=jtc, chunk_size=1000, progress=False)
+    lenses = _lenses(lm, bank, joint, jtc)
+    a = evaluate(store, lenses, chunk_size=5, block_rows=7, progress=False).merge(
+        reuse_matrix(store, bank, chunk_size=5, block_rows=7, progress=False))
+    b = evaluate(store, lenses, chunk_size=1000, progress=False).merge(reuse_matrix(store, bank, progress=False))
     for k, v in a.per_sample.items():
         if v.dtype == torch.bool or not v.is_floating_point():
             assert torch.equal(v, b.per_sample[k]), k
         else:
-            torch.testing.assert_close(v, b.per_sample[k], atol=1e-4, rtol=1e-5)
+            torch.testing.assert_close(v, b.per_sample[k], atol=1e-4, rtol=1e-5, equal_nan=True)
 
 
 def test_evaluate_checks_inputs(setup):
     lm, store, bank, _, _ = setup
     with pytest.raises(ConfigError):
-        evaluate(store, lm.adapter, JumpBank(2, 10, 2), progress=False)
+        evaluate(store, {}, progress=False)
     with pytest.raises(ConfigError):
-        evaluate(store, lm.adapter, bank, jumps=[99], progress=False)
+        evaluate(store, {"pairs": LogitLens(lm)}, progress=False)
+    with pytest.raises(ConfigError):
+        reuse_matrix(store, bank, jumps=[99], progress=False)
+    with pytest.raises(ConfigError):
+        reuse_matrix(store, LogitLens(lm), progress=False)
 
     class NaNStore(FinalEverywhere):
         def iter_chunks(self, split, chunk_size, levels=None):
@@ -188,7 +229,7 @@ def test_evaluate_checks_inputs(setup):
                 yield rows, h
 
     with pytest.raises(NumericalError, match="level 1"):
-        evaluate(NaNStore(store), lm.adapter, bank, progress=False)
+        evaluate(NaNStore(store), {"full": bank}, progress=False)
 
 
 # ---- statistics -----------------------------------------------------------------------------------
@@ -247,10 +288,10 @@ def test_compile_kernel_source_equals_eager_reductions():
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_compiled_kernel_equals_eager(setup):
     lm, store, bank, _, _ = setup
-    a = evaluate(store, lm.adapter, bank, jumps=[0, 1], compile=False, progress=False)
+    a = reuse_matrix(store, bank, jumps=[0, 1], compile=False, progress=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        b = evaluate(store, lm.adapter, bank, jumps=[0, 1], compile=True, progress=False)
+        b = reuse_matrix(store, bank, jumps=[0, 1], compile=True, progress=False)
     assert not [w for w in caught if "evaluation kernel failed" in str(w.message)]  # no fallback to eager
     for k, v in a.per_sample.items():
         if v.dtype == torch.bool:

@@ -182,27 +182,26 @@ def test_second_writer_is_refused(tmp_path):
 
 
 def test_disk_full_keeps_finished_shards(lm, tmp_path, monkeypatch):
-    import errno
-
-    import onejump.store as store_mod
+    import safetensors.torch
+    from safetensors import SafetensorError
 
     kw = dict(seed=0, shard_size=6, max_batch_size=4, progress=False)
-    real_save = store_mod.save_file
+    real_save = safetensors.torch.save_file
     calls = {"n": 0}
 
-    def flaky_save(tensors, path, *a, **k):
+    def flaky_save(tensors, path, *a, **k):  # what safetensors raises when the disk fills up
         calls["n"] += 1
         if calls["n"] == 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         return real_save(tensors, path, *a, **k)
 
-    monkeypatch.setattr(store_mod, "save_file", flaky_save)
+    monkeypatch.setattr(safetensors.torch, "save_file", flaky_save)
     with pytest.raises(StoreError, match="disk full"):
         extract(lm, SENTENCES, tmp_path / "s", **kw)
     names = sorted(p.name for p in (tmp_path / "s").iterdir())
     assert "shard-00001.safetensors" in names and "shard-00002.safetensors" not in names
     assert not [n for n in names if n.startswith(".shard-")]  # no half-written file left
-    monkeypatch.setattr(store_mod, "save_file", real_save)
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
     extract(lm, SENTENCES, tmp_path / "s", **kw)
     extract(lm, SENTENCES, tmp_path / "ref", **kw)
     assert _files(tmp_path / "s") == _files(tmp_path / "ref")
@@ -239,3 +238,99 @@ def test_sigkill_then_rerun_is_identical(tmp_path):
         proc.wait()
     assert subprocess.run(cmd(out), capture_output=True).returncode == 0
     assert _files(tmp_path / "ref" / "store") == _files(out / "store")
+
+
+def test_next_token_is_the_sentences_real_next_token(lm, tmp_path):
+    short = ["ab", "abc", "A b.", "xy"] * 4  # two- and three-token sentences: the last position is often drawn
+    texts = SENTENCES + short
+    store = extract(lm, texts, tmp_path / "s", seed=4, shard_size=7, progress=False)
+    assert store.has_next_tokens
+    nxt = store.next_tokens()
+    for row in range(store.num_samples):
+        ids = lm.tokenizer(texts[int(store.meta("sample_id")[row])])["input_ids"]
+        pos = int(store.meta("position")[row])
+        assert int(nxt[row]) == (ids[pos + 1] if pos + 1 < len(ids) else -1)
+    assert store.manifest["n_without_next_token"] == int((nxt < 0).sum()) > 0
+    assert (store.next_tokens("train") == nxt[store.indices("train")]).all()
+
+
+def _as_old_store(folder):
+    """Rewrite a store the way onejump wrote it before it recorded next tokens."""
+    from safetensors.torch import load_file, save_file
+
+    from onejump.io import sha256_file
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        path = folder / entry["file"]
+        tensors = load_file(path)
+        tensors.pop("next_token")
+        save_file(tensors, path)
+        entry.update(bytes=path.stat().st_size, sha256=sha256_file(path))
+        (folder / entry["file"].replace(".safetensors", ".json")).write_text(json.dumps(entry))
+    for name in ("manifest.json", "plan.json"):
+        data = json.loads((folder / name).read_text()) if name == "plan.json" else manifest
+        data.pop("next_token", None)
+        data.pop("n_without_next_token", None)
+        (folder / name).write_text(json.dumps(data, indent=1))
+
+
+def test_store_before_next_tokens_still_opens(lm, tmp_path):
+    new = extract(lm, SENTENCES, tmp_path / "s", seed=0, progress=False)
+    hidden = new.hidden()
+    _as_old_store(tmp_path / "s")
+    old = HiddenStateStore.open(tmp_path / "s")
+    assert not old.has_next_tokens
+    torch.testing.assert_close(old.hidden(), hidden)
+    assert (old.targets() == new.targets()).all()
+    with pytest.raises(StoreError, match=r"before onejump recorded .* `onejump extract --out"):
+        old.next_tokens()
+    again = extract(lm, SENTENCES, tmp_path / "s", seed=0, progress=False)  # a finished old store is reused
+    assert again.identity == old.identity
+    (tmp_path / "s" / "manifest.json").unlink()  # unfinished and old: refused with a way out
+    with pytest.raises(StoreError, match="older onejump"):
+        extract(lm, SENTENCES, tmp_path / "s", seed=0, progress=False)
+
+
+def test_readers_verify_bytes_once_per_process(lm, tmp_path, monkeypatch):
+    import onejump.store as store_mod
+
+    extract(lm, SENTENCES, tmp_path / "s", seed=0, shard_size=8, max_batch_size=4, progress=False)
+    hashed = []
+    real = store_mod.sha256_file
+    monkeypatch.setattr(store_mod, "sha256_file", lambda p: hashed.append(p.name) or real(p))
+    store = HiddenStateStore.open(tmp_path / "s", verify=False)
+    assert hashed == []  # opening alone hashes nothing
+    store.read_rows(np.arange(3))
+    assert sorted(hashed) == sorted(p.name for p in (tmp_path / "s").glob("shard-*.safetensors"))
+    n = len(hashed)
+    HiddenStateStore.open(tmp_path / "s", verify=False).hidden()  # same process, unchanged files: no rehash
+    assert len(hashed) == n
+    shard = tmp_path / "s" / "shard-00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one changed bit in the hidden states, size kept
+    shard.write_bytes(bytes(data))
+    for read in (lambda s: s.read_rows(np.arange(2)), lambda s: next(s.iter_chunks("train")),
+                 lambda s: s.hidden(), lambda s: s.targets(), lambda s: s.next_tokens(), lambda s: s.indices("test"),
+                 lambda s: s.prefix_tokens(0)):
+        with pytest.raises(StoreError, match="shard-00001.safetensors .* corrupt"):
+            read(HiddenStateStore.open(tmp_path / "s", verify=False))
+
+
+def test_manifest_counts_must_match_the_shards(lm, tmp_path):
+    extract(lm, SENTENCES, tmp_path / "s", splits=[0] * 16 + [1] * 8, seed=0, progress=False)
+    good = (tmp_path / "s" / "manifest.json").read_text()
+    for key, value in (("n_train", 17), ("n_test", 0), ("total_prefix_tokens", 1), ("n_without_next_token", 99)):
+        manifest = json.loads(good)
+        manifest[key] = value
+        (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(StoreError, match=f"manifest says {key} = {value}"):
+            HiddenStateStore.open(tmp_path / "s", verify=False)
+
+
+def test_identity_is_a_content_key(lm, tmp_path):
+    a = extract(lm, SENTENCES, tmp_path / "a", seed=0, progress=False)
+    b = extract(lm, SENTENCES, tmp_path / "b", seed=0, progress=False)
+    c = extract(lm, SENTENCES, tmp_path / "c", seed=1, progress=False)
+    assert a.identity == b.identity == HiddenStateStore.open(tmp_path / "a").identity
+    assert c.identity != a.identity and len(a.identity) == 16

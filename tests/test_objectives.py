@@ -200,11 +200,15 @@ def test_residual_bank_forward_apply_fold_and_files(tmp_path):
     loaded = load_shortcuts(tmp_path / "b")
     assert loaded.config["residual"] is True and loaded.module.residual
     assert loaded.module.parameter_count() == plain.parameter_count()
-    jump = OneJump.from_joint(bank.select(0), num_blocks=K)
+    lm = from_pretrained_model(tiny_model("llama"), tiny_tokenizer(), name="tiny-llama")
+    joint = residual_bank(1, lm.hidden_size, r, seed=1)
+    jump = OneJump(lm, joint)
     jump.save(tmp_path / "j")
-    again = OneJump.load(tmp_path / "j")
-    assert again.chosen_jump == -1 and again.bank.residual
-    torch.testing.assert_close(again.shortcut(h, 1), bank.apply(h, 0), atol=1e-5, rtol=1e-5)
+    again = OneJump.load(tmp_path / "j", lm)
+    assert again.trained_at == -1 and again.residual
+    hm = torch.randn(5, lm.hidden_size)
+    with torch.no_grad():
+        torch.testing.assert_close(again.transform(hm, 1), joint.apply(hm, 0), atol=1e-5, rtol=1e-5)
     # a fresh residual bank starts near the identity (the logit lens)
     fresh = type(bank)(1, H, r, residual=True).eval()
     with torch.no_grad():
@@ -229,7 +233,7 @@ def test_residual_evaluation_selection_and_generation(llama):
     from onejump.evaluation.metrics import evaluate
     from onejump.evaluation.selection import reuse_scores
     from onejump.lenses.lowrank_head import LowRankHead
-    from onejump.lenses.onejump import OneJump
+    from onejump.lenses.onejump import OneJump, PerLevelLens
 
     lm, store = llama
     K, H = store.num_blocks, store.hidden_size
@@ -237,7 +241,7 @@ def test_residual_evaluation_selection_and_generation(llama):
     joint = residual_bank(1, H, 2, seed=4)
     with pytest.raises(ConfigError):
         LowRankHead(lm.adapter, bank)
-    result = evaluate(store, lm.adapter, bank, joint=joint, identity=False, progress=False)
+    result = evaluate(store, {"full": PerLevelLens(lm, bank), "joint": OneJump(lm, joint)}, progress=False)
     x = store.hidden("test")
     t = store.targets("test")
     with torch.no_grad():
@@ -253,9 +257,9 @@ def test_residual_evaluation_selection_and_generation(llama):
             for k in range(K):
                 c = torch.nn.functional.cosine_similarity(bank.apply(xt[:, k], m).double(), xt[:, K].double(), dim=-1)
                 assert abs(float((c * c.abs()).mean()) - float(D[m, k])) < 1e-6
-    jump = OneJump.from_joint(joint, num_blocks=K, fingerprint=lm.fingerprint)
+    jump = OneJump(lm, joint)
     with torch.no_grad():
-        torch.testing.assert_close(jump.logits(x[:3, 1], 1, lm.adapter).float(),
+        torch.testing.assert_close(jump(x[:3, 1], 1).float(),
                                    lm.adapter.head(joint.apply(x[:3, 1], 0)).float(),
                                    atol=1e-4, rtol=1e-4)
 

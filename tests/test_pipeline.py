@@ -6,11 +6,9 @@ import pytest
 
 from onejump.cli import main
 
-from .test_cli import corpus, tiny_dir  # noqa: F401  (fixtures)
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_dir, corpus):  # noqa: F811
+def run_dir(tmp_path_factory, tiny_dir, corpus):
     out = tmp_path_factory.mktemp("run") / "r"
     code = main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "48", "--n-test", "24",
                  "--max-epochs", "3", "--batch-size", "16", "--rank", "2", "--out", str(out), "--device", "cpu"])
@@ -34,12 +32,19 @@ def test_run_writes_report(run_dir):
                                                      "ojfa_at_least_joint", "ojfa_beats_arbitrary"}
     md = (report / "report.md").read_text()
     assert "claims" in md and "OJFA choice: jump" in md
+    assert "## Early exit" in md and "## The field's metrics" in md and results["early_exit"]
+    assert results["methods"]["ojfa"]["mean_kl"] >= 0 and "mean_cross_entropy" in results["methods"]["identity"]
+    assert results["final_cross_entropy"] > 0
+    assert "## One jump against the tuned lens" in md and results["methods"]["tuned"]["parameters"] > 0
+    assert "## What each level predicts" in md and (report / "trajectory.png").stat().st_size > 1000
+    agg = json.loads((report / "aggregate_metrics.json").read_text())
+    assert set(agg["tuned"]) >= {"kl", "ce", "entropy"} and "layer_0" in agg["tuned"]["kl"]
     for fig in ("fig2_ojfa_vs_arbitrary_joint.png", "fig3_selection_softmax.png", "fig4_ojfa_vs_identity_full.png",
-                "reuse_heatmaps.png"):
+                "reuse_heatmaps.png", "field_metrics.png", "early_exit_frontier.png"):
         assert (report / fig).stat().st_size > 1000
 
 
-def test_rerun_reuses_every_stage(run_dir, tiny_dir, corpus, capsys):  # noqa: F811
+def test_rerun_reuses_every_stage(run_dir, tiny_dir, corpus, capsys):
     code = main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "48", "--n-test", "24",
                  "--max-epochs", "3", "--batch-size", "16", "--rank", "2", "--out", str(run_dir), "--device", "cpu"])
     out = capsys.readouterr().out
@@ -47,26 +52,27 @@ def test_rerun_reuses_every_stage(run_dir, tiny_dir, corpus, capsys):  # noqa: F
     assert "reused: extract, train:nnjtc, train:joint, train:jtc, select, evaluate" in out
 
 
-def test_other_settings_in_same_folder_refused(run_dir, tiny_dir, corpus, capsys):  # noqa: F811
+def test_other_settings_in_same_folder_refused(run_dir, tiny_dir, corpus, capsys):
     code = main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "40", "--n-test", "24",
                  "--out", str(run_dir), "--device", "cpu"])
     err = capsys.readouterr().err
     assert code != 0 and "other settings" in err
 
 
-def test_stage_commands_and_jump_api(run_dir, tiny_dir, capsys):  # noqa: F811
+def test_stage_commands_and_jump_api(run_dir, tiny_dir, capsys):
     import torch
 
-    from onejump.lenses.onejump import OneJump
+    from onejump.lenses import Lens, OneJump
     from onejump.model.loading import load_model
 
     assert main(["-q", "select", "--out", str(run_dir), "--device", "cpu"]) == 0
     assert "OJFA choice" in capsys.readouterr().out
     assert main(["-q", "report", "--out", str(run_dir), "--device", "cpu"]) == 0
     lm = load_model(str(tiny_dir))
-    jump = OneJump.load(run_dir / "shortcuts" / "ojfa", fingerprint=lm.fingerprint)
+    jump = Lens.load(run_dir / "shortcuts" / "ojfa", lm)
+    assert isinstance(jump, OneJump)
     h = torch.randn(3, lm.hidden_size)
-    assert jump.logits(h, 1, lm.adapter).shape == (3, lm.adapter.vocab_size)
+    assert jump(h, 1).shape == (3, lm.adapter.vocab_size)
     code = main(["-q", "generate", "--model", str(tiny_dir), "--jump", str(run_dir), "--prompt", "alpha beta",
                  "--max-new-tokens", "6", "--exit", "speculative", "--draft-level", "1", "--compare",
                  "--device", "cpu"])
@@ -79,7 +85,7 @@ def test_stage_without_run_folder_is_clear(tmp_path, capsys):
     assert "not an onejump run folder" in capsys.readouterr().err
 
 
-def test_same_seed_same_results(run_dir, tiny_dir, corpus, tmp_path):  # noqa: F811
+def test_same_seed_same_results(run_dir, tiny_dir, corpus, tmp_path):
     """A second run from scratch with the same seeds gives a byte-identical store and the same results."""
     out = tmp_path / "again"
     assert main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "48", "--n-test", "24",
@@ -97,7 +103,7 @@ def test_same_seed_same_results(run_dir, tiny_dir, corpus, tmp_path):  # noqa: F
     assert (other / "store" / "plan.json").read_text() != (out / "store" / "plan.json").read_text()
 
 
-def test_interrupted_run_says_what_was_kept_and_resumes(run_dir, tiny_dir, corpus, tmp_path):  # noqa: F811
+def test_interrupted_run_says_what_was_kept_and_resumes(run_dir, tiny_dir, corpus, tmp_path):
     """Ctrl-C during training: one line on stderr, the store is kept, a rerun gives the same results."""
     import signal
     import subprocess
@@ -129,7 +135,8 @@ def test_interrupted_run_says_what_was_kept_and_resumes(run_dir, tiny_dir, corpu
 
 def test_sweep_adds_beyond_section_and_best_jump(run_dir, capsys):
     from onejump.experiment.sweep import load_sweep
-    from onejump.lenses.onejump import OneJump
+    from onejump.lenses import Lens
+    from onejump.model.loading import load_model
 
     code = main(["-q", "sweep", "--out", str(run_dir), "--multipliers", "1,2", "--device", "cpu"])
     out = capsys.readouterr().out
@@ -147,20 +154,24 @@ def test_sweep_adds_beyond_section_and_best_jump(run_dir, capsys):
             lo, hi = m["mean_precision@1_ci"]
             assert lo <= m["mean_precision@1"] <= hi
             single = name != "per-level"
-            assert m["parameters"] == (1 if single else K) * (2 * 64 * cfg["rank"] + 4 * 64) or True
+            assert m["parameters"] == (1 if single else K) * (2 * 64 * cfg["rank"] + 4 * 64)
     assert set(sweep["references"]) == {"identity", "jtc"}
     best, bar = sweep["best"], sweep["bar"]
     assert best["parameters"] <= 2 * bar["paper_ojfa_parameters"]
     assert isinstance(bar["met"], bool)
-    jump = OneJump.load(best["path"])
+    lm = load_model(json.loads((run_dir / "run.json").read_text())["data"]["model"])
+    jump = Lens.load(best["path"], lm)
     assert jump.rank == best["rank"]
     md = (run_dir / "report" / "report.md").read_text()
     assert "Beyond the paper" in md and "Best single jump" in md
     for fig in ("beyond_pareto.png", "beyond_per_level.png"):
         assert (run_dir / "report" / fig).stat().st_size > 1000
-    # a rerun reuses every configuration (cached summaries)
+    # a rerun reuses every configuration (cached summaries): nothing is rewritten
+    summaries = sorted((run_dir / "sweep").glob("*/summary.json"))
+    before = {p: p.stat().st_mtime_ns for p in summaries}
     code = main(["-q", "sweep", "--out", str(run_dir), "--multipliers", "1,2", "--device", "cpu"])
-    assert code == 0
+    assert code == 0 and len(summaries) == 6
+    assert {p: p.stat().st_mtime_ns for p in summaries} == before
 
 
 def test_sweep_bad_arguments(run_dir, capsys):
@@ -170,8 +181,9 @@ def test_sweep_bad_arguments(run_dir, capsys):
     assert "objectives" in capsys.readouterr().err
 
 
-def test_preset_best_trains_kl_and_a_residual_joint_jump(tmp_path, tiny_dir, corpus, capsys):  # noqa: F811
-    from onejump.lenses.files import load_shortcuts
+def test_preset_best_trains_kl_and_a_residual_joint_jump(tmp_path, tiny_dir, corpus, capsys):
+    from onejump.lenses import Lens
+    from onejump.model.loading import load_model
 
     out = tmp_path / "best"
     code = main(["-q", "run", "--preset", "best", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "48",
@@ -179,12 +191,13 @@ def test_preset_best_trains_kl_and_a_residual_joint_jump(tmp_path, tiny_dir, cor
     assert code == 0, capsys.readouterr().err
     preset = json.loads((out / "preset.json").read_text())
     assert preset["name"] == "best" and preset["select_rule"] == "head"
-    bank = load_shortcuts(out / "shortcuts" / "nnjtc")
-    joint = load_shortcuts(out / "shortcuts" / "joint")
-    assert bank.config["extra"]["history"]["config"]["objective"] == "kl"
-    assert joint.config["residual"] is True and joint.module.residual
-    base = max(1, bank.module.hidden_size // 100)
-    assert bank.module.rank == 2 * base
+    lm = load_model(str(tiny_dir))
+    per_level = Lens.load(out / "shortcuts" / "nnjtc", lm)
+    joint = Lens.load(out / "shortcuts" / "joint", lm)
+    assert per_level.extra["history"]["config"]["objective"] == "kl"
+    assert joint.residual
+    base = max(1, per_level.hidden_size // 100)
+    assert per_level.rank == 2 * base
     results = json.loads((out / "report" / "results.json").read_text())
     assert results["selection"]["rule"] == "head" and results["config"]["joint_residual"] is True
     assert "Preset `best`" in (out / "report" / "report.md").read_text()

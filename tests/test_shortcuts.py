@@ -10,13 +10,10 @@ from torch import nn
 
 from onejump.errors import NumericalError, ShortcutError
 from onejump.lenses.files import CONFIG_NAME, WEIGHTS_NAME, load_shortcuts, save_shortcuts
-from onejump.lenses.jtc import IdentityShortcut, LinearJTC
+from onejump.lenses.jtc import LinearJTC
 from onejump.lenses.jumps import JumpBank, default_rank, jump_parameter_count
-from onejump.lenses.onejump import OneJump
-from onejump.model.loading import from_pretrained_model
 
 from .test_selection import FakeStore, random_bank
-from .tiny import tiny_model, tiny_tokenizer
 
 
 @pytest.mark.parametrize("H,r,K,per_jump,total", [
@@ -117,11 +114,6 @@ def test_select_copies_jumps():
     torch.testing.assert_close(one.apply(h, 0), bank.apply(h, 2))
 
 
-def test_identity_shortcut():
-    h = torch.randn(3, 8)
-    assert torch.equal(IdentityShortcut()(h, level=1), h) and IdentityShortcut().parameter_count() == 0
-
-
 def test_linear_jtc_recovers_affine_map():
     gen = torch.Generator().manual_seed(0)
     n, K, H = 200, 3, 6
@@ -199,8 +191,6 @@ def test_other_model_is_refused(tmp_path):
     _, folder = saved_bank(tmp_path)
     with pytest.raises(ShortcutError, match="another model"):
         load_shortcuts(folder, fingerprint="ffff0000")
-    with pytest.raises(ShortcutError, match="another model"):
-        OneJump.load(folder, fingerprint="ffff0000")
 
 
 def test_outside_file_is_refused(tmp_path):
@@ -259,40 +249,6 @@ def test_save_checks_arguments(tmp_path):
         save_shortcuts(tmp_path / "a", bank, kind="magic", model="m", fingerprint="f", levels=[0, 1, 2], rank=2)
     with pytest.raises(ShortcutError, match="exactly one"):
         save_shortcuts(tmp_path / "a", bank, kind="ojfa", model="m", fingerprint="f", levels=[0, 1, 2], rank=2)
-
-
-# ---- OneJump -------------------------------------------------------------------------------------
-
-
-def test_onejump(tmp_path):
-    lm = from_pretrained_model(tiny_model("llama"), tiny_tokenizer(), name="tiny-llama")
-    K, H = lm.num_blocks, lm.hidden_size
-    bank = random_bank(K, H, 4, seed=9)
-    oj = OneJump.from_bank(bank, 1, model="tiny-llama", fingerprint=lm.fingerprint)
-    assert oj.chosen_jump == 1 and oj.num_blocks == K and oj.parameter_count() == bank.parameters_per_jump()
-    h = torch.randn(5, H)
-    for level in range(K):
-        torch.testing.assert_close(oj.shortcut(h, level), bank.apply(h, 1), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(oj.logits(h, 0, lm.adapter), lm.adapter.head(bank.apply(h, 1)), atol=1e-5,
-                               rtol=1e-5)
-    for bad in (-1, K, 1.0):
-        with pytest.raises(ShortcutError, match="exit level"):
-            oj.shortcut(h, bad)
-    oj.save(tmp_path / "oj")
-    again = OneJump.load(tmp_path / "oj", fingerprint=lm.fingerprint)
-    assert again.chosen_jump == 1 and again.num_blocks == K
-    torch.testing.assert_close(again.shortcut(h, 2), oj.shortcut(h, 2))
-    # an nnjtc file that records its choice loads as a OneJump too
-    save_shortcuts(tmp_path / "bank", bank, kind="nnjtc", model="m", fingerprint=lm.fingerprint,
-                   levels=list(range(K)), rank=4, chosen_jump=2)
-    from_file = OneJump.load(tmp_path / "bank")
-    torch.testing.assert_close(from_file.shortcut(h, 0), bank.apply(h, 2), atol=1e-5, rtol=1e-5)
-    save_shortcuts(tmp_path / "nochoice", bank, kind="nnjtc", model="m", fingerprint="f", levels=list(range(K)),
-                   rank=4)
-    with pytest.raises(ShortcutError, match="chosen"):
-        OneJump.load(tmp_path / "nochoice")
-    with pytest.raises(ShortcutError):
-        OneJump.from_bank(bank, K)
 
 
 def test_residual_flag_must_be_boolean(tmp_path):

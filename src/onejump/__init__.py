@@ -1,13 +1,25 @@
-"""onejump: parameter-efficient early exit for transformer LMs with one low-rank jump for all exit levels.
+"""onejump: lenses and parameter-efficient early exit for transformer LMs, with one low-rank jump for all levels.
 
-Reproduces "One Jump Is All You Need" (OJFA): N-NJTC low-rank shortcuts from every level to the
-final representation, the D_m reuse score, and the single best jump for all exit levels; and goes
-beyond it (KL through the frozen head, residual jumps, a head-aware selection rule).
+Reproduces "One Jump Is All You Need" (OJFA): N-NJTC low-rank jumps from every level to the final
+representation, the D_m reuse score, and the single best jump for all exit levels; and goes beyond
+it (KL through the frozen head, residual jumps, a head-aware selection rule). Everything that turns
+a hidden state into logits is a :class:`Lens`.
+
+    import onejump as oj
+    lm = oj.load_model("smollm2-135m")
+    store = oj.extract(lm, texts, "runs/x/store", splits=labels)
+    per_level = oj.train_per_level(store, lm)
+    ojfa = oj.select(store, per_level).lens
+    result = oj.evaluate(store, {"logit lens": oj.LogitLens(lm), "ojfa": ojfa})
 """
 
+from . import threads as _threads  # noqa: F401, I001  first: sets OpenMP's wait policy before torch loads it
+from .corpus import load_sentences, split_sentences
 from .errors import (
+    ChecksumError,
     ConfigError,
     CorpusError,
+    DiskFullError,
     ModelLoadError,
     NumericalError,
     OneJumpError,
@@ -15,32 +27,37 @@ from .errors import (
     StoreError,
     UnsupportedArchitectureError,
 )
-from .evaluation.metrics import evaluate
+from .evaluation import EvalResult, evaluate, reuse_matrix
 from .evaluation.selection import select_ojfa
 from .extract import extract
-from .lenses.jumps import JumpBank
-from .lenses.onejump import OneJump
-from .model.adapter import ArchitectureAdapter
-from .model.loading import LoadedModel, from_pretrained_model, load_model
+from .generation import generate
+from .lenses import JTCLens, JumpBank, Lens, LogitLens, OneJump, PerLevelLens
+from .model import ArchitectureAdapter, LoadedModel, from_pretrained_model, load_model
 from .store import HiddenStateStore
-from .training.config import TrainConfig
-from .training.fit import train_joint, train_jumps
-from .training.objectives import HeadKL
+from .training import TrainConfig, train_joint, train_joint_jump, train_jumps, train_per_level
 
-__version__ = "0.1.0"
+select = select_ojfa
+
+__version__ = "0.2.0"
 
 __all__ = [
     "ArchitectureAdapter",
+    "ChecksumError",
     "ConfigError",
     "CorpusError",
-    "HeadKL",
+    "DiskFullError",
+    "EvalResult",
     "HiddenStateStore",
+    "JTCLens",
     "JumpBank",
+    "Lens",
     "LoadedModel",
+    "LogitLens",
     "ModelLoadError",
     "NumericalError",
     "OneJump",
     "OneJumpError",
+    "PerLevelLens",
     "ShortcutError",
     "StoreError",
     "TrainConfig",
@@ -48,8 +65,15 @@ __all__ = [
     "evaluate",
     "extract",
     "from_pretrained_model",
+    "generate",
     "load_model",
+    "load_sentences",
+    "reuse_matrix",
+    "select",
     "select_ojfa",
+    "split_sentences",
     "train_joint",
+    "train_joint_jump",
     "train_jumps",
+    "train_per_level",
 ]

@@ -19,6 +19,14 @@ class UnsupportedArchitectureError(ModelLoadError):
     """The architecture adapter could not find a part of the model it needs."""
 
 
+class ChecksumError(ModelLoadError):
+    """A downloaded or assembled model file does not have its pinned size or sha256."""
+
+
+class DiskFullError(ModelLoadError):
+    """The disk filled up while a model file was written into the cache (nothing half-written is kept)."""
+
+
 class CorpusError(OneJumpError):
     """A corpus is missing, unreadable, too small or otherwise unusable."""
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .defaults import SHARD_SIZE, TOKENS_PER_BATCH
 from .errors import ConfigError, CorpusError, StoreError
 from .io import atomic_write_text
 from .model.loading import LoadedModel
@@ -29,12 +30,14 @@ from .store import FORMAT, STORE_DTYPES, VERSION, HiddenStateStore, finished_sha
 
 @dataclass(frozen=True)
 class Sample:
-    """One sampled position: sentence ``sample_id``, prefix token ids ending at ``position``."""
+    """One sampled position: sentence ``sample_id``, prefix token ids ending at ``position``, and the
+    sentence's real next token after it (-1 when ``position`` is its last token)."""
 
     sample_id: int
     split: int
     position: int
     tokens: tuple[int, ...]
+    next_token: int = -1
 
 
 def sample_positions(tokenizer: Any, sentences: Sequence[str], splits: Sequence[int], seed: int) -> list[Sample]:
@@ -53,18 +56,20 @@ def sample_positions(tokenizer: Any, sentences: Sequence[str], splits: Sequence[
                 f"sentence {i} has fewer than 2 tokens ({sentences[i][:60]!r}); filter such sentences out"
             )
         pos = int(rng.integers(1, n))
-        samples.append(Sample(i, int(splits[i]), pos, tuple(int(t) for t in ids[: pos + 1])))
+        samples.append(Sample(i, int(splits[i]), pos, tuple(int(t) for t in ids[: pos + 1]),
+                              int(ids[pos + 1]) if pos + 1 < n else -1))
     return samples
 
 
-def plan_batches(samples: Sequence[Sample], tokens_per_batch: int = 8192, max_batch_size: int = 64) -> list[list[int]]:
+def plan_batches(samples: Sequence[Sample], tokens_per_batch: int = TOKENS_PER_BATCH,
+                 max_batch_size: int = 64) -> list[list[int]]:
     """Group samples (indices into ``samples``) into length-bucketed batches within a token budget.
 
     Sorting by prefix length keeps padding small; a batch holds at most ``max_batch_size`` rows and
     ``rows * longest`` stays within ``tokens_per_batch``.
     """
     if tokens_per_batch < 1 or max_batch_size < 1:
-        raise ConfigError("tokens_per_batch and max_batch_size must be >= 1")
+        raise ConfigError("the token budget and the batch size of extraction must be >= 1")
     order = sorted(range(len(samples)), key=lambda i: (len(samples[i].tokens), i))
     batches: list[list[int]] = []
     current: list[int] = []
@@ -79,7 +84,7 @@ def plan_batches(samples: Sequence[Sample], tokens_per_batch: int = 8192, max_ba
     return batches
 
 
-def plan_shards(batches: list[list[int]], shard_size: int = 1024) -> list[list[list[int]]]:
+def plan_shards(batches: list[list[int]], shard_size: int = SHARD_SIZE) -> list[list[list[int]]]:
     """Group consecutive batches into shards of about ``shard_size`` samples."""
     shards: list[list[list[int]]] = []
     current: list[list[int]] = []
@@ -160,6 +165,7 @@ def _plan_key(lm: LoadedModel, samples: Sequence[Sample], seed: int, dtype: str,
         "num_samples": len(samples),
         "samples_sha256": digest.hexdigest()[:16],
         "layout": layout,
+        "next_token": True,  # the shards record each sample's real next token (stores before this did not)
     }
 
 
@@ -189,6 +195,13 @@ def _check_or_write_plan(out: Path, key: dict[str, Any]) -> None:
             old = json.loads(plan_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise StoreError(f"{plan_path} is corrupt; remove the folder to start over") from None
+        if not isinstance(old, dict):
+            raise StoreError(f"{plan_path} is corrupt; remove the folder to start over")
+        if "next_token" not in old and old == {k: v for k, v in key.items() if k != "next_token"}:
+            if (out / "manifest.json").is_file():
+                return  # a finished store of an older onejump: readable, without next tokens
+            raise StoreError(f"{out} holds an unfinished extraction started by an older onejump (it does not record "
+                             "next tokens); remove the folder or use another, and rerun")
         if old != key:
             diff = [k for k in key if old.get(k) != key[k]]
             raise StoreError(
@@ -217,9 +230,9 @@ def extract(
     splits: Sequence[int] | None = None,
     seed: int = 0,
     store_dtype: str = "float32",
-    tokens_per_batch: int = 8192,
+    tokens_per_batch: int = TOKENS_PER_BATCH,
     max_batch_size: int = 64,
-    shard_size: int = 1024,
+    shard_size: int = SHARD_SIZE,
     progress: bool = True,
     extra: dict[str, Any] | None = None,
     on_shard: Callable[[int, int], None] | None = None,
@@ -233,13 +246,30 @@ def extract(
     if store_dtype not in STORE_DTYPES:
         raise ConfigError(f"unknown store dtype '{store_dtype}'; use {', '.join(STORE_DTYPES)}")
     out = Path(out_dir)
+    samples, shards, key = _plan(lm, sentences, splits, seed, store_dtype, tokens_per_batch, max_batch_size,
+                                 shard_size)
+    rank, world = _start_store(out, key)
+    if (out / "manifest.json").is_file():
+        return HiddenStateStore.open(out, fingerprint=lm.fingerprint)
+    infos = _extract_shards(lm, samples, shards, out, STORE_DTYPES[store_dtype], rank=rank, world=world,
+                            progress=progress, on_shard=on_shard)
+    return _finish_store(lm, out, key, samples, len(shards), infos, extra, rank=rank, world=world)
+
+
+def _plan(lm: LoadedModel, sentences: Sequence[str], splits: Sequence[int] | None, seed: int, store_dtype: str,
+          tokens_per_batch: int, max_batch_size: int,
+          shard_size: int) -> tuple[list[Sample], list[list[list[int]]], dict[str, Any]]:
+    """The samples, their shards of batches, and the plan key that a resumed run must match."""
     splits = list(splits) if splits is not None else [0] * len(sentences)
     if len(splits) != len(sentences):
         raise ConfigError("splits must label every sentence")
     samples = sample_positions(lm.tokenizer, sentences, splits, seed)
     shards = plan_shards(plan_batches(samples, tokens_per_batch, max_batch_size), shard_size)
-    key = _plan_key(lm, samples, seed, store_dtype, shards)
+    return samples, shards, _plan_key(lm, samples, seed, store_dtype, shards)
 
+
+def _start_store(out: Path, key: dict[str, Any]) -> tuple[int, int]:
+    """Create or check the store folder against the plan; (rank, world size)."""
     if out.exists() and not out.is_dir():
         raise StoreError(f"store path exists and is not a folder: {out}")
     rank, world = distributed_context()
@@ -247,13 +277,15 @@ def extract(
     if rank == 0:
         _check_or_write_plan(out, key)
     _barrier(world)  # the other ranks start once rank 0 has checked or written the plan
-    if (out / "manifest.json").is_file():
-        return HiddenStateStore.open(out, fingerprint=lm.fingerprint)
+    return rank, world
 
+
+def _extract_shards(lm: LoadedModel, samples: Sequence[Sample], shards: list[list[list[int]]], out: Path,
+                    dtype: torch.dtype, *, rank: int, world: int, progress: bool,
+                    on_shard: Callable[[int, int], None] | None) -> list[dict[str, Any]]:
+    """Compute and write this rank's unfinished shards; the sidecars of its shards, in order."""
     device = lm.device
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    dtype = STORE_DTYPES[store_dtype]
-    total_tokens = sum(len(s.tokens) for s in samples)
     infos: list[dict[str, Any]] = []
     mine = [i for index, shard in enumerate(shards) if index % world == rank for batch in shard for i in batch]
     bar = tqdm(total=sum(len(samples[i].tokens) for i in mine), unit="tok", desc="extract",
@@ -280,33 +312,48 @@ def extract(
                 infos.append(done)
                 bar.update(sum(len(samples[i].tokens) for i in shard_samples))
                 continue
-            hidden_parts, targets = [], []
-            for batch in shard:
-                ids, mask, last = collate(samples, batch, pad_id, device)
-                hidden = capture.run(ids, mask, last)
-                with torch.no_grad():
-                    logits = lm.adapter.head(hidden[:, -1].to(next(lm.model.parameters()).dtype))
-                targets.append(logits.argmax(-1).cpu())
-                hidden_parts.append(hidden.cpu().to(dtype))
-                bar.update(int(mask.sum()))
-            toks = [samples[i].tokens for i in shard_samples]
-            offsets = np.concatenate([[0], np.cumsum([len(t) for t in toks])])
-            tensors = {
-                "hidden": torch.cat(hidden_parts),
-                "sample_id": torch.tensor([samples[i].sample_id for i in shard_samples], dtype=torch.int64),
-                "split": torch.tensor([samples[i].split for i in shard_samples], dtype=torch.int8),
-                "position": torch.tensor([samples[i].position for i in shard_samples], dtype=torch.int64),
-                "target": torch.cat(targets).to(torch.int64),
-                "tokens": torch.tensor([t for tt in toks for t in tt], dtype=torch.int32),
-                "token_offsets": torch.from_numpy(offsets.astype(np.int64)),
-            }
+            tensors = _shard_tensors(lm, capture, samples, shard, pad_id, device, dtype, bar)
             collect()
             pending.append((index, writer.submit(write_shard, out, index, tensors)))
         collect()
     bar.close()
+    return infos
+
+
+def _shard_tensors(lm: LoadedModel, capture: LevelCapture, samples: Sequence[Sample], shard: list[list[int]],
+                   pad_id: int, device: torch.device, dtype: torch.dtype, bar: tqdm) -> dict[str, torch.Tensor]:
+    """Run the model over one shard's batches; the tensors of its shard file."""
+    shard_samples = [i for batch in shard for i in batch]
+    hidden_parts, targets = [], []
+    for batch in shard:
+        ids, mask, last = collate(samples, batch, pad_id, device)
+        hidden = capture.run(ids, mask, last)
+        with torch.no_grad():
+            logits = lm.adapter.head(hidden[:, -1].to(next(lm.model.parameters()).dtype))
+        targets.append(logits.argmax(-1).cpu())
+        hidden_parts.append(hidden.cpu().to(dtype))
+        bar.update(int(mask.sum()))
+    toks = [samples[i].tokens for i in shard_samples]
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in toks])])
+    return {
+        "hidden": torch.cat(hidden_parts),
+        "sample_id": torch.tensor([samples[i].sample_id for i in shard_samples], dtype=torch.int64),
+        "split": torch.tensor([samples[i].split for i in shard_samples], dtype=torch.int8),
+        "position": torch.tensor([samples[i].position for i in shard_samples], dtype=torch.int64),
+        "target": torch.cat(targets).to(torch.int64),
+        "tokens": torch.tensor([t for tt in toks for t in tt], dtype=torch.int32),
+        "token_offsets": torch.from_numpy(offsets.astype(np.int64)),
+        "next_token": torch.tensor([samples[i].next_token for i in shard_samples], dtype=torch.int64),
+    }
+
+
+def _finish_store(lm: LoadedModel, out: Path, key: dict[str, Any], samples: Sequence[Sample], num_shards: int,
+                  infos: list[dict[str, Any]], extra: dict[str, Any] | None, *, rank: int,
+                  world: int) -> HiddenStateStore:
+    """Write the manifest (rank 0, once every rank's shards exist) and open the finished store."""
     _barrier(world)
     if world > 1:
-        infos = [finished_shard(out, index) for index in range(len(shards))]
+        infos = [finished_shard(out, index) for index in range(num_shards)]
         if any(info is None for info in infos):
             raise StoreError(f"a rank did not finish its shards in {out}; rerun to resume")
         if rank != 0:
@@ -321,7 +368,8 @@ def extract(
         "hidden_size": lm.hidden_size,
         "n_train": int(sum(1 for s in samples if s.split == 0)),
         "n_test": int(sum(1 for s in samples if s.split == 1)),
-        "total_prefix_tokens": int(total_tokens),
+        "total_prefix_tokens": int(sum(len(s.tokens) for s in samples)),
+        "n_without_next_token": int(sum(1 for s in samples if s.next_token < 0)),
         "shards": infos,
         **({"extra": extra} if extra else {}),
     }

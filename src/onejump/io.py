@@ -6,6 +6,7 @@ import errno
 import hashlib
 import io
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -65,10 +66,48 @@ def _cleanup(tmp: str) -> None:
 
 def _disk_error(path: Path, exc: OSError) -> StoreError:
     if exc.errno == errno.ENOSPC:
-        return StoreError(
-            f"disk full while writing {path}; finished shards are kept: free space and rerun the same command"
-        )
+        return StoreError(f"disk full while writing {path}: free space and rerun the same command "
+                          "(finished work is kept, nothing half-written is)")
     return StoreError(f"could not write {path}: {exc.strerror or exc}")
+
+
+def os_error_of(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``: itself, or one that safetensors reports only in its message
+    ("I/O error: No space left on device (os error 28)")."""
+    if isinstance(exc, OSError):
+        return exc
+    match = re.search(r"\(os error (\d+)\)", str(exc))
+    if match is None:
+        return None
+    code = int(match.group(1))
+    return OSError(code, os.strerror(code))
+
+
+def save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file under a temporary name in its folder, fsync it and rename it.
+
+    A full disk or an unwritable folder becomes one :class:`StoreError` line, and no partial file
+    is left under either name.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise _disk_error(path, exc) from None
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        _cleanup(tmp)
+        err = os_error_of(exc)
+        if err is not None and not isinstance(exc, KeyboardInterrupt):
+            raise _disk_error(path, err) from None
+        raise
 
 
 class folder_lock:  # noqa: N801 - used as a context manager, reads like a function
@@ -81,7 +120,12 @@ class folder_lock:  # noqa: N801 - used as a context manager, reads like a funct
         from filelock import FileLock
 
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise StoreError(f"{self.folder} is a file, not a folder: give a folder (new or existing)")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder {self.folder}: {exc.strerror or exc}") from None
         self._lock = FileLock(str(self.folder / ".onejump.lock"), timeout=0)
 
     def __enter__(self) -> folder_lock:
@@ -92,6 +136,8 @@ class folder_lock:  # noqa: N801 - used as a context manager, reads like a funct
         except Timeout:
             raise StoreError(f"another onejump process is writing to {self.folder}; wait for it or use "
                              "another folder") from None
+        except OSError as exc:
+            raise StoreError(f"cannot write to {self.folder}: {exc.strerror or exc}; use a writable folder") from None
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,91 +8,60 @@ Layout of a store folder::
 
 Each shard holds ``hidden`` (n, K+1, H) in the store dtype and, per sample, ``sample_id`` (index of
 the sentence), ``split`` (0 train, 1 test), ``position`` (token index of the sampled position),
-``target`` (t*, the model's final top-1 token), and the prefix token ids (``tokens`` flat with
+``target`` (t*, the model's final top-1 token), ``next_token`` (the sentence's real next token
+after the sampled position, -1 where that position is the sentence's last token; absent from
+stores written before it was recorded), and the prefix token ids (``tokens`` flat with
 ``token_offsets``). Every file is written to a temporary name and renamed, so a killed run never
 leaves a file that looks complete. Nothing here unpickles anything.
+
+Every reading method verifies the store's bytes before its first use in a process
+(:meth:`HiddenStateStore.verify`): a full sha256 of every shard against the hashes recorded at
+write time. sha256 runs on the CPU's SHA instructions, so this costs a fraction of one training
+epoch and is paid once per process (``benchmarks/verify.py``); unlike a check of sizes and
+modification times it also catches a changed byte that kept the file's size and times (a copy
+tool restoring times, ``touch -r``, media corruption). The result is remembered for the process
+per store identity and per the shards' (device, inode, size, mtime, ctime), so the stages of one
+``onejump run`` hash the store once, and a shard changed in between is hashed again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from .errors import NumericalError, StoreError
-from .io import _cleanup, _disk_error, atomic_write_text, sha256_file
+from .errors import StoreError
+from .io import sha256_file
+from .store_files import _NEXT, _PER_SAMPLE, _Shard, check_shard, finished_shard, shard_name, write_shard
 
 FORMAT = "onejump-store"
 VERSION = 1
 SPLITS = {"train": 0, "test": 1}
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_META_KEYS = ("sample_id", "split", "position", "target", "token_offsets")
-_REQUIRED_KEYS = ("hidden", "tokens", *_META_KEYS)
+
+# Stores whose bytes this process has hashed: (folder, identity) -> the shards' stat signatures then.
+_VERIFIED: dict[tuple[str, str], tuple[tuple[int, ...], ...]] = {}
 
 
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}.safetensors"
-
-
-def write_shard(folder: Path, index: int, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Write one shard atomically, then its sidecar JSON; return the sidecar's content."""
-    hidden = tensors["hidden"]
-    if not torch.isfinite(hidden).all():
-        bad = (~torch.isfinite(hidden)).nonzero()[0].tolist()
-        sample = int(tensors["sample_id"][bad[0]])
-        raise NumericalError(
-            f"non-finite hidden state at sample {sample}, level {bad[1]} in store dtype {hidden.dtype} "
-            "(fp16 overflow? use --store-dtype float32 or bfloat16)"
-        )
-    path = folder / shard_name(index)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.")
-    os.close(fd)
+def _hash_or_error(path: Path) -> str | OSError:
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        return sha256_file(path)
     except OSError as exc:
-        _cleanup(tmp)
-        raise _disk_error(path, exc) from None
-    except BaseException:
-        _cleanup(tmp)
-        raise
-    info = {"file": path.name, "count": int(hidden.shape[0]), "bytes": path.stat().st_size,
-            "sha256": sha256_file(path)}
-    atomic_write_text(folder / f"shard-{index:05d}.json", json.dumps(info))
-    return info
+        return exc
 
 
-def finished_shard(folder: Path, index: int) -> dict[str, Any] | None:
-    """The sidecar of a shard that was completely written, else None."""
-    side = folder / f"shard-{index:05d}.json"
-    path = folder / shard_name(index)
-    if not side.is_file() or not path.is_file():
-        return None
-    try:
-        info = json.loads(side.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    if not isinstance(info, dict) or info.get("bytes") != path.stat().st_size:
-        return None
-    return info
-
-
-@dataclass
-class _Shard:
-    path: Path
-    count: int
-    meta: dict[str, np.ndarray]
+def _signature(path: Path) -> tuple[int, ...]:
+    """What changes when a file's bytes are rewritten through the file system (ctime cannot be set back)."""
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 class HiddenStateStore:
@@ -102,10 +71,16 @@ class HiddenStateStore:
         self.path = Path(path)
         self.manifest = manifest
         self._shards = shards
-        meta = {k: np.concatenate([s.meta[k] for s in shards]) for k in ("sample_id", "split", "position", "target")}
-        self._meta = meta
+        keys = (*_PER_SAMPLE, _NEXT) if self.has_next_tokens else _PER_SAMPLE
+        self._meta = {k: np.concatenate([s.meta[k] for s in shards]) if shards else np.zeros(0, np.int64)
+                      for k in keys}
         self._shard_of = np.concatenate([np.full(s.count, i) for i, s in enumerate(shards)]) if shards else np.zeros(0)
         self._row_in_shard = np.concatenate([np.arange(s.count) for s in shards]) if shards else np.zeros(0)
+        entries = [(e.get("file"), e.get("count"), e.get("sha256")) for e in manifest["shards"]]
+        head = [manifest.get("fingerprint"), manifest.get("dtype"), manifest.get("num_levels"),
+                manifest.get("hidden_size"), entries]
+        self._identity = hashlib.sha256(json.dumps(head).encode()).hexdigest()[:16]
+        self._verified = False
 
     # ---- opening -----------------------------------------------------------------------------
     @classmethod
@@ -156,43 +131,72 @@ class HiddenStateStore:
                 raise StoreError(f"store shard missing: {shard_path.name}")
             if shard_path.stat().st_size != entry.get("bytes"):
                 raise StoreError(f"store shard {shard_path.name} is truncated or was changed (size differs)")
-            if verify and sha256_file(shard_path) != entry.get("sha256"):
-                raise StoreError(f"store shard {shard_path.name} is corrupt (sha256 differs)")
-            shards.append(cls._check_shard(shard_path, entry["count"], num_levels, hidden, dtype))
-        total = sum(s.count for s in shards)
-        if total != manifest.get("num_samples"):
-            raise StoreError(f"store holds {total} samples but its manifest says {manifest.get('num_samples')}")
-        return cls(folder, manifest, shards)
+            shards.append(check_shard(shard_path, entry["count"], num_levels, hidden, dtype,
+                                      bool(manifest.get(_NEXT))))
+        store = cls(folder, manifest, shards)
+        store._check_counts()
+        if verify:
+            store.verify()
+        return store
 
-    @staticmethod
-    def _check_shard(path: Path, count: int, num_levels: int, hidden: int, dtype: torch.dtype) -> _Shard:
+    def _check_counts(self) -> None:
+        """The manifest's counts against what the shards hold (read from their headers at open)."""
+        m, split = self.manifest, self._meta["split"]
+        found = {"num_samples": len(split), "n_train": int((split == SPLITS["train"]).sum()),
+                 "n_test": int((split == SPLITS["test"]).sum()),
+                 "total_prefix_tokens": sum(s.num_tokens for s in self._shards)}
+        if self.has_next_tokens:
+            found["n_without_next_token"] = int((self._meta[_NEXT] < 0).sum())
+        for key, value in found.items():
+            if key in m and m[key] != value:
+                raise StoreError(f"store {self.path}: its manifest says {key} = {m[key]!r} but the shards hold "
+                                 f"{value}; the store was changed after extraction: extract again into a new folder")
+        if "num_samples" not in m:
+            raise StoreError(f"store {self.path}: its manifest lacks num_samples")
+
+    def verify(self) -> None:
+        """Check every shard's bytes against the sha256 recorded when it was written.
+
+        Counts were checked at :meth:`open`. Runs once per process for a store identity whose
+        shards keep their (device, inode, size, mtime, ctime); every reading method calls it
+        first. Raises :class:`StoreError` naming the first corrupt shard.
+        """
+        if self._verified:
+            return
+        key = (str(self.path.resolve()), self.identity)
         try:
-            with safe_open(str(path), framework="pt") as fh:
-                keys = set(fh.keys())
-                missing = [k for k in _REQUIRED_KEYS if k not in keys]
-                if missing:
-                    raise StoreError(f"store shard {path.name} lacks {', '.join(missing)}")
-                sl = fh.get_slice("hidden")
-                shape = tuple(sl.get_shape())
-                if shape != (count, num_levels, hidden):
-                    raise StoreError(f"store shard {path.name}: hidden has shape {shape}, expected "
-                                     f"{(count, num_levels, hidden)}")
-                if sl.get_dtype() != {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}[dtype]:
-                    raise StoreError(f"store shard {path.name}: hidden has dtype {sl.get_dtype()}, "
-                                     f"expected {dtype}")
-                meta = {k: fh.get_tensor(k).numpy() for k in _META_KEYS}
-        except StoreError:
-            raise
-        except Exception as exc:  # safetensors raises its own error types for malformed headers
-            raise StoreError(f"store shard {path.name} is unreadable: {exc}") from None
-        for k in ("sample_id", "split", "position", "target"):
-            if meta[k].shape != (count,) or meta[k].dtype.kind not in "iu":
-                raise StoreError(f"store shard {path.name}: '{k}' has shape {meta[k].shape} / dtype {meta[k].dtype}")
-        if meta["token_offsets"].shape != (count + 1,):
-            raise StoreError(f"store shard {path.name}: token_offsets has the wrong shape")
-        return _Shard(path, count, meta)
+            before = tuple(_signature(s.path) for s in self._shards)
+        except OSError as exc:
+            raise StoreError(f"store {self.path}: cannot read a shard: {exc.strerror or exc}") from None
+        if _VERIFIED.get(key) != before:
+            # hashlib releases the GIL on large blocks: shards hash in parallel on several cores
+            with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1, len(self._shards)))) as pool:
+                digests = list(pool.map(_hash_or_error, [s.path for s in self._shards]))
+            for shard, entry, digest in zip(self._shards, self.manifest["shards"], digests):
+                if isinstance(digest, OSError):
+                    raise StoreError(f"store shard {shard.path} is unreadable: {digest.strerror or digest}")
+                if digest != entry.get("sha256"):
+                    raise StoreError(f"store shard {shard.path.name} in {self.path} is corrupt (its sha256 differs "
+                                     "from the one recorded at extraction): restore it, or extract again into a new "
+                                     "folder (`onejump extract --out NEW_FOLDER`)")
+            _VERIFIED[key] = before
+        self._verified = True
 
     # ---- sizes and metadata -------------------------------------------------------------------
+    def verify_identity(self) -> str:
+        """:attr:`identity` after :meth:`verify`: what a cached stage records and checks its store by."""
+        self.verify()
+        return self.identity
+
+    @property
+    def identity(self) -> str:
+        """Content key of the store: a hash of the manifest's shard sha256s, counts and layout.
+
+        Two stores with the same identity hold the same bytes once :meth:`verify` has passed, so a
+        stage computed from one is valid for the other; a re-extraction with other data changes it.
+        """
+        return self._identity
+
     @property
     def num_samples(self) -> int:
         return int(self.manifest["num_samples"])
@@ -217,6 +221,7 @@ class HiddenStateStore:
 
     def indices(self, split: str | None = None) -> np.ndarray:
         """Row indices of a split ("train", "test") or of all rows, in store order."""
+        self.verify()
         if split is None:
             return np.arange(self.num_samples)
         if split not in SPLITS:
@@ -224,15 +229,32 @@ class HiddenStateStore:
         return np.nonzero(self._meta["split"] == SPLITS[split])[0]
 
     def meta(self, key: str, split: str | None = None) -> np.ndarray:
-        """Per-sample ``sample_id``, ``split``, ``position`` or ``target`` for a split."""
+        """Per-sample ``sample_id``, ``split``, ``position``, ``target`` or ``next_token`` for a split."""
+        if key not in self._meta:
+            raise StoreError(f"store {self.path} records no per-sample '{key}'")
         return self._meta[key][self.indices(split)]
 
     def targets(self, split: str | None = None) -> torch.Tensor:
         """t*, the model's final top-1 token, per sample."""
         return torch.from_numpy(self.meta("target", split).astype(np.int64))
 
+    @property
+    def has_next_tokens(self) -> bool:
+        """Whether the store records the sentence's real next token (stores extracted before it do not)."""
+        return bool(self.manifest.get(_NEXT))
+
+    def next_tokens(self, split: str | None = None) -> torch.Tensor:
+        """The sentence's real next token after each sampled position; -1 where the position is the
+        sentence's last token (``manifest["n_without_next_token"]`` such rows)."""
+        if not self.has_next_tokens:
+            raise StoreError(f"store {self.path} was extracted before onejump recorded each sample's next token, "
+                             "so cross-entropy against the text cannot be computed from it: re-extract with "
+                             "`onejump extract --out NEW_FOLDER` (or `onejump run --out NEW_FOLDER`)")
+        return torch.from_numpy(self.meta(_NEXT, split).astype(np.int64))
+
     def prefix_tokens(self, row: int) -> list[int]:
         """Token ids of the prefix of store row ``row`` (up to and including the sampled position)."""
+        self.verify()
         shard = self._shards[int(self._shard_of[row])]
         r = int(self._row_in_shard[row])
         off = shard.meta["token_offsets"]
@@ -258,6 +280,7 @@ class HiddenStateStore:
         slice each; nothing else of the store is held. ``out`` (at least n rows, ``dtype``) is
         filled and its first n rows returned, so a caller can reuse one buffer.
         """
+        self.verify()
         rows = np.asarray(rows, dtype=np.int64)
         n = len(rows)
         if n and (rows.min() < 0 or rows.max() >= self.num_samples):
@@ -300,6 +323,7 @@ class HiddenStateStore:
 
         Memory stays bounded by the chunk, whatever the store's size.
         """
+        self.verify()
         want = None if split is None else SPLITS[split]
         offset = 0
         for shard in self._shards:
@@ -324,3 +348,8 @@ class HiddenStateStore:
 def store_nbytes(num_samples: int, num_levels: int, hidden: int, dtype: str = "float32") -> int:
     """Bytes taken by the hidden states of a store (for planning)."""
     return num_samples * num_levels * hidden * torch.tensor([], dtype=STORE_DTYPES[dtype]).element_size()
+
+
+# The shard-file helpers live in store_files; extraction, the tests and the benchmarks import them from here.
+__all__ = ["FORMAT", "VERSION", "SPLITS", "STORE_DTYPES", "HiddenStateStore", "store_nbytes", "shard_name",
+           "write_shard", "finished_shard"]

@@ -7,7 +7,7 @@ import re
 import unicodedata
 from typing import Any
 
-from onejump.errors import CorpusError
+from ..errors import CorpusError
 
 # Marks a piece of text that could not be rendered (math, chemistry formulae, superscripts,
 # unknown units): any sentence containing it is dropped. A control character, so it can never

@@ -30,15 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from onejump.errors import CorpusError
-
+from ..errors import CorpusError
 from .cleaning import _sentences_from_document, _sentences_from_paragraph
 from .offline import OFFLINE_NAME, prepare_offline_corpus
-
-"""Root of onejump's cache (``$ONEJUMP_CACHE`` or ``~/.cache/onejump``); the corpus lives in ``corpus/``."""
-
-
-"""The ``source`` name of the offline corpus in :func:`load_sentences`."""
 
 
 @dataclass(frozen=True)
@@ -65,8 +59,16 @@ class CorpusSplit:
     test: list[Sentence]
     seed: int
 
+    @property
+    def texts(self) -> list[str]:
+        """Train then test sentences, in the order :func:`onejump.extract` takes them."""
+        return [s.text for s in self.train] + [s.text for s in self.test]
 
-"""The ``Sentence.source`` values of the offline corpus."""
+    @property
+    def labels(self) -> list[int]:
+        """The split of each of :attr:`texts` (0 train, 1 test)."""
+        return [0] * len(self.train) + [1] * len(self.test)
+
 
 
 _TXT_SUFFIXES = (".txt", ".text")

@@ -10,8 +10,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any
 
-from onejump.errors import CorpusError
-
+from ..errors import CorpusError
 from .cleaning import (
     _INNER_BOUNDARY_RE,
     _LIST_LINE,

@@ -1,7 +1,9 @@
-"""Evaluation: metrics of lenses at every exit level, the OJFA selection, statistics."""
+"""Evaluation: every lens at every exit level, the K x K reuse matrix, the OJFA selection, statistics."""
 
-from .metrics import EvalResult, evaluate
-from .selection import select_ojfa
+from .metrics import evaluate, reuse_matrix
+from .result import METRICS, EvalResult
+from .selection import Selection, select_ojfa
 from .statistics import bootstrap_ci, paired_test
 
-__all__ = ["EvalResult", "bootstrap_ci", "evaluate", "paired_test", "select_ojfa"]
+__all__ = ["METRICS", "EvalResult", "Selection", "bootstrap_ci", "evaluate", "paired_test", "reuse_matrix",
+           "select_ojfa"]

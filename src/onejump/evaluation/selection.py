@@ -201,6 +201,7 @@ class Selection:
     levels: list[int] = field(default_factory=list)
     rule: str = "paper"
     others: dict[str, Any] = field(default_factory=dict)
+    lens: Any = field(default=None, repr=False, compare=False)  # the chosen jump as a lens, when selected from one
 
     @classmethod
     def from_matrix(cls, matrix: torch.Tensor, *, temperature: float = FIGURE3_TEMPERATURE, split: str = "train",
@@ -244,17 +245,32 @@ class Selection:
         }
 
 
-def select_ojfa(store: Any, bank: JumpBank, split: str = "train", chunk_size: int = 512,
+def select_ojfa(store: Any, jumps: Any, split: str = "train", chunk_size: int = 512,
                 temperature: float = FIGURE3_TEMPERATURE, device: str | torch.device = "cpu",
                 progress: bool = False, *, rule: str = "paper", adapter: Any = None,
                 holdout: np.ndarray | None = None) -> Selection:
-    """Score every jump of ``bank`` reused at every exit level and pick the best.
+    """Score every jump of a per-level lens (or bare ``JumpBank``) reused at every exit level; pick the best.
+
+    With a :class:`~onejump.lenses.PerLevelLens`, ``selection.lens`` is the chosen jump as a
+    :class:`~onejump.lenses.OneJump` (and the model's head comes from the lens).
 
     ``rule="paper"``: D_m of Eq. 3-5 on ``split``. ``rule="head"``: mean precision@1 through the
     head on the held-out part of the train split (``holdout`` rows, default :func:`holdout_rows`);
     needs ``adapter``. Either way the result records the other rule's matrix too when it is
     available (``others``), so both choices can be compared.
     """
+    lens = jumps if hasattr(jumps, "bank") else None
+    bank = lens.bank if lens is not None else jumps
+    adapter = adapter if adapter is not None or lens is None else lens.lm.adapter
+    sel = _select(store, bank, split, chunk_size, temperature, device, progress, rule, adapter, holdout)
+    if lens is not None:
+        sel.lens = lens.jump(sel.chosen)
+    return sel
+
+
+def _select(store: Any, bank: JumpBank, split: str, chunk_size: int, temperature: float,
+            device: str | torch.device, progress: bool, rule: str, adapter: Any,
+            holdout: np.ndarray | None) -> Selection:
     if rule not in RULES:
         raise ConfigError(f"unknown selection rule '{rule}'; use one of {', '.join(RULES)}")
     matrix = reuse_scores(store, bank, split=split, chunk_size=chunk_size, device=device, progress=progress)

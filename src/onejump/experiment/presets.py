@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+from ..defaults import DEFAULT_CORPUS, DEFAULT_MODEL, N_TEST, N_TRAIN, SEED, SHARD_SIZE, TOKENS_PER_BATCH
 
 # The presets of ``onejump run --preset``. ``paper``: the paper's settings (Eq. 2 MSE, r = floor(H/100),
 # the D_m rule). ``best``: the best single-jump configuration of ``onejump sweep`` within twice the
@@ -16,3 +19,20 @@ PRESETS: dict[str, dict[str, Any]] = {
              "rank_multiplier": 2, "select_rule": "head",
              "joint": {"residual": True, "lr": 3e-3, "max_epochs": 4, "patience": 2}},
 }
+
+
+@dataclass
+class DataArgs:
+    """What to extract (the ``run.json`` of a run folder)."""
+
+    model: str = DEFAULT_MODEL
+    corpus: str = DEFAULT_CORPUS
+    hf_config: str | None = None
+    text_field: str = "text"
+    max_documents: int | None = None
+    n_train: int = N_TRAIN
+    n_test: int = N_TEST
+    seed: int = SEED
+    store_dtype: str = "float32"
+    tokens_per_batch: int = TOKENS_PER_BATCH
+    shard_size: int = SHARD_SIZE

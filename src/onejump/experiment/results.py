@@ -45,11 +45,13 @@ def build_results(run: Any, result: Any) -> dict[str, Any]:
     lm = run.lm()
     selection = run.select_result()
     K = store.num_blocks
-    bank = run.shortcuts("nnjtc")
-    rank = int(bank.config["rank"])
+    per_level = run.lens("nnjtc")
+    rank = per_level.rank
     weights = _bootstrap_weights(result.num_samples)
-    names = {"identity": "identity", "full_nnjtc": "full", "ojfa": "ojfa", "joint": "joint", "jtc": "jtc"}
+    names = {"identity": "identity", "full_nnjtc": "full", "ojfa": "ojfa", "joint": "joint", "jtc": "jtc",
+             "tuned": "tuned"}
     params = parameter_counts(K, store.hidden_size, rank)
+    params.update({name: result.parameters[key] for name, key in names.items() if key in result.parameters})
     methods: dict[str, Any] = {}
     for name, key in names.items():
         if key not in result.methods:
@@ -65,6 +67,11 @@ def build_results(run: Any, result: Any) -> dict[str, Any]:
             "reverse_surprisal": result.metric(key, "reverse_surprisal").tolist(),
             "parameters": params.get(name, 0),
         }
+        for metric in ("kl", "entropy", "cross_entropy"):  # the field's metrics, where the evaluation has them
+            values = result.metric(key, metric).numpy() if result.has(key, metric) else None
+            if values is not None and not np.isnan(values).all():  # CE needs the store's next tokens
+                entry[metric] = values.tolist()
+                entry[f"mean_{metric}"] = float(np.nanmean(values))
         methods[name] = entry
     pair_p1 = result.pair_matrix("precision@1").numpy()
     pair_p5 = result.pair_matrix("precision@5").numpy()
@@ -89,20 +96,21 @@ def build_results(run: Any, result: Any) -> dict[str, Any]:
             t = paired_test(ojfa, b)
             tests[f"ojfa_vs_{other}"] = {"mean_diff": float(t.mean_diff), "ci": [float(t.low), float(t.high)],
                                          "p_value": float(t.p_value), "method": t.test, "n": int(t.n)}
-    train_cfg = (bank.config.get("extra") or {}).get("history", {}) or {}
-    joint_file = run.shortcuts("joint") if (run.shortcut_dir("joint") / "shortcuts.json").is_file() else None
+    train_cfg = per_level.extra.get("history") or {}
+    joint = run.lens("joint") if run.has_lens("joint") else None
     return {
         "model": {"name": lm.name, "fingerprint": lm.fingerprint, "num_blocks": K, "hidden_size": store.hidden_size,
                   "vocab_size": lm.adapter.vocab_size},
         "data": {"corpus": args.corpus, "n_train": int(store.manifest["n_train"]),
                  "n_test": int(store.manifest["n_test"]), "seed": args.seed},
         "config": {"rank": rank, "train": train_cfg.get("config", {}), "preset": run.preset(),
-                   "joint_residual": bool(joint_file.config.get("residual")) if joint_file is not None else None},
+                   "joint_residual": joint.residual if joint is not None else None},
         "selection": _selection_summary(selection),
         "levels": list(range(K)),
         "methods": methods,
         "reuse": {"precision@1": pair_p1.tolist(), "surprisal": pair_s.tolist()},
         "parameters": params,
         "final_surprisal": result.final_surprisal,
+        "final_cross_entropy": result.final_cross_entropy,
         "tests": tests,
     }

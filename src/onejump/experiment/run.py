@@ -1,22 +1,10 @@
-"""The whole experiment as cached stages: extract -> train -> select -> evaluate -> report.
+"""The whole experiment as cached stages: extract -> train -> select -> evaluate -> early exit -> report.
 
-A run folder holds::
-
-    run.json               model and data arguments (written by the extract stage)
-    store/                 hidden states (onejump.store)
-    shortcuts/nnjtc/       the K per-level jumps (records the OJFA choice once selected)
-    shortcuts/joint/       one jump trained on all levels
-    shortcuts/jtc/         the full-rank linear JTC maps
-    shortcuts/ojfa/        the chosen jump alone (what early-exit inference loads)
-    selection.json         D matrix, D_m, OJFA choice, softmax(D / 5e-4) (and the head-aware scores)
-    preset.json            the preset the run was trained with (paper / best) and its selection rule
-    evaluation/            per-sample test results (safetensors) + summary
-    report/                results.json, figures, report.md
-    sweep/                 the objective x rank sweep (``onejump sweep``), if run
-
-Every stage is keyed by a hash of its inputs (store, training configuration, ...); a stage whose
-output exists with the same key is reused, so ``onejump run`` after an interruption, or with only
-the report changed, redoes only what is needed.
+Every stage records a key made of the content identities of its inputs (the store's shard hashes,
+each lens file's weights hash, the selection, the evaluation) and its settings; a stage whose
+output holds the current key is reused, one whose inputs changed is recomputed by ``onejump run``
+and refused, with the command to run, by a command that only reads it (``report``, ``evaluate``).
+The folder's layout is :mod:`onejump.experiment.folder`'s.
 """
 
 from __future__ import annotations
@@ -24,95 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from ..errors import ShortcutError, StoreError
 from ..io import atomic_write_text
 from ..store import HiddenStateStore
-from .presets import PRESETS
+from .folder import RunFolder, stage_key
+from .presets import DataArgs
 from .results import build_results
 
 
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass
-class DataArgs:
-    """What to extract (the ``run.json`` of a run folder)."""
-
-    model: str = "smollm2-135m"
-    corpus: str = "wikipedia-offline"
-    hf_config: str | None = None
-    text_field: str = "text"
-    max_documents: int | None = None
-    n_train: int = 9000
-    n_test: int = 3000
-    seed: int = 0
-    store_dtype: str = "float32"
-    tokens_per_batch: int = 8192
-    shard_size: int = 1024
-
-
-@dataclass
-class RunState:
-    """Timings and the objects produced so far."""
-
-    timings: dict[str, float] = field(default_factory=dict)
-    reused: list[str] = field(default_factory=list)
-
-
-class Run:
+class Run(RunFolder):
     """A run folder and its stages."""
-
-    def __init__(self, folder: str | Path, *, device: str = "auto", dtype: str = "float32",
-                 device_map: str | None = None, progress: bool = True):
-        self.folder = Path(folder)
-        self.device, self.dtype, self.device_map = device, dtype, device_map
-        self.progress = progress
-        self.state = RunState()
-        self._lm = None
-
-    # ---- paths and config ---------------------------------------------------------------------
-    @property
-    def store_dir(self) -> Path:
-        return self.folder / "store"
-
-    def shortcut_dir(self, kind: str) -> Path:
-        return self.folder / "shortcuts" / kind
-
-    def data_args(self) -> DataArgs:
-        path = self.folder / "run.json"
-        if not path.is_file():
-            raise StoreError(f"{self.folder} is not an onejump run folder (no run.json): run `onejump extract "
-                             f"--out {self.folder}` or `onejump run --out {self.folder}` first")
-        try:
-            return DataArgs(**json.loads(path.read_text())["data"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise StoreError(f"{path} is corrupt: {exc}") from None
-
-    def _timed(self, stage: str, t0: float) -> None:
-        self.state.timings[stage] = round(self.state.timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
-
-    def lm(self):
-        """The model, loaded once."""
-        if self._lm is None:
-            from ..model.loading import load_model
-
-            args = self.data_args()
-            self._lm = load_model(args.model, device=self.device if self.device_map is None else None,
-                                  dtype=self.dtype, device_map=self.device_map)
-        return self._lm
-
-    @property
-    def compute_device(self) -> torch.device:
-        from ..model.loading import resolve_device
-
-        return resolve_device(self.device)
 
     # ---- stage 1: extract ------------------------------------------------------------------
     def extract(self, args: DataArgs) -> HiddenStateStore:
@@ -125,9 +37,12 @@ class Run:
         run_json = self.folder / "run.json"
         if run_json.is_file():
             old = self.data_args()
-            if asdict(old) != asdict(args):
+            # settings bind the folder once extraction has started (store/plan.json); before that, a
+            # command that failed (bad model, bad corpus) leaves nothing the corrected command must match
+            if asdict(old) != asdict(args) and (self.store_dir / "plan.json").is_file():
                 diff = [k for k, v in asdict(args).items() if asdict(old).get(k) != v]
-                raise StoreError(f"{self.folder} belongs to a run with other settings ({', '.join(diff)}); "
+                flags = ", ".join(f"--{k.replace('_', '-')}" for k in diff)
+                raise StoreError(f"{self.folder} belongs to a run with other settings ({flags}); "
                                  "use another --out folder")
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_json, json.dumps({"data": asdict(args)}, indent=1))
@@ -148,103 +63,74 @@ class Run:
         self._timed("extract", t0)
         return store
 
-    def store(self) -> HiddenStateStore:
-        return HiddenStateStore.open(self.store_dir, fingerprint=self.lm().fingerprint, verify=False)
+    # ---- what each stage was computed from -------------------------------------------------
+    def train_or_reuse(self, kind: str, config: Any, folder: Path, targets_cache: dict | None = None):
+        """The lens of ``kind`` (``nnjtc``, ``joint``, ``jtc``) trained with ``config`` on this run's store,
+        saved in ``folder``; reused from there when it was trained from the same store and config."""
+        from ..lenses.base import Lens
+
+        key = stage_key({"store": self.identity("store"), "fingerprint": self.lm().fingerprint}, kind,
+                   config.to_dict() if config is not None else None)
+        if (folder / "config.json").is_file() or (folder / "shortcuts.json").is_file():
+            try:
+                lens = Lens.load(folder, self.lm())
+                if lens.extra.get("key") == key:
+                    self.state.reused.append(f"train:{kind}")
+                    return lens
+            except ShortcutError:
+                pass  # a damaged or foreign file: train again and replace it
+        t0 = time.perf_counter()
+        self._fit(kind, self.store(), config, {} if targets_cache is None else targets_cache, key).save(folder)
+        self._timed(f"train:{kind}", t0)
+        return Lens.load(folder, self.lm())
 
     # ---- stage 2: train --------------------------------------------------------------------
-    def train(self, config: Any, *, joint: bool = True, jtc: bool = True, rank_multiplier: int = 1) -> dict[str, Any]:
-        """Train (or reuse) the per-level bank, the joint jump and the JTC maps.
+    def train(self, config: Any, *, joint: bool = True, jtc: bool = True, tuned: bool = True,
+              rank_multiplier: int = 1) -> dict[str, Any]:
+        """Train (or reuse) the per-level bank, the joint jump, the JTC maps and the tuned lens; returns their lenses.
 
         ``rank_multiplier`` (with ``config.rank`` unset) trains at ``rank_multiplier * floor(H/100)``.
         """
         from dataclasses import replace
 
-        from ..lenses.files import load_shortcuts, save_shortcuts
-        from ..lenses.jtc import LinearJTC
         from ..lenses.jumps import default_rank
-        from ..training.fit import objective_loss, train_joint, train_jumps
 
-        store = self.store()
-        lm = self.lm()
         if config.rank is None and rank_multiplier != 1:
-            config = replace(config, rank=rank_multiplier * default_rank(store.hidden_size))
-        base = {"store": store.manifest["samples_sha256"], "fingerprint": store.fingerprint}
-        dev = self.compute_device
-        out: dict[str, Any] = {}
+            config = replace(config, rank=rank_multiplier * default_rank(self.store().hidden_size))
         joint_config = replace(config, **self.preset().get("joint", {}))
         targets_cache: dict[int, Any] = {}  # the KL objective's targets, shared by the bank and the joint jump
-        jobs = [("nnjtc", _key(base, "nnjtc", config.to_dict()))]
-        if joint:
-            jobs.append(("joint", _key(base, "joint", joint_config.to_dict())))
-        if jtc:
-            jobs.append(("jtc", _key(base, "jtc")))
-        for kind, key in jobs:
-            folder = self.shortcut_dir(kind)
-            cached = self._cached_shortcuts(folder, key, lm.fingerprint)
-            if cached is not None:
-                out[kind] = cached
-                self.state.reused.append(f"train:{kind}")
-                continue
-            t0 = time.perf_counter()
-            history = None
-            if kind == "nnjtc":
-                loss_fn = objective_loss(store, config, lm.adapter, self.progress, dev, targets_cache)
-                module, history = train_jumps(store, config, device=dev, progress=self.progress, loss_fn=loss_fn)
-                levels, rank = list(range(store.num_blocks)), module.rank
-            elif kind == "joint":
-                loss_fn = objective_loss(store, joint_config, lm.adapter, self.progress, dev, targets_cache)
-                module, history = train_joint(store, joint_config, device=dev, progress=self.progress,
-                                              loss_fn=loss_fn)
-                levels, rank = [-1], module.rank
-            else:
-                module = LinearJTC.fit(store, device=dev)
-                levels, rank = list(range(store.num_blocks)), None
-            extra = {"key": key, "history": history.to_dict() if history is not None else None}
-            save_shortcuts(folder, module.cpu(), kind=kind, model=lm.name, fingerprint=lm.fingerprint, levels=levels,
-                           rank=rank, num_blocks=store.num_blocks, extra=extra)
-            out[kind] = load_shortcuts(folder, fingerprint=lm.fingerprint).module
-            self._timed(f"train:{kind}", t0)
-        return out
+        from ..training.tuned import TunedTrainConfig
 
-    @staticmethod
-    def _cached_shortcuts(folder: Path, key: str, fingerprint: str):
-        from ..lenses.files import load_shortcuts
+        jobs = [("nnjtc", config)] + ([("joint", joint_config)] if joint else []) + ([("jtc", None)] if jtc else [])
+        jobs += [("tuned", TunedTrainConfig())] if tuned else []
+        return {kind: self.train_or_reuse(kind, cfg, self.shortcut_dir(kind), targets_cache) for kind, cfg in jobs}
 
-        if not (folder / "shortcuts.json").is_file():
-            return None
-        try:
-            loaded = load_shortcuts(folder, fingerprint=fingerprint)
-        except ShortcutError:
-            return None
-        return loaded.module if (loaded.config.get("extra") or {}).get("key") == key else None
+    def _fit(self, kind: str, store: HiddenStateStore, config: Any, targets_cache: dict, key: str):
+        from ..lenses.jtc import JTCLens, LinearJTC
+        from ..lenses.onejump import OneJump, PerLevelLens
+        from ..training.fit import objective_loss, train_joint, train_jumps
 
-    def shortcuts(self, kind: str):
-        from ..lenses.files import load_shortcuts
+        lm, dev = self.lm(), self.compute_device
+        if kind == "jtc":
+            return JTCLens(lm, LinearJTC.fit(store, device=dev).cpu(), extra={"key": key})
+        if kind == "tuned":
+            from ..training.tuned import train_tuned_lens
 
-        folder = self.shortcut_dir(kind)
-        if not (folder / "shortcuts.json").is_file():
-            raise ShortcutError(f"no trained '{kind}' shortcuts in {folder}: run `onejump train --out {self.folder}`")
-        return load_shortcuts(folder, fingerprint=self.lm().fingerprint)
+            lens, history = train_tuned_lens(store, lm, config, device=dev, progress=self.progress,
+                                             targets=targets_cache.get(config.kl_top_k))
+            lens.extra = {"key": key, "history": history.to_dict()}
+            return lens.cpu()
+        loss_fn = objective_loss(store, config, lm.adapter, self.progress, dev, targets_cache)
+        trainer = train_jumps if kind == "nnjtc" else train_joint
+        bank, history = trainer(store, config, device=dev, progress=self.progress, loss_fn=loss_fn)
+        extra = {"key": key, "history": history.to_dict()}
+        if kind == "nnjtc":
+            return PerLevelLens(lm, bank.cpu(), extra=extra)
+        return OneJump(lm, bank.cpu(), trained_at=-1, extra=extra)
 
     # ---- stage 3: select -------------------------------------------------------------------
-    def preset(self) -> dict[str, Any]:
-        """The preset recorded by train/run (``preset.json``); the paper's when none was recorded."""
-        path = self.folder / "preset.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        return {"name": "paper", **PRESETS["paper"]}
-
-    def record_preset(self, name: str, select_rule: str | None = None) -> None:
-        """Write ``preset.json`` (which preset trained this run, and its selection rule)."""
-        from ..errors import ConfigError
-
-        if name not in PRESETS:
-            raise ConfigError(f"unknown preset '{name}'; use one of {', '.join(PRESETS)}")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        info = {"name": name, **PRESETS[name]}
-        if select_rule is not None:
-            info["select_rule"] = select_rule
-        atomic_write_text(self.folder / "preset.json", json.dumps(info, indent=1))
+    def _selectstage_key(self, rule: str) -> str:
+        return stage_key(self.identity("nnjtc"), self.identity("store"), "select", rule)
 
     def select(self, rule: str | None = None) -> dict[str, Any]:
         """Score every jump at every level, choose the single jump (OJFA), save it as shortcuts/ojfa.
@@ -253,73 +139,134 @@ class Run:
         default: the run's preset's rule.
         """
         from ..evaluation.selection import select_ojfa
-        from ..lenses.onejump import OneJump
 
         rule = rule or self.preset().get("select_rule", "paper")
-        bank_file = self.shortcuts("nnjtc")
-        key = _key(bank_file.config.get("extra", {}).get("key"), "select", rule)
+        per_level = self.lens("nnjtc")
+        key = self._selectstage_key(rule)
         path = self.folder / "selection.json"
-        if path.is_file():
+        if path.is_file() and self.has_lens("ojfa"):
             saved = json.loads(path.read_text())
-            if saved.get("key") == key and (self.shortcut_dir("ojfa") / "shortcuts.json").is_file():
+            if saved.get("key") == key and self.lens("ojfa").extra.get("selection_key") == key:
                 self.state.reused.append("select")
                 return saved
         t0 = time.perf_counter()
-        store = self.store()
-        lm = self.lm()
-        selection = select_ojfa(store, bank_file.module, device=self.compute_device, progress=self.progress,
-                                rule=rule, adapter=lm.adapter)
+        selection = select_ojfa(self.store(), per_level, device=self.compute_device, progress=self.progress,
+                                rule=rule)
         result = {"key": key, **selection.to_dict()}
-        jump = OneJump.from_bank(bank_file.module, selection.chosen, num_blocks=store.num_blocks, model=lm.name,
-                                 fingerprint=lm.fingerprint, extra={"selection_key": key, "D": selection.to_dict()[
-                                     "scores"][selection.chosen]})
+        jump = selection.lens
+        jump.extra = {"selection_key": key, "D": result["scores"][selection.chosen]}
         jump.save(self.shortcut_dir("ojfa"))
         atomic_write_text(path, json.dumps(result, indent=1))
         self._timed("select", t0)
         return result
 
+    def select_result(self) -> dict[str, Any]:
+        """The saved selection, refused when the per-level jumps changed after it was made."""
+        path = self.folder / "selection.json"
+        if not path.is_file():
+            raise ShortcutError(f"no OJFA selection in {self.folder}: run `onejump select --out {self.folder}`")
+        saved = json.loads(path.read_text())
+        if saved.get("key") != self._selectstage_key(saved.get("rule", "paper")):
+            raise ShortcutError(f"the OJFA selection in {self.folder} was made from other jumps or another store "
+                                f"than those now in the run: run `onejump select --out {self.folder}`")
+        return saved
+
     # ---- stage 4: evaluate -----------------------------------------------------------------
+    def evaluationstage_key(self) -> str:
+        """What the evaluation is computed from: the store, every lens, the selection."""
+        inputs = {name: self.identity(name) for name in ("store", "nnjtc", "joint", "jtc", "ojfa", "tuned",
+                                                         "selection")}
+        return stage_key(inputs, "eval", 2)
+
     def evaluate(self):
-        """Evaluate every (jump, level) pair and the baselines on the test split (cached)."""
-        from ..evaluation.metrics import EvalResult, evaluate
+        """Evaluate every lens of the run and the reuse matrix on the test split (cached)."""
+        from ..evaluation.metrics import reuse_matrix
+        from ..evaluation.result import EvalResult
 
         selection = self.select_result()
-        kinds = {k: self.shortcuts(k) for k in ("nnjtc", "joint", "jtc") if
-                 (self.shortcut_dir(k) / "shortcuts.json").is_file()}
-        key = _key({k: v.config.get("extra", {}).get("key") for k, v in kinds.items()}, selection["chosen"], "eval")
+        key = self.evaluationstage_key()
         folder = self.folder / "evaluation"
         if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key:
             self.state.reused.append("evaluate")
             return EvalResult.load(folder)
         t0 = time.perf_counter()
         store = self.store()
-        lm = self.lm()
-        result = evaluate(store, lm.adapter, kinds["nnjtc"].module,
-                          joint=kinds["joint"].module if "joint" in kinds else None,
-                          jtc=kinds["jtc"].module if "jtc" in kinds else None,
-                          chosen=selection["chosen"], device=self.compute_device, progress=self.progress)
+        lenses = self.run_lenses(best=False)
+        per_level = lenses["full"]
+        from ..evaluation.metrics import evaluate
+
+        result = evaluate(store, lenses, chosen=selection["chosen"], progress=self.progress)
+        result = result.merge(reuse_matrix(store, per_level, chosen=selection["chosen"], progress=self.progress))
         result.save(folder)
         atomic_write_text(folder / "key.txt", key)
         self._timed("evaluate", t0)
         return result
 
-    def select_result(self) -> dict[str, Any]:
-        path = self.folder / "selection.json"
-        if not path.is_file():
-            raise ShortcutError(f"no OJFA selection in {self.folder}: run `onejump select --out {self.folder}`")
-        return json.loads(path.read_text())
+    def run_lenses(self, best: bool = True) -> dict[str, Any]:
+        """The run's lenses by report name: the logit lens, full N-NJTC, OJFA, and whichever of the
+        joint jump, JTC, the tuned lens and the sweep's best single jump exist."""
+        from ..lenses.base import Lens, LogitLens
+
+        lm = self.lm()
+        lenses: dict[str, Any] = {"identity": LogitLens(lm), "full": self.lens("nnjtc"), "ojfa": self.lens("ojfa")}
+        lenses.update({kind: self.lens(kind) for kind in ("joint", "jtc", "tuned") if self.has_lens(kind)})
+        if best and (self.lens_path("best") / "config.json").is_file():
+            lenses["best"] = Lens.load(self.lens_path("best"), lm)
+        return lenses
+
+    def exitsstage_key(self) -> str:
+        best = self.lens_path("best") / "config.json"
+        best_id = hashlib.sha256(best.read_bytes()).hexdigest()[:16] if best.is_file() else None
+        return stage_key(self.evaluationstage_key(), self.identity("tuned"), best_id, "exits", 1)
+
+    def simulate_exits(self):
+        """Confidence early exit simulated on the test store for every lens of the run (cached)."""
+        from ..evaluation.early_exit import ExitSimulation, simulate_exits
+
+        self.select_result()
+        folder, key = self.folder / "early_exit", self.exitsstage_key()
+        if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key:
+            self.state.reused.append("exits")
+            return ExitSimulation.load(folder)
+        t0 = time.perf_counter()
+        sim = simulate_exits(self.store(), self.run_lenses(), progress=self.progress)
+        sim.save(folder)
+        atomic_write_text(folder / "key.txt", key)
+        self._timed("exits", t0)
+        return sim
+
+    def exits(self):
+        """The saved exit simulation (None if never run), refused when its lenses changed after it."""
+        from ..evaluation.early_exit import ExitSimulation
+
+        folder = self.folder / "early_exit"
+        if not (folder / "key.txt").is_file():
+            return None
+        if (folder / "key.txt").read_text() != self.exitsstage_key():
+            raise StoreError(f"the early-exit simulation in {self.folder} is older than the lenses now in the run: "
+                             f"run `onejump evaluate --out {self.folder}`")
+        return ExitSimulation.load(folder)
+
+    def evaluation(self):
+        """The saved evaluation, refused when any lens, the store or the selection changed after it."""
+        from ..evaluation.result import EvalResult
+
+        folder = self.folder / "evaluation"
+        if not (folder / "result.json").is_file():
+            raise StoreError(f"no evaluation in {self.folder}: run `onejump evaluate --out {self.folder}`")
+        self.select_result()  # a stale selection is named first: it is the earliest stage to redo
+        if not (folder / "key.txt").is_file() or (folder / "key.txt").read_text() != self.evaluationstage_key():
+            raise StoreError(f"the evaluation in {self.folder} is older than the lenses, store or selection now "
+                             f"in the run: run `onejump evaluate --out {self.folder}`")
+        return EvalResult.load(folder)
 
     # ---- stage 5: report -------------------------------------------------------------------
     def report(self, result: Any = None) -> Path:
         """Build results.json, the figures and report.md from the saved stages."""
-        from ..evaluation.metrics import EvalResult
         from .report import write_report
 
         if result is None:
-            folder = self.folder / "evaluation"
-            if not (folder / "result.json").is_file():
-                raise StoreError(f"no evaluation in {self.folder}: run `onejump evaluate --out {self.folder}`")
-            result = EvalResult.load(folder)
+            result = self.evaluation()
         t0 = time.perf_counter()
         results = build_results(self, result)
         from .sweep import load_sweep
@@ -330,14 +277,28 @@ class Run:
                 for m in cfg["methods"].values():
                     m.pop("sample_precision@1", None)
             results["beyond"] = beyond
+        exits = self.exits()
+        if exits is not None:
+            results["early_exit"] = exits.to_dict()
+        out = self.folder / "report"
+        self._report_extras(result, out)
         self._timed("report", t0)
         results["timings"] = self.all_timings()
-        return write_report(results, self.folder / "report")
+        return write_report(results, out)
 
-    def all_timings(self) -> dict[str, float]:
-        """This invocation's stage timings merged into those recorded by earlier ones (timings.json)."""
-        path = self.folder / "timings.json"
-        saved = json.loads(path.read_text()) if path.is_file() else {}
-        saved.update(self.state.timings)
-        atomic_write_text(path, json.dumps(saved, indent=1))
-        return saved
+    def _report_extras(self, result: Any, out: Path) -> None:
+        """tuned-lens-shaped ``aggregate_metrics.json``, and the prediction trajectory of a fixed test
+        sentence (its first sample's prefix) through the logit lens and the run's single jump."""
+        from ..evaluation.aggregate import metrics_of_result, write_aggregate_metrics
+        from ..lenses.base import LogitLens
+        from ..trajectory import save_trajectories, trajectories
+
+        write_aggregate_metrics(out, **metrics_of_result(result))
+        lm, store = self.lm(), self.store()
+        single = "best" if (self.lens_path("best") / "config.json").is_file() else "ojfa"
+        lenses = [LogitLens(lm), self.run_lenses()[single]]
+        row = int(store.indices("test")[0])
+        prompt = lm.tokenizer.decode(store.prefix_tokens(row), skip_special_tokens=True)
+        trajs = trajectories([lens.to(lm.device) for lens in lenses], lm, prompt, names=["logit lens", single])
+        save_trajectories(trajs, out / "trajectory.png", title=f"{lm.name}: what each level predicts")
+

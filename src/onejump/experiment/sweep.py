@@ -33,10 +33,8 @@ from ..evaluation.metrics import evaluate
 from ..evaluation.selection import head_scores, holdout_rows, select_ojfa
 from ..evaluation.statistics import bootstrap_ci, paired_test
 from ..io import atomic_write_text
-from ..lenses.files import load_shortcuts, save_shortcuts
-from ..lenses.jumps import default_rank, jump_parameter_count
+from ..lenses.jumps import default_rank
 from ..training.config import OBJECTIVES, TrainConfig
-from ..training.fit import objective_loss, train_joint, train_jumps
 
 MULTIPLIERS = (1, 2, 4, 8)
 SINGLE = ("ojfa-paper", "ojfa-head", "joint")
@@ -80,70 +78,53 @@ def _summary(values_p1: torch.Tensor, values_s: torch.Tensor, params: int, holdo
 def run_config(run: Any, objective: str, rank: int, *, progress: bool = True) -> dict[str, Any]:
     """Train, select and evaluate one (variant, rank) configuration; cached in the run folder."""
     store, lm = run.store(), run.lm()
-    K, H = store.num_blocks, store.hidden_size
+    H = store.hidden_size
     config = objective_config(objective, rank)
-    kinds = VARIANTS[objective]["kinds"]
     folder = run.folder / "sweep" / f"{objective}-r{rank}"
-    key = json.dumps({"store": store.manifest["samples_sha256"], "fingerprint": lm.fingerprint,
-                      "config": config.to_dict(), "version": 1}, sort_keys=True)
+    key = json.dumps({"store": run.identity("store"), "fingerprint": lm.fingerprint,
+                      "config": config.to_dict(), "version": 2}, sort_keys=True)
     summary_path = folder / "summary.json"
     if summary_path.is_file():
         saved = json.loads(summary_path.read_text())
         if saved.get("key") == key:
             return saved
-    folder.mkdir(parents=True, exist_ok=True)
-    dev = run.compute_device
     timings: dict[str, float] = {}
-    modules = {}
     targets_cache: dict[int, Any] = {}  # the KL objective's targets, shared by the bank and the joint jump
-    for kind, trainer in (("nnjtc", train_jumps), ("joint", train_joint)):
-        if kind not in kinds:
-            continue
-        path = folder / kind
-        cached = None
-        if (path / "shortcuts.json").is_file():
-            loaded = load_shortcuts(path, fingerprint=lm.fingerprint)
-            if (loaded.config.get("extra") or {}).get("key") == key:
-                cached = loaded.module
-        if cached is None:
-            t0 = time.perf_counter()
-            loss_fn = objective_loss(store, config, lm.adapter, progress, dev, targets_cache)
-            module, history = trainer(store, config, device=dev, progress=progress, loss_fn=loss_fn)
-            timings[f"train:{kind}"] = time.perf_counter() - t0
-            save_shortcuts(path, module.cpu(), kind=kind, model=lm.name, fingerprint=lm.fingerprint,
-                           levels=list(range(K)) if kind == "nnjtc" else [-1], rank=rank, num_blocks=K,
-                           extra={"key": key, "history": history.to_dict()})
-            cached = load_shortcuts(path, fingerprint=lm.fingerprint).module
-        modules[kind] = cached
-    bank, joint = modules.get("nnjtc"), modules.get("joint")
+    t0 = time.perf_counter()
+    lenses = {kind: run.train_or_reuse(kind, config, folder / kind, targets_cache)
+              for kind in ("nnjtc", "joint") if kind in VARIANTS[objective]["kinds"]}
+    timings["train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     rows = holdout_rows(store, config.val_fraction, config.seed)
     chosen: dict[str, int] = {}
     selection: dict[str, Any] = {}
-    if bank is not None:
-        sel = select_ojfa(store, bank, device=dev, rule="head", adapter=lm.adapter, holdout=rows, progress=progress)
-        held = sel.matrix.double()
+    held: dict[str, float] = {}
+    to_eval = {}
+    if "nnjtc" in lenses:
+        sel = select_ojfa(store, lenses["nnjtc"], device=run.compute_device, rule="head", holdout=rows,
+                          progress=progress)
+        matrix = sel.matrix.double()
         chosen = {"ojfa-paper": int(sel.others["paper_chosen"]), "ojfa-head": int(sel.chosen)}
         selection = {"paper_chosen": chosen["ojfa-paper"], "head_chosen": chosen["ojfa-head"],
                      "paper_scores": sel.others["paper_scores"], "head_scores": sel.scores.tolist()}
-    joint_held = head_scores(store, lm.adapter, joint, rows)["precision@1"] if joint is not None else None
+        to_eval["per-level"] = lenses["nnjtc"]
+        held["per-level"] = float(matrix.diagonal().mean())
+        for name, m in chosen.items():
+            to_eval[name] = lenses["nnjtc"].jump(m)
+            held[name] = float(matrix[m].mean())
+    if "joint" in lenses:
+        to_eval["joint"] = lenses["joint"]
+        held["joint"] = float(head_scores(store, lm.adapter, lenses["joint"].bank, rows)["precision@1"].mean())
     timings["select"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = evaluate(store, lm.adapter, bank, joint=joint, identity=False, jumps=sorted(set(chosen.values())),
-                      chosen=chosen.get("ojfa-paper"), progress=progress)
+    result = evaluate(store, to_eval, field_metrics=False, progress=progress)
     timings["evaluate"] = time.perf_counter() - t0
-    one = jump_parameter_count(H, rank)
     methods = {}
-    if bank is not None:
-        methods["per-level"] = _summary(result.samples("full", "precision@1"), result.samples("full", "surprisal"),
-                                        K * one, float(held.diagonal().mean()))
-    if joint is not None:
-        methods["joint"] = _summary(result.samples("joint", "precision@1"), result.samples("joint", "surprisal"), one,
-                                    float(joint_held.mean()))
-    for name, m in chosen.items():
-        methods[name] = _summary(result.samples(f"jump:{m}", "precision@1"), result.samples(f"jump:{m}", "surprisal"),
-                                 one, float(held[m].mean()))
-        methods[name]["jump"] = m
+    for name, lens in to_eval.items():
+        methods[name] = _summary(result.samples(name, "precision@1"), result.samples(name, "surprisal"),
+                                 lens.num_parameters, held[name])
+        if name in chosen:
+            methods[name]["jump"] = chosen[name]
     out = {"key": key, "objective": objective, "rank": rank, "multiplier": rank // default_rank(H),
            "residual": bool(config.residual), "config": config.to_dict(), "methods": methods, "timings": timings,
            "selection": selection}
@@ -246,22 +227,18 @@ def sweep(run: Any, *, multipliers: tuple[int, ...] = MULTIPLIERS, objectives: t
 
 
 def _save_best(run: Any, best: dict[str, Any]) -> Path:
-    """Save the best single jump as ``<run>/sweep/best`` (an ``ojfa`` folder that generation loads)."""
-    from ..lenses.onejump import OneJump
+    """Save the best single jump as ``<run>/sweep/best`` (a lens folder that generation loads)."""
+    from ..lenses.base import Lens
 
     lm = run.lm()
     folder = run.folder / "sweep" / f"{best['objective']}-r{best['rank']}"
-    K = run.store().num_blocks
-    extra = {"sweep": {k: best[k] for k in ("objective", "rank", "method", "holdout_precision@1")}}
     if best["method"] == "joint":
-        bank = load_shortcuts(folder / "joint", fingerprint=lm.fingerprint).module
-        jump = OneJump.from_joint(bank, num_blocks=K, model=lm.name, fingerprint=lm.fingerprint, extra=extra)
+        jump = Lens.load(folder / "joint", lm)
     else:
         summary = json.loads((folder / "summary.json").read_text())
-        bank = load_shortcuts(folder / "nnjtc", fingerprint=lm.fingerprint).module
-        jump = OneJump.from_bank(bank, int(summary["methods"][best["method"]]["jump"]), num_blocks=K, model=lm.name,
-                                 fingerprint=lm.fingerprint, extra=extra)
-    return jump.save(run.folder / "sweep" / "best")
+        jump = Lens.load(folder / "nnjtc", lm).jump(int(summary["methods"][best["method"]]["jump"]))
+    jump.extra = {"sweep": {k: best[k] for k in ("objective", "rank", "method", "holdout_precision@1")}}
+    return jump.save(run.lens_path("best"))
 
 
 def _jsonable(x: Any) -> Any:

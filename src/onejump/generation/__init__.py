@@ -8,6 +8,7 @@
   the requested quality (``onejump generate --exit auto``).
 """
 
+from .api import generate
 from .common import (
     GenerationInterrupted,
     GenerationResult,
@@ -21,6 +22,7 @@ from .speculative import generate_speculative
 __all__ = [
     "GenerationInterrupted",
     "GenerationResult",
+    "generate",
     "generate_confidence",
     "generate_greedy",
     "generate_reference",

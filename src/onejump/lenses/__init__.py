@@ -1,5 +1,25 @@
-"""Lenses: every way of turning a hidden state at an exit level into next-token logits."""
+"""Lenses: every way of turning a hidden state at an exit level into next-token logits.
 
+- :class:`LogitLens`: the model's head on the hidden state as it is;
+- :class:`OneJump`: one low-rank jump reused at every level (the paper's OJFA jump, a joint jump,
+  plain or residual, any objective);
+- :class:`PerLevelLens`: the K per-level jumps of N-NJTC (jump k at level k);
+- :class:`JTCLens`: the full-rank linear JTC maps;
+- :class:`TunedLens`: the tuned lens (full-rank affine translators trained by KL through the head).
+
+``Lens.load(folder, lm)`` reads any of them back (and the shortcut folders of older run folders).
+"""
+
+from types import SimpleNamespace
+
+from . import files, hub
 from .base import Lens, LogitLens
+from .jtc import JTCLens, LinearJTC
+from .jumps import JumpBank, default_rank
+from .onejump import OneJump, PerLevelLens
+from .tuned import TunedLens
 
-__all__ = ["Lens", "LogitLens"]
+__all__ = ["JTCLens", "JumpBank", "Lens", "LinearJTC", "LogitLens", "OneJump", "PerLevelLens", "TunedLens",
+           "default_rank"]
+
+Lens.io = SimpleNamespace(load=files.load_lens, push=hub.push_to_hub)

@@ -9,16 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import NumericalError, ShortcutError, StoreError
-
-
-class IdentityShortcut(nn.Module):
-    """The logit lens / identity shortcut (Schwartz et al., 2020): ``h^k`` is fed to the head as it is."""
-
-    def forward(self, h: torch.Tensor, level: int | None = None) -> torch.Tensor:
-        return h
-
-    def parameter_count(self) -> int:
-        return 0
+from .base import Lens
 
 
 class LinearJTC(nn.Module):
@@ -112,3 +103,39 @@ def _check_finite_chunk(chunk: torch.Tensor, rows: Iterable[int], levels: Sequen
         i, lvl, _ = (~finite).nonzero()[0].tolist()
         raise NumericalError(f"non-finite hidden state in the store at level {levels[lvl]}, "
                              f"sample row {list(rows)[i]}")
+
+
+class JTCLens(Lens):
+    """Full-rank linear JTC (Din et al. 2023): an affine map per level, fitted in closed form."""
+
+    kind = "jtc"
+
+    def __init__(self, lm: Any, jtc: LinearJTC, extra: dict[str, Any] | None = None):
+        super().__init__(lm)
+        if jtc.hidden_size != lm.hidden_size or jtc.num_levels != lm.num_blocks:
+            raise ShortcutError(f"JTC maps have K={jtc.num_levels}, H={jtc.hidden_size}; the model has "
+                                f"K={lm.num_blocks}, H={lm.hidden_size}")
+        self.jtc = jtc
+        self.extra = dict(extra or {})
+
+    def transform(self, h: torch.Tensor, level: int) -> torch.Tensor:
+        self.check_level(level)
+        self.check_hidden(h)
+        return self.jtc(h.float(), level).to(h.dtype)
+
+    def transform_cost(self) -> int:
+        return self.hidden_size * self.hidden_size
+
+    @property
+    def num_parameters(self) -> int:
+        return self.jtc.parameter_count()
+
+    def lens_config(self) -> dict[str, Any]:
+        return {"extra": self.extra}
+
+    @classmethod
+    def from_config(cls, lm: Any, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> JTCLens:
+        W = tensors.get("jtc.W")
+        if W is None:
+            raise ShortcutError("JTC lens weights lack 'jtc.W'")
+        return cls(lm, LinearJTC(W), extra=config.get("extra"))

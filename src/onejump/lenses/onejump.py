@@ -1,108 +1,156 @@
-"""One-Jump-Fits-All: a single jump reused at every exit level (Eq. 3)."""
+"""Lenses built on N-NJTC jumps: one jump at every exit level (OJFA, the joint jump), and the
+per-level bank (full N-NJTC, jump k at level k).
+
+A plain low-rank jump reads its logits through the exact rank-r head (:class:`LowRankHead`):
+O(rV) per vector instead of O(HV). A residual jump (``h + BN(h) A B``) has no rank-r form and goes
+through the full head.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import ShortcutError
-from .files import load_shortcuts, save_shortcuts
-from .jumps import FoldedJump, JumpBank
+from .base import Lens
+from .jumps import JumpBank
+from .lowrank_head import LowRankHead
 
 
-class OneJump:
-    """One-Jump-Fits-All: a single N-NJTC jump reused at every exit level 0..K-1 (Eq. 3).
+def _bank_from(config: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str = "bank.") -> JumpBank:
+    own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    A = own.get("A")
+    if A is None or A.dim() != 3:
+        raise ShortcutError("lens weights hold no jump bank (tensor 'bank.A' missing or not 3-d)")
+    J, H, r = A.shape
+    bank = JumpBank(J, H, r, levels=config.get("levels"), eps=float(config.get("bn_eps") or 1e-5),
+                    momentum=float(config.get("bn_momentum") or 0.1), residual=bool(config.get("residual")))
+    bank.load_tensors(own)
+    return bank.eval()
 
-    Build it from a trained per-level bank and the OJFA choice (:func:`onejump.selection.select_ojfa`)
-    with :meth:`from_bank`, or load a saved one with :meth:`load`. ``.jump`` is the chosen jump in
-    folded inference form; ``.shortcut(h, level)`` estimates h^K from ``h^level`` and
-    ``.logits(h, level, adapter)`` runs the model's head on it. Holds
-    ``2Hr + 4H`` parameters (see :meth:`parameter_count`), K times fewer than the full N-NJTC bank.
-    """
 
-    def __init__(self, bank: JumpBank, *, chosen_jump: int, num_blocks: int, model: str = "",
-                 fingerprint: str = "", extra: dict[str, Any] | None = None):
-        if bank.num_jumps != 1:
-            raise ShortcutError(f"OneJump holds exactly one jump, got a bank of {bank.num_jumps}")
-        if not -1 <= chosen_jump < num_blocks:  # -1: a joint jump, trained on all levels
-            raise ShortcutError(f"chosen jump {chosen_jump} is not an exit level of a {num_blocks}-block model")
+class _BankLens(Lens):
+    """Shared machinery of lenses that hold a :class:`JumpBank`."""
+
+    def __init__(self, lm: Any, bank: JumpBank, extra: dict[str, Any] | None = None):
+        super().__init__(lm)
+        if bank.hidden_size != lm.hidden_size:
+            raise ShortcutError(f"the jumps have H={bank.hidden_size}, the model H={lm.hidden_size}")
         self.bank = bank.eval()
-        self.chosen_jump = int(chosen_jump)
-        self.num_blocks = int(num_blocks)
-        self.model = model
-        self.fingerprint = fingerprint
         self.extra = dict(extra or {})
-        self.jump: FoldedJump = bank.fold(0)
-
-    @classmethod
-    def from_bank(cls, bank: JumpBank, chosen: int, *, num_blocks: int | None = None, model: str = "",
-                  fingerprint: str = "", extra: dict[str, Any] | None = None) -> OneJump:
-        """Keep jump ``chosen`` of a per-level bank (J = K; jump m trained at level m), discard the rest."""
-        k = bank.num_jumps if num_blocks is None else int(num_blocks)
-        if not 0 <= chosen < bank.num_jumps:
-            raise ShortcutError(f"chosen jump {chosen} is not in the bank (0..{bank.num_jumps - 1})")
-        return cls(bank.select(chosen), chosen_jump=chosen, num_blocks=k, model=model, fingerprint=fingerprint,
-                   extra=extra)
-
-    @property
-    def hidden_size(self) -> int:
-        return self.bank.hidden_size
+        self._head: LowRankHead | None = None
 
     @property
     def rank(self) -> int:
         return self.bank.rank
 
-    def parameter_count(self) -> int:
-        """Shortcut parameters held at inference: ``2Hr + 4H``."""
-        return self.bank.parameters_per_jump()
+    @property
+    def residual(self) -> bool:
+        return self.bank.residual
 
-    def to(self, device: str | torch.device) -> OneJump:
-        self.bank = self.bank.to(device)
-        self.jump = self.jump.to(device)
-        return self
+    def lowrank_head(self) -> LowRankHead | None:
+        """The exact rank-r head of the bank (built once), or None for a residual jump."""
+        if self.residual:
+            return None
+        if self._head is None or self._head.device != self.lm.adapter.unembedding_matrix().device:
+            self._head = LowRankHead(self.lm.adapter, self.bank)
+        return self._head
 
-    def _check_level(self, level: int) -> None:
-        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < self.num_blocks:
-            raise ShortcutError(f"exit level must be in 0..{self.num_blocks - 1}, got {level!r}")
+    def _jump_logits(self, h: torch.Tensor, jump: int) -> torch.Tensor:
+        self.check_hidden(h)
+        head = self.lowrank_head()
+        if head is None:
+            return self.lm.adapter.head(self.bank.apply(h.float(), jump).to(h.dtype))
+        shape = h.shape[:-1]
+        x = h.reshape(-1, h.shape[-1]).to(head.device, torch.float32)
+        z = torch.addmm(head.c_fold[jump], x, head.A_fold[jump])  # BatchNorm folded into A: one GEMM
+        return head.logits_from_codes(z, jump).reshape(*shape, -1)
 
-    def shortcut(self, h: torch.Tensor, level: int) -> torch.Tensor:
-        """Estimate of h^K from ``h`` = h^level, shape (..., H); computed in float32, returned in h's dtype."""
-        self._check_level(level)
-        if h.shape[-1] != self.hidden_size:
-            raise ShortcutError(f"hidden width {h.shape[-1]} does not match the jump's H={self.hidden_size}")
-        return self.jump(h.to(self.jump.A.dtype)).to(h.dtype)
+    def transform_cost(self) -> int:
+        H, r = self.hidden_size, self.rank
+        return 2 * H * r + (H if self.residual else 0)
 
-    def logits(self, h: torch.Tensor, level: int, adapter: Any) -> torch.Tensor:
-        """``adapter.head(shortcut(h, level))``: next-token logits predicted from level ``level``."""
-        return adapter.head(self.shortcut(h, level))
+    def logits_cost(self) -> int:
+        if self.residual:
+            return super().logits_cost()
+        H, r, V = self.hidden_size, self.rank, self.vocab_size
+        return H * r + r * r + r * V
 
-    def save(self, path: str | Path) -> Path:
-        """Write as kind ``ojfa`` (the unfolded jump, so it reloads exactly)."""
-        return save_shortcuts(path, self.bank, kind="ojfa", model=self.model, fingerprint=self.fingerprint,
-                              levels=[self.chosen_jump], rank=self.rank, chosen_jump=self.chosen_jump,
-                              num_blocks=self.num_blocks, extra=self.extra)
+    @property
+    def num_parameters(self) -> int:
+        return self.bank.parameter_count()
+
+    def lens_config(self) -> dict[str, Any]:
+        return {"rank": self.rank, "residual": self.residual, "levels": list(self.bank.levels),
+                "bn_eps": self.bank.eps, "bn_momentum": self.bank.momentum, "extra": self.extra}
+
+
+class OneJump(_BankLens):
+    """One jump reused at every exit level 0..K-1 (Eq. 3): the paper's OJFA jump, or a joint jump.
+
+    ``trained_at`` is the level the jump was trained at (``-1`` for a joint jump, trained on all
+    levels). Holds ``2Hr + 4H`` numbers, K times fewer than the per-level bank.
+    """
+
+    kind = "jump"
+
+    def __init__(self, lm: Any, bank: JumpBank, *, trained_at: int = -1, extra: dict[str, Any] | None = None):
+        if bank.num_jumps != 1:
+            raise ShortcutError(f"OneJump holds exactly one jump, got a bank of {bank.num_jumps}")
+        if not -1 <= trained_at < lm.num_blocks:
+            raise ShortcutError(f"jump trained at level {trained_at} is not an exit level of a "
+                                f"{lm.num_blocks}-block model")
+        super().__init__(lm, bank, extra)
+        self.trained_at = int(trained_at)
+
+    @property
+    def chosen_jump(self) -> int:
+        return self.trained_at
+
+    def transform(self, h: torch.Tensor, level: int) -> torch.Tensor:
+        self.check_level(level)
+        self.check_hidden(h)
+        return self.bank.apply(h.float(), 0).to(h.dtype)
+
+    def forward(self, h: torch.Tensor, level: int) -> torch.Tensor:
+        self.check_level(level)
+        return self._jump_logits(h, 0)
+
+    def lens_config(self) -> dict[str, Any]:
+        return {**super().lens_config(), "trained_at": self.trained_at}
 
     @classmethod
-    def from_joint(cls, joint: JumpBank, *, num_blocks: int, model: str = "", fingerprint: str = "",
-                   extra: dict[str, Any] | None = None) -> OneJump:
-        """A joint jump (trained on all exit levels) as the single jump; ``chosen_jump`` is -1."""
-        return cls(joint, chosen_jump=-1, num_blocks=num_blocks, model=model, fingerprint=fingerprint, extra=extra)
+    def from_config(cls, lm: Any, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> OneJump:
+        return cls(lm, _bank_from(config, tensors), trained_at=int(config.get("trained_at", -1)),
+                   extra=config.get("extra"))
+
+
+class PerLevelLens(_BankLens):
+    """The K per-level jumps of N-NJTC: jump k read at level k. ``.jump(m)`` is jump m alone, as a :class:`OneJump`."""
+
+    kind = "per-level"
+
+    def __init__(self, lm: Any, bank: JumpBank, extra: dict[str, Any] | None = None):
+        if bank.num_jumps != lm.num_blocks:
+            raise ShortcutError(f"a per-level bank needs K={lm.num_blocks} jumps, got {bank.num_jumps}")
+        super().__init__(lm, bank, extra)
+
+    def transform(self, h: torch.Tensor, level: int) -> torch.Tensor:
+        self.check_level(level)
+        self.check_hidden(h)
+        return self.bank.apply(h.float(), level).to(h.dtype)
+
+    def forward(self, h: torch.Tensor, level: int) -> torch.Tensor:
+        self.check_level(level)
+        return self._jump_logits(h, level)
+
+    def jump(self, m: int, extra: dict[str, Any] | None = None) -> OneJump:
+        """Jump ``m`` (trained at level m) alone, reused at every level."""
+        if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m < self.bank.num_jumps:
+            raise ShortcutError(f"jump {m!r} is not in the bank (0..{self.bank.num_jumps - 1})")
+        return OneJump(self.lm, self.bank.select(m), trained_at=m, extra=extra)
 
     @classmethod
-    def load(cls, path: str | Path, fingerprint: str | None = None) -> OneJump:
-        """Load an ``ojfa`` or ``joint`` file, or an ``nnjtc`` file that records its ``chosen_jump``."""
-        bank, cfg = load_shortcuts(path, fingerprint=fingerprint)
-        if cfg["kind"] not in ("ojfa", "nnjtc", "joint"):
-            raise ShortcutError(f"{path} holds '{cfg['kind']}' shortcuts, not an OJFA jump")
-        chosen = -1 if cfg["kind"] == "joint" else cfg.get("chosen_jump")
-        if not isinstance(chosen, int):
-            raise ShortcutError(f"{path} records no chosen jump: run the OJFA selection first")
-        num_blocks = cfg.get("num_blocks")
-        if not isinstance(num_blocks, int):
-            raise ShortcutError(f"{path} does not record the model's number of blocks")
-        if cfg["kind"] == "nnjtc":
-            bank = bank.select(chosen)
-        return cls(bank, chosen_jump=chosen, num_blocks=num_blocks, model=cfg.get("model", ""),
-                   fingerprint=cfg.get("fingerprint", ""), extra=cfg.get("extra") or {})
+    def from_config(cls, lm: Any, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> PerLevelLens:
+        return cls(lm, _bank_from(config, tensors), extra=config.get("extra"))

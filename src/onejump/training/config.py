@@ -78,9 +78,9 @@ class TrainConfig:
         if self.batch_size < 2:
             raise ConfigError(f"batch size must be >= 2 (BatchNorm needs batch statistics), got {self.batch_size}")
         if self.max_epochs < 1 or self.patience < 1:
-            raise ConfigError("max_epochs and patience must be >= 1")
+            raise ConfigError(f"the epoch cap and the patience must be >= 1, got {self.max_epochs} and {self.patience}")
         if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise ConfigError(f"the validation fraction must be in [0, 1), got {self.val_fraction}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.eval_chunk < 1:

@@ -1,0 +1,455 @@
+"""Early exit simulated offline on the store, measured the way the field measures it (mat, CALM).
+
+For every lens and checked exit level k, one pass over the store's split records the lens's top-1
+token at level k and its confidence under two measures: ``max_prob`` (the largest softmax
+probability) and ``margin`` (top-1 minus top-2 probability). The exit rule, for a threshold
+lambda: exit at the first checked level whose confidence is >= lambda and predict the lens's top-1
+there; a token that never exits runs the full model, whose prediction is t* by definition.
+Everything per lambda is then cheap: the exit-level distribution, the agreement of the exited
+prediction with t* (the model's own final top-1), and the mean number of blocks computed.
+
+Cost accounting, per token, in multiply-adds (MACs) and in block-equivalents (one block's MACs,
+from the weight matrices of the model's blocks; attention over the context is not counted):
+
+- a token exiting at level k computes k blocks (level 0 is the embedding output);
+- it pays one exit check (``lens.logits_cost()``) at every checked level up to and including its
+  exit level (all checked levels when it never exits);
+- an exiting token does not run the model's final head (``head_macs``), whose logits its last check
+  replaced. So the compute of a token, beyond the full model's own head, is
+  ``blocks + (checks * check_macs - exited * head_macs) / block_macs`` block-equivalents, and the
+  full model costs K. "Blocks saved" is K minus the blocks computed (the field's number); "compute
+  saved" is K minus that compute (exit checks counted, the skipped head credited).
+
+Summaries: for a target agreement (90%, 95%, 99%) the lambda that saves the most among those
+whose agreement reaches the target with at least one exit; "not reached" otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, NumericalError, StoreError
+
+MEASURES = ("max_prob", "margin")
+AGREEMENTS = (0.9, 0.95, 0.99)
+FORMAT = "onejump-exit-simulation"
+VERSION = 1
+JSON_NAME = "exits.json"
+TENSORS_NAME = "exits.safetensors"
+
+
+def default_lambdas() -> list[float]:
+    """Thresholds from 0 to 1: steps of 0.01 below 0.1 and above 0.9, 0.025 between, then 1 - 5e-3 ... 1 - 1e-4, 1."""
+    grid = np.concatenate([np.linspace(0.0, 0.1, 11), np.linspace(0.1, 0.9, 33), np.linspace(0.91, 0.99, 9),
+                           1.0 - np.array([5e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4]), [1.0]])
+    return sorted({round(float(x), 6) for x in grid})
+
+
+# --------------------------------------------------------------------------------------------------
+# Costs
+# --------------------------------------------------------------------------------------------------
+
+
+def block_macs(lm: Any) -> int:
+    """Multiply-adds per token of one transformer block: the entries of its weight matrices (mean over blocks).
+
+    Every matrix entry is used once per token; vectors (norms, biases) and attention over the
+    context are left out. Mixture-of-experts blocks would be over-counted (all experts).
+    """
+    blocks = lm.adapter.blocks
+    total = sum(p.numel() for block in blocks for p in block.parameters() if p.dim() >= 2)
+    return max(1, round(total / len(blocks)))
+
+
+def head_macs(lm: Any) -> int:
+    """Multiply-adds per token of the model's own head: the unembedding (and an output projection)."""
+    macs = lm.adapter.unembedding_matrix().numel()
+    project_out = getattr(lm.adapter, "project_out", None)
+    if project_out is not None:
+        macs += sum(p.numel() for p in project_out.parameters() if p.dim() >= 2)
+    return int(macs)
+
+
+# --------------------------------------------------------------------------------------------------
+# The exit rule
+# --------------------------------------------------------------------------------------------------
+
+
+def first_exit(confidence: torch.Tensor, lambdas: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Index of the first checked level whose confidence is >= lambda, per (lambda, row).
+
+    ``confidence`` is (L, N); the result is (len(lambdas), N) in 0..L, L meaning "never exits".
+    The first level reaching lambda is the first where the running maximum does, so one sorted
+    search per row answers every lambda at once. Lambda is rounded to the confidences' dtype, so
+    a stored 0.9 reaches lambda = 0.9.
+    """
+    L, N = confidence.shape
+    lam = torch.as_tensor(lambdas, dtype=torch.float64).reshape(-1).to(confidence.dtype)
+    if L == 0:
+        return torch.zeros(lam.numel(), N, dtype=torch.int64)
+    running = confidence.T.cummax(dim=1).values.contiguous()  # (N, L), nondecreasing
+    return torch.searchsorted(running, lam.expand(N, -1).contiguous()).T.contiguous()
+
+
+def _confidences(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(top-1 token, its probability, top-1 minus top-2 probability) of each row of logits."""
+    logits = logits.float()
+    top = logits.topk(2, dim=-1)
+    probs = (top.values - torch.logsumexp(logits, -1, keepdim=True)).exp()
+    return top.indices[:, 0], probs[:, 0], probs[:, 0] - probs[:, 1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LensExits:
+    """Per-row records of one lens: ``top1`` (L, N) and ``confidence[measure]`` (L, N) at the checked levels."""
+
+    kind: str
+    check_macs: int
+    num_parameters: int
+    top1: torch.Tensor
+    confidence: dict[str, torch.Tensor]
+
+
+class ExitCurve(NamedTuple):
+    """One lens and measure over the lambda grid (arrays of len(lambdas); ``histogram`` (lambdas, L+1))."""
+
+    lambdas: np.ndarray
+    exit_rate: np.ndarray
+    agreement: np.ndarray
+    mean_blocks: np.ndarray
+    mean_checks: np.ndarray
+    mean_cost: np.ndarray  # block-equivalents: blocks + exit checks - the head an exiting token skips
+    histogram: np.ndarray  # exits per checked level, last column: no exit
+
+
+class SavedAt(NamedTuple):
+    """The best lambda reaching an agreement target, and what it saves."""
+
+    lam: float
+    agreement: float
+    blocks_saved: float
+    fraction_saved: float  # of K
+    mean_blocks: float
+    mean_cost: float
+    exit_rate: float
+
+
+@dataclass
+class ExitSimulation:
+    """What :func:`simulate_exits` measured; curves and summaries are computed from the per-row records."""
+
+    num_blocks: int
+    split: str
+    levels: list[int]
+    lambdas: list[float]
+    measures: list[str]
+    block_macs: int
+    head_macs: int
+    targets: torch.Tensor
+    lenses: dict[str, LensExits]
+    seconds: float = 0.0
+    model: str = ""
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.targets.shape[0])
+
+    def check_blocks(self, name: str) -> float:
+        """One exit check of lens ``name`` in block-equivalents."""
+        return self.lenses[name].check_macs / self.block_macs
+
+    def _rows(self, levels: Sequence[int] | None) -> tuple[list[int], list[int]]:
+        if levels is None:
+            return list(self.levels), list(range(len(self.levels)))
+        chosen = sorted(set(int(k) for k in levels))
+        missing = [k for k in chosen if k not in self.levels]
+        if missing:
+            raise ConfigError(f"levels {missing} were not simulated (simulated: {self.levels})")
+        return chosen, [self.levels.index(k) for k in chosen]
+
+    def curve(self, name: str, measure: str, levels: Sequence[int] | None = None) -> ExitCurve:
+        """The exit rule over the lambda grid for lens ``name``, checking only ``levels`` (default: all simulated)."""
+        if name not in self.lenses:
+            raise ConfigError(f"unknown lens '{name}'; simulated: {', '.join(self.lenses)}")
+        if measure not in self.measures:
+            raise ConfigError(f"unknown measure '{measure}'; simulated: {', '.join(self.measures)}")
+        chosen, rows = self._rows(levels)
+        key = (name, measure, tuple(chosen))
+        if key not in self._cache:
+            rec = self.lenses[name]
+            self._cache[key] = _curve(rec.confidence[measure][rows], rec.top1[rows] == self.targets, chosen,
+                                      self.num_blocks, self.lambdas, rec.check_macs, self.head_macs,
+                                      self.block_macs)
+        return self._cache[key]
+
+    def saved_at(self, name: str, measure: str, agreement: float, *, include_checks: bool = True,
+                 levels: Sequence[int] | None = None) -> SavedAt | None:
+        """The lambda saving the most while its agreement is >= ``agreement`` (None: not reached)."""
+        c = self.curve(name, measure, levels)
+        ok = (c.agreement >= agreement - 1e-12) & (c.exit_rate > 0)
+        if not ok.any():
+            return None
+        spent = c.mean_cost if include_checks else c.mean_blocks
+        saved = np.where(ok, self.num_blocks - spent, -np.inf)
+        i = int(np.argmax(saved))
+        K = self.num_blocks
+        return SavedAt(float(c.lambdas[i]), float(c.agreement[i]), float(saved[i]), float(saved[i] / K),
+                       float(c.mean_blocks[i]), float(c.mean_cost[i]), float(c.exit_rate[i]))
+
+    def summary(self, agreements: Sequence[float] = AGREEMENTS) -> list[dict[str, Any]]:
+        """Blocks saved at each agreement target, per lens and measure, with and without the checks' cost."""
+        out = []
+        for name, rec in self.lenses.items():
+            for measure in self.measures:
+                for target in agreements:
+                    row = {"lens": name, "kind": rec.kind, "measure": measure, "agreement": float(target),
+                           "check_macs": rec.check_macs, "check_blocks": self.check_blocks(name)}
+                    for label, inc in (("checks_excluded", False), ("checks_included", True)):
+                        best = self.saved_at(name, measure, target, include_checks=inc)
+                        row[label] = best._asdict() if best is not None else None
+                    out.append(row)
+        return out
+
+    def frontier(self, name: str, *, include_checks: bool = True) -> list[dict[str, Any]]:
+        """Pareto front of (mean compute, agreement) over both measures and every lambda, full model included."""
+        points = [(float(self.num_blocks), 1.0, None, None)]
+        for measure in self.measures:
+            c = self.curve(name, measure)
+            spent = c.mean_cost if include_checks else c.mean_blocks
+            points += [(float(s), float(a), measure, float(lam))
+                       for s, a, lam, r in zip(spent, c.agreement, c.lambdas, c.exit_rate) if r > 0]
+        points.sort(key=lambda p: (p[0], -p[1]))
+        front, best = [], -1.0
+        for cost, agree, measure, lam in points:
+            if agree > best:
+                front.append({"cost_blocks": cost, "agreement": agree, "measure": measure, "lambda": lam})
+                best = agree
+        return front
+
+    # ---- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the per-row records, as plain JSON types."""
+        curves = {name: {m: {k: np.asarray(v).tolist() for k, v in self.curve(name, m)._asdict().items()}
+                         for m in self.measures} for name in self.lenses}
+        return {
+            "format": FORMAT, "version": VERSION, "model": self.model, "split": self.split,
+            "num_blocks": self.num_blocks, "num_samples": self.num_samples, "levels": list(self.levels),
+            "lambdas": list(self.lambdas), "measures": list(self.measures), "block_macs": self.block_macs,
+            "head_macs": self.head_macs, "seconds": self.seconds,
+            "lenses": {name: {"kind": r.kind, "check_macs": r.check_macs, "num_parameters": r.num_parameters,
+                              "check_blocks": self.check_blocks(name)} for name, r in self.lenses.items()},
+            "curves": curves,
+            "summary": self.summary(),
+            "frontier": {name: self.frontier(name) for name in self.lenses},
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``exits.json`` and ``exits.safetensors`` (the per-row records) into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {"targets": self.targets.to(torch.int64).contiguous()}
+        for i, rec in enumerate(self.lenses.values()):
+            tensors[f"lens{i}/top1"] = rec.top1.to(torch.int64).contiguous()
+            for m, conf in rec.confidence.items():
+                tensors[f"lens{i}/{m}"] = conf.to(torch.float32).contiguous()
+        _atomic(folder / TENSORS_NAME, lambda tmp: save_file(tensors, tmp))
+        text = json.dumps({**self.to_dict(), "tensor_index": {name: f"lens{i}" for i, name in enumerate(self.lenses)}},
+                          indent=1)
+        _atomic(folder / JSON_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        return folder / JSON_NAME
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ExitSimulation:
+        """Read what :meth:`save` wrote; raises :class:`StoreError` if it is missing or malformed."""
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / JSON_NAME).read_text(encoding="utf-8"))
+            if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+                raise ValueError("not an exit simulation of this version")
+            with safe_open(str(folder / TENSORS_NAME), framework="pt") as fh:
+                t = {k: fh.get_tensor(k) for k in fh.keys()}
+            lenses = {}
+            for name, prefix in meta["tensor_index"].items():
+                info = meta["lenses"][name]
+                lenses[name] = LensExits(info["kind"], int(info["check_macs"]), int(info["num_parameters"]),
+                                         t[f"{prefix}/top1"], {m: t[f"{prefix}/{m}"] for m in meta["measures"]})
+            return cls(int(meta["num_blocks"]), meta["split"], [int(k) for k in meta["levels"]],
+                       [float(x) for x in meta["lambdas"]], list(meta["measures"]), int(meta["block_macs"]),
+                       int(meta["head_macs"]), t["targets"], lenses, float(meta["seconds"]), meta["model"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{folder} does not hold a readable exit simulation: {exc}") from None
+
+
+def _atomic(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _curve(conf: torch.Tensor, correct: torch.Tensor, levels: list[int], K: int, lambdas: Sequence[float],
+           check_macs: int, head: int, block: int) -> ExitCurve:
+    L, N = conf.shape
+    e = first_exit(conf, lambdas)  # (lambdas, N)
+    exited = e < L
+    correct_ext = torch.cat([correct.bool(), torch.ones(1, N, dtype=torch.bool)])
+    agree = correct_ext.gather(0, e).double().mean(1)
+    blocks = torch.tensor(levels + [K], dtype=torch.float64)[e]
+    checks = torch.clamp(e + 1, max=L).double()
+    cost = blocks + (checks * check_macs - exited.double() * head) / block
+    hist = torch.zeros(e.shape[0], L + 1, dtype=torch.int64).scatter_add_(1, e, torch.ones_like(e))
+    return ExitCurve(np.asarray(lambdas, dtype=np.float64), exited.double().mean(1).numpy(), agree.numpy(),
+                     blocks.mean(1).numpy(), checks.mean(1).numpy(), cost.mean(1).numpy(), hist.numpy())
+
+
+# --------------------------------------------------------------------------------------------------
+# The simulation
+# --------------------------------------------------------------------------------------------------
+
+
+def _default_block_rows(vocab: int, device: torch.device) -> int:
+    """Rows of logits per lens call: about 64 MiB of float32 logits on CPU, 256 MiB on a GPU."""
+    budget = (1 << 26) if device.type == "cuda" else (1 << 24)
+    return max(1, budget // max(vocab, 1))
+
+
+@torch.no_grad()
+def simulate_exits(store: Any, lenses: Mapping[str, Any], *, lambdas: Sequence[float] | None = None,
+                   measures: Sequence[str] = MEASURES, split: str = "test", levels: Sequence[int] | None = None,
+                   chunk_size: int = 256, block_rows: int | None = None, block_cost: int | None = None,
+                   head_cost: int | None = None, progress: bool = True) -> ExitSimulation:
+    """Simulate confidence-based early exit for every lens on a store split (see the module doc).
+
+    ``lenses`` maps a display name to a :class:`~onejump.lenses.base.Lens` (``forward(h, level)``
+    -> logits, ``logits_cost()``, ``num_blocks``). ``levels``: the exit levels checked (default
+    0..K-1); only they are read and run. Memory is bounded by ``chunk_size`` store samples and
+    ``block_rows`` rows of logits per lens call. ``block_cost`` / ``head_cost`` override the
+    multiply-adds per token of one block / of the model's head (default: from the first lens's
+    model, :func:`block_macs` and :func:`head_macs`).
+    """
+    if not lenses:
+        raise ConfigError("simulate_exits needs at least one lens")
+    bad = [m for m in measures if m not in MEASURES]
+    if bad or not measures:
+        raise ConfigError(f"unknown confidence measure(s) {bad}; use {', '.join(MEASURES)}")
+    if chunk_size < 1 or (block_rows is not None and block_rows < 1):
+        raise ConfigError("chunk_size and block_rows must be >= 1")
+    K = store.num_blocks
+    for name, lens in lenses.items():
+        if lens.num_blocks != K:
+            raise ConfigError(f"lens '{name}' is for K={lens.num_blocks} blocks but the store has K={K}")
+    checked = list(range(K)) if levels is None else sorted(set(int(k) for k in levels))
+    if not checked or any(not 0 <= k < K for k in checked):
+        raise ConfigError(f"exit levels must be a non-empty list in 0..{K - 1}")
+    grid = default_lambdas() if lambdas is None else sorted(float(x) for x in lambdas)
+    if not grid or not all(np.isfinite(grid)):
+        raise ConfigError("lambdas must be a non-empty list of finite numbers")
+    lm = next(iter(lenses.values())).lm
+    targets = store.targets(split)
+    N, L = int(targets.shape[0]), len(checked)
+    if N == 0:
+        raise StoreError(f"store split '{split}' is empty; nothing to simulate")
+
+    records = {name: LensExits(str(getattr(lens, "kind", type(lens).__name__)), int(lens.logits_cost()),
+                               int(getattr(lens, "num_parameters", 0)), torch.zeros(L, N, dtype=torch.int64),
+                               {m: torch.zeros(L, N) for m in measures}) for name, lens in lenses.items()}
+    device = lm.adapter.unembedding_matrix().device
+    rows_per_call = block_rows or _default_block_rows(int(lm.adapter.unembedding_matrix().shape[0]), device)
+    t0 = time.perf_counter()
+    bar = tqdm(total=N * len(lenses), desc="exit simulation", unit="sample", disable=not progress)
+    offset = 0
+    for _rows, chunk in store.iter_chunks(split, chunk_size=chunk_size, levels=checked):
+        n = chunk.shape[0]
+        for name, lens in lenses.items():
+            rec = records[name]
+            for j, k in enumerate(checked):
+                for s in range(0, n, rows_per_call):
+                    e = min(n, s + rows_per_call)
+                    logits = lens(chunk[s:e, j].to(device), k)
+                    top1, p1, margin = _confidences(logits)
+                    if not (torch.isfinite(p1).all() and torch.isfinite(margin).all()):
+                        raise NumericalError(f"lens '{name}' gave non-finite logits at level {k}")
+                    cols = slice(offset + s, offset + e)
+                    rec.top1[j, cols] = top1.cpu()
+                    if "max_prob" in rec.confidence:
+                        rec.confidence["max_prob"][j, cols] = p1.cpu()
+                    if "margin" in rec.confidence:
+                        rec.confidence["margin"][j, cols] = margin.cpu()
+            bar.update(n)
+        offset += n
+    bar.close()
+    return ExitSimulation(K, split, checked, grid, list(measures),
+                          int(block_cost) if block_cost else block_macs(lm),
+                          int(head_cost) if head_cost is not None else head_macs(lm), targets, records,
+                          seconds=time.perf_counter() - t0, model=str(getattr(lm, "name", "")))
+
+
+# --------------------------------------------------------------------------------------------------
+# Checking only some levels
+# --------------------------------------------------------------------------------------------------
+
+
+class LevelChoice(NamedTuple):
+    """Exit levels chosen by :func:`choose_exit_levels` and what they save (compute, checks included)."""
+
+    lens: str
+    measure: str
+    agreement_floor: float
+    levels: list[int]
+    best: SavedAt | None  # with the chosen levels; None when checking no level is best
+    compute_saved: float  # block-equivalents; 0 when no level is checked
+    compute_saved_all_levels: float | None  # every simulated level checked (None: floor not reached)
+
+
+def choose_exit_levels(sim: ExitSimulation, lens: str, measure: str, *, agreement: float = 0.95) -> LevelChoice:
+    """The set of exit levels that saves the most compute (checks included) at ``agreement`` or better.
+
+    Greedy backward elimination from every simulated level: drop, one at a time, the level whose
+    removal raises the compute saved the most, while some removal does. Dropping a level moves its
+    exits to later levels (agreement can only rise for those tokens) and spares its check for the
+    tokens that pass it. Checking no level (plain decoding: saves 0, agreement 1) is a candidate, so
+    the result never saves less than 0 nor less than checking every level.
+    """
+
+    def score(levels: list[int]) -> tuple[float, SavedAt | None]:
+        if not levels:
+            return 0.0, None
+        best = sim.saved_at(lens, measure, agreement, include_checks=True, levels=levels)
+        return (best.blocks_saved, best) if best is not None else (-np.inf, None)
+
+    current = list(sim.levels)
+    value, best = score(current)
+    all_levels = value if best is not None else None
+    while current:
+        trials = [(score([k for k in current if k != drop]), drop) for drop in current]
+        (new_value, new_best), drop = max(trials, key=lambda t: t[0][0])
+        if not new_value > value + 1e-12:
+            break
+        current.remove(drop)
+        value, best = new_value, new_best
+    if value <= 0 and current:  # checking no level at all is at least as good
+        current, value, best = [], 0.0, None
+    return LevelChoice(lens, measure, float(agreement), current, best, float(value), all_levels)

@@ -1,0 +1,189 @@
+"""The per-sample results of an evaluation, their summaries, and their files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from ..errors import ConfigError, StoreError
+from ..io import atomic_write_text, save_safetensors
+
+METRICS = ("precision@1", "precision@5", "surprisal", "reverse_surprisal", "kl", "entropy", "cross_entropy")
+SAMPLE_KEYS = {"precision@1": "correct1", "precision@5": "correct5", "surprisal": "surprisal",
+               "reverse_surprisal": "reverse_surprisal", "kl": "kl", "entropy": "entropy", "cross_entropy": "ce"}
+_RESERVED = ("pairs", "final", "targets")
+
+
+@dataclass
+class EvalResult:
+    """Per-sample results of :func:`onejump.evaluate` / :func:`onejump.evaluation.reuse_matrix`.
+
+    ``per_sample`` maps ``"<method>/<quantity>"`` to tensors of shape (K, N): one method per named
+    lens; ``pairs/<quantity>`` (len(jumps), K, N) is the reuse matrix (jump ``jumps[i]`` at every
+    level). Quantities: ``correct1``, ``correct5`` (bool), ``surprisal``, ``reverse_surprisal``,
+    and the field's metrics ``kl``, ``entropy``, ``ce`` (float32; ``ce`` is NaN where a sentence has
+    no next token). ``final/surprisal`` and ``final/ce`` (N,) are the model's own; ``targets`` (N,)
+    the t* used. Besides the named lenses, :meth:`metric` knows ``ojfa`` (jump ``chosen`` of the
+    reuse matrix, when not evaluated as a lens), ``full`` (the diagonal) and ``jump:m``.
+    """
+
+    num_blocks: int
+    num_samples: int
+    vocab_size: int
+    split: str
+    jumps: list[int]
+    per_sample: dict[str, torch.Tensor]
+    chosen: int | None = None
+    hidden_size: int = 0
+    rank: int | None = None
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    parameters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def lens_names(self) -> list[str]:
+        """The lenses evaluated by name (in evaluation order)."""
+        names = []
+        for key in self.per_sample:
+            name = key.split("/", 1)[0]
+            if "/" in key and name not in _RESERVED and name not in names:
+                names.append(name)
+        return names
+
+    @property
+    def methods(self) -> list[str]:
+        """Methods available to :meth:`metric`."""
+        out = self.lens_names
+        if "full/correct1" in self.per_sample and "full" not in out:
+            out.append("full")
+        if "pairs/correct1" in self.per_sample:
+            if "full" not in out and set(range(self.num_blocks)) <= set(self.jumps):
+                out.append("full")
+            if "ojfa" not in out and self.chosen is not None and self.chosen in self.jumps:
+                out.append("ojfa")
+        return out
+
+    def has(self, method: str, metric: str) -> bool:
+        try:
+            self.samples(method, metric)
+        except ConfigError:
+            return False
+        return True
+
+    def samples(self, method: str, metric: str) -> torch.Tensor:
+        """Per-sample values (K, N) of ``metric`` for ``method`` (see the class doc for names)."""
+        if metric not in SAMPLE_KEYS:
+            raise ConfigError(f"unknown metric '{metric}'; use one of {', '.join(METRICS)}")
+        q = SAMPLE_KEYS[metric]
+        key = f"{method}/{q}"
+        if key in self.per_sample:
+            return self.per_sample[key]
+        pairs = self.per_sample.get(f"pairs/{q}")
+        if pairs is None or method in self.lens_names:
+            raise ConfigError(f"metric '{metric}' of '{method}' was not evaluated")
+        if method == "full":
+            return torch.stack([pairs[self._row(k), k] for k in range(self.num_blocks)])
+        if method == "ojfa":
+            if self.chosen is None:
+                raise ConfigError("no OJFA jump chosen: pass chosen= or set result.chosen")
+            return pairs[self._row(self.chosen)]
+        if method.startswith("jump:"):
+            return pairs[self._row(int(method.split(":", 1)[1]))]
+        raise ConfigError(f"unknown method '{method}'; evaluated: {', '.join(self.methods)}")
+
+    def _row(self, jump: int) -> int:
+        try:
+            return self.jumps.index(jump)
+        except ValueError:
+            raise ConfigError(f"jump {jump} was not evaluated (evaluated: {self.jumps})") from None
+
+    def metric(self, method: str, metric: str) -> torch.Tensor:
+        """Mean over test samples, per level: (K,) float64 (cross-entropy over rows that have a next token)."""
+        values = self.samples(method, metric).double()
+        return values.nanmean(-1) if metric == "cross_entropy" else values.mean(-1)
+
+    def pair_matrix(self, metric: str) -> torch.Tensor:
+        """Means (len(jumps), K) of ``metric`` for jump ``jumps[i]`` at level k."""
+        return self.per_sample[f"pairs/{SAMPLE_KEYS[metric]}"].double().mean(-1)
+
+    @property
+    def final_surprisal(self) -> float:
+        """The model's own mean surprisal of t* (what a perfect lens would reach)."""
+        return float(self.per_sample["final/surprisal"].double().mean())
+
+    @property
+    def final_cross_entropy(self) -> float | None:
+        """The model's own cross-entropy against the real next token (the floor of every lens's)."""
+        ce = self.per_sample.get("final/ce")
+        return None if ce is None else float(ce.double().nanmean())
+
+    def merge(self, other: EvalResult) -> EvalResult:
+        """This result with another's methods added (same split and samples)."""
+        if (other.num_samples, other.num_blocks, other.split) != (self.num_samples, self.num_blocks, self.split):
+            raise ConfigError("cannot merge evaluations of different splits or models")
+        per_sample = {**self.per_sample, **other.per_sample}
+        return EvalResult(self.num_blocks, self.num_samples, self.vocab_size, self.split,
+                          other.jumps or self.jumps, per_sample, chosen=self.chosen if self.chosen is not None
+                          else other.chosen, hidden_size=self.hidden_size or other.hidden_size,
+                          rank=self.rank if self.rank is not None else other.rank,
+                          seconds=self.seconds + other.seconds, timings={**self.timings, **other.timings},
+                          parameters={**self.parameters, **other.parameters})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (means per level; no per-sample arrays)."""
+        methods = {m: {metric: self.metric(m, metric).tolist() for metric in METRICS if self.has(m, metric)}
+                   for m in self.methods}
+        out: dict[str, Any] = {
+            "split": self.split,
+            "num_samples": self.num_samples,
+            "num_blocks": self.num_blocks,
+            "vocab_size": self.vocab_size,
+            "chosen": self.chosen,
+            "final_surprisal": self.final_surprisal,
+            "final_cross_entropy": self.final_cross_entropy,
+            "methods": methods,
+            "average_over_levels": {m: {metric: float(np.mean(v)) for metric, v in d.items()}
+                                    for m, d in methods.items()},
+            "lens_parameters": self.parameters,
+            "seconds": self.seconds,
+            "timings": self.timings,
+        }
+        if "pairs/correct1" in self.per_sample:
+            out["pairs"] = {"jumps": self.jumps, **{metric: self.pair_matrix(metric).tolist()
+                                                    for metric in METRICS[:4]}}
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        """Write the per-sample arrays (safetensors) and the summary (JSON) to a folder."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: (v.to(torch.uint8) if v.dtype == torch.bool else v).contiguous()
+                   for k, v in self.per_sample.items()}
+        bools = json.dumps([k for k, v in self.per_sample.items() if v.dtype == torch.bool])
+        save_safetensors(tensors, folder / "per_sample.safetensors", metadata={"bool_keys": bools})
+        meta = {"num_blocks": self.num_blocks, "num_samples": self.num_samples, "vocab_size": self.vocab_size,
+                "split": self.split, "jumps": self.jumps, "chosen": self.chosen, "hidden_size": self.hidden_size,
+                "rank": self.rank, "seconds": self.seconds, "timings": self.timings, "parameters": self.parameters}
+        atomic_write_text(folder / "result.json", json.dumps({"meta": meta, "summary": self.to_dict()}, indent=1))
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvalResult:
+        """Read a folder written by :meth:`save`."""
+        folder = Path(path)
+        try:
+            meta = json.loads((folder / "result.json").read_text())["meta"]
+            with safe_open(str(folder / "per_sample.safetensors"), framework="pt") as fh:
+                bool_keys = set(json.loads((fh.metadata() or {}).get("bool_keys", "[]")))
+                per_sample = {k: fh.get_tensor(k) for k in fh.keys()}
+        except (OSError, KeyError, json.JSONDecodeError) as exc:
+            raise StoreError(f"{folder} is not a saved evaluation result: {exc}") from None
+        for k in bool_keys:
+            per_sample[k] = per_sample[k].bool()
+        return cls(per_sample=per_sample, **meta)

@@ -1,0 +1,152 @@
+"""Per-row scores of a block of logits against the model's own final distribution.
+
+Every quantity of :mod:`onejump.evaluation.metrics` is computed here, in as few passes over the
+vocabulary as possible: the logits of a block are shifted by their maximum in place and then
+exponentiated, so a (rows, V) block is read about twice (three times with the field's metrics).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+TOP_K = 5
+# Per-sample quantities; the last three are the field's metrics (computed when asked for).
+BASIC = ("correct1", "correct5", "surprisal", "reverse_surprisal")
+EXTRA = ("kl", "entropy", "ce")
+
+
+@dataclass
+class Reference:
+    """What a chunk's rows are scored against: t*, the final distribution and the real next token."""
+
+    target: torch.Tensor  # (n,) t*, the model's own top-1
+    final_logp: torch.Tensor  # (n, V) log p_final
+    final_negent: torch.Tensor | None = None  # (n,) sum p_final log p_final (for the KL)
+    next_token: torch.Tensor | None = None  # (n,) the sentence's real next token, -1 where there is none
+
+    @property
+    def extras(self) -> bool:
+        return self.final_negent is not None
+
+
+def _reduce_inplace(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Eager reductions over the vocabulary: (max, sum exp(logits - max), argmax, #logits > logit[t*], logit[t*]).
+
+    Overwrites ``logits`` (the exp is taken in place to spare a (rows, V) temporary).
+    """
+    mx, am = logits.max(1)
+    tl = logits.gather(1, target[:, None])
+    above = torch.gt(logits, tl).sum(1, dtype=torch.int32)
+    sumexp = logits.sub_(mx[:, None]).exp_().sum(1)
+    return mx, sumexp, am, above, tl[:, 0]
+
+
+def _reduce_logits(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The same reductions written for ``torch.compile`` (fused into about two passes over the logits)."""
+    tl = logits.gather(1, target[:, None])
+    mx = logits.amax(1, keepdim=True)
+    sumexp = (logits - mx).exp().sum(1)
+    am = logits.argmax(1)
+    above = (logits > tl).sum(1)
+    return mx[:, 0], sumexp, am, above, tl[:, 0]
+
+
+class Reducer:
+    """Eager or ``torch.compile``-d vocabulary reductions; falls back to eager if compiling fails."""
+
+    _compiled: Callable | None = None
+
+    def __init__(self, use_compile: bool = False):
+        self.use_compile = use_compile
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.use_compile:
+            try:
+                if Reducer._compiled is None:
+                    Reducer._compiled = torch.compile(_reduce_logits)
+                return Reducer._compiled(logits, target)
+            except Exception as exc:  # no C++ compiler, unsupported platform, ...
+                warnings.warn(f"torch.compile of the evaluation kernel failed ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}); using eager mode", stacklevel=2)
+                self.use_compile = False
+        return _reduce_inplace(logits, target)
+
+
+def _extras(logits: torch.Tensor, ref: Reference, sample: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(basic reductions..., kl, entropy, ce) in one read of the raw logits and one of their exp.
+
+    KL(p_final || p_lens) = sum p_f log p_f - sum p_f l + logsumexp(l); the lens's entropy is
+    logsumexp(l) - sum softmax(l) l; the cross-entropy against the real next token is
+    logsumexp(l) - l[next] (NaN where the sentence has no next token).
+    """
+    target = ref.target[sample]
+    mx, am = logits.max(1)
+    tl = logits.gather(1, target[:, None])[:, 0]
+    above = torch.gt(logits, tl[:, None]).sum(1, dtype=torch.int32)
+    nxt = ref.next_token[sample] if ref.next_token is not None else None
+    nl = logits.gather(1, nxt.clamp_min(0)[:, None])[:, 0] if nxt is not None else None
+    shifted = logits.sub_(mx[:, None])
+    dot_final = torch.linalg.vecdot(ref.final_logp[sample].exp(), shifted)
+    e = shifted.exp()
+    sumexp = e.sum(1)
+    lse = sumexp.log()
+    entropy = lse - torch.linalg.vecdot(e, shifted) / sumexp
+    kl = ref.final_negent[sample] - dot_final + lse
+    if nl is None:
+        ce = torch.full_like(lse, float("nan"))
+    else:
+        ce = torch.where(nxt >= 0, mx + lse - nl, torch.full_like(lse, float("nan")))
+    return mx, sumexp, am, above, tl, kl.clamp_min(0), entropy, ce
+
+
+def score_block(logits: torch.Tensor, ref: Reference, sample: torch.Tensor,
+                reducer: Callable | None = None) -> tuple[torch.Tensor, ...]:
+    """Per-row quantities (BASIC, then EXTRA when ``ref.extras``) of ``logits`` (which is overwritten).
+
+    Row i of ``logits`` belongs to sample ``sample[i]`` of the chunk.
+    """
+    logits = logits.float()
+    if ref.extras:
+        mx, sumexp, am, above, tl, kl, entropy, ce = _extras(logits, ref, sample)
+    else:
+        mx, sumexp, am, above, tl = (reducer or _reduce_inplace)(logits, ref.target[sample])
+    surprisal = mx + sumexp.log() - tl
+    reverse = -ref.final_logp[sample, am]
+    basic = (am == ref.target[sample], above < TOP_K, surprisal, reverse)
+    return basic + (kl, entropy, ce) if ref.extras else basic
+
+
+def score_rows(to_logits: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, ref: Reference,
+               sample: torch.Tensor, block: int, reducer: Callable | None = None) -> tuple[torch.Tensor, ...]:
+    """Score ``to_logits(x[rows])`` block by block (``block`` rows of logits at a time)."""
+    parts = []
+    for start in range(0, x.shape[0], block):
+        end = min(x.shape[0], start + block)
+        parts.append(score_block(to_logits(x[start:end]), ref, sample[start:end], reducer))
+    return tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
+
+
+class Sink:
+    """Per-sample arrays of one method: shape (*lead, K, N)."""
+
+    def __init__(self, lead: tuple[int, ...], K: int, N: int, extras: bool):
+        self.names = BASIC + (EXTRA if extras else ())
+        self.values = {name: torch.zeros(*lead, K, N, dtype=torch.bool if name.startswith("correct") else
+                                         torch.float32) for name in self.names}
+
+    def put_rows(self, idx: tuple, values: tuple[torch.Tensor, ...], n: int, K: int, offset: int) -> None:
+        """Store the results of n*K rows; row r is (sample r // K, level r % K)."""
+        for name, v in zip(self.names, values):
+            self.values[name][idx + (slice(None), slice(offset, offset + n))] = v.view(n, K).T.cpu()
+
+    def put_level(self, idx: tuple, level: int, values: tuple[torch.Tensor, ...], offset: int) -> None:
+        """Store the results of n rows at one level."""
+        for name, v in zip(self.names, values):
+            self.values[name][idx + (level, slice(offset, offset + v.shape[0]))] = v.cpu()
+
+    def items(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}/{k}": v for k, v in self.values.items()}

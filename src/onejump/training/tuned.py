@@ -1,0 +1,259 @@
+"""Training the tuned lens: KL to the model's own final distribution through the frozen head.
+
+Objective (as tuned-lens trains it): for every exit level k,
+``L_k = mean_i KL(p_final(. | h_i^K) || softmax(head(h_i^k + W_k h_i^k + b_k)))``, minimised for all
+levels at once (``sum_k L_k``; levels share no parameter, so each gets its own gradient). The
+store's train split is streamed through the training reader; the loss is
+:class:`~onejump.training.objectives.HeadKL`'s (top-k summary of p_final; in training the
+log-partition is estimated on the batch's target tokens plus uniformly sampled vocabulary columns,
+so a step does not touch all V columns; validation is exact over the vocabulary).
+
+Optimiser and schedule: tuned-lens's defaults, which its paper (Belrose et al. 2023, "Eliciting
+Latent Predictions from Transformers with the Tuned Lens") uses: SGD with Nesterov momentum 0.9,
+learning rate 1.0 in tuned-lens's parametrisation (PyTorch's momentum SGD effectively multiplies
+the step by 1/(1-momentum), so the optimiser gets ``lr * (1 - momentum)``), weight decay 1e-3
+(towards the identity, since the translator is residual), gradient norm clipped to 1, and the
+learning rate decayed linearly to zero over a fixed number of steps (250 in the paper), no warm-up.
+Why these: the tuned lens is the field's reference baseline, so it is trained as its authors train
+it rather than re-tuned for onejump. Only the batch differs: the paper takes 2^18 tokens per step
+from the Pile; a onejump store has one position per sentence (9000 sentences by default), so a step
+here holds ``batch_size`` store rows and one epoch is ``n_train / batch_size`` steps.
+
+Because a full-rank translator has H^2 + H parameters per level and a store has only thousands of
+rows, a seeded ``val_fraction`` of the train split is held out: every ``eval_every`` steps each
+level's exact validation KL is measured and each level keeps the translator of its best
+evaluation (the untrained translator, i.e. the logit lens, counts as evaluation 0); training ends at
+``num_steps`` or when every level has gone ``patience`` evaluations without a new best. With
+``val_fraction=0`` nothing is held out and the translators of the last step are kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, NumericalError
+from ..lenses.tuned import TunedLens
+from .objectives import HeadKL, HeadTargets, head_targets
+from .reader import _Reader, _Source, _split, _Task, _train_rows
+
+
+@dataclass
+class TunedTrainConfig:
+    """Hyper-parameters of :func:`train_tuned_lens` (defaults: tuned-lens's, see the module doc).
+
+    ``batch_size=256`` store rows per step (x K levels); ``num_steps=250`` the length of the linear
+    decay; ``eval_every=50`` steps between validations (each is an exact pass
+    of the head, all V columns, over the held-out rows); ``patience=3`` evaluations without a new
+    best before a level counts as stopped; ``kl_top_k`` / ``kl_negatives`` the loss's target summary
+    and sampled normaliser (as for the KL-trained jumps); ``eval_rows=0``: validation rows per
+    exact-head chunk chosen to keep a chunk's logits near 64 MiB; ``buffer_samples`` the shuffle
+    buffer of the streaming reader.
+    """
+
+    lr: float = 1.0
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-3
+    clip_grad_norm: float = 1.0
+    num_steps: int = 250
+    batch_size: int = 256
+    eval_every: int = 50
+    patience: int = 3
+    val_fraction: float = 0.1
+    seed: int = 0
+    kl_top_k: int = 32
+    kl_negatives: int = 2048
+    eval_rows: int = 0
+    buffer_samples: int = 16384
+
+    def validate(self) -> None:
+        for name in ("lr", "clip_grad_norm"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be > 0, got {value}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if min(self.num_steps, self.batch_size, self.eval_every, self.patience) < 1:
+            raise ConfigError("num_steps, batch_size, eval_every and patience must be >= 1")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.kl_top_k < 1 or self.kl_negatives < 0 or self.eval_rows < 0:
+            raise ConfigError("kl_top_k must be >= 1, kl_negatives and eval_rows >= 0")
+        if self.buffer_samples < self.batch_size:
+            raise ConfigError(f"buffer_samples must hold one batch (>= {self.batch_size}), got {self.buffer_samples}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TunedHistory:
+    """``steps[e]``: the step of evaluation e (0: before training); ``val_kl[e][k]`` level k's exact
+    validation KL then; ``train_kl[e][k]`` its mean training loss over the steps since evaluation
+    e-1 (sampled normaliser; NaN at e = 0). ``best_step[k]``: the step whose translator level k keeps."""
+
+    levels: list[int]
+    steps: list[int] = field(default_factory=list)
+    train_kl: list[list[float]] = field(default_factory=list)
+    val_kl: list[list[float]] = field(default_factory=list)
+    best_step: list[int] = field(default_factory=list)
+    best_val_kl: list[float] = field(default_factory=list)
+    steps_run: int = 0
+    n_train: int = 0
+    n_val: int = 0
+    seconds: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TranslatorKL(HeadKL):
+    """:class:`HeadKL` for a :class:`TunedLens`: ``loss(lens, inp (B, K, H), tgt, rows) -> (K,)``."""
+
+    def _logits(self, lens: TunedLens, inp: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+        y = lens.translate(inp).transpose(0, 1)  # (K, B, H): full rank, the head costs O(H) per column
+        if self.kind == "layernorm":
+            y = y - y.mean(-1, keepdim=True)
+        if self.kind != "identity":
+            y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+        W = self.W if cols is None else self.W[cols]
+        logits = y @ W.T
+        if self.const is not None:
+            logits = logits + (self.const if cols is None else self.const[cols])
+        return self.adapter.finish_logits(logits)
+
+
+@torch.no_grad()
+def _validate(lens: TunedLens, task: _Task, loss: TranslatorKL, device: torch.device, chunk: int) -> torch.Tensor:
+    lens.eval()
+    total = torch.zeros(lens.num_blocks, dtype=torch.float64, device=device)
+    n = 0
+    for inp, tgt, rows in task.chunks(chunk):
+        total += loss(lens, inp.to(device), tgt.to(device), rows).double() * len(rows)
+        n += len(rows)
+    return (total / max(n, 1)).cpu()
+
+
+def _sources(store: Any, config: TunedTrainConfig) -> tuple[_Source, _Source | None]:
+    rows = _train_rows(store)
+    tr, va = _split(len(rows), config.val_fraction, config.seed)
+    tr_rows, va_rows = rows[tr.numpy()], rows[va.numpy()]
+    resident = len(rows) <= config.buffer_samples
+    reader = _Reader(store, min(config.buffer_samples, max(len(tr_rows), len(va_rows))))
+    train = _Source(reader, tr_rows, config.buffer_samples, resident)
+    return train, (_Source(reader, va_rows, config.buffer_samples, resident) if len(va_rows) else None)
+
+
+def train_tuned_lens(store: Any, lm: Any, config: TunedTrainConfig | None = None, *,
+                     device: str | torch.device | None = None, progress: bool = True,
+                     targets: HeadTargets | None = None) -> tuple[TunedLens, TunedHistory]:
+    """Train a :class:`TunedLens` for ``lm`` on ``store``'s train split; returns it (eval mode) and its history.
+
+    ``targets``: the store's :func:`~onejump.training.objectives.head_targets` if already computed
+    (with at least ``kl_top_k`` tokens), shared with other KL trainings on the same store.
+    """
+    config = config or TunedTrainConfig()
+    config.validate()
+    if (store.num_blocks, store.hidden_size) != (lm.num_blocks, lm.hidden_size):
+        raise ConfigError(f"the store holds K={store.num_blocks}, H={store.hidden_size}; the model has "
+                          f"K={lm.num_blocks}, H={lm.hidden_size}")
+    dev = torch.device(device) if device is not None else lm.device
+    K, V = lm.num_blocks, lm.adapter.vocab_size
+    train_src, val_src = _sources(store, config)
+    if targets is None or targets.top_k < config.kl_top_k:
+        targets = head_targets(store, lm.adapter, top_k=config.kl_top_k, progress=progress)
+    loss = TranslatorKL(lm.adapter, targets, negatives=config.kl_negatives, seed=config.seed, device=dev)
+    lens = TunedLens(lm).to(dev)
+    params = [lens.weight, lens.bias]
+    opt = torch.optim.SGD(params, lr=config.lr * (1 - config.momentum), momentum=config.momentum,
+                          nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / config.num_steps))
+    chunk = config.eval_rows or max(1, (1 << 24) // (K * V))
+    train_task = _Task(train_src, list(range(K)), K)
+    val_task = _Task(val_src, list(range(K)), K) if val_src is not None else None
+    hist = TunedHistory(levels=list(range(K)), n_train=len(train_src), n_val=len(val_src) if val_src else 0,
+                        config=config.to_dict())
+    gen = torch.Generator().manual_seed(config.seed + 104729)
+    t0 = time.perf_counter()
+    best = {"weight": lens.weight.detach().clone(), "bias": lens.bias.detach().clone()}
+    best_val = torch.full((K,), math.inf, dtype=torch.float64)
+    best_step = torch.zeros(K, dtype=torch.long)
+    stale = torch.zeros(K, dtype=torch.long)
+    sums, seen, step = torch.zeros(K, dtype=torch.float64), 0, 0
+
+    def evaluate() -> bool:
+        """Record an evaluation; True when every level has stopped improving."""
+        nonlocal sums, seen
+        if val_task is None:  # nothing held out: record the training loss, keep the last translators
+            hist.steps.append(step)
+            hist.train_kl.append((sums / seen).tolist() if seen else [float("nan")] * K)
+            hist.val_kl.append([float("nan")] * K)
+            sums, seen = torch.zeros(K, dtype=torch.float64), 0
+            return False
+        val = _validate(lens, val_task, loss, dev, chunk)
+        if not torch.isfinite(val).all():
+            k = int((~torch.isfinite(val)).nonzero()[0])
+            raise NumericalError(f"validation KL of the tuned lens at level {k} is {float(val[k])} at step {step}; "
+                                 "lower the learning rate")
+        hist.steps.append(step)
+        hist.val_kl.append(val.tolist())
+        hist.train_kl.append((sums / seen).tolist() if seen else [float("nan")] * K)
+        sums, seen = torch.zeros(K, dtype=torch.float64), 0
+        better = val < best_val
+        best_val[better] = val[better]
+        best_step[better] = step
+        mask = better.to(dev)
+        best["weight"][mask] = lens.weight.detach()[mask]
+        best["bias"][mask] = lens.bias.detach()[mask]
+        stale[better] = 0
+        stale[~better] += 1
+        lens.train()
+        return bool((stale >= config.patience).all())
+
+    bar = tqdm(total=config.num_steps, desc="train tuned lens", unit="step", disable=not progress, leave=False)
+    done = evaluate()
+    while step < config.num_steps and not done:
+        for inp, tgt, rows in train_task.batches(config.batch_size, gen):
+            per_level = loss(lens, inp.to(dev), tgt.to(dev), rows)
+            if not torch.isfinite(per_level.detach()).all():
+                k = int((~torch.isfinite(per_level.detach())).nonzero()[0])
+                raise NumericalError(f"training KL of the tuned lens at level {k} became "
+                                     f"{float(per_level.detach()[k])} at step {step}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            per_level.sum().backward()
+            torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+            opt.step()
+            sched.step()
+            step += 1
+            sums += per_level.detach().double().cpu() * len(rows)
+            seen += len(rows)
+            bar.update(1)
+            if step % config.eval_every == 0 or step == config.num_steps:
+                done = evaluate()
+                bar.set_postfix(val_kl=f"{float(best_val.mean()):.4g}")
+            if done or step >= config.num_steps:
+                break
+    bar.close()
+    if val_task is not None:
+        with torch.no_grad():
+            lens.weight.copy_(best["weight"])
+            lens.bias.copy_(best["bias"])
+    else:
+        best_step[:] = step
+    hist.best_step = best_step.tolist()
+    hist.best_val_kl = best_val.tolist()
+    hist.steps_run = step
+    hist.seconds = time.perf_counter() - t0
+    return lens.eval(), hist
+
+
+__all__ = ["TranslatorKL", "TunedHistory", "TunedTrainConfig", "train_tuned_lens"]

@@ -1,0 +1,124 @@
+"""Drawing prediction trajectories: the token x level grid as a matplotlib figure or an HTML page."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+STATISTICS = {"probs": "top-1 probability", "kl": "KL(p_final || p_lens) [nats]", "entropy": "entropy [nats]"}
+
+
+# statistic -> (colour map, fixed upper bound or None for the data's maximum)
+_STYLE = {"probs": ("Blues", 1.0), "kl": ("Reds", None), "entropy": ("Purples", None)}
+
+
+def _limits(trajs: Sequence[Any], statistic: str) -> tuple[str, float, float]:
+
+    if statistic not in STATISTICS:
+        raise ConfigError(f"unknown statistic {statistic!r}; use one of {', '.join(STATISTICS)}")
+    cmap, top = _STYLE[statistic]
+    if top is None:
+        top = max(float(np.nanmax(t.statistic(statistic))) for t in trajs) or 1.0
+    return cmap, 0.0, top
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "\u2026"
+
+
+def plot_trajectories(trajs: Sequence[Any], statistic: str = "probs", *,
+                      axes: Sequence[Any] | None = None, max_chars: int = 7) -> Any:
+    """One panel per trajectory (same prompt), side by side, sharing one colour scale.
+
+    Rows are levels (level 0 at the bottom, the model's output on top), columns the prompt's tokens;
+    a cell shows the lens's top-1 prediction for the *next* token and is coloured by ``statistic``.
+    Returns the matplotlib figure (without pyplot, so it works on any backend).
+    """
+    from matplotlib.figure import Figure
+
+    if not trajs:
+        raise ConfigError("nothing to plot")
+    if len({tuple(t.input_ids) for t in trajs}) != 1:
+        raise ConfigError("trajectories drawn side by side must come from the same prompt")
+    cmap_name, vmin, vmax = _limits(trajs, statistic)
+    L, T = trajs[0].num_levels, trajs[0].num_tokens
+    if axes is None:
+        width = max(4.0, 0.62 * T + 1.8)
+        fig = Figure(figsize=(width * len(trajs) + 0.8, max(3.0, 0.27 * L + 1.9)), layout="constrained")
+        axes = fig.subplots(1, len(trajs), squeeze=False)[0]
+    else:
+        fig = axes[0].figure
+    from matplotlib import colormaps
+
+    cmap = colormaps[cmap_name]
+    image = None
+    for ax, traj in zip(axes, trajs):
+        values = traj.statistic(statistic)
+        image = ax.imshow(values, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
+        for r in range(L):
+            for c in range(T):
+                shade = (values[r, c] - vmin) / (vmax - vmin) if vmax > vmin else 0.0
+                ax.text(c, r, _short(traj.top_tokens[r][c], max_chars), ha="center", va="center", fontsize=6,
+                        color="white" if shade > 0.6 else "black")
+        ax.set_xticks(range(T), [_short(t, max_chars + 3) for t in traj.input_tokens], rotation=60, ha="right",
+                      fontsize=7)
+        ax.set_yticks(range(L), [lab.replace("level ", "") for lab in traj.level_labels], fontsize=7)
+        ax.set_ylabel("level")
+        ax.set_title(traj.lens_name, fontsize=10)
+    axes[0].set_xlabel("input token (each cell predicts the next one)", fontsize=8)
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label=_label(statistic))
+    return fig
+
+
+def _label(statistic: str) -> str:
+
+    return STATISTICS[statistic]
+
+
+def _hex(rgba: Sequence[float]) -> str:
+    return "#" + "".join(f"{int(round(255 * v)):02x}" for v in rgba[:3])
+
+
+_CSS = ("body{font:13px sans-serif;margin:16px}table{border-collapse:collapse;margin-bottom:20px}"
+        "td,th{font:11px monospace;padding:2px 5px;white-space:nowrap;border:1px solid #fff}"
+        "th{font-weight:normal;color:#555}td:hover{outline:2px solid #e80}")
+
+
+def html_page(trajs: Sequence[Any], statistic: str = "probs", title: str = "") -> str:
+    """A self-contained page (no scripts, no external files): one table per trajectory, coloured by
+    ``statistic``; hovering a cell shows its top tokens, their probabilities, KL and entropy."""
+    from matplotlib import colormaps
+
+    cmap_name, vmin, vmax = _limits(trajs, statistic)
+    cmap = colormaps[cmap_name]
+    esc = html.escape
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{esc(title or 'lens')}</title>",
+             f"<style>{_CSS}</style></head><body>"]
+    if title:
+        parts.append(f"<h2>{esc(title)}</h2>")
+    parts.append(f"<p>Cells: the lens's top-1 next-token prediction, coloured by {esc(_label(statistic))} "
+                 f"(0 to {vmax:.3g}). Hover for the top tokens.</p>")
+    for traj in trajs:
+        values = traj.statistic(statistic)
+        parts.append(f"<h3>{esc(traj.lens_name)}</h3><table>")
+        for r in reversed(range(traj.num_levels)):
+            cells = [f"<th>{esc(traj.level_labels[r])}</th>"]
+            for c in range(traj.num_tokens):
+                shade = (values[r, c] - vmin) / (vmax - vmin) if vmax > vmin else 0.0
+                tops = "\n".join(f"{t} {p:.3f}" for t, p in zip(traj.topk_tokens[r][c], traj.topk_probs[r, c]))
+                tip = f"{tops}\nKL {traj.kl[r, c]:.3f}  entropy {traj.entropy[r, c]:.3f}"
+                color = "#fff" if shade > 0.6 else "#000"
+                cells.append(f"<td style='background:{_hex(cmap(float(shade)))};color:{color}' "
+                             f"title='{esc(tip)}'>{esc(traj.top_tokens[r][c])}</td>")
+            parts.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append("<tr><th></th>" + "".join(f"<th>{esc(t)}</th>" for t in traj.input_tokens) + "</tr></table>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+__all__ = ["html_page", "plot_trajectories"]

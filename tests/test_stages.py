@@ -1,0 +1,77 @@
+"""Stages know their inputs: changing any upstream artefact makes every later stage recompute or refuse."""
+
+import json
+import shutil
+
+import pytest
+
+from onejump.cli import main
+
+COMMON = ["--device", "cpu"]
+
+
+@pytest.fixture()
+def run_dir(tmp_path, tiny_dir, corpus):
+    out = tmp_path / "r"
+    assert main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "40", "--n-test", "20",
+                 "--max-epochs", "2", "--batch-size", "16", "--rank", "2", "--out", str(out), *COMMON]) == 0
+    return out
+
+
+def _refused(capsys, command, run_dir, needle):
+    assert main(["-q", command, "--out", str(run_dir), *COMMON]) != 0
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "Traceback" not in err, err
+    return err
+
+
+def test_retrained_jumps_make_selection_evaluation_and_report_stale(run_dir, capsys):
+    report_before = (run_dir / "report" / "results.json").read_text()
+    assert main(["-q", "train", "--out", str(run_dir), "--max-epochs", "3", "--batch-size", "16", "--rank", "2",
+                 *COMMON]) == 0
+    capsys.readouterr()
+    _refused(capsys, "report", run_dir, "onejump select")  # the selection was made from the old jumps
+    _refused(capsys, "evaluate", run_dir, "onejump select")
+    assert main(["-q", "select", "--out", str(run_dir), *COMMON]) == 0
+    capsys.readouterr()
+    _refused(capsys, "report", run_dir, "onejump evaluate")  # the evaluation is older than the lenses
+    assert main(["-q", "evaluate", "--out", str(run_dir), *COMMON]) == 0
+    assert main(["-q", "report", "--out", str(run_dir), *COMMON]) == 0
+    assert (run_dir / "report" / "results.json").read_text() != report_before
+
+
+def test_replaced_joint_jump_or_selection_makes_the_evaluation_stale(run_dir, capsys, tmp_path):
+    import onejump as oj
+
+    shutil.copytree(run_dir / "shortcuts" / "joint", tmp_path / "joint-old")
+    lm = oj.load_model(json.loads((run_dir / "run.json").read_text())["data"]["model"])
+    store = oj.HiddenStateStore.open(run_dir / "store")
+    joint = oj.train_joint_jump(store, lm, oj.TrainConfig(max_epochs=1, rank=2, seed=5), progress=False)
+    joint.save(run_dir / "shortcuts" / "joint")
+    _refused(capsys, "report", run_dir, "onejump evaluate")
+    # putting the old lens back makes the old evaluation valid again: identities are of content
+    shutil.rmtree(run_dir / "shortcuts" / "joint")
+    shutil.copytree(tmp_path / "joint-old", run_dir / "shortcuts" / "joint")
+    sel = json.loads((run_dir / "selection.json").read_text())
+    select_rule = sel["rule"]
+    assert main(["-q", "report", "--out", str(run_dir), *COMMON]) == 0
+    # a selection made by another rule supersedes the evaluation
+    other = "head" if select_rule == "paper" else "paper"
+    assert main(["-q", "select", "--out", str(run_dir), "--select-rule", other, *COMMON]) == 0
+    capsys.readouterr()
+    _refused(capsys, "report", run_dir, "onejump evaluate")
+
+
+def test_a_changed_store_retrains_everything(run_dir, capsys, tmp_path, tiny_dir, corpus):
+    other = tmp_path / "other"
+    assert main(["-q", "extract", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "40", "--n-test",
+                 "20", "--seed", "1", "--out", str(other), *COMMON]) == 0
+    weights = {k: (run_dir / "shortcuts" / k / "weights.safetensors").read_bytes() for k in ("nnjtc", "joint", "jtc")}
+    shutil.rmtree(run_dir / "store")
+    shutil.copytree(other / "store", run_dir / "store")
+    capsys.readouterr()
+    _refused(capsys, "report", run_dir, "onejump select")  # selection (and so evaluation) came from the old store
+    assert main(["-q", "train", "--out", str(run_dir), "--max-epochs", "2", "--batch-size", "16", "--rank", "2",
+                 *COMMON]) == 0
+    for kind, before in weights.items():  # nothing was reused from the old store
+        assert (run_dir / "shortcuts" / kind / "weights.safetensors").read_bytes() != before, kind
