@@ -43,31 +43,6 @@ from onejump.lenses.base import Lens, LogitLens
 from onejump.model.loading import load_model
 
 
-class PerLevelJumps(Lens):
-    """A bank's per-level jumps (jump E read at level E) through the rank-r head: O(r (H + V)) per token."""
-
-    def __init__(self, lm, folder: str):
-        from onejump.lenses.files import load_shortcuts
-        from onejump.lenses.lowrank_head import LowRankHead
-
-        super().__init__(lm)
-        bank, config = load_shortcuts(folder, fingerprint=lm.fingerprint)
-        self.bank, self.levels = bank.eval(), list(bank.levels)
-        self.head = LowRankHead(lm.adapter, self.bank, device=lm.device)
-
-    def transform(self, h, level):
-        return self.bank.apply(h, self.levels.index(level))
-
-    def forward(self, h, level):
-        j = self.levels.index(level)
-        z = torch.addmm(self.head.c_fold[j], h.reshape(-1, h.shape[-1]).float(), self.head.A_fold[j])
-        return self.head.logits_from_codes(z, j)
-
-    def logits_cost(self) -> int:
-        r = self.bank.rank
-        return r * (self.hidden_size + self.vocab_size)
-
-
 def load_lenses(lm, names: list[str], jump: str | None, bank: str | None) -> dict[str, Lens]:
     lenses: dict[str, Lens] = {}
     for name in names:
@@ -76,13 +51,7 @@ def load_lenses(lm, names: list[str], jump: str | None, bank: str | None) -> dic
         elif name == "jump" and jump:
             lenses[name] = Lens.load(jump, lm)
         elif name == "bank" and bank:
-            lenses[name] = PerLevelJumps(lm, bank)
-            h = torch.randn(4, lm.hidden_size) * 3
-            level = lm.num_blocks - 2
-            with torch.no_grad():  # the rank-r path must be the jump + the full head
-                torch.testing.assert_close(lenses[name](h, level).float(),
-                                           lm.adapter.head(lenses[name].transform(h, level)).float(),
-                                           atol=2e-3, rtol=2e-3)
+            lenses[name] = Lens.load(bank, lm)
         else:
             raise SystemExit(f"lens '{name}' needs --{name} FOLDER" if name in ("jump", "bank") else
                              f"unknown lens '{name}' (logit, jump, bank)")
@@ -189,9 +158,9 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--lenses", default="logit", help="lenses to draft with, comma-separated: logit, jump (--jump), "
                                                       "bank (--bank) (default: %(default)s)")
-    ap.add_argument("--jump", default=None, help="a saved lens folder (for --lenses jump)")
-    ap.add_argument("--bank", default=None, help="a per-level jump bank folder, e.g. RUN/shortcuts/nnjtc, read "
-                                                 "through its rank-r head (for --lenses bank)")
+    ap.add_argument("--jump", default=None, help="a lens or jump folder, e.g. RUN/shortcuts/ojfa (for --lenses jump)")
+    ap.add_argument("--bank", default=None, help="a per-level jump bank folder, e.g. RUN/shortcuts/nnjtc (for "
+                                                 "--lenses bank); jump lenses read through their rank-r head")
     ap.add_argument("--append", action="store_true",
                     help="add these configurations to the existing results file (same model, prompts, tokens)")
     ap.add_argument("--prompts", type=int, default=3)
