@@ -38,6 +38,7 @@ import torch
 from common import RESULTS, peak_rss_mib, real_sentences, save
 
 from onejump.generation import generate_confidence, generate_greedy, generate_reference, generate_speculative
+from onejump.generation.auto import warm_up
 from onejump.generation.bound import greedy_step_seconds, speculative_costs
 from onejump.lenses.base import Lens, LogitLens
 from onejump.model.loading import load_model
@@ -188,6 +189,8 @@ def main() -> None:
         configs.append((int(most), float(thr)))
 
     generate_reference(lm, prompts[0], 4)  # warm-up
+    for lens in lenses.values():
+        warm_up(lm, lens, levels)
     refs = run_all(lambda p, k: generate_reference(lm, p, k), prompts, n)
     greedy = run_all(lambda p, k: generate_greedy(lm, p, k), prompts, n)
     results: dict = {"benchmark": "generate", "model": args.model, "device": "cpu", "prompts": texts,
