@@ -7,7 +7,8 @@ The layout is known here alone::
     shortcuts/<kind>/      lenses: nnjtc (the K per-level jumps), joint, jtc, ojfa (the chosen jump), tuned
     selection.json         D matrix, D_m, OJFA choice, softmax(D / 5e-4) (and the head-aware scores)
     preset.json            the preset the run was trained with (paper / best) and its selection rule
-    evaluation/            per-sample test results (safetensors) + summary
+    evaluation/            per-sample test results of every lens (safetensors) + summary
+    reuse/                 the K x K reuse matrix: every per-level jump at every level
     early_exit/            the offline early-exit simulation
     report/                results.json, aggregate_metrics.json, figures, report.md
     sweep/                 the objective x rank sweep (``onejump sweep``) and its best single jump

@@ -129,7 +129,7 @@ class Run(RunFolder):
         return OneJump(lm, bank.cpu(), trained_at=-1, extra=extra)
 
     # ---- stage 3: select -------------------------------------------------------------------
-    def _selectstage_key(self, rule: str) -> str:
+    def _select_key(self, rule: str) -> str:
         return stage_key(self.identity("nnjtc"), self.identity("store"), "select", rule)
 
     def select(self, rule: str | None = None) -> dict[str, Any]:
@@ -142,7 +142,7 @@ class Run(RunFolder):
 
         rule = rule or self.preset().get("select_rule", "paper")
         per_level = self.lens("nnjtc")
-        key = self._selectstage_key(rule)
+        key = self._select_key(rule)
         path = self.folder / "selection.json"
         if path.is_file() and self.has_lens("ojfa"):
             saved = json.loads(path.read_text())
@@ -166,41 +166,48 @@ class Run(RunFolder):
         if not path.is_file():
             raise ShortcutError(f"no OJFA selection in {self.folder}: run `onejump select --out {self.folder}`")
         saved = json.loads(path.read_text())
-        if saved.get("key") != self._selectstage_key(saved.get("rule", "paper")):
+        if saved.get("key") != self._select_key(saved.get("rule", "paper")):
             raise ShortcutError(f"the OJFA selection in {self.folder} was made from other jumps or another store "
                                 f"than those now in the run: run `onejump select --out {self.folder}`")
         return saved
 
     # ---- stage 4: evaluate -----------------------------------------------------------------
-    def evaluationstage_key(self) -> str:
-        """What the evaluation is computed from: the store, every lens, the selection."""
+    def evaluation_key(self) -> str:
+        """What the evaluation of the lenses is computed from: the store, every lens, the selection."""
         inputs = {name: self.identity(name) for name in ("store", "nnjtc", "joint", "jtc", "ojfa", "tuned",
                                                          "selection")}
         return stage_key(inputs, "eval", 2)
 
-    def evaluate(self):
-        """Evaluate every lens of the run and the reuse matrix on the test split (cached)."""
-        from ..evaluation.metrics import reuse_matrix
+    def reuse_key(self) -> str:
+        """What the K x K reuse matrix is computed from: the store and the per-level jumps."""
+        return stage_key(self.identity("store"), self.identity("nnjtc"), "reuse", 1)
+
+    def _cached_result(self, folder: Path, key: str, compute: Any) -> Any:
         from ..evaluation.result import EvalResult
 
-        selection = self.select_result()
-        key = self.evaluationstage_key()
-        folder = self.folder / "evaluation"
         if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key:
-            self.state.reused.append("evaluate")
+            self.state.reused.append(folder.name)
             return EvalResult.load(folder)
         t0 = time.perf_counter()
-        store = self.store()
-        lenses = self.run_lenses(best=False)
-        per_level = lenses["full"]
-        from ..evaluation.metrics import evaluate
-
-        result = evaluate(store, lenses, chosen=selection["chosen"], progress=self.progress)
-        result = result.merge(reuse_matrix(store, per_level, chosen=selection["chosen"], progress=self.progress))
+        result = compute()
         result.save(folder)
         atomic_write_text(folder / "key.txt", key)
-        self._timed("evaluate", t0)
+        self._timed(folder.name, t0)
         return result
+
+    def evaluate(self):
+        """Evaluate every lens of the run, and the reuse matrix, on the test split (each cached on its own)."""
+        from ..evaluation.metrics import evaluate, reuse_matrix
+
+        chosen = self.select_result()["chosen"]
+        store = self.store()
+        lenses = self.run_lenses(best=False)
+        result = self._cached_result(self.folder / "evaluation", self.evaluation_key(),
+                                     lambda: evaluate(store, lenses, chosen=chosen, progress=self.progress))
+        pairs = self._cached_result(self.folder / "reuse", self.reuse_key(),
+                                    lambda: reuse_matrix(store, lenses["full"], progress=self.progress))
+        pairs.chosen = chosen
+        return result.merge(pairs)
 
     def run_lenses(self, best: bool = True) -> dict[str, Any]:
         """The run's lenses by report name: the logit lens, full N-NJTC, OJFA, and whichever of the
@@ -214,17 +221,17 @@ class Run(RunFolder):
             lenses["best"] = Lens.load(self.lens_path("best"), lm)
         return lenses
 
-    def exitsstage_key(self) -> str:
+    def exits_key(self) -> str:
         best = self.lens_path("best") / "config.json"
         best_id = hashlib.sha256(best.read_bytes()).hexdigest()[:16] if best.is_file() else None
-        return stage_key(self.evaluationstage_key(), self.identity("tuned"), best_id, "exits", 1)
+        return stage_key(self.evaluation_key(), self.identity("tuned"), best_id, "exits", 1)
 
     def simulate_exits(self):
         """Confidence early exit simulated on the test store for every lens of the run (cached)."""
         from ..evaluation.early_exit import ExitSimulation, simulate_exits
 
         self.select_result()
-        folder, key = self.folder / "early_exit", self.exitsstage_key()
+        folder, key = self.folder / "early_exit", self.exits_key()
         if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key:
             self.state.reused.append("exits")
             return ExitSimulation.load(folder)
@@ -242,23 +249,27 @@ class Run(RunFolder):
         folder = self.folder / "early_exit"
         if not (folder / "key.txt").is_file():
             return None
-        if (folder / "key.txt").read_text() != self.exitsstage_key():
+        if (folder / "key.txt").read_text() != self.exits_key():
             raise StoreError(f"the early-exit simulation in {self.folder} is older than the lenses now in the run: "
                              f"run `onejump evaluate --out {self.folder}`")
         return ExitSimulation.load(folder)
 
     def evaluation(self):
-        """The saved evaluation, refused when any lens, the store or the selection changed after it."""
+        """The saved evaluation (lenses and reuse matrix), refused when anything it came from changed after it."""
         from ..evaluation.result import EvalResult
 
-        folder = self.folder / "evaluation"
-        if not (folder / "result.json").is_file():
-            raise StoreError(f"no evaluation in {self.folder}: run `onejump evaluate --out {self.folder}`")
         self.select_result()  # a stale selection is named first: it is the earliest stage to redo
-        if not (folder / "key.txt").is_file() or (folder / "key.txt").read_text() != self.evaluationstage_key():
-            raise StoreError(f"the evaluation in {self.folder} is older than the lenses, store or selection now "
-                             f"in the run: run `onejump evaluate --out {self.folder}`")
-        return EvalResult.load(folder)
+        parts = []
+        for name, key in (("evaluation", self.evaluation_key()), ("reuse", self.reuse_key())):
+            folder = self.folder / name
+            if not (folder / "result.json").is_file():
+                raise StoreError(f"no evaluation in {self.folder}: run `onejump evaluate --out {self.folder}`")
+            if not (folder / "key.txt").is_file() or (folder / "key.txt").read_text() != key:
+                raise StoreError(f"the evaluation in {self.folder} is older than the lenses, store or selection "
+                                 f"now in the run: run `onejump evaluate --out {self.folder}`")
+            parts.append(EvalResult.load(folder))
+        parts[1].chosen = parts[0].chosen
+        return parts[0].merge(parts[1])
 
     # ---- stage 5: report -------------------------------------------------------------------
     def report(self, result: Any = None) -> Path:
