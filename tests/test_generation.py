@@ -406,3 +406,10 @@ def test_cli_auto_says_why_in_one_line(cli):
     assert len(lines) == 1
     assert lines[0].split("chose ")[1].startswith(("plain greedy: no early exit pays on this model (bound ",
                                                     "speculative E="))
+
+
+def test_cli_auto_tries_the_given_levels(cli):
+    code, _, err = cli("--prompt", "abc", "--max-new-tokens", 4, "--exit", "auto", "--lens", "logit",
+                       "--exit-levels", "1", "--min-agreement", 0.5)
+    tried = [ln.split("measuring ")[1] for ln in err.splitlines() if "measuring" in ln]
+    assert code == 0 and tried == ["speculative E=1, g in 1,3", "confidence lambda=0.9", "confidence lambda=0.99"]

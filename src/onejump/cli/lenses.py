@@ -78,7 +78,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if mode == "auto":
         _INTERRUPT_HINT[0] = "interrupted while measuring the modes; nothing was generated"
         try:
-            choice = pick(lm, lens, ids, min_agreement=args.min_agreement,
+            choice = pick(lm, lens, ids, min_agreement=args.min_agreement, levels=_exit_levels(args.exit_levels),
                           progress=lambda msg: print(f"onejump generate: measuring {msg}", file=sys.stderr))
         except GenerationInterrupted:
             raise KeyboardInterrupt from None

@@ -244,7 +244,8 @@ def _add_lens_commands(sub: Any) -> None:
     p.add_argument("--measure", choices=["prob", "margin"], default="prob",
                    help="confidence: max probability or top1-top2 margin (default: %(default)s)")
     p.add_argument("--exit-levels", default=None,
-                   help="comma-separated exit levels checked by --exit confidence (default: all of 1..K-1)")
+                   help="comma-separated exit levels checked by --exit confidence (default: all of 1..K-1); with "
+                        "--exit auto, the draft and exit levels it tries (default: 2K/3, 5K/6, K-2)")
     p.add_argument("--draft-level", type=int, default=None,
                    help="E for --exit speculative: draft with blocks 1..E (default: 2K/3)")
     p.add_argument("--draft-len", type=_positive(), default=4,

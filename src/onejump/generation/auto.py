@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ..errors import ConfigError
 from .bound import greedy_step_seconds, speculative_costs
 from .common import GenerationResult, generate_greedy
@@ -92,6 +94,14 @@ def _step(greedy: Sequence[GenerationResult]) -> float:
     return sum(greedy_step_seconds(r) * (len(r.tokens) - 1) for r in greedy) / max(1, steps)
 
 
+def warm_up(lm: Any, lens: Any, levels: Sequence[int]) -> None:
+    """One call of the lens per level, so one-time set-up (a rank-r head built on first use) is not timed."""
+    h = torch.zeros(1, lm.hidden_size, dtype=next(lm.model.parameters()).dtype, device=lm.device)
+    with torch.no_grad():
+        for level in levels:
+            lens(h, level)
+
+
 def default_levels(num_blocks: int) -> list[int]:
     """Draft / exit levels tried by default: two thirds and five sixths of the depth, and K-2."""
     K = num_blocks
@@ -110,6 +120,7 @@ def measure(lm: Any, lens: Any, prompts: Sequence[Sequence[int]], *, new_tokens:
     def greedy_step() -> float:
         return _step([generate_greedy(lm, p, new_tokens) for p in prompts])
 
+    warm_up(lm, lens, levels)
     for E in levels:
         say(f"speculative E={E}, g in {','.join(map(str, draft_lens))}")
         step = greedy_step()  # per level: the candidates are timed right after greedy on the same prompts
