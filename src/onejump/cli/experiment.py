@@ -106,7 +106,8 @@ def _print_claims(report: Path) -> None:
     few = " (a small test set: differences of a few points are noise, not evidence)" if n < 1000 else ""
     print(f"the paper's claims, checked on {n} test samples{few}:")
     for c in results["claims"]:
-        print(f"[{'held' if c['held'] else 'NOT HELD'}] {c['claim']}: {c['ours']}")
+        verdict = c.get("verdict", "held" if c["held"] else "not held")
+        print(f"[{verdict if verdict != 'not held' else 'NOT HELD'}] {c['claim']}: {c['ours']}")
     print(f"report: {report}")
 
 
