@@ -37,6 +37,9 @@ bench: setup
 	cd benchmarks && ../$(BIN)/python evaluate.py --run ../$(OUT)
 	cd benchmarks && ../$(BIN)/python generate.py --run ../$(OUT)
 	cd benchmarks && ../$(BIN)/python outofcore.py
+	cd benchmarks && ../$(BIN)/python threads.py
+	cd benchmarks && ../$(BIN)/python verify.py --store ../$(OUT)/store
+	cd benchmarks && ../$(BIN)/python tuned_lens.py --run ../$(OUT)
 
 clean:
 	rm -rf $(VENV) runs

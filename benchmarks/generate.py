@@ -1,15 +1,27 @@
-"""Early-exit generation speed and quality on real Wikipedia prompts, all in one process.
+"""Early-exit generation: speculative decoding's bound against what the implementation achieves.
 
-Same prompts (openings of real test sentences), same number of new tokens, batch size 1:
-- ``model.generate`` greedy (the reference and baseline);
-- onejump's own greedy loop (same cache mechanics as the early-exit modes, no exits);
-- self-speculative decoding with the OJFA jump, for a sweep of draft levels E and draft lengths
-  (must be identical to ``model.generate``);
-- confidence early exit at several lambdas (agreement with the reference, layers per token),
-  plotted as a speed-vs-quality curve.
+For each configuration (mode, lens, draft level E, draft length g or dynamic) on the same real
+Wikipedia prompts and number of new tokens, batch size 1, in one process:
 
-Usage: python benchmarks/generate.py [--run runs/demo] [--prompts 8] [--new-tokens 32]
-Needs a run folder with a trained OJFA jump (``make demo`` makes runs/demo).
+- ``a``: per-token acceptance (accepted drafts / compared drafts);
+- ``c``: drafting time per drafted token, ``v``: verification time per round, both as fractions of
+  one step of our own greedy loop, measured on the run itself (``c_lens``: the lens's share of c);
+- ``bound``: S = (1 - a^(g+1)) / ((1 - a)(g c + v)) (for a dynamic draft length: measured tokens
+  per round over measured cost per round); ``achieved``: decoding speed-up over our greedy loop
+  (prompt forward excluded from both); ``achieved_of_bound``;
+- ``achieved_vs_generate``: end-to-end speed-up over ``model.generate`` (prompt included);
+- ``identical``: output equal to ``model.generate`` token for token.
+
+Each speculative configuration is timed right after a greedy run on the same prompts (paired), so
+machine load drifts cancel. Confidence exits get the same keys, with a bound from measured unit
+prices: blocks computed per token at the greedy loop's price per block, lens checks at their
+measured price, the head for tokens the full model emits. It prices the recomputed blocks of
+exited tokens (deferred exact KV) as if run alone; they run batched with the next token, which
+is cheaper, so confidence rows can beat their "bound". A cProfile of the best configuration
+says where the remaining time goes.
+
+Usage: OMP_NUM_THREADS=1 python benchmarks/generate.py [--model smollm2-135m] [--prompts 3]
+       [--new-tokens 20] [--levels 20,25,28] [--draft-lens 1,3] [--dynamic 0.5:6] [--jump FOLDER] [--no-reuse]
 """
 
 from __future__ import annotations
@@ -20,169 +32,215 @@ import io
 import json
 import pstats
 import sys
-from pathlib import Path
+import time
 
 import torch
-from common import RESULTS, peak_rss_mib, save
+from common import RESULTS, peak_rss_mib, real_sentences, save
 
-from onejump.experiment.run import Run
-from onejump.generation import (
-    generate_confidence,
-    generate_greedy,
-    generate_reference,
-    generate_speculative,
-    jump_predictor,
-    logit_lens_predictor,
-)
-from onejump.lenses.onejump import OneJump
+from onejump.generation import generate_confidence, generate_greedy, generate_reference, generate_speculative
+from onejump.generation.auto import warm_up
+from onejump.generation.bound import greedy_step_seconds, speculative_costs
+from onejump.lenses.base import Lens, LogitLens
 from onejump.model.loading import load_model
 
 
-def prompts_from(run: Run, n: int, words: int) -> list[str]:
-    from onejump.corpus.loaders import load_sentences, split_sentences
+def load_lenses(lm, names: list[str], jump: str | None, bank: str | None) -> dict[str, Lens]:
+    lenses: dict[str, Lens] = {}
+    for name in names:
+        if name == "logit":
+            lenses[name] = LogitLens(lm)
+        elif name == "jump" and jump:
+            lenses[name] = Lens.load(jump, lm)
+        elif name == "bank" and bank:
+            lenses[name] = Lens.load(bank, lm)
+        else:
+            raise SystemExit(f"lens '{name}' needs --{name} FOLDER" if name in ("jump", "bank") else
+                             f"unknown lens '{name}' (logit, jump, bank)")
+    return lenses
 
-    args = run.data_args()
-    split = split_sentences(load_sentences(args.corpus), args.n_train, args.n_test, seed=args.seed)
-    return [" ".join(s.text.split()[:words]) for s in split.test[:n]]
+
+def run_all(fn, prompts: list[list[int]], n: int) -> list:
+    return [fn(p, n) for p in prompts]
 
 
-def agreement(tokens: list[int], ref: list[int]) -> tuple[float, float]:
-    """(fraction of positions equal, length of the common prefix / length)."""
-    same = sum(a == b for a, b in zip(tokens, ref)) / max(1, len(ref))
-    prefix = 0
-    while prefix < min(len(tokens), len(ref)) and tokens[prefix] == ref[prefix]:
-        prefix += 1
-    return same, prefix / max(1, len(ref))
+def paired(lm, prompts, n, run) -> tuple[float, list]:
+    """Greedy then ``run`` on each prompt in turn: (greedy seconds per decoding step, run's results).
+
+    Alternating per prompt keeps both under the same machine load (the CPU may be shared).
+    """
+    greedy, outs = [], []
+    for p in prompts:
+        greedy.append(generate_greedy(lm, p, n))
+        outs.append(run(p, n))
+    steps = sum(len(r.tokens) - 1 for r in greedy)
+    return sum(greedy_step_seconds(r) * (len(r.tokens) - 1) for r in greedy) / steps, outs
+
+
+def speculative_row(lm, lens, prompts, n, refs, E, g, threshold, reuse=True):
+    step, outs = paired(lm, prompts, n, lambda p, k: generate_speculative(
+        lm, lens, p, k, draft_level=E, draft_len=g, draft_threshold=threshold, reuse_cache=reuse))
+    row = speculative_costs(outs, step, None if threshold is not None else g)
+    t_ref = sum(r.seconds for r in refs)
+    row.update({"draft_level": E, "draft_len": g, "draft_threshold": threshold, "reuse_cache": reuse,
+                "achieved_vs_generate": round(t_ref / sum(o.seconds for o in outs), 4),
+                "identical": all(o.tokens == r.tokens for o, r in zip(outs, refs)),
+                "greedy_step_ms": round(step * 1e3, 2)})
+    return row
+
+
+def unit_prices(lm, lens, level: int, reps: int = 20) -> dict[str, float]:
+    """Seconds of the head and of the lens on one hidden vector (the exit checks' unit prices)."""
+    h = torch.randn(1, lm.hidden_size, dtype=next(lm.model.parameters()).dtype, device=lm.device)
+    out = {}
+    with torch.no_grad():
+        for name, fn in (("head", lambda: lm.adapter.head(h)), ("lens", lambda: lens(h, level))):
+            fn()
+            t = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            out[name] = (time.perf_counter() - t) / reps
+    return out
+
+
+def confidence_row(lm, lens, prompts, n, refs, lam, levels):
+    K = lm.num_blocks
+    step, outs = paired(lm, prompts, n, lambda p, k: generate_confidence(lm, lens, p, k, lam=lam, exit_levels=levels))
+    prices = unit_prices(lm, lens, levels[0])
+    per_block = (step - prices["head"]) / K
+    emitted = sum(len(o.tokens) - 1 for o in outs)
+    prompt_work = sum(K * len(p) for p in prompts)
+    work = sum(o.layer_work for o in outs) - prompt_work  # block applications after the prompt
+    full = sum(sum(lv == K for lv in o.exit_levels[1:]) for o in outs)
+    checks = sum(o.checks for o in outs)
+    ideal = work * per_block + checks * prices["lens"] + full * prices["head"]
+    decode = sum(o.decode_seconds for o in outs)
+    bound, achieved = emitted * step / ideal, emitted * step / decode
+    same = sum(a == b for o, r in zip(outs, refs) for a, b in zip(o.tokens, r.tokens))
+    exits = [lv for o in outs for lv in o.exit_levels[1:]]
+    return {"lambda": lam, "exit_levels": levels, "bound": round(bound, 4), "achieved": round(achieved, 4),
+            "achieved_of_bound": round(achieved / bound, 4),
+            "achieved_vs_generate": round(sum(r.seconds for r in refs) / sum(o.seconds for o in outs), 4),
+            "token_agreement": round(same / max(1, sum(len(r.tokens) for r in refs)), 4),
+            "mean_exit_level": round(sum(exits) / max(1, len(exits)), 2),
+            "blocks_per_token": round(work / max(1, emitted), 2),
+            "checks_per_token": round(checks / max(1, emitted), 2),
+            "c_lens": round(prices["lens"] / step, 4), "head_fraction": round(prices["head"] / step, 4)}
+
+
+def profile(lm, lens, prompt, n, row, suffix: str) -> dict:
+    prof = cProfile.Profile()
+    prof.enable()
+    res = generate_speculative(lm, lens, prompt, n, draft_level=row["draft_level"], draft_len=row["draft_len"],
+                               draft_threshold=row["draft_threshold"])
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
+    (RESULTS / f"generate-cpu{suffix}-profile.txt").write_text(buf.getvalue())
+    lower = res.draft_seconds - res.lens_seconds
+    split = {"prefill": res.prefill_seconds, "draft_blocks_1_to_E": lower, "draft_lens": res.lens_seconds,
+             "verify": res.verify_seconds,
+             "loop_overhead": res.seconds - res.prefill_seconds - res.draft_seconds - res.verify_seconds}
+    return {k: round(v / res.seconds, 4) for k, v in split.items()}
+
+
+def merge_previous(results: dict, path) -> dict:
+    """The earlier results of the same model, prompts and tokens, with their configurations put first."""
+    previous = json.loads(path.read_text())
+    previous.pop("machine", None)
+    for key in ("model", "prompts", "new_tokens"):
+        if previous.get(key) != results[key]:
+            raise SystemExit(f"--append: {path} has another {key}; rerun without --append")
+    results["configurations"] = previous["configurations"] + results["configurations"]
+    return previous
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", default="runs/demo", help="run folder with shortcuts/ojfa (default runs/demo)")
-    ap.add_argument("--jump", default=None,
-                    help="another jump folder to compare side by side, e.g. runs/demo/sweep/best (the best single "
-                         "jump of `onejump sweep`)")
-    ap.add_argument("--jump-name", default="best", help="its name in the output (default: best)")
-    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--lenses", default="logit", help="lenses to draft with, comma-separated: logit, jump (--jump), "
+                                                      "bank (--bank) (default: %(default)s)")
+    ap.add_argument("--jump", default=None, help="a lens or jump folder, e.g. RUN/shortcuts/ojfa (for --lenses jump)")
+    ap.add_argument("--bank", default=None, help="a per-level jump bank folder, e.g. RUN/shortcuts/nnjtc (for "
+                                                 "--lenses bank); jump lenses read through their rank-r head")
+    ap.add_argument("--append", action="store_true",
+                    help="add these configurations to the existing results file (same model, prompts, tokens)")
+    ap.add_argument("--prompts", type=int, default=3)
     ap.add_argument("--words", type=int, default=10, help="words of each sentence used as prompt")
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--levels", default=None, help="comma-separated draft levels E to sweep (default: K/3..K-2)")
-    ap.add_argument("--draft-lens", default="2,4,6")
-    ap.add_argument("--lambdas", default="0.5,0.7,0.9,0.99")
+    ap.add_argument("--new-tokens", type=int, default=20)
+    ap.add_argument("--levels", default=None, help="draft levels E, comma-separated (default: 2K/3, 5K/6, K-2)")
+    ap.add_argument("--draft-lens", default="1,3", help="fixed draft lengths g (default: %(default)s)")
+    ap.add_argument("--dynamic", default="0.5:6", help="dynamic draft length as THRESHOLD:MAX_LEN, or 'none'")
+    ap.add_argument("--lambdas", default="0.9,0.99", help="confidence-exit thresholds (default: %(default)s)")
+    ap.add_argument("--no-reuse", action="store_true", help="also time verification without cache reuse")
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    run = Run(args.run, device=args.device, progress=False)
-    lm = load_model(run.data_args().model, device=args.device)
+    torch.set_num_threads(1)
+    lm = load_model(args.model, device="cpu")
     K = lm.num_blocks
-    jumps = {"ojfa": OneJump.load(run.shortcut_dir("ojfa"), fingerprint=lm.fingerprint)}
-    if args.jump:
-        jumps[args.jump_name] = OneJump.load(args.jump, fingerprint=lm.fingerprint)
-    prompts = [lm.tokenizer(p)["input_ids"] for p in prompts_from(run, args.prompts, args.words)]
+    lenses = load_lenses(lm, args.lenses.split(","), args.jump, args.bank)
+    texts = [" ".join(s.split()[:args.words]) for s in real_sentences(args.prompts, seed=1)]
+    prompts = [lm.tokenizer(t)["input_ids"] for t in texts]
     n = args.new_tokens
-    levels = [int(x) for x in args.levels.split(",")] if args.levels else sorted({K // 3, K // 2, (2 * K) // 3,
-                                                                                  (5 * K) // 6, K - 2})
-    draft_lens = [int(x) for x in args.draft_lens.split(",")]
-    lambdas = [float(x) for x in args.lambdas.split(",")]
+    levels = [int(x) for x in args.levels.split(",")] if args.levels else sorted({(2 * K) // 3, (5 * K) // 6, K - 2})
+    configs: list[tuple[int, float | None]] = [(int(g), None) for g in args.draft_lens.split(",")]
+    if args.dynamic != "none":
+        thr, most = args.dynamic.split(":")
+        configs.append((int(most), float(thr)))
 
     generate_reference(lm, prompts[0], 4)  # warm-up
-    refs = [generate_reference(lm, p, n) for p in prompts]
-    t_ref = sum(r.seconds for r in refs)
-    tokens_ref = sum(len(r.tokens) for r in refs)
-    greedy = [generate_greedy(lm, p, n) for p in prompts]
-    t_greedy = sum(r.seconds for r in greedy)
-    identical_greedy = all(g.tokens == r.tokens for g, r in zip(greedy, refs))
-
-    results: dict = {"benchmark": "generate", "model": run.data_args().model, "device": args.device,
-                     "prompts": len(prompts), "new_tokens": n, "num_blocks": K,
-                     "model_generate": {"seconds": round(t_ref, 3), "tokens_per_s": round(tokens_ref / t_ref, 2)},
-                     "own_greedy": {"seconds": round(t_greedy, 3), "tokens_per_s": round(tokens_ref / t_greedy, 2),
-                                    "speedup_vs_generate": round(t_ref / t_greedy, 3),
-                                    "identical": identical_greedy}}
-    best = None
-    predictors = {name: jump_predictor(lm, jump) for name, jump in jumps.items()}
-    predictors["logit_lens"] = logit_lens_predictor(lm)  # the identity shortcut, for reference
-    for name, predictor in predictors.items():
-        spec_rows = []
+    for lens in lenses.values():
+        warm_up(lm, lens, levels)
+    refs = run_all(lambda p, k: generate_reference(lm, p, k), prompts, n)
+    greedy = run_all(lambda p, k: generate_greedy(lm, p, k), prompts, n)
+    results: dict = {"benchmark": "generate", "model": args.model, "device": "cpu", "prompts": texts,
+                     "new_tokens": n, "num_blocks": K,
+                     "model_generate_seconds": round(sum(r.seconds for r in refs), 3),
+                     "own_greedy_seconds": round(sum(r.seconds for r in greedy), 3),
+                     "own_greedy_identical": all(g.tokens == r.tokens for g, r in zip(greedy, refs)),
+                     "configurations": []}
+    t_start = time.perf_counter()
+    for name, lens in lenses.items():
         for E in levels:
-            for d in draft_lens:
-                outs = [generate_speculative(lm, predictor, p, n, draft_level=E, draft_len=d) for p in prompts]
-                secs = sum(o.seconds for o in outs)
-                drafted = sum(o.drafted for o in outs)
-                row = {"draft_level": E, "draft_len": d, "seconds": round(secs, 3),
-                       "speedup_vs_generate": round(t_ref / secs, 3),
-                       "speedup_vs_own_greedy": round(t_greedy / secs, 3),
-                       "acceptance_rate": round(sum(o.accepted for o in outs) / max(1, drafted), 3),
-                       "identical": all(o.tokens == r.tokens for o, r in zip(outs, refs))}
-                spec_rows.append(row)
-                print(name, row, file=sys.stderr)
-        conf_rows = []
-        for lam in lambdas:
-            outs = [generate_confidence(lm, predictor, p, n, lam=lam) for p in prompts]
-            secs = sum(o.seconds for o in outs)
-            agree = [agreement(o.tokens, r.tokens) for o, r in zip(outs, refs)]
-            exits = [lv for o in outs for lv in o.exit_levels]
-            row = {"lambda": lam, "seconds": round(secs, 3), "speedup_vs_generate": round(t_ref / secs, 3),
-                   "token_agreement": round(sum(a for a, _ in agree) / len(agree), 3),
-                   "prefix_agreement": round(sum(b for _, b in agree) / len(agree), 3),
-                   "mean_exit_level": round(sum(exits) / len(exits), 2),
-                   "early_exit_fraction": round(sum(lv < K for lv in exits) / len(exits), 3),
-                   "layer_work_per_token": round(sum(o.layer_work for o in outs) / max(1, len(exits)), 2)}
-            conf_rows.append(row)
-            print(name, row, file=sys.stderr)
-        top = max(spec_rows, key=lambda r: r["speedup_vs_generate"])
-        results[name] = {"chosen_jump": jumps[name].chosen_jump if name in jumps else None,
-                         "residual": bool(jumps[name].bank.residual) if name in jumps else None,
-                         "rank": jumps[name].rank if name in jumps else None,
-                         "speculative": spec_rows, "best_speculative": top, "confidence": conf_rows}
-        if name == "ojfa":
-            best = top
-            _plot(conf_rows, spec_rows, K, RESULTS / f"generate-{args.device}.png", run.data_args().model)
-
-    # where the time goes: profile the best speculative setting on one prompt
-    predictor = jump_predictor(lm, jumps["ojfa"])
-    prof = cProfile.Profile()
-    prof.enable()
-    generate_speculative(lm, predictor, prompts[0], n, draft_level=best["draft_level"], draft_len=best["draft_len"])
-    prof.disable()
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(18)
-    (RESULTS / f"generate-{args.device}-profile.txt").write_text(buf.getvalue())
-    results["side_by_side"] = {
-        name: {"best_speculative_speedup": results[name]["best_speculative"]["speedup_vs_generate"],
-               "acceptance_at_best": results[name]["best_speculative"]["acceptance_rate"],
-               "max_acceptance": max(r["acceptance_rate"] for r in results[name]["speculative"]),
-               "confidence": [(r["lambda"], r["speedup_vs_generate"], r["token_agreement"])
-                              for r in results[name]["confidence"]]}
-        for name in predictors}
-    print(json.dumps(results["side_by_side"], indent=1))
+            for g, thr in configs:
+                row = {"mode": "speculative", "lens": name,
+                       **speculative_row(lm, lens, prompts, n, refs, E, g, thr)}
+                results["configurations"].append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+        for lam in [float(x) for x in args.lambdas.split(",") if x]:
+            row = {"mode": "confidence", "lens": name,
+                   **confidence_row(lm, lens, prompts, n, refs, lam, [lv for lv in levels if lv < K])}
+            results["configurations"].append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    name = "generate-cpu" if args.model == "smollm2-135m" else f"generate-cpu-{args.model}"
+    previous = merge_previous(results, RESULTS / f"{name}.json") if args.append else None
+    spec = [r for r in results["configurations"] if r["mode"] == "speculative" and r["lens"] in lenses]
+    best = max(spec, key=lambda r: r["achieved"])
+    if args.no_reuse:  # the same configuration, verification rerunning blocks 1..E on the drafted tokens
+        row = {"mode": "speculative", "lens": best["lens"],
+               **speculative_row(lm, lenses[best["lens"]], prompts, n, refs, best["draft_level"], best["draft_len"],
+                                 best["draft_threshold"], reuse=False)}
+        results["configurations"].append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    suffix = name.removeprefix("generate-cpu")
+    results[f"best_{'_'.join(lenses)}"] = best
+    results[f"best_{'_'.join(lenses)}_time_split"] = profile(lm, lenses[best["lens"]], prompts[0], n, best, suffix)
+    results["seconds"] = round(time.perf_counter() - t_start, 1) + (previous or {}).get("seconds", 0)
     results["peak_rss_mib"] = round(peak_rss_mib(), 1)
-    results["target"] = "speculative >= 1.3x model.generate, identical output"
-    save(f"generate-{args.device}", results)
-
-
-def _plot(conf_rows: list[dict], spec_rows: list[dict], K: int, path: Path, model: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot([r["speedup_vs_generate"] for r in conf_rows], [r["token_agreement"] for r in conf_rows], "o-",
-            label="confidence exit (lambda sweep)")
-    for r in conf_rows:
-        ax.annotate(f"λ={r['lambda']}", (r["speedup_vs_generate"], r["token_agreement"]), fontsize=8)
-    ax.scatter([r["speedup_vs_generate"] for r in spec_rows], [1.0] * len(spec_rows), marker="x", color="tab:red",
-               label="self-speculative (identical output), E x draft length")
-    ax.axvline(1.0, color="gray", linewidth=0.8)
-    ax.set_xlabel("speed-up over model.generate (tokens/s ratio)")
-    ax.set_ylabel("token agreement with full-model greedy")
-    ax.set_title(f"{model}: early-exit generation, speed vs quality (K={K})")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    results["target"] = "speculative: achieved >= 0.9 of the bound, identical output"
+    save(name, {**(previous or {}), **results})
+    print("| mode | lens | E | g | a | c | v | bound | achieved | of bound | vs model.generate | identical |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results["configurations"]:
+        g = str(r.get("draft_len", ""))
+        if r.get("draft_threshold"):
+            g = f"<={g} @ p>={r['draft_threshold']}"
+        mode = r["mode"] + ("" if r.get("reuse_cache", True) else " (no cache reuse)")
+        if r["mode"] == "confidence":
+            mode, g = f"confidence lambda={r['lambda']}", f"agreement {r['token_agreement']}"
+        print(f"| {mode} | {r['lens']} | {r.get('draft_level', '')} | {g} | {r.get('acceptance', '')} | "
+              f"{r.get('c', '')} | {r.get('v', '')} | {r['bound']:.2f} | {r['achieved']:.2f} | "
+              f"{r['achieved_of_bound']:.2f} | {r['achieved_vs_generate']:.2f} | {r.get('identical', '')} |")
 
 
 if __name__ == "__main__":

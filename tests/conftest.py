@@ -1,9 +1,14 @@
 """Shared test set-up."""
 
 import os
+import random
 
 import pytest
 import torch
+
+from .tiny import tiny_model, tiny_tokenizer
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -24,3 +29,22 @@ def _one_thread():
         os.environ.pop("OMP_NUM_THREADS", None)
     else:
         os.environ["OMP_NUM_THREADS"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random-init Llama saved as a model folder (what ``--model PATH`` loads)."""
+    d = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A small local text corpus, one sentence a line."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 14))).capitalize() + "." for _ in range(80)]
+    path.write_text("\n".join(lines) + "\n")
+    return path

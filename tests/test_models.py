@@ -4,7 +4,8 @@ from torch import nn
 
 from onejump.errors import ModelLoadError, UnsupportedArchitectureError
 from onejump.model.adapter import ArchitectureAdapter, apply_norm_params
-from onejump.model.loading import from_pretrained_model, load_model, weights_fingerprint
+from onejump.model.fingerprint import weights_fingerprint
+from onejump.model.loading import from_pretrained_model, load_model
 
 from .tiny import ARCHS, tiny_model, tiny_tokenizer
 

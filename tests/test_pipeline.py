@@ -1,16 +1,15 @@
 """`onejump run` end to end on a tiny model: every stage, the report, and stage reuse."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from onejump.cli import main
 
-from .test_cli import corpus, tiny_dir  # noqa: F401  (fixtures)
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_dir, corpus):  # noqa: F811
+def run_dir(tmp_path_factory, tiny_dir, corpus):
     out = tmp_path_factory.mktemp("run") / "r"
     code = main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "48", "--n-test", "24",
                  "--max-epochs", "3", "--batch-size", "16", "--rank", "2", "--out", str(out), "--device", "cpu"])
@@ -34,27 +33,34 @@ def test_run_writes_report(run_dir):
                                                      "ojfa_at_least_joint", "ojfa_beats_arbitrary"}
     md = (report / "report.md").read_text()
     assert "claims" in md and "OJFA choice: jump" in md
+    assert "## Early exit" in md and "## The field's metrics" in md and results["early_exit"]
+    assert results["methods"]["ojfa"]["mean_kl"] >= 0 and "mean_cross_entropy" in results["methods"]["identity"]
+    assert results["final_cross_entropy"] > 0
+    assert "## One jump against the tuned lens" in md and results["methods"]["tuned"]["parameters"] > 0
+    assert "## What each level predicts" in md and (report / "trajectory.png").stat().st_size > 1000
+    agg = json.loads((report / "aggregate_metrics.json").read_text())
+    assert set(agg["tuned"]) >= {"kl", "ce", "entropy"} and "layer_0" in agg["tuned"]["kl"]
     for fig in ("fig2_ojfa_vs_arbitrary_joint.png", "fig3_selection_softmax.png", "fig4_ojfa_vs_identity_full.png",
-                "reuse_heatmaps.png"):
+                "reuse_heatmaps.png", "field_metrics.png", "early_exit_frontier.png"):
         assert (report / fig).stat().st_size > 1000
 
 
-def test_rerun_reuses_every_stage(run_dir, tiny_dir, corpus, capsys):  # noqa: F811
+def test_rerun_reuses_every_stage(run_dir, tiny_dir, corpus, capsys):
     code = main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "48", "--n-test", "24",
                  "--max-epochs", "3", "--batch-size", "16", "--rank", "2", "--out", str(run_dir), "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "reused: extract, train:nnjtc, train:joint, train:jtc, select, evaluate" in out
+    assert "reused: extract, train:nnjtc, train:joint, train:jtc, train:tuned, select, evaluation, reuse, exits" in out
 
 
-def test_other_settings_in_same_folder_refused(run_dir, tiny_dir, corpus, capsys):  # noqa: F811
+def test_other_settings_in_same_folder_refused(run_dir, tiny_dir, corpus, capsys):
     code = main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "40", "--n-test", "24",
                  "--out", str(run_dir), "--device", "cpu"])
     err = capsys.readouterr().err
     assert code != 0 and "other settings" in err
 
 
-def test_stage_commands_and_jump_api(run_dir, tiny_dir, capsys):  # noqa: F811
+def test_stage_commands_and_jump_api(run_dir, tiny_dir, capsys):
     import torch
 
     from onejump.lenses import Lens, OneJump
@@ -80,17 +86,22 @@ def test_stage_without_run_folder_is_clear(tmp_path, capsys):
     assert "not an onejump run folder" in capsys.readouterr().err
 
 
-def test_same_seed_same_results(run_dir, tiny_dir, corpus, tmp_path):  # noqa: F811
+def _results(run: Path) -> dict:
+    """results.json without its wall-clock times (the only thing two identical runs may differ in)."""
+    r = json.loads((run / "report" / "results.json").read_text())
+    r.pop("timings")
+    r["early_exit"].pop("seconds")
+    return r
+
+
+def test_same_seed_same_results(run_dir, tiny_dir, corpus, tmp_path):
     """A second run from scratch with the same seeds gives a byte-identical store and the same results."""
     out = tmp_path / "again"
     assert main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "48", "--n-test", "24",
                  "--max-epochs", "3", "--batch-size", "16", "--rank", "2", "--out", str(out), "--device", "cpu"]) == 0
     for shard in sorted((run_dir / "store").glob("shard-*.safetensors")):
         assert shard.read_bytes() == (out / "store" / shard.name).read_bytes()
-    a = json.loads((run_dir / "report" / "results.json").read_text())
-    b = json.loads((out / "report" / "results.json").read_text())
-    a.pop("timings"), b.pop("timings")
-    assert a == b
+    assert _results(run_dir) == _results(out)
     # another seed samples other sentences and positions
     other = tmp_path / "seed1"
     assert main(["-q", "extract", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "48",
@@ -98,7 +109,7 @@ def test_same_seed_same_results(run_dir, tiny_dir, corpus, tmp_path):  # noqa: F
     assert (other / "store" / "plan.json").read_text() != (out / "store" / "plan.json").read_text()
 
 
-def test_interrupted_run_says_what_was_kept_and_resumes(run_dir, tiny_dir, corpus, tmp_path):  # noqa: F811
+def test_interrupted_run_says_what_was_kept_and_resumes(run_dir, tiny_dir, corpus, tmp_path):
     """Ctrl-C during training: one line on stderr, the store is kept, a rerun gives the same results."""
     import signal
     import subprocess
@@ -122,10 +133,7 @@ def test_interrupted_run_says_what_was_kept_and_resumes(run_dir, tiny_dir, corpu
     assert len(lines) == 1 and "interrupted: finished stages are kept" in lines[0], err
     assert (out / "store" / "manifest.json").exists()
     assert subprocess.run(cmd, capture_output=True).returncode == 0
-    a = json.loads((run_dir / "report" / "results.json").read_text())
-    b = json.loads((out / "report" / "results.json").read_text())
-    a.pop("timings"), b.pop("timings")
-    assert a == b
+    assert _results(run_dir) == _results(out)
 
 
 def test_sweep_adds_beyond_section_and_best_jump(run_dir, capsys):
@@ -176,7 +184,7 @@ def test_sweep_bad_arguments(run_dir, capsys):
     assert "objectives" in capsys.readouterr().err
 
 
-def test_preset_best_trains_kl_and_a_residual_joint_jump(tmp_path, tiny_dir, corpus, capsys):  # noqa: F811
+def test_preset_best_trains_kl_and_a_residual_joint_jump(tmp_path, tiny_dir, corpus, capsys):
     from onejump.lenses import Lens
     from onejump.model.loading import load_model
 

@@ -5,7 +5,8 @@ import torch
 
 from onejump.corpus.loaders import load_sentences, split_sentences
 from onejump.extract import extract
-from onejump.generation import generate_reference, generate_speculative, logit_lens_predictor
+from onejump.generation import generate_reference, generate_speculative
+from onejump.lenses.base import LogitLens
 from onejump.model.loading import load_model
 
 pytestmark = pytest.mark.real
@@ -70,5 +71,5 @@ def test_real_speculative_equals_generate(smol, sentences):
     ids = smol.tokenizer(" ".join(sentences[3].split()[:8]))["input_ids"]
     ref = generate_reference(smol, ids, 20).tokens
     for level, n in ((20, 4), (10, 2)):
-        res = generate_speculative(smol, logit_lens_predictor(smol), ids, 20, draft_level=level, draft_len=n)
+        res = generate_speculative(smol, LogitLens(smol), ids, 20, draft_level=level, draft_len=n)
         assert res.tokens == ref

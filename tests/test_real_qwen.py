@@ -27,7 +27,9 @@ def _cached(alias: str) -> bool:
 @pytest.mark.parametrize("alias", list(SHAPES))
 def test_qwen_head_and_levels(alias):
     if not _cached(alias):
-        pytest.skip(f"{alias} is not in {DEFAULT_CACHE} (1.6 GB download): run `onejump prepare --model {alias}`")
+        size = CHUNKED_ALIASES[alias].size / 1e9
+        pytest.skip(f"{alias} is not in {DEFAULT_CACHE} (a {size:.1f} GB download): "
+                    f"run `onejump prepare --model {alias}`")
     lm = load_model(alias, device="cpu", progress=False)
     K, H, ffn, heads, kv = SHAPES[alias]
     config = lm.model.config
@@ -57,5 +59,6 @@ def test_qwen_head_and_levels(alias):
     torch.testing.assert_close(logits, out.logits, rtol=1e-5, atol=1e-5)
     # the test can tell the heads apart: the embedding as head gives other logits
     assert (via_embedding - out.logits).abs().max() > 1e-2
+    caps.clear()
     del lm, out
     gc.collect()

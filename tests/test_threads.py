@@ -1,4 +1,4 @@
-"""The thread policy: passive OpenMP waiting before torch loads, threads = free cores, overrides."""
+"""The thread policy: passive OpenMP waiting before torch loads, usable or free cores, overrides."""
 
 import os
 import subprocess
@@ -16,19 +16,21 @@ def test_explicit_counts_and_bad_values(monkeypatch):
     monkeypatch.setenv(threads.THREADS_ENV, "2")
     assert threads.choose_threads() == (2, "asked for")
     for bad in ("0", "-1", "many"):
-        with pytest.raises(ConfigError, match="threads must be 'auto' or a number"):
+        with pytest.raises(ConfigError, match="threads must be 'auto', 'free' or a number"):
             threads.choose_threads(bad)
 
 
-def test_auto_takes_the_free_cores(monkeypatch):
+def test_auto_and_free(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(threads, "busy_cpus", lambda: 3.0)
+    assert threads.choose_threads("auto") == (4, "4 usable CPUs")
     for busy, expected in ((0.2, 4), (1.4, 3), (2.6, 1), (9.0, 1)):
         monkeypatch.setattr(threads, "busy_cpus", lambda busy=busy: busy)
-        assert threads.choose_threads("auto")[0] == expected
+        assert threads.choose_threads("free")[0] == expected
     monkeypatch.setattr(threads, "busy_cpus", lambda: None)
-    assert threads.choose_threads("auto") == (4, "all usable CPUs (load unknown)")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's OpenMP setting wins over the measurement
+    assert threads.choose_threads("free") == (4, "all usable CPUs (load unknown)")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's OpenMP setting is what auto takes
     assert threads.choose_threads("auto") == (1, "OMP_NUM_THREADS")
 
 
@@ -56,7 +58,7 @@ def test_cli_threads_flag(capsys):
     try:
         assert main(["--threads", "0", "info"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "threads must be 'auto' or a number >= 1, got '0'" in err[0]
+        assert len(err) == 1 and "threads must be 'auto', 'free' or a number >= 1, got '0'" in err[0]
         assert main(["--threads", "2", "info"]) == 0 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

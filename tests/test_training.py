@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from onejump.errors import ConfigError, NumericalError
+from onejump.errors import ConfigError, NumericalError, StoreError
+from onejump.io import sha256_file
 from onejump.lenses.jumps import JumpBank
 from onejump.store import FORMAT, VERSION, HiddenStateStore, write_shard
 from onejump.training.config import TrainConfig
@@ -268,6 +269,12 @@ def test_nan_in_a_streamed_shard_names_its_row(tmp_path):
     tensors = load_file(str(bad.path))
     tensors["hidden"][157 - 138, 2, 4] = float("nan")
     save_file(tensors, str(bad.path))
+    with pytest.raises(StoreError, match="corrupt"):  # a changed shard is refused before it is read ...
+        train_jumps(HiddenStateStore.open(tmp_path, verify=False), TrainConfig(**FAST), progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())  # ... so record its hash, as a store
+    entry = manifest["shards"][6]                                      # written with a NaN by another tool would
+    entry.update(bytes=bad.path.stat().st_size, sha256=sha256_file(bad.path))
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     store = HiddenStateStore.open(tmp_path, verify=False)
     with pytest.raises(NumericalError, match="level 2, sample row 157"):
         train_jumps(store, TrainConfig(**{**FAST, "buffer_samples": 40}), progress=False)

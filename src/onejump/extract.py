@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .defaults import SHARD_SIZE, TOKENS_PER_BATCH
 from .errors import ConfigError, CorpusError, StoreError
 from .io import atomic_write_text
 from .model.loading import LoadedModel
@@ -60,7 +61,8 @@ def sample_positions(tokenizer: Any, sentences: Sequence[str], splits: Sequence[
     return samples
 
 
-def plan_batches(samples: Sequence[Sample], tokens_per_batch: int = 8192, max_batch_size: int = 64) -> list[list[int]]:
+def plan_batches(samples: Sequence[Sample], tokens_per_batch: int = TOKENS_PER_BATCH,
+                 max_batch_size: int = 64) -> list[list[int]]:
     """Group samples (indices into ``samples``) into length-bucketed batches within a token budget.
 
     Sorting by prefix length keeps padding small; a batch holds at most ``max_batch_size`` rows and
@@ -82,7 +84,7 @@ def plan_batches(samples: Sequence[Sample], tokens_per_batch: int = 8192, max_ba
     return batches
 
 
-def plan_shards(batches: list[list[int]], shard_size: int = 1024) -> list[list[list[int]]]:
+def plan_shards(batches: list[list[int]], shard_size: int = SHARD_SIZE) -> list[list[list[int]]]:
     """Group consecutive batches into shards of about ``shard_size`` samples."""
     shards: list[list[list[int]]] = []
     current: list[list[int]] = []
@@ -228,9 +230,9 @@ def extract(
     splits: Sequence[int] | None = None,
     seed: int = 0,
     store_dtype: str = "float32",
-    tokens_per_batch: int = 8192,
+    tokens_per_batch: int = TOKENS_PER_BATCH,
     max_batch_size: int = 64,
-    shard_size: int = 1024,
+    shard_size: int = SHARD_SIZE,
     progress: bool = True,
     extra: dict[str, Any] | None = None,
     on_shard: Callable[[int, int], None] | None = None,
@@ -244,13 +246,30 @@ def extract(
     if store_dtype not in STORE_DTYPES:
         raise ConfigError(f"unknown store dtype '{store_dtype}'; use {', '.join(STORE_DTYPES)}")
     out = Path(out_dir)
+    samples, shards, key = _plan(lm, sentences, splits, seed, store_dtype, tokens_per_batch, max_batch_size,
+                                 shard_size)
+    rank, world = _start_store(out, key)
+    if (out / "manifest.json").is_file():
+        return HiddenStateStore.open(out, fingerprint=lm.fingerprint)
+    infos = _extract_shards(lm, samples, shards, out, STORE_DTYPES[store_dtype], rank=rank, world=world,
+                            progress=progress, on_shard=on_shard)
+    return _finish_store(lm, out, key, samples, len(shards), infos, extra, rank=rank, world=world)
+
+
+def _plan(lm: LoadedModel, sentences: Sequence[str], splits: Sequence[int] | None, seed: int, store_dtype: str,
+          tokens_per_batch: int, max_batch_size: int,
+          shard_size: int) -> tuple[list[Sample], list[list[list[int]]], dict[str, Any]]:
+    """The samples, their shards of batches, and the plan key that a resumed run must match."""
     splits = list(splits) if splits is not None else [0] * len(sentences)
     if len(splits) != len(sentences):
         raise ConfigError("splits must label every sentence")
     samples = sample_positions(lm.tokenizer, sentences, splits, seed)
     shards = plan_shards(plan_batches(samples, tokens_per_batch, max_batch_size), shard_size)
-    key = _plan_key(lm, samples, seed, store_dtype, shards)
+    return samples, shards, _plan_key(lm, samples, seed, store_dtype, shards)
 
+
+def _start_store(out: Path, key: dict[str, Any]) -> tuple[int, int]:
+    """Create or check the store folder against the plan; (rank, world size)."""
     if out.exists() and not out.is_dir():
         raise StoreError(f"store path exists and is not a folder: {out}")
     rank, world = distributed_context()
@@ -258,13 +277,15 @@ def extract(
     if rank == 0:
         _check_or_write_plan(out, key)
     _barrier(world)  # the other ranks start once rank 0 has checked or written the plan
-    if (out / "manifest.json").is_file():
-        return HiddenStateStore.open(out, fingerprint=lm.fingerprint)
+    return rank, world
 
+
+def _extract_shards(lm: LoadedModel, samples: Sequence[Sample], shards: list[list[list[int]]], out: Path,
+                    dtype: torch.dtype, *, rank: int, world: int, progress: bool,
+                    on_shard: Callable[[int, int], None] | None) -> list[dict[str, Any]]:
+    """Compute and write this rank's unfinished shards; the sidecars of its shards, in order."""
     device = lm.device
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    dtype = STORE_DTYPES[store_dtype]
-    total_tokens = sum(len(s.tokens) for s in samples)
     infos: list[dict[str, Any]] = []
     mine = [i for index, shard in enumerate(shards) if index % world == rank for batch in shard for i in batch]
     bar = tqdm(total=sum(len(samples[i].tokens) for i in mine), unit="tok", desc="extract",
@@ -291,34 +312,48 @@ def extract(
                 infos.append(done)
                 bar.update(sum(len(samples[i].tokens) for i in shard_samples))
                 continue
-            hidden_parts, targets = [], []
-            for batch in shard:
-                ids, mask, last = collate(samples, batch, pad_id, device)
-                hidden = capture.run(ids, mask, last)
-                with torch.no_grad():
-                    logits = lm.adapter.head(hidden[:, -1].to(next(lm.model.parameters()).dtype))
-                targets.append(logits.argmax(-1).cpu())
-                hidden_parts.append(hidden.cpu().to(dtype))
-                bar.update(int(mask.sum()))
-            toks = [samples[i].tokens for i in shard_samples]
-            offsets = np.concatenate([[0], np.cumsum([len(t) for t in toks])])
-            tensors = {
-                "hidden": torch.cat(hidden_parts),
-                "sample_id": torch.tensor([samples[i].sample_id for i in shard_samples], dtype=torch.int64),
-                "split": torch.tensor([samples[i].split for i in shard_samples], dtype=torch.int8),
-                "position": torch.tensor([samples[i].position for i in shard_samples], dtype=torch.int64),
-                "target": torch.cat(targets).to(torch.int64),
-                "tokens": torch.tensor([t for tt in toks for t in tt], dtype=torch.int32),
-                "token_offsets": torch.from_numpy(offsets.astype(np.int64)),
-                "next_token": torch.tensor([samples[i].next_token for i in shard_samples], dtype=torch.int64),
-            }
+            tensors = _shard_tensors(lm, capture, samples, shard, pad_id, device, dtype, bar)
             collect()
             pending.append((index, writer.submit(write_shard, out, index, tensors)))
         collect()
     bar.close()
+    return infos
+
+
+def _shard_tensors(lm: LoadedModel, capture: LevelCapture, samples: Sequence[Sample], shard: list[list[int]],
+                   pad_id: int, device: torch.device, dtype: torch.dtype, bar: tqdm) -> dict[str, torch.Tensor]:
+    """Run the model over one shard's batches; the tensors of its shard file."""
+    shard_samples = [i for batch in shard for i in batch]
+    hidden_parts, targets = [], []
+    for batch in shard:
+        ids, mask, last = collate(samples, batch, pad_id, device)
+        hidden = capture.run(ids, mask, last)
+        with torch.no_grad():
+            logits = lm.adapter.head(hidden[:, -1].to(next(lm.model.parameters()).dtype))
+        targets.append(logits.argmax(-1).cpu())
+        hidden_parts.append(hidden.cpu().to(dtype))
+        bar.update(int(mask.sum()))
+    toks = [samples[i].tokens for i in shard_samples]
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in toks])])
+    return {
+        "hidden": torch.cat(hidden_parts),
+        "sample_id": torch.tensor([samples[i].sample_id for i in shard_samples], dtype=torch.int64),
+        "split": torch.tensor([samples[i].split for i in shard_samples], dtype=torch.int8),
+        "position": torch.tensor([samples[i].position for i in shard_samples], dtype=torch.int64),
+        "target": torch.cat(targets).to(torch.int64),
+        "tokens": torch.tensor([t for tt in toks for t in tt], dtype=torch.int32),
+        "token_offsets": torch.from_numpy(offsets.astype(np.int64)),
+        "next_token": torch.tensor([samples[i].next_token for i in shard_samples], dtype=torch.int64),
+    }
+
+
+def _finish_store(lm: LoadedModel, out: Path, key: dict[str, Any], samples: Sequence[Sample], num_shards: int,
+                  infos: list[dict[str, Any]], extra: dict[str, Any] | None, *, rank: int,
+                  world: int) -> HiddenStateStore:
+    """Write the manifest (rank 0, once every rank's shards exist) and open the finished store."""
     _barrier(world)
     if world > 1:
-        infos = [finished_shard(out, index) for index in range(len(shards))]
+        infos = [finished_shard(out, index) for index in range(num_shards)]
         if any(info is None for info in infos):
             raise StoreError(f"a rank did not finish its shards in {out}; rerun to resume")
         if rank != 0:
@@ -333,7 +368,7 @@ def extract(
         "hidden_size": lm.hidden_size,
         "n_train": int(sum(1 for s in samples if s.split == 0)),
         "n_test": int(sum(1 for s in samples if s.split == 1)),
-        "total_prefix_tokens": int(total_tokens),
+        "total_prefix_tokens": int(sum(len(s.tokens) for s in samples)),
         "n_without_next_token": int(sum(1 for s in samples if s.next_token < 0)),
         "shards": infos,
         **({"extra": extra} if extra else {}),

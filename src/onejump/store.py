@@ -16,20 +16,21 @@ leaves a file that looks complete. Nothing here unpickles anything.
 
 Every reading method verifies the store's bytes before its first use in a process
 (:meth:`HiddenStateStore.verify`): a full sha256 of every shard against the hashes recorded at
-write time. At about 1.5 GB/s (hashlib's sha256 uses the CPU's SHA instructions) this costs a
-small fraction of any stage that reads the store (``benchmarks/verify.py``), and unlike a check
-of sizes and modification times it also catches a changed byte that kept the file's size and
-times (a copy tool restoring times, ``touch -r``, media corruption). The result is remembered for
-the process per store identity and per the shards' (device, inode, size, mtime, ctime), so the
-stages of one ``onejump run`` hash the store once, and a shard changed in between is hashed again.
+write time. sha256 runs on the CPU's SHA instructions, so this costs a fraction of one training
+epoch and is paid once per process (``benchmarks/verify.py``); unlike a check of sizes and
+modification times it also catches a changed byte that kept the file's size and times (a copy
+tool restoring times, ``touch -r``, media corruption). The result is remembered for the process
+per store identity and per the shards' (device, inode, size, mtime, ctime), so the stages of one
+``onejump run`` hash the store once, and a shard changed in between is hashed again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,71 +38,30 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from .errors import NumericalError, StoreError
-from .io import atomic_write_text, save_safetensors, sha256_file
+from .errors import StoreError
+from .io import sha256_file
+from .store_files import _NEXT, _PER_SAMPLE, _Shard, check_shard, finished_shard, shard_name, write_shard
 
 FORMAT = "onejump-store"
 VERSION = 1
 SPLITS = {"train": 0, "test": 1}
 STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_META_KEYS = ("sample_id", "split", "position", "target", "token_offsets")
-_REQUIRED_KEYS = ("hidden", "tokens", *_META_KEYS)
-_PER_SAMPLE = ("sample_id", "split", "position", "target")
-_NEXT = "next_token"
 
 # Stores whose bytes this process has hashed: (folder, identity) -> the shards' stat signatures then.
 _VERIFIED: dict[tuple[str, str], tuple[tuple[int, ...], ...]] = {}
+
+
+def _hash_or_error(path: Path) -> str | OSError:
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        return exc
 
 
 def _signature(path: Path) -> tuple[int, ...]:
     """What changes when a file's bytes are rewritten through the file system (ctime cannot be set back)."""
     st = path.stat()
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}.safetensors"
-
-
-def write_shard(folder: Path, index: int, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Write one shard atomically, then its sidecar JSON; return the sidecar's content."""
-    hidden = tensors["hidden"]
-    if not torch.isfinite(hidden).all():
-        bad = (~torch.isfinite(hidden)).nonzero()[0].tolist()
-        sample = int(tensors["sample_id"][bad[0]])
-        raise NumericalError(
-            f"non-finite hidden state at sample {sample}, level {bad[1]} in store dtype {hidden.dtype} "
-            "(fp16 overflow? use --store-dtype float32 or bfloat16)"
-        )
-    path = folder / shard_name(index)
-    save_safetensors(tensors, path)
-    info = {"file": path.name, "count": int(hidden.shape[0]), "bytes": path.stat().st_size,
-            "sha256": sha256_file(path)}
-    atomic_write_text(folder / f"shard-{index:05d}.json", json.dumps(info))
-    return info
-
-
-def finished_shard(folder: Path, index: int) -> dict[str, Any] | None:
-    """The sidecar of a shard that was completely written, else None."""
-    side = folder / f"shard-{index:05d}.json"
-    path = folder / shard_name(index)
-    if not side.is_file() or not path.is_file():
-        return None
-    try:
-        info = json.loads(side.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    if not isinstance(info, dict) or info.get("bytes") != path.stat().st_size:
-        return None
-    return info
-
-
-@dataclass
-class _Shard:
-    path: Path
-    count: int
-    meta: dict[str, np.ndarray]
-    num_tokens: int = 0
 
 
 class HiddenStateStore:
@@ -171,8 +131,8 @@ class HiddenStateStore:
                 raise StoreError(f"store shard missing: {shard_path.name}")
             if shard_path.stat().st_size != entry.get("bytes"):
                 raise StoreError(f"store shard {shard_path.name} is truncated or was changed (size differs)")
-            shards.append(cls._check_shard(shard_path, entry["count"], num_levels, hidden, dtype,
-                                           bool(manifest.get(_NEXT))))
+            shards.append(check_shard(shard_path, entry["count"], num_levels, hidden, dtype,
+                                      bool(manifest.get(_NEXT))))
         store = cls(folder, manifest, shards)
         store._check_counts()
         if verify:
@@ -190,7 +150,7 @@ class HiddenStateStore:
         for key, value in found.items():
             if key in m and m[key] != value:
                 raise StoreError(f"store {self.path}: its manifest says {key} = {m[key]!r} but the shards hold "
-                                 f"{value}; the store was changed after extraction: re-extract it")
+                                 f"{value}; the store was changed after extraction: extract again into a new folder")
         if "num_samples" not in m:
             raise StoreError(f"store {self.path}: its manifest lacks num_samples")
 
@@ -209,48 +169,18 @@ class HiddenStateStore:
         except OSError as exc:
             raise StoreError(f"store {self.path}: cannot read a shard: {exc.strerror or exc}") from None
         if _VERIFIED.get(key) != before:
-            for shard, entry in zip(self._shards, self.manifest["shards"]):
-                try:
-                    digest = sha256_file(shard.path)
-                except OSError as exc:
-                    raise StoreError(f"store shard {shard.path} is unreadable: {exc.strerror or exc}") from None
+            # hashlib releases the GIL on large blocks: shards hash in parallel on several cores
+            with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1, len(self._shards)))) as pool:
+                digests = list(pool.map(_hash_or_error, [s.path for s in self._shards]))
+            for shard, entry, digest in zip(self._shards, self.manifest["shards"], digests):
+                if isinstance(digest, OSError):
+                    raise StoreError(f"store shard {shard.path} is unreadable: {digest.strerror or digest}")
                 if digest != entry.get("sha256"):
                     raise StoreError(f"store shard {shard.path.name} in {self.path} is corrupt (its sha256 differs "
-                                     "from the one recorded at extraction): re-extract the store")
+                                     "from the one recorded at extraction): restore it, or extract again into a new "
+                                     "folder (`onejump extract --out NEW_FOLDER`)")
             _VERIFIED[key] = before
         self._verified = True
-
-    @staticmethod
-    def _check_shard(path: Path, count: int, num_levels: int, hidden: int, dtype: torch.dtype,
-                     has_next: bool) -> _Shard:
-        required = (*_REQUIRED_KEYS, _NEXT) if has_next else _REQUIRED_KEYS
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                keys = set(fh.keys())
-                missing = [k for k in required if k not in keys]
-                if missing:
-                    raise StoreError(f"store shard {path.name} lacks {', '.join(missing)}")
-                sl = fh.get_slice("hidden")
-                shape = tuple(sl.get_shape())
-                if shape != (count, num_levels, hidden):
-                    raise StoreError(f"store shard {path.name}: hidden has shape {shape}, expected "
-                                     f"{(count, num_levels, hidden)}")
-                if sl.get_dtype() != {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}[dtype]:
-                    raise StoreError(f"store shard {path.name}: hidden has dtype {sl.get_dtype()}, "
-                                     f"expected {dtype}")
-                meta = {k: fh.get_tensor(k).numpy() for k in required if k not in ("hidden", "tokens")}
-                num_tokens = int(fh.get_slice("tokens").get_shape()[0])
-        except StoreError:
-            raise
-        except Exception as exc:  # safetensors raises its own error types for malformed headers
-            raise StoreError(f"store shard {path.name} is unreadable: {exc}") from None
-        for k in (*_PER_SAMPLE, _NEXT) if has_next else _PER_SAMPLE:
-            if meta[k].shape != (count,) or meta[k].dtype.kind not in "iu":
-                raise StoreError(f"store shard {path.name}: '{k}' has shape {meta[k].shape} / dtype {meta[k].dtype}")
-        offsets = meta["token_offsets"]
-        if offsets.shape != (count + 1,) or (count and int(offsets[-1]) != num_tokens):
-            raise StoreError(f"store shard {path.name}: token_offsets disagree with its tokens")
-        return _Shard(path, count, meta, num_tokens)
 
     # ---- sizes and metadata -------------------------------------------------------------------
     def verify_identity(self) -> str:
@@ -418,3 +348,8 @@ class HiddenStateStore:
 def store_nbytes(num_samples: int, num_levels: int, hidden: int, dtype: str = "float32") -> int:
     """Bytes taken by the hidden states of a store (for planning)."""
     return num_samples * num_levels * hidden * torch.tensor([], dtype=STORE_DTYPES[dtype]).element_size()
+
+
+# The shard-file helpers live in store_files; extraction, the tests and the benchmarks import them from here.
+__all__ = ["FORMAT", "VERSION", "SPLITS", "STORE_DTYPES", "HiddenStateStore", "store_nbytes", "shard_name",
+           "write_shard", "finished_shard"]

@@ -8,12 +8,15 @@ other, and a training epoch slows down several times over. Two measures, both ov
    reads it once, when torch loads it, so this module sets it on import, which ``onejump``'s
    ``__init__`` does before it imports torch. It is only a default: a value the user set is kept,
    and nothing is changed when torch was imported first.
-2. Threads = free cores, chosen once when a command starts (:func:`apply_thread_policy`): the CPUs
-   this process may use minus those other processes keep busy, measured over a fraction of a second
-   from ``/proc/stat``, and at least 1. ``--threads N`` / ``ONEJUMP_THREADS=N`` fix the number;
-   ``OMP_NUM_THREADS`` set by the user is respected as well.
+2. A thread count chosen once when a command starts (:func:`apply_thread_policy`): ``auto`` (the
+   default) takes the CPUs this process may use (its affinity mask, which torch's own default
+   ignores), ``free`` those minus the CPUs other processes keep busy (measured over a fraction of
+   a second from ``/proc/stat``, at least 1), a number fixes it. ``--threads`` or
+   ``ONEJUMP_THREADS`` choose; ``OMP_NUM_THREADS`` set by the user is respected by ``auto``.
 
-``benchmarks/threads.py`` measures both, alone and beside a busy process.
+``benchmarks/threads.py`` measures them alone and beside a busy process: passive waiting is what
+keeps a run from collapsing; ``free`` is the polite choice on a machine shared with long jobs,
+though on the shared 2-core machine it measured slower than ``auto`` for the run itself.
 """
 
 from __future__ import annotations
@@ -67,9 +70,9 @@ def busy_cpus(window: float = 0.3) -> float | None:
 
 
 def choose_threads(requested: str | int | None = None) -> tuple[int, str]:
-    """The thread count to use and why: ``requested`` (or ``ONEJUMP_THREADS``) is ``auto`` or a number."""
+    """The thread count to use and why; ``requested`` (or ``ONEJUMP_THREADS``): ``auto``, ``free`` or a number."""
     requested = requested if requested is not None else os.environ.get(THREADS_ENV, "auto")
-    if str(requested) != "auto":
+    if str(requested) not in ("auto", "free"):
         try:
             n = int(requested)
         except ValueError:
@@ -77,11 +80,13 @@ def choose_threads(requested: str | int | None = None) -> tuple[int, str]:
         if n < 1:
             from .errors import ConfigError
 
-            raise ConfigError(f"threads must be 'auto' or a number >= 1, got '{requested}'")
+            raise ConfigError(f"threads must be 'auto', 'free' or a number >= 1, got '{requested}'")
         return n, "asked for"
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return max(1, int(os.environ["OMP_NUM_THREADS"])), "OMP_NUM_THREADS"
     cpus = usable_cpus()
+    if str(requested) == "auto":
+        if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+            return max(1, int(os.environ["OMP_NUM_THREADS"])), "OMP_NUM_THREADS"
+        return cpus, f"{cpus} usable CPUs"
     busy = busy_cpus()
     if busy is None:
         return cpus, "all usable CPUs (load unknown)"

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-
-STATISTICS = {"probs": "top-1 probability", "kl": "KL(p_final || p_lens) [nats]", "entropy": "entropy [nats]"}
+from .trajectory_plot import STATISTICS, html_page, plot_trajectories
 
 
 def _display(tokenizer: Any, token_id: int) -> str:
@@ -114,8 +113,6 @@ class PredictionTrajectory:
     def plot(self, statistic: str = "probs", *, others: Sequence[PredictionTrajectory] = (), ax: Any = None,
              max_chars: int = 7) -> Any:
         """Draw the token x level grid (with ``others`` as further panels, side by side); returns the figure."""
-        from .trajectory_plot import plot_trajectories
-
         return plot_trajectories([self, *others], statistic, axes=[ax] if ax is not None else None,
                                  max_chars=max_chars)
 
@@ -171,8 +168,6 @@ def write_html(trajs: Sequence[PredictionTrajectory], path: str | Path, statisti
                title: str = "") -> Path:
     """A self-contained HTML page: one grid per lens, cells coloured by ``statistic``, top-k on hover."""
     from .io import atomic_write_text
-    from .trajectory_plot import html_page
-
     path = Path(path)
     atomic_write_text(path, html_page(trajs, statistic, title=title))
     return path

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError
 
-if TYPE_CHECKING:
-    from .trajectory import PredictionTrajectory
+STATISTICS = {"probs": "top-1 probability", "kl": "KL(p_final || p_lens) [nats]", "entropy": "entropy [nats]"}
+
 
 # statistic -> (colour map, fixed upper bound or None for the data's maximum)
 _STYLE = {"probs": ("Blues", 1.0), "kl": ("Reds", None), "entropy": ("Purples", None)}
 
 
-def _limits(trajs: Sequence[PredictionTrajectory], statistic: str) -> tuple[str, float, float]:
-    from .trajectory import STATISTICS
+def _limits(trajs: Sequence[Any], statistic: str) -> tuple[str, float, float]:
 
     if statistic not in STATISTICS:
         raise ConfigError(f"unknown statistic {statistic!r}; use one of {', '.join(STATISTICS)}")
@@ -32,7 +31,7 @@ def _short(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "\u2026"
 
 
-def plot_trajectories(trajs: Sequence[PredictionTrajectory], statistic: str = "probs", *,
+def plot_trajectories(trajs: Sequence[Any], statistic: str = "probs", *,
                       axes: Sequence[Any] | None = None, max_chars: int = 7) -> Any:
     """One panel per trajectory (same prompt), side by side, sharing one colour scale.
 
@@ -77,7 +76,6 @@ def plot_trajectories(trajs: Sequence[PredictionTrajectory], statistic: str = "p
 
 
 def _label(statistic: str) -> str:
-    from .trajectory import STATISTICS
 
     return STATISTICS[statistic]
 
@@ -91,7 +89,7 @@ _CSS = ("body{font:13px sans-serif;margin:16px}table{border-collapse:collapse;ma
         "th{font-weight:normal;color:#555}td:hover{outline:2px solid #e80}")
 
 
-def html_page(trajs: Sequence[PredictionTrajectory], statistic: str = "probs", title: str = "") -> str:
+def html_page(trajs: Sequence[Any], statistic: str = "probs", title: str = "") -> str:
     """A self-contained page (no scripts, no external files): one table per trajectory, coloured by
     ``statistic``; hovering a cell shows its top tokens, their probabilities, KL and entropy."""
     from matplotlib import colormaps

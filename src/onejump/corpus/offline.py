@@ -263,6 +263,20 @@ def prepare_offline_corpus(
     if not force and _is_prepared(corpus_dir):
         return jsonl
     start = time.perf_counter()
+    raw = _read_pinned_files(corpus_dir, progress=progress)
+    _say(progress, "cleaning and sentence-splitting the offline Wikipedia text ...")
+    records, counts, articles = _unique_sentences(raw)
+    _write_corpus(corpus_dir, records, counts, articles)
+    _say(
+        progress,
+        f"wrote {len(records)} sentences ({', '.join(f'{k}: {v}' for k, v in counts.items())}) "
+        f"to {jsonl} in {time.perf_counter() - start:.1f} s",
+    )
+    return jsonl
+
+
+def _read_pinned_files(corpus_dir: Path, *, progress: bool) -> dict[str, bytes]:
+    """The verified bytes of each pinned file by source, downloading wheels as needed."""
     try:
         corpus_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -271,8 +285,13 @@ def prepare_offline_corpus(
     raw: dict[str, bytes] = {}
     for pinned in (_EXLLAMAV2, _GENSIM):
         raw[pinned.source] = _read_member(pinned, _ensure_wheel(pinned, wheel_dir, progress=progress))
+    return raw
 
-    _say(progress, "cleaning and sentence-splitting the offline Wikipedia text ...")
+
+def _unique_sentences(
+    raw: dict[str, bytes],
+) -> tuple[list[dict[str, str | None]], dict[str, int], dict[str, dict[str, dict[str, str]]]]:
+    """(records, sentence counts by source, articles by source) of the deduplicated sentences."""
     records: list[dict[str, str | None]] = []
     seen: set[str] = set()
     counts: dict[str, int] = {}
@@ -292,6 +311,13 @@ def prepare_offline_corpus(
                 articles.setdefault(source, {}).setdefault(title, info)
     if not records:  # pragma: no cover - the inputs are pinned
         raise CorpusError("the offline corpus came out empty")
+    return records, counts, articles
+
+
+def _write_corpus(corpus_dir: Path, records: list[dict[str, str | None]], counts: dict[str, int],
+                  articles: dict[str, dict[str, dict[str, str]]]) -> None:
+    """Write ATTRIBUTION.md, the jsonl, then the meta file that marks the corpus complete."""
+    jsonl = corpus_dir / _JSONL_NAME
 
     def write_jsonl(fh: io.TextIOBase) -> None:
         for record in records:
@@ -307,9 +333,3 @@ def prepare_offline_corpus(
         "wheels": {p.wheel: p.wheel_sha256 for p in (_EXLLAMAV2, _GENSIM)},
     }
     _write_atomic(corpus_dir / _META_NAME, lambda fh: fh.write(json.dumps(meta, indent=2) + "\n"))
-    _say(
-        progress,
-        f"wrote {len(records)} sentences ({', '.join(f'{k}: {v}' for k, v in counts.items())}) "
-        f"to {jsonl} in {time.perf_counter() - start:.1f} s",
-    )
-    return jsonl

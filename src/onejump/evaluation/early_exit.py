@@ -300,10 +300,14 @@ class ExitSimulation:
 
 
 def _atomic(path: Path, write: Any) -> None:
+    """Write through a temporary file and a rename, with the permissions of a plainly created file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -312,17 +316,20 @@ def _atomic(path: Path, write: Any) -> None:
 
 def _curve(conf: torch.Tensor, correct: torch.Tensor, levels: list[int], K: int, lambdas: Sequence[float],
            check_macs: int, head: int, block: int) -> ExitCurve:
+    """Every mean follows from the counts of exits per (lambda, exit index) and of agreeing exits."""
     L, N = conf.shape
-    e = first_exit(conf, lambdas)  # (lambdas, N)
-    exited = e < L
-    correct_ext = torch.cat([correct.bool(), torch.ones(1, N, dtype=torch.bool)])
-    agree = correct_ext.gather(0, e).double().mean(1)
-    blocks = torch.tensor(levels + [K], dtype=torch.float64)[e]
-    checks = torch.clamp(e + 1, max=L).double()
-    cost = blocks + (checks * check_macs - exited.double() * head) / block
-    hist = torch.zeros(e.shape[0], L + 1, dtype=torch.int64).scatter_add_(1, e, torch.ones_like(e))
-    return ExitCurve(np.asarray(lambdas, dtype=np.float64), exited.double().mean(1).numpy(), agree.numpy(),
-                     blocks.mean(1).numpy(), checks.mean(1).numpy(), cost.mean(1).numpy(), hist.numpy())
+    e = first_exit(conf, lambdas).numpy()  # (lambdas, N) in 0..L
+    n_lam = e.shape[0]
+    hist = np.bincount((e + (L + 1) * np.arange(n_lam)[:, None]).ravel(), minlength=n_lam * (L + 1))
+    hist = hist.reshape(n_lam, L + 1)
+    correct_ext = np.concatenate([correct.numpy().astype(bool), np.ones((1, N), dtype=bool)])
+    agree = correct_ext[e, np.arange(N)].sum(1) / N
+    freq = hist / N
+    exit_rate = 1.0 - freq[:, L]
+    blocks = freq @ np.array(levels + [K], dtype=np.float64)
+    checks = freq @ np.array(list(range(1, L + 1)) + [L], dtype=np.float64)
+    cost = blocks + (checks * check_macs - exit_rate * head) / block
+    return ExitCurve(np.asarray(lambdas, dtype=np.float64), exit_rate, agree, blocks, checks, cost, hist)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -346,7 +353,9 @@ def simulate_exits(store: Any, lenses: Mapping[str, Any], *, lambdas: Sequence[f
     ``lenses`` maps a display name to a :class:`~onejump.lenses.base.Lens` (``forward(h, level)``
     -> logits, ``logits_cost()``, ``num_blocks``). ``levels``: the exit levels checked (default
     0..K-1); only they are read and run. Memory is bounded by ``chunk_size`` store samples and
-    ``block_rows`` rows of logits per lens call. ``block_cost`` / ``head_cost`` override the
+    ``block_rows`` rows of logits per lens call (a lens returns whole rows of V logits; by default
+    about 64 MiB of them on CPU, 256 MiB on a GPU); the records kept are 3 numbers per lens, level
+    and token. ``block_cost`` / ``head_cost`` override the
     multiply-adds per token of one block / of the model's head (default: from the first lens's
     model, :func:`block_macs` and :func:`head_macs`).
     """
@@ -405,51 +414,3 @@ def simulate_exits(store: Any, lenses: Mapping[str, Any], *, lambdas: Sequence[f
                           int(block_cost) if block_cost else block_macs(lm),
                           int(head_cost) if head_cost is not None else head_macs(lm), targets, records,
                           seconds=time.perf_counter() - t0, model=str(getattr(lm, "name", "")))
-
-
-# --------------------------------------------------------------------------------------------------
-# Checking only some levels
-# --------------------------------------------------------------------------------------------------
-
-
-class LevelChoice(NamedTuple):
-    """Exit levels chosen by :func:`choose_exit_levels` and what they save (compute, checks included)."""
-
-    lens: str
-    measure: str
-    agreement_floor: float
-    levels: list[int]
-    best: SavedAt | None  # with the chosen levels; None when checking no level is best
-    compute_saved: float  # block-equivalents; 0 when no level is checked
-    compute_saved_all_levels: float | None  # every simulated level checked (None: floor not reached)
-
-
-def choose_exit_levels(sim: ExitSimulation, lens: str, measure: str, *, agreement: float = 0.95) -> LevelChoice:
-    """The set of exit levels that saves the most compute (checks included) at ``agreement`` or better.
-
-    Greedy backward elimination from every simulated level: drop, one at a time, the level whose
-    removal raises the compute saved the most, while some removal does. Dropping a level moves its
-    exits to later levels (agreement can only rise for those tokens) and spares its check for the
-    tokens that pass it. Checking no level (plain decoding: saves 0, agreement 1) is a candidate, so
-    the result never saves less than 0 nor less than checking every level.
-    """
-
-    def score(levels: list[int]) -> tuple[float, SavedAt | None]:
-        if not levels:
-            return 0.0, None
-        best = sim.saved_at(lens, measure, agreement, include_checks=True, levels=levels)
-        return (best.blocks_saved, best) if best is not None else (-np.inf, None)
-
-    current = list(sim.levels)
-    value, best = score(current)
-    all_levels = value if best is not None else None
-    while current:
-        trials = [(score([k for k in current if k != drop]), drop) for drop in current]
-        (new_value, new_best), drop = max(trials, key=lambda t: t[0][0])
-        if not new_value > value + 1e-12:
-            break
-        current.remove(drop)
-        value, best = new_value, new_best
-    if value <= 0 and current:  # checking no level at all is at least as good
-        current, value, best = [], 0.0, None
-    return LevelChoice(lens, measure, float(agreement), current, best, float(value), all_levels)

@@ -67,8 +67,9 @@ def plot_exit_frontier(sim: ExitSimulation | dict[str, Any], path: str | Path, *
                        agreements: Sequence[float] = AGREEMENTS) -> Path:
     """Agreement vs mean compute per token (block-equivalents), one curve per lens and measure.
 
-    Solid: max probability, dashed: margin; one point per lambda with at least one exit, ending at
-    the full model (K, 1); dotted lines at the agreement targets. Right panel: zoom on the targets.
+    Solid: max probability, dashed: margin; one point per lambda with at least one exit, ending where
+    no token exits (K blocks plus every check); dotted lines at the agreement targets; the star is
+    plain decoding (K, 1). Right panel: zoom on the targets and on compute up to 1.1 K.
     """
     import matplotlib
 
@@ -82,13 +83,18 @@ def plot_exit_frontier(sim: ExitSimulation | dict[str, Any], path: str | Path, *
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = {"max_prob": "-", "margin": "--"}
+    floor = min(agreements, default=0.9) - 0.05
+    lowest = float(K)
     for ax, zoom in zip(axes, (False, True)):
         for i, name in enumerate(d["lenses"]):
+            # lambda above every confidence: no exit, but every check made (or plain decoding)
+            never = K + len(d["levels"]) * d["lenses"][name]["check_blocks"] if include_checks else K
             for measure in d["measures"]:
                 c = {k: np.asarray(v) for k, v in d["curves"][name][measure].items()}
                 keep = c["exit_rate"] > 0
                 x = (c["mean_cost"] if include_checks else c["mean_blocks"])[keep]
-                ax.plot(list(x) + [K], list(c["agreement"][keep]) + [1.0], styles.get(measure, ":"),
+                lowest = min([lowest, *x[c["agreement"][keep] >= floor]])
+                ax.plot(list(x) + [never], list(c["agreement"][keep]) + [1.0], styles.get(measure, ":"),
                         color=colors[i % len(colors)], marker=".", markersize=3,
                         label=f"{name} ({MEASURE_NAMES.get(measure, measure)})")
         for a in agreements:
@@ -99,8 +105,9 @@ def plot_exit_frontier(sim: ExitSimulation | dict[str, Any], path: str | Path, *
         ax.set_ylabel("agreement with the full model's top-1")
         ax.grid(alpha=0.3)
         if zoom:
-            ax.set_ylim(min(agreements, default=0.9) - 0.05, 1.005)
-            ax.set_title("zoom on the agreement targets")
+            ax.set_ylim(floor, 1.005)
+            ax.set_xlim(lowest - 0.05 * K, 1.1 * K)
+            ax.set_title("zoom: the agreement targets, at most the full model's compute")
     axes[0].legend(fontsize=7, loc="lower right")
     title = f"{d['model']}: " if d.get("model") else ""
     fig.suptitle(f"{title}early exit on the {d['split']} split (K = {K})")
@@ -111,9 +118,49 @@ def plot_exit_frontier(sim: ExitSimulation | dict[str, Any], path: str | Path, *
 
 
 def exit_report_section(sim: ExitSimulation | dict[str, Any], out_dir: str | Path, *,
-                        figure_name: str = "early_exit_frontier.png") -> tuple[list[str], list[Path]]:
-    """The report's early-exit section (markdown lines) and the figure it links (written to ``out_dir``)."""
+                        figure_name: str = "early_exit_frontier.png",
+                        level_choices: Sequence[Any] | None = None) -> tuple[list[str], list[Path]]:
+    """The report's early-exit section (markdown lines) and the figure it links (written to ``out_dir``).
+
+    ``level_choices`` (default: the dict's ``"level_choices"`` entry, if any): results of
+    :func:`~onejump.evaluation.early_exit.choose_exit_levels`, shown as a second table.
+    """
     fig = plot_exit_frontier(sim, Path(out_dir) / figure_name)
+    if level_choices is None and isinstance(sim, dict):
+        level_choices = sim.get("level_choices")
     lines = ["## Early exit (simulated on the test store)", "", *render_exit_table(sim), "",
              f"![early exit: agreement vs compute]({figure_name})", ""]
+    if level_choices:
+        lines += ["Exit checks only at a chosen set of levels (greedy removal of the levels whose checks cost "
+                  "more than they save, or that are confidently wrong):", "", *render_level_choices(level_choices),
+                  ""]
     return lines, [fig]
+
+
+def _ranges(levels: Sequence[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
+    runs: list[list[int]] = []
+    for k in sorted(levels):
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    parts = [str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs]
+    return ", ".join(parts) if parts else "none (plain decoding)"
+
+
+def render_level_choices(choices: Sequence[Any]) -> list[str]:
+    """Markdown lines: the exit levels :func:`~onejump.evaluation.early_exit.choose_exit_levels` kept.
+
+    ``choices``: :class:`~onejump.evaluation.early_exit.LevelChoice` objects or their ``to_dict()``.
+    """
+    lines = ["| lens | confidence | agreement floor | checks counted | levels checked | saved, every level | "
+             "saved, these levels | λ |", "|" + "---|" * 8]
+    for c in choices:
+        c = c.to_dict() if hasattr(c, "to_dict") else c
+        every = "not reached" if c["saved_all_levels"] is None else f"{c['saved_all_levels']:.2f}"
+        lam = f"{c['best']['lam']:g}" if c["best"] else "-"
+        lines.append(f"| {c['lens']} | {MEASURE_NAMES.get(c['measure'], c['measure'])} | "
+                     f"{100 * c['agreement_floor']:g}% | {'yes' if c['include_checks'] else 'no'} | "
+                     f"{_ranges(c['levels'])} | {every} | {c['saved']:.2f} | {lam} |")
+    return lines

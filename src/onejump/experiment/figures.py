@@ -14,10 +14,11 @@ PRETTY = {
     "joint": "joint jump",
     "jtc": "JTC (full-rank linear)",
     "arbitrary_mean": "arbitrary jump (mean over m)",
+    "tuned": "tuned lens (full-rank affine, KL)",
 }
 
 COLORS = {"identity": "tab:gray", "full_nnjtc": "tab:blue", "ojfa": "tab:red", "joint": "tab:green",
-          "jtc": "tab:purple", "arbitrary_mean": "tab:orange"}
+          "jtc": "tab:purple", "arbitrary_mean": "tab:orange", "tuned": "black"}
 
 
 def _plt():
@@ -32,7 +33,7 @@ def _plt():
 def _curve(ax, results: dict[str, Any], name: str, metric: str, **kw: Any) -> None:
     levels = results["levels"]
     method = results["methods"][name]
-    ax.plot(levels, method[metric], label=PRETTY[name], color=COLORS[name], marker=".", **kw)
+    ax.plot(levels, method[metric], label=PRETTY.get(name, name), color=COLORS.get(name), marker=".", **kw)
     ci = method.get(f"{metric}_ci")
     if ci is not None:
         ci = np.asarray(ci)
@@ -192,3 +193,29 @@ def _save(fig: Any, path: Path, plt: Any) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def field_figure(results: dict[str, Any], out_dir: Path) -> Path | None:
+    """KL to the final distribution and cross-entropy against the text, per level and lens."""
+    methods = {n: m for n, m in results["methods"].items() if "kl" in m}
+    if not methods:
+        return None
+    plt = _plt()
+    metrics = [("kl", "KL(p_final || p_lens), nats")]
+    if any("cross_entropy" in m for m in methods.values()):
+        metrics.append(("cross_entropy", "cross-entropy vs the next token, nats"))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2), squeeze=False)
+    for ax, (metric, label) in zip(axes[0], metrics):
+        for name, m in methods.items():
+            if metric in m:
+                ax.plot(results["levels"], m[metric], label=PRETTY.get(name, name), color=COLORS.get(name),
+                        marker=".")
+        if metric == "cross_entropy" and results.get("final_cross_entropy") is not None:
+            ax.axhline(results["final_cross_entropy"], color="black", linestyle=":", label="the model itself")
+        ax.set_yscale("log")
+        ax.set_xlabel("exit level k")
+        ax.set_ylabel(label + " (log scale)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{results['model']['name']}: the field's metrics per level (test set)")
+    return _save(fig, Path(out_dir) / "field_metrics.png", plt)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..defaults import DEFAULT_CORPUS, DEFAULT_MODEL, N_TEST, N_TRAIN, SEED, SHARD_SIZE, TOKENS_PER_BATCH
+
 # The presets of ``onejump run --preset``. ``paper``: the paper's settings (Eq. 2 MSE, r = floor(H/100),
 # the D_m rule). ``best``: the best single-jump configuration of ``onejump sweep`` within twice the
 # paper's OJFA parameters (docs/beyond.md has the evidence): everything trained with KL through the
@@ -23,14 +25,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 class DataArgs:
     """What to extract (the ``run.json`` of a run folder)."""
 
-    model: str = "smollm2-135m"
-    corpus: str = "wikipedia-offline"
+    model: str = DEFAULT_MODEL
+    corpus: str = DEFAULT_CORPUS
     hf_config: str | None = None
     text_field: str = "text"
     max_documents: int | None = None
-    n_train: int = 9000
-    n_test: int = 3000
-    seed: int = 0
+    n_train: int = N_TRAIN
+    n_test: int = N_TEST
+    seed: int = SEED
     store_dtype: str = "float32"
-    tokens_per_batch: int = 8192
-    shard_size: int = 1024
+    tokens_per_batch: int = TOKENS_PER_BATCH
+    shard_size: int = SHARD_SIZE

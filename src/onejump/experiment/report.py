@@ -29,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from .figures import PRETTY, make_figures
+from ..io import atomic_write_text
+from .exit_figures import exit_report_section
+from .figures import PRETTY, field_figure, make_figures
 
 SCHEMA = "onejump-results/1"
 
@@ -91,6 +93,15 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict[str, Any]]:
             "held": bool(abs(results["parameters"]["reduction_factor"] - K) < 1e-6),
         },
     ]
+    # a comparison whose paired test cannot tell the two apart is inconclusive, not held or refuted
+    for c, test in ((claims[0], "ojfa_vs_full_nnjtc"), (claims[2], "ojfa_vs_joint")):
+        p = (results.get("tests") or {}).get(test, {}).get("p_value")
+        c["p_value"] = p
+        c["verdict"] = "held" if c["held"] else ("inconclusive" if p is None or p >= 0.05 else "not held")
+        c["held"] = c["verdict"] == "held"
+    for c in claims:
+        c.setdefault("verdict", "held" if c["held"] else "not held")
+        c["n_test"] = int(results["data"]["n_test"])
     return claims
 
 
@@ -115,10 +126,15 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     results = dict(results)
     results.setdefault("schema", SCHEMA)
     results["claims"] = evaluate_claims(results)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1))
     figures = make_figures(results, out_dir)
-    md = render_markdown(results, [p.name for p in figures])
-    (out_dir / "report.md").write_text(md)
+    extra = (field_figure(results, out_dir), out_dir / "trajectory.png")
+    figures += [p for p in extra if p is not None and p.is_file()]
+    sections: list[str] = []
+    if results.get("early_exit"):
+        sections, _ = exit_report_section(results["early_exit"], out_dir)
+    md = render_markdown(results, [p.name for p in figures], sections)
+    atomic_write_text(out_dir / "report.md", md)
     return out_dir / "report.md"
 
 
@@ -181,11 +197,56 @@ def _preset_line(results: dict[str, Any]) -> str:
     return line + "."
 
 
+def _tuned_lines(results: dict[str, Any]) -> list[str]:
+    """The single jumps against the tuned lens, per level, with the parameter ratio."""
+    methods = results["methods"]
+    tuned = methods.get("tuned")
+    if tuned is None:
+        return []
+    singles = {"ojfa": methods["ojfa"]}
+    best = (results.get("beyond") or {}).get("best")
+    if best:
+        singles["best"] = best
+    lines = ["", "## One jump against the tuned lens (precision@1, test set)", "",
+             f"The tuned lens holds {tuned['parameters']:,} numbers; " + "; ".join(
+                 f"{PRETTY.get(n, 'best single jump')} holds {m['parameters']:,} "
+                 f"({tuned['parameters'] / max(1, m['parameters']):,.0f}x fewer)" for n, m in singles.items()) + ".",
+             "", "| level | logit lens | tuned lens | " + " | ".join(
+                 f"{n} | {n} / tuned" for n in singles) + " |", "|---" * (3 + 2 * len(singles)) + "|"]
+    for k in results["levels"]:
+        t_k = tuned["precision@1"][k]
+        cells = [f"{m['precision@1'][k]:.3f} | {m['precision@1'][k] / t_k:.2f}" if t_k > 0 else
+                 f"{m['precision@1'][k]:.3f} | -" for m in singles.values()]
+        lines.append(f"| {k} | {methods['identity']['precision@1'][k]:.3f} | {t_k:.3f} | " + " | ".join(cells) + " |")
+    mean_t = float(np.mean(tuned["precision@1"]))
+    lines.append("| mean | " + f"{methods['identity']['mean_precision@1']:.3f} | {mean_t:.3f} | " + " | ".join(
+        f"{m['mean_precision@1']:.3f} | {m['mean_precision@1'] / mean_t:.2f}" for m in singles.values()) + " |")
+    return lines
+
+
+def _field_lines(results: dict[str, Any]) -> list[str]:
+    """The field's metrics (tuned-lens's): KL to the final distribution, cross-entropy against the text."""
+    methods = {n: m for n, m in results["methods"].items() if "kl" in m}
+    if not methods:
+        return []
+    floor = results.get("final_cross_entropy")
+    lines = ["", "## The field's metrics (test set, mean over exit levels)", "",
+             "KL(p_final || p_lens) is tuned-lens's headline metric; cross-entropy is against the sentence's real "
+             "next token" + (f" (the model's own: {floor:.3f} nats, the floor of every lens)" if floor is not None
+                             else " (not available: the store predates next-token recording)") + ".", "",
+             "| lens | mean KL (nats) | mean cross-entropy (nats) | mean entropy (nats) |", "|---|---|---|---|"]
+    for name, m in methods.items():
+        ce = f"{m['mean_cross_entropy']:.3f}" if "mean_cross_entropy" in m else "-"
+        entropy = m.get("mean_entropy", float("nan"))
+        lines.append(f"| {PRETTY.get(name, name)} | {m['mean_kl']:.3f} | {ce} | {entropy:.3f} |")
+    return lines
+
+
 def _yes(flag: bool) -> str:
     return "yes" if flag else "**no**"
 
 
-def render_markdown(results: dict[str, Any], figures: list[str]) -> str:
+def render_markdown(results: dict[str, Any], figures: list[str], sections: list[str] | None = None) -> str:
     """The human-readable report."""
     mdl, data, sel = results["model"], results["data"], results["selection"]
     K = len(results["levels"])
@@ -205,11 +266,17 @@ def render_markdown(results: dict[str, Any], figures: list[str]) -> str:
         "",
         "## The paper's claims, checked",
         "",
+        f"On {data['n_test']} test samples" + (" (a small test set: differences of a few points are noise, not "
+                                               "evidence)" if data["n_test"] < 1000 else "") + "; a comparison "
+        "whose paired test (p >= 0.05) cannot tell OJFA from the other method is *inconclusive*.",
+        "",
         "| claim | paper | ours | held |",
         "|---|---|---|---|",
     ]
     for c in results["claims"]:
-        lines.append(f"| {c['claim']} | {c['paper']} | {c['ours']} | {'yes' if c['held'] else '**no**'} |")
+        verdict = {"held": "yes", "not held": "**no**"}.get(c.get("verdict"), c.get("verdict", "yes" if c["held"]
+                                                                                     else "**no**"))
+        lines.append(f"| {c['claim']} | {c['paper']} | {c['ours']} | {verdict} |")
     lines += [
         "",
         "## Summary over exit levels 0..K-1 (test set)",
@@ -223,6 +290,8 @@ def render_markdown(results: dict[str, Any], figures: list[str]) -> str:
             f"| {PRETTY.get(name, name)} | {method['mean_precision@1']:.3f} | {method['mean_precision@5']:.3f} | "
             f"{method['mean_surprisal']:.2f} | {_fmt_params(params) if params is not None else '-'} |"
         )
+    lines += _field_lines(results)
+    lines += _tuned_lines(results)
     tests = results.get("tests", {})
     if tests:
         lines += ["", "## Paired tests (per test sample, all exit levels pooled)", "",
@@ -238,6 +307,14 @@ def render_markdown(results: dict[str, Any], figures: list[str]) -> str:
                      + " |")
     if results.get("beyond"):
         lines += render_beyond(results["beyond"])
+    if sections:
+        lines += ["", *sections]
+    if "trajectory.png" in figures:
+        lines += ["", "## What each level predicts", "",
+                  "The first test sentence, read at every level by the logit lens and by the run's single jump "
+                  "(each cell: the top-1 next token, coloured by its probability). `onejump lens --prompt ...` "
+                  "draws this for any prompt and lens.", "", "![trajectory](trajectory.png)"]
+        figures = [f for f in figures if f != "trajectory.png"]
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in figures]
     timings = results.get("timings")

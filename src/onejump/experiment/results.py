@@ -48,8 +48,10 @@ def build_results(run: Any, result: Any) -> dict[str, Any]:
     per_level = run.lens("nnjtc")
     rank = per_level.rank
     weights = _bootstrap_weights(result.num_samples)
-    names = {"identity": "identity", "full_nnjtc": "full", "ojfa": "ojfa", "joint": "joint", "jtc": "jtc"}
+    names = {"identity": "identity", "full_nnjtc": "full", "ojfa": "ojfa", "joint": "joint", "jtc": "jtc",
+             "tuned": "tuned"}
     params = parameter_counts(K, store.hidden_size, rank)
+    params.update({name: result.parameters[key] for name, key in names.items() if key in result.parameters})
     methods: dict[str, Any] = {}
     for name, key in names.items():
         if key not in result.methods:

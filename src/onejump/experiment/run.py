@@ -1,22 +1,10 @@
-"""The whole experiment as cached stages: extract -> train -> select -> evaluate -> report.
+"""The whole experiment as cached stages: extract -> train -> select -> evaluate -> early exit -> report.
 
-A run folder holds::
-
-    run.json               model and data arguments (written by the extract stage)
-    store/                 hidden states (onejump.store)
-    shortcuts/nnjtc/       the K per-level jumps (records the OJFA choice once selected)
-    shortcuts/joint/       one jump trained on all levels
-    shortcuts/jtc/         the full-rank linear JTC maps
-    shortcuts/ojfa/        the chosen jump alone (what early-exit inference loads)
-    selection.json         D matrix, D_m, OJFA choice, softmax(D / 5e-4) (and the head-aware scores)
-    preset.json            the preset the run was trained with (paper / best) and its selection rule
-    evaluation/            per-sample test results (safetensors) + summary
-    report/                results.json, figures, report.md
-    sweep/                 the objective x rank sweep (``onejump sweep``), if run
-
-Every stage is keyed by a hash of its inputs (store, training configuration, ...); a stage whose
-output exists with the same key is reused, so ``onejump run`` after an interruption, or with only
-the report changed, redoes only what is needed.
+Every stage records a key made of the content identities of its inputs (the store's shard hashes,
+each lens file's weights hash, the selection, the evaluation) and its settings; a stage whose
+output holds the current key is reused, one whose inputs changed is recomputed by ``onejump run``
+and refused, with the command to run, by a command that only reads it (``report``, ``evaluate``).
+The folder's layout is :mod:`onejump.experiment.folder`'s.
 """
 
 from __future__ import annotations
@@ -24,79 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from ..errors import ShortcutError, StoreError
 from ..io import atomic_write_text
 from ..store import HiddenStateStore
-from .presets import PRESETS, DataArgs
+from .folder import RunFolder, stage_key
+from .presets import DataArgs
 from .results import build_results
 
 
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass
-class RunState:
-    """Timings and the objects produced so far."""
-
-    timings: dict[str, float] = field(default_factory=dict)
-    reused: list[str] = field(default_factory=list)
-
-
-class Run:
+class Run(RunFolder):
     """A run folder and its stages."""
-
-    def __init__(self, folder: str | Path, *, device: str = "auto", dtype: str = "float32",
-                 device_map: str | None = None, progress: bool = True):
-        self.folder = Path(folder)
-        self.device, self.dtype, self.device_map = device, dtype, device_map
-        self.progress = progress
-        self.state = RunState()
-        self._lm = None
-        self._store: HiddenStateStore | None = None
-
-    # ---- paths and config ---------------------------------------------------------------------
-    @property
-    def store_dir(self) -> Path:
-        return self.folder / "store"
-
-    def shortcut_dir(self, kind: str) -> Path:
-        return self.folder / "shortcuts" / kind
-
-    def data_args(self) -> DataArgs:
-        path = self.folder / "run.json"
-        if not path.is_file():
-            raise StoreError(f"{self.folder} is not an onejump run folder (no run.json): run `onejump extract "
-                             f"--out {self.folder}` or `onejump run --out {self.folder}` first")
-        try:
-            return DataArgs(**json.loads(path.read_text())["data"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise StoreError(f"{path} is corrupt: {exc}") from None
-
-    def _timed(self, stage: str, t0: float) -> None:
-        self.state.timings[stage] = round(self.state.timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
-
-    def lm(self):
-        """The model, loaded once."""
-        if self._lm is None:
-            from ..model.loading import load_model
-
-            args = self.data_args()
-            self._lm = load_model(args.model, device=self.device if self.device_map is None else None,
-                                  dtype=self.dtype, device_map=self.device_map)
-        return self._lm
-
-    @property
-    def compute_device(self) -> torch.device:
-        from ..model.loading import resolve_device
-
-        return resolve_device(self.device)
 
     # ---- stage 1: extract ------------------------------------------------------------------
     def extract(self, args: DataArgs) -> HiddenStateStore:
@@ -135,52 +63,13 @@ class Run:
         self._timed("extract", t0)
         return store
 
-    def store(self) -> HiddenStateStore:
-        """The run's store, opened once (its shards are verified before first use)."""
-        if self._store is None:
-            self._store = HiddenStateStore.open(self.store_dir, fingerprint=self.lm().fingerprint, verify=False)
-        return self._store
-
     # ---- what each stage was computed from -------------------------------------------------
-    def identity(self, name: str) -> str | None:
-        """Content identity of a stage output (None when it does not exist).
-
-        ``store``: its manifest (which lists every shard's sha256); a lens kind: its config (which
-        holds the weights' sha256, checked whenever the lens is loaded); ``selection`` and
-        ``evaluation``: their JSON. A stage records the identities of its inputs in its key, so a
-        changed input makes every stage after it stale.
-        """
-        if name == "store" and (self.store_dir / "manifest.json").is_file():
-            return self.store().verify_identity()
-        paths = {"selection": self.folder / "selection.json",
-                 "evaluation": self.folder / "evaluation" / "result.json"}
-        if name in paths:
-            path = paths[name]
-        else:
-            folder = self.shortcut_dir(name)
-            path = next((folder / n for n in ("config.json", "shortcuts.json") if (folder / n).is_file()),
-                        folder / "config.json")
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
-
-    def has_lens(self, kind: str) -> bool:
-        return self.identity(kind) is not None
-
-    def lens(self, kind: str):
-        """The lens saved by a stage: ``nnjtc`` (per-level), ``joint``, ``jtc`` or ``ojfa``."""
-        from ..lenses.base import Lens
-
-        if not self.has_lens(kind):
-            command = "select" if kind == "ojfa" else "train"
-            raise ShortcutError(f"no trained '{kind}' lens in {self.shortcut_dir(kind)}: run "
-                                f"`onejump {command} --out {self.folder}`")
-        return Lens.load(self.shortcut_dir(kind), self.lm())
-
     def train_or_reuse(self, kind: str, config: Any, folder: Path, targets_cache: dict | None = None):
         """The lens of ``kind`` (``nnjtc``, ``joint``, ``jtc``) trained with ``config`` on this run's store,
         saved in ``folder``; reused from there when it was trained from the same store and config."""
         from ..lenses.base import Lens
 
-        key = _key({"store": self.identity("store"), "fingerprint": self.lm().fingerprint}, kind,
+        key = stage_key({"store": self.identity("store"), "fingerprint": self.lm().fingerprint}, kind,
                    config.to_dict() if config is not None else None)
         if (folder / "config.json").is_file() or (folder / "shortcuts.json").is_file():
             try:
@@ -196,8 +85,9 @@ class Run:
         return Lens.load(folder, self.lm())
 
     # ---- stage 2: train --------------------------------------------------------------------
-    def train(self, config: Any, *, joint: bool = True, jtc: bool = True, rank_multiplier: int = 1) -> dict[str, Any]:
-        """Train (or reuse) the per-level bank, the joint jump and the JTC maps; returns their lenses.
+    def train(self, config: Any, *, joint: bool = True, jtc: bool = True, tuned: bool = True,
+              rank_multiplier: int = 1) -> dict[str, Any]:
+        """Train (or reuse) the per-level bank, the joint jump, the JTC maps and the tuned lens; returns their lenses.
 
         ``rank_multiplier`` (with ``config.rank`` unset) trains at ``rank_multiplier * floor(H/100)``.
         """
@@ -209,7 +99,10 @@ class Run:
             config = replace(config, rank=rank_multiplier * default_rank(self.store().hidden_size))
         joint_config = replace(config, **self.preset().get("joint", {}))
         targets_cache: dict[int, Any] = {}  # the KL objective's targets, shared by the bank and the joint jump
+        from ..training.tuned import TunedTrainConfig
+
         jobs = [("nnjtc", config)] + ([("joint", joint_config)] if joint else []) + ([("jtc", None)] if jtc else [])
+        jobs += [("tuned", TunedTrainConfig())] if tuned else []
         return {kind: self.train_or_reuse(kind, cfg, self.shortcut_dir(kind), targets_cache) for kind, cfg in jobs}
 
     def _fit(self, kind: str, store: HiddenStateStore, config: Any, targets_cache: dict, key: str):
@@ -220,6 +113,13 @@ class Run:
         lm, dev = self.lm(), self.compute_device
         if kind == "jtc":
             return JTCLens(lm, LinearJTC.fit(store, device=dev).cpu(), extra={"key": key})
+        if kind == "tuned":
+            from ..training.tuned import train_tuned_lens
+
+            lens, history = train_tuned_lens(store, lm, config, device=dev, progress=self.progress,
+                                             targets=targets_cache.get(config.kl_top_k))
+            lens.extra = {"key": key, "history": history.to_dict()}
+            return lens.cpu()
         loss_fn = objective_loss(store, config, lm.adapter, self.progress, dev, targets_cache)
         trainer = train_jumps if kind == "nnjtc" else train_joint
         bank, history = trainer(store, config, device=dev, progress=self.progress, loss_fn=loss_fn)
@@ -229,27 +129,8 @@ class Run:
         return OneJump(lm, bank.cpu(), trained_at=-1, extra=extra)
 
     # ---- stage 3: select -------------------------------------------------------------------
-    def preset(self) -> dict[str, Any]:
-        """The preset recorded by train/run (``preset.json``); the paper's when none was recorded."""
-        path = self.folder / "preset.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        return {"name": "paper", **PRESETS["paper"]}
-
-    def record_preset(self, name: str, select_rule: str | None = None) -> None:
-        """Write ``preset.json`` (which preset trained this run, and its selection rule)."""
-        from ..errors import ConfigError
-
-        if name not in PRESETS:
-            raise ConfigError(f"unknown preset '{name}'; use one of {', '.join(PRESETS)}")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        info = {"name": name, **PRESETS[name]}
-        if select_rule is not None:
-            info["select_rule"] = select_rule
-        atomic_write_text(self.folder / "preset.json", json.dumps(info, indent=1))
-
     def _select_key(self, rule: str) -> str:
-        return _key(self.identity("nnjtc"), self.identity("store"), "select", rule)
+        return stage_key(self.identity("nnjtc"), self.identity("store"), "select", rule)
 
     def select(self, rule: str | None = None) -> dict[str, Any]:
         """Score every jump at every level, choose the single jump (OJFA), save it as shortcuts/ojfa.
@@ -292,47 +173,103 @@ class Run:
 
     # ---- stage 4: evaluate -----------------------------------------------------------------
     def evaluation_key(self) -> str:
-        """What the evaluation is computed from: the store, every lens, the selection."""
-        inputs = {name: self.identity(name) for name in ("store", "nnjtc", "joint", "jtc", "ojfa", "selection")}
-        return _key(inputs, "eval", 2)
+        """What the evaluation of the lenses is computed from: the store, every lens, the selection."""
+        inputs = {name: self.identity(name) for name in ("store", "nnjtc", "joint", "jtc", "ojfa", "tuned",
+                                                         "selection")}
+        return stage_key(inputs, "eval", 2)
 
-    def evaluate(self):
-        """Evaluate every lens of the run and the reuse matrix on the test split (cached)."""
-        from ..evaluation.metrics import reuse_matrix
+    def reuse_key(self) -> str:
+        """What the K x K reuse matrix is computed from: the store and the per-level jumps."""
+        return stage_key(self.identity("store"), self.identity("nnjtc"), "reuse", 1)
+
+    def _cached_result(self, folder: Path, key: str, compute: Any) -> Any:
         from ..evaluation.result import EvalResult
-        from ..lenses.base import LogitLens
 
-        selection = self.select_result()
-        key = self.evaluation_key()
-        folder = self.folder / "evaluation"
         if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key:
-            self.state.reused.append("evaluate")
+            self.state.reused.append(folder.name)
             return EvalResult.load(folder)
         t0 = time.perf_counter()
-        store, lm = self.store(), self.lm()
-        per_level = self.lens("nnjtc")
-        lenses = {"identity": LogitLens(lm), "full": per_level, "ojfa": self.lens("ojfa")}
-        lenses.update({kind: self.lens(kind) for kind in ("joint", "jtc") if self.has_lens(kind)})
-        from ..evaluation.metrics import evaluate
-
-        result = evaluate(store, lenses, chosen=selection["chosen"], progress=self.progress)
-        result = result.merge(reuse_matrix(store, per_level, chosen=selection["chosen"], progress=self.progress))
+        result = compute()
         result.save(folder)
         atomic_write_text(folder / "key.txt", key)
-        self._timed("evaluate", t0)
+        self._timed(folder.name, t0)
         return result
 
+    def evaluate(self):
+        """Evaluate every lens of the run, and the reuse matrix, on the test split (each cached on its own)."""
+        from ..evaluation.metrics import evaluate, reuse_matrix
+
+        chosen = self.select_result()["chosen"]
+        store = self.store()
+        lenses = self.run_lenses(best=False)
+        result = self._cached_result(self.folder / "evaluation", self.evaluation_key(),
+                                     lambda: evaluate(store, lenses, chosen=chosen, progress=self.progress))
+        pairs = self._cached_result(self.folder / "reuse", self.reuse_key(),
+                                    lambda: reuse_matrix(store, lenses["full"], progress=self.progress))
+        pairs.chosen = chosen
+        return result.merge(pairs)
+
+    def run_lenses(self, best: bool = True) -> dict[str, Any]:
+        """The run's lenses by report name: the logit lens, full N-NJTC, OJFA, and whichever of the
+        joint jump, JTC, the tuned lens and the sweep's best single jump exist."""
+        from ..lenses.base import Lens, LogitLens
+
+        lm = self.lm()
+        lenses: dict[str, Any] = {"identity": LogitLens(lm), "full": self.lens("nnjtc"), "ojfa": self.lens("ojfa")}
+        lenses.update({kind: self.lens(kind) for kind in ("joint", "jtc", "tuned") if self.has_lens(kind)})
+        if best and (self.lens_path("best") / "config.json").is_file():
+            lenses["best"] = Lens.load(self.lens_path("best"), lm)
+        return lenses
+
+    def exits_key(self) -> str:
+        best = self.lens_path("best") / "config.json"
+        best_id = hashlib.sha256(best.read_bytes()).hexdigest()[:16] if best.is_file() else None
+        return stage_key(self.evaluation_key(), self.identity("tuned"), best_id, "exits", 1)
+
+    def simulate_exits(self):
+        """Confidence early exit simulated on the test store for every lens of the run (cached)."""
+        from ..evaluation.early_exit import ExitSimulation, simulate_exits
+
+        self.select_result()
+        folder, key = self.folder / "early_exit", self.exits_key()
+        if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key:
+            self.state.reused.append("exits")
+            return ExitSimulation.load(folder)
+        t0 = time.perf_counter()
+        sim = simulate_exits(self.store(), self.run_lenses(), progress=self.progress)
+        sim.save(folder)
+        atomic_write_text(folder / "key.txt", key)
+        self._timed("exits", t0)
+        return sim
+
+    def exits(self):
+        """The saved exit simulation (None if never run), refused when its lenses changed after it."""
+        from ..evaluation.early_exit import ExitSimulation
+
+        folder = self.folder / "early_exit"
+        if not (folder / "key.txt").is_file():
+            return None
+        if (folder / "key.txt").read_text() != self.exits_key():
+            raise StoreError(f"the early-exit simulation in {self.folder} is older than the lenses now in the run: "
+                             f"run `onejump evaluate --out {self.folder}`")
+        return ExitSimulation.load(folder)
+
     def evaluation(self):
-        """The saved evaluation, refused when any lens, the store or the selection changed after it."""
+        """The saved evaluation (lenses and reuse matrix), refused when anything it came from changed after it."""
         from ..evaluation.result import EvalResult
 
-        folder = self.folder / "evaluation"
-        if not (folder / "result.json").is_file():
-            raise StoreError(f"no evaluation in {self.folder}: run `onejump evaluate --out {self.folder}`")
-        if not (folder / "key.txt").is_file() or (folder / "key.txt").read_text() != self.evaluation_key():
-            raise StoreError(f"the evaluation in {self.folder} is older than the lenses, store or selection now "
-                             f"in the run: run `onejump evaluate --out {self.folder}`")
-        return EvalResult.load(folder)
+        self.select_result()  # a stale selection is named first: it is the earliest stage to redo
+        parts = []
+        for name, key in (("evaluation", self.evaluation_key()), ("reuse", self.reuse_key())):
+            folder = self.folder / name
+            if not (folder / "result.json").is_file():
+                raise StoreError(f"no evaluation in {self.folder}: run `onejump evaluate --out {self.folder}`")
+            if not (folder / "key.txt").is_file() or (folder / "key.txt").read_text() != key:
+                raise StoreError(f"the evaluation in {self.folder} is older than the lenses, store or selection "
+                                 f"now in the run: run `onejump evaluate --out {self.folder}`")
+            parts.append(EvalResult.load(folder))
+        parts[1].chosen = parts[0].chosen
+        return parts[0].merge(parts[1])
 
     # ---- stage 5: report -------------------------------------------------------------------
     def report(self, result: Any = None) -> Path:
@@ -351,14 +288,28 @@ class Run:
                 for m in cfg["methods"].values():
                     m.pop("sample_precision@1", None)
             results["beyond"] = beyond
+        exits = self.exits()
+        if exits is not None:
+            results["early_exit"] = exits.to_dict()
+        out = self.folder / "report"
+        self._report_extras(result, out)
         self._timed("report", t0)
         results["timings"] = self.all_timings()
-        return write_report(results, self.folder / "report")
+        return write_report(results, out)
 
-    def all_timings(self) -> dict[str, float]:
-        """This invocation's stage timings merged into those recorded by earlier ones (timings.json)."""
-        path = self.folder / "timings.json"
-        saved = json.loads(path.read_text()) if path.is_file() else {}
-        saved.update(self.state.timings)
-        atomic_write_text(path, json.dumps(saved, indent=1))
-        return saved
+    def _report_extras(self, result: Any, out: Path) -> None:
+        """tuned-lens-shaped ``aggregate_metrics.json``, and the prediction trajectory of a fixed test
+        sentence (its first sample's prefix) through the logit lens and the run's single jump."""
+        from ..evaluation.aggregate import metrics_of_result, write_aggregate_metrics
+        from ..lenses.base import LogitLens
+        from ..trajectory import save_trajectories, trajectories
+
+        write_aggregate_metrics(out, **metrics_of_result(result))
+        lm, store = self.lm(), self.store()
+        single = "best" if (self.lens_path("best") / "config.json").is_file() else "ojfa"
+        lenses = [LogitLens(lm), self.run_lenses()[single]]
+        row = int(store.indices("test")[0])
+        prompt = lm.tokenizer.decode(store.prefix_tokens(row), skip_special_tokens=True)
+        trajs = trajectories([lens.to(lm.device) for lens in lenses], lm, prompt, names=["logit lens", single])
+        save_trajectories(trajs, out / "trajectory.png", title=f"{lm.name}: what each level predicts")
+

@@ -238,7 +238,7 @@ def _save_best(run: Any, best: dict[str, Any]) -> Path:
         summary = json.loads((folder / "summary.json").read_text())
         jump = Lens.load(folder / "nnjtc", lm).jump(int(summary["methods"][best["method"]]["jump"]))
     jump.extra = {"sweep": {k: best[k] for k in ("objective", "rank", "method", "holdout_precision@1")}}
-    return jump.save(run.folder / "sweep" / "best")
+    return jump.save(run.lens_path("best"))
 
 
 def _jsonable(x: Any) -> Any:

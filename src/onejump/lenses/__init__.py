@@ -10,6 +10,9 @@
 ``Lens.load(folder, lm)`` reads any of them back (and the shortcut folders of older run folders).
 """
 
+from types import SimpleNamespace
+
+from . import files, hub
 from .base import Lens, LogitLens
 from .jtc import JTCLens, LinearJTC
 from .jumps import JumpBank, default_rank
@@ -18,3 +21,5 @@ from .tuned import TunedLens
 
 __all__ = ["JTCLens", "JumpBank", "Lens", "LinearJTC", "LogitLens", "OneJump", "PerLevelLens", "TunedLens",
            "default_rank"]
+
+Lens.io = SimpleNamespace(load=files.load_lens, push=hub.push_to_hub)

@@ -39,6 +39,9 @@ class Lens(nn.Module):
 
     kind: ClassVar[str] = ""
     kinds: ClassVar[dict[str, type[Lens]]] = {}
+    # Reading and uploading live in lenses.files / lenses.hub, which build lenses of every kind;
+    # the package plugs them in here (onejump/lenses/__init__.py), so this module imports none of them.
+    io: ClassVar[Any] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -48,6 +51,7 @@ class Lens(nn.Module):
     def __init__(self, lm: Any):
         super().__init__()
         object.__setattr__(self, "lm", lm)
+        self.extra: dict[str, Any] = {}  # provenance kept with the file (training history, stage keys)
 
     # ---- shape of the model ------------------------------------------------------------------
     @property
@@ -113,7 +117,7 @@ class Lens(nn.Module):
         config = {"format": LENS_FORMAT, "version": LENS_VERSION, "kind": self.kind,
                   "model": self.lm.name, "fingerprint": self.lm.fingerprint,
                   "num_blocks": self.num_blocks, "hidden_size": self.hidden_size,
-                  "parameters": self.num_parameters, **self.lens_config(),
+                  "parameters": self.num_parameters, **self.lens_config(), "extra": self.extra,
                   "weights": WEIGHTS_NAME, "sha256": sha256_file(folder / WEIGHTS_NAME),
                   "tensors": {k: list(v.shape) for k, v in tensors.items()}}
         atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=1))
@@ -125,39 +129,15 @@ class Lens(nn.Module):
     def from_pretrained(cls, folder: str | Path, lm: Any, *, revision: str | None = None) -> Lens:
         """Load a lens for the model ``lm`` (its fingerprint must match the file's) from a folder or a
         Hugging Face hub id (``owner/name``, ``revision`` optional); a tuned-lens folder
-        (``config.json`` + ``params.pt``) is imported as a :class:`~onejump.lenses.tuned.TunedLens`."""
-        from .files import CONFIG_NAME as LEGACY_CONFIG
-        from .files import legacy_lens, read_lens_folder
-        from .hub import resolve_pretrained
-        from .tuned_format import import_tuned_lens, is_tuned_lens_folder
-
-        folder = resolve_pretrained(folder, revision=revision)
-        if is_tuned_lens_folder(folder):
-            lens = import_tuned_lens(folder, lm)
-            if not isinstance(lens, cls):
-                raise ShortcutError(f"{folder} holds a tuned lens, not a {cls.__name__}")
-            return lens
-        if not (folder / CONFIG_NAME).is_file() and (folder / LEGACY_CONFIG).is_file():
-            lens = legacy_lens(folder, lm)
-            if cls is not Lens and not isinstance(lens, cls):
-                raise ShortcutError(f"{folder} holds a '{lens.kind}' lens, not a {cls.__name__}")
-            return lens
-        config, tensors = read_lens_folder(folder, lm)
-        kind = config["kind"]
-        if kind not in Lens.kinds:
-            raise ShortcutError(f"{folder}: unknown lens kind '{kind}' (known: {', '.join(sorted(Lens.kinds))})")
-        target = Lens.kinds[kind]
-        if cls is not Lens and not issubclass(target, cls):
-            raise ShortcutError(f"{folder} holds a '{kind}' lens, not a {cls.__name__}")
-        return target.from_config(lm, config, tensors)
+        (``config.json`` + ``params.pt``) is imported as a :class:`~onejump.lenses.tuned.TunedLens`;
+        the shortcut folders of older run folders load too."""
+        return Lens.io.load(cls, folder, lm, revision=revision)
 
     load = from_pretrained
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Upload to a Hugging Face hub model repository (see :func:`onejump.lenses.hub.push_to_hub`)."""
-        from .hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
+        return Lens.io.push(self, repo_id, **kwargs)
 
     def extra_repr(self) -> str:
         return f"model={self.lm.name}, K={self.num_blocks}, H={self.hidden_size}, parameters={self.num_parameters}"

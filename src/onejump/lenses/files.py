@@ -16,8 +16,13 @@ from torch import nn
 
 from ..errors import NumericalError, ShortcutError
 from ..io import sha256_file
-from .jtc import LinearJTC
+from .base import CONFIG_NAME as LENS_CONFIG
+from .base import LENS_FORMAT, Lens, read_weights
+from .hub import resolve_pretrained
+from .jtc import JTCLens, LinearJTC
 from .jumps import _BANK_KEYS, JumpBank
+from .onejump import OneJump, PerLevelLens
+from .tuned_format import import_tuned_lens, is_tuned_lens_folder
 
 FORMAT = "onejump-shortcuts"
 VERSION = 1
@@ -142,6 +147,26 @@ def load_shortcuts(path: str | Path, fingerprint: str | None = None) -> Shortcut
     model. NaN/inf weights raise :class:`NumericalError`.
     """
     folder, cfg_path = _resolve_shortcut_path(Path(path))
+    config = _read_shortcut_config(folder, cfg_path, fingerprint)
+    kind = config["kind"]
+    weights = _checked_weights_path(folder, cfg_path, config)
+    try:
+        H = int(config["hidden_size"])
+        J = int(config["num_jumps"])
+        levels = [int(x) for x in config["levels"]]
+    except (KeyError, TypeError, ValueError):
+        raise ShortcutError(f"{cfg_path} lacks hidden_size, num_jumps or levels, or has bad values") from None
+    tensors = _read_shortcut_tensors(weights, {"W"} if kind == "jtc" else set(_BANK_KEYS))
+    if kind == "jtc":
+        W = tensors["W"]
+        if W.dim() != 3 or tuple(W.shape) != (J, H + 1, H):
+            raise ShortcutError(f"{weights.name}: JTC weights have shape {tuple(W.shape)}, expected {(J, H + 1, H)}")
+        return ShortcutFile(LinearJTC(W), config)
+    return ShortcutFile(_jump_bank(cfg_path, weights.name, config, tensors, H, J, levels), config)
+
+
+def _read_shortcut_config(folder: Path, cfg_path: Path, fingerprint: str | None) -> dict[str, Any]:
+    """The JSON config, checked for format, version, model fingerprint and kind."""
     if not cfg_path.is_file():
         raise ShortcutError(f"{folder} is not a shortcut folder: {CONFIG_NAME} missing")
     try:
@@ -160,6 +185,11 @@ def load_shortcuts(path: str | Path, fingerprint: str | None = None) -> Shortcut
     kind = config.get("kind")
     if kind not in KINDS:
         raise ShortcutError(f"{cfg_path}: unknown shortcut kind {kind!r}")
+    return config
+
+
+def _checked_weights_path(folder: Path, cfg_path: Path, config: dict[str, Any]) -> Path:
+    """The weights file the config names: inside its folder, not pickle-based, present, sha256 as recorded."""
     weights = (folder / str(config.get("weights", ""))).resolve()
     if weights.parent != folder.resolve():
         raise ShortcutError(f"{cfg_path} names a weights file outside its folder: {config.get('weights')!r}")
@@ -168,16 +198,14 @@ def load_shortcuts(path: str | Path, fingerprint: str | None = None) -> Shortcut
         raise ShortcutError(f"shortcut weights missing: {weights}")
     if config.get("sha256") and sha256_file(weights) != config["sha256"]:
         raise ShortcutError(f"shortcut weights {weights.name} are corrupt or were changed (sha256 differs)")
-    try:
-        H = int(config["hidden_size"])
-        J = int(config["num_jumps"])
-        levels = [int(x) for x in config["levels"]]
-    except (KeyError, TypeError, ValueError):
-        raise ShortcutError(f"{cfg_path} lacks hidden_size, num_jumps or levels, or has bad values") from None
+    return weights
+
+
+def _read_shortcut_tensors(weights: Path, expected: set[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: exactly the expected names, float32, finite."""
     try:
         with safe_open(str(weights), framework="pt") as fh:
             keys = set(fh.keys())
-            expected = {"W"} if kind == "jtc" else set(_BANK_KEYS)
             if keys != expected:
                 raise ShortcutError(f"{weights.name} holds tensors {sorted(keys)}, expected {sorted(expected)}")
             for k in sorted(keys):
@@ -192,11 +220,12 @@ def load_shortcuts(path: str | Path, fingerprint: str | None = None) -> Shortcut
     for name, t in tensors.items():
         if not torch.isfinite(t).all():
             raise NumericalError(f"shortcut tensor '{name}' in {weights.name} holds NaN or inf")
-    if kind == "jtc":
-        W = tensors["W"]
-        if W.dim() != 3 or tuple(W.shape) != (J, H + 1, H):
-            raise ShortcutError(f"{weights.name}: JTC weights have shape {tuple(W.shape)}, expected {(J, H + 1, H)}")
-        return ShortcutFile(LinearJTC(W), config)
+    return tensors
+
+
+def _jump_bank(cfg_path: Path, weights_name: str, config: dict[str, Any], tensors: dict[str, torch.Tensor],
+               H: int, J: int, levels: list[int]) -> JumpBank:
+    """The JumpBank of a jump file, its rank, levels and flags checked against the config."""
     rank = config.get("rank")
     if not isinstance(rank, int) or not 1 <= rank <= H:
         raise ShortcutError(f"{cfg_path}: rank {rank!r} is invalid for H={H}")
@@ -204,7 +233,7 @@ def load_shortcuts(path: str | Path, fingerprint: str | None = None) -> Shortcut
         raise ShortcutError(f"{cfg_path}: {len(levels)} levels for {J} jumps")
     a_shape = tuple(tensors["A"].shape)
     if len(a_shape) == 3 and a_shape[:2] == (J, H) and a_shape[2] != rank:
-        raise ShortcutError(f"{weights.name}: jumps have rank {a_shape[2]} but the config says rank {rank}")
+        raise ShortcutError(f"{weights_name}: jumps have rank {a_shape[2]} but the config says rank {rank}")
     residual = config.get("residual", False)
     if not isinstance(residual, bool):
         raise ShortcutError(f"{cfg_path}: 'residual' must be true or false, got {residual!r}")
@@ -212,15 +241,12 @@ def load_shortcuts(path: str | Path, fingerprint: str | None = None) -> Shortcut
                     momentum=float(config.get("bn_momentum") or 0.1), residual=residual)
     bank.load_tensors(tensors)
     if torch.any(bank.running_var < 0):
-        raise ShortcutError(f"{weights.name}: negative BatchNorm running variance")
-    return ShortcutFile(bank.eval(), config)
+        raise ShortcutError(f"{weights_name}: negative BatchNorm running variance")
+    return bank.eval()
 
 
 def read_lens_folder(folder: Path, lm: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(config, tensors) of a lens folder written by :meth:`Lens.save_pretrained`, checked against ``lm``."""
-    from .base import CONFIG_NAME as LENS_CONFIG
-    from .base import LENS_FORMAT, read_weights
-
     _refuse_pickle_name(folder)
     cfg_path = folder / LENS_CONFIG
     if not cfg_path.is_file():
@@ -257,9 +283,6 @@ def read_lens_folder(folder: Path, lm: Any) -> tuple[dict[str, Any], dict[str, t
 
 def legacy_lens(folder: Path, lm: Any):
     """A lens from a shortcut folder (``shortcuts.json``): what run folders held before lens files."""
-    from .jtc import JTCLens
-    from .onejump import OneJump, PerLevelLens
-
     module, config = load_shortcuts(folder, fingerprint=lm.fingerprint)
     extra = config.get("extra") or {}
     kind = config["kind"]
@@ -271,3 +294,31 @@ def legacy_lens(folder: Path, lm: Any):
     if not isinstance(trained_at, int):
         raise ShortcutError(f"{folder} records no chosen jump")
     return OneJump(lm, module, trained_at=trained_at, extra=extra)
+
+
+def load_lens(cls: type, folder: str | Path, lm: Any, *, revision: str | None = None) -> Any:
+    """Load a lens for the model ``lm`` (its fingerprint must match the file's) from a folder or a
+    Hugging Face hub id (``owner/name``, ``revision`` optional); a tuned-lens folder
+    (``config.json`` + ``params.pt``) is imported as a :class:`~onejump.lenses.tuned.TunedLens`."""
+    folder = resolve_pretrained(folder, revision=revision)
+    if is_tuned_lens_folder(folder):
+        lens = import_tuned_lens(folder, lm)
+        if not isinstance(lens, cls):
+            raise ShortcutError(f"{folder} holds a tuned lens, not a {cls.__name__}")
+        return lens
+    if not (folder / LENS_CONFIG).is_file() and (folder / CONFIG_NAME).is_file():
+        lens = legacy_lens(folder, lm)
+        if cls is not Lens and not isinstance(lens, cls):
+            raise ShortcutError(f"{folder} holds a '{lens.kind}' lens, not a {cls.__name__}")
+        return lens
+    config, tensors = read_lens_folder(folder, lm)
+    kind = config["kind"]
+    if kind not in Lens.kinds:
+        raise ShortcutError(f"{folder}: unknown lens kind '{kind}' (known: {', '.join(sorted(Lens.kinds))})")
+    target = Lens.kinds[kind]
+    if cls is not Lens and not issubclass(target, cls):
+        raise ShortcutError(f"{folder} holds a '{kind}' lens, not a {cls.__name__}")
+    lens = target.from_config(lm, config, tensors)
+    lens.extra = dict(config.get("extra") or {})
+    return lens
+

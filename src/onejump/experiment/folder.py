@@ -1,0 +1,164 @@
+"""A run folder: where everything of one experiment lives, and the content identity of each part.
+
+The layout is known here alone::
+
+    run.json               model and data arguments (written by the extract stage)
+    store/                 hidden states (onejump.store)
+    shortcuts/<kind>/      lenses: nnjtc (the K per-level jumps), joint, jtc, ojfa (the chosen jump), tuned
+    selection.json         D matrix, D_m, OJFA choice, softmax(D / 5e-4) (and the head-aware scores)
+    preset.json            the preset the run was trained with (paper / best) and its selection rule
+    evaluation/            per-sample test results of every lens (safetensors) + summary
+    reuse/                 the K x K reuse matrix: every per-level jump at every level
+    early_exit/            the offline early-exit simulation
+    report/                results.json, aggregate_metrics.json, figures, report.md
+    sweep/                 the objective x rank sweep (``onejump sweep``) and its best single jump
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ShortcutError, StoreError
+from ..io import atomic_write_text
+from ..store import HiddenStateStore
+from .presets import PRESETS, DataArgs
+
+
+def stage_key(*parts: Any) -> str:
+    """A short hash of a stage's inputs (their identities and settings)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class RunState:
+    """Timings and the stages reused in this process."""
+
+    timings: dict[str, float] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+
+
+class RunFolder:
+    """A run folder: its layout, its model and store (loaded once), and the identities of its parts."""
+
+    def __init__(self, folder: str | Path, *, device: str = "auto", dtype: str = "float32",
+                 device_map: str | None = None, progress: bool = True):
+        self.folder = Path(folder)
+        self.device, self.dtype, self.device_map = device, dtype, device_map
+        self.progress = progress
+        self.state = RunState()
+        self._lm = None
+        self._store: HiddenStateStore | None = None
+
+    @property
+    def store_dir(self) -> Path:
+        return self.folder / "store"
+
+    def lens_path(self, name: str) -> Path:
+        """Where the run keeps a lens: ``nnjtc`` (per-level), ``joint``, ``jtc``, ``ojfa``, ``tuned``, or the
+        sweep's ``best`` single jump."""
+        return self.folder / "sweep" / "best" if name == "best" else self.folder / "shortcuts" / name
+
+    shortcut_dir = lens_path
+
+    def data_args(self) -> DataArgs:
+        path = self.folder / "run.json"
+        if not path.is_file():
+            raise StoreError(f"{self.folder} is not an onejump run folder (no run.json): run `onejump extract "
+                             f"--out {self.folder}` or `onejump run --out {self.folder}` first")
+        try:
+            return DataArgs(**json.loads(path.read_text())["data"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise StoreError(f"{path} is corrupt: {exc}") from None
+
+    def _timed(self, stage: str, t0: float) -> None:
+        self.state.timings[stage] = round(self.state.timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
+
+    def lm(self):
+        """The model, loaded once."""
+        if self._lm is None:
+            from ..model.loading import load_model
+
+            args = self.data_args()
+            self._lm = load_model(args.model, device=self.device if self.device_map is None else None,
+                                  dtype=self.dtype, device_map=self.device_map)
+        return self._lm
+
+    @property
+
+    def compute_device(self) -> torch.device:
+        from ..model.loading import resolve_device
+
+        return resolve_device(self.device)
+
+    def store(self) -> HiddenStateStore:
+        """The run's store, opened once (its shards are verified before first use)."""
+        if self._store is None:
+            self._store = HiddenStateStore.open(self.store_dir, fingerprint=self.lm().fingerprint, verify=False)
+        return self._store
+
+    def identity(self, name: str) -> str | None:
+        """Content identity of a stage output (None when it does not exist).
+
+        ``store``: its manifest (which lists every shard's sha256); a lens kind: its config (which
+        holds the weights' sha256, checked whenever the lens is loaded); ``selection`` and
+        ``evaluation``: their JSON. A stage records the identities of its inputs in its key, so a
+        changed input makes every stage after it stale.
+        """
+        if name == "store" and (self.store_dir / "manifest.json").is_file():
+            return self.store().verify_identity()
+        paths = {"selection": self.folder / "selection.json",
+                 "evaluation": self.folder / "evaluation" / "result.json"}
+        if name in paths:
+            path = paths[name]
+        else:
+            folder = self.shortcut_dir(name)
+            path = next((folder / n for n in ("config.json", "shortcuts.json") if (folder / n).is_file()),
+                        folder / "config.json")
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+
+    def has_lens(self, kind: str) -> bool:
+        return self.identity(kind) is not None
+
+    def lens(self, kind: str):
+        """The lens saved by a stage: ``nnjtc`` (per-level), ``joint``, ``jtc`` or ``ojfa``."""
+        from ..lenses.base import Lens
+
+        if not self.has_lens(kind):
+            command = "select" if kind == "ojfa" else "train"
+            raise ShortcutError(f"no trained '{kind}' lens in {self.shortcut_dir(kind)}: run "
+                                f"`onejump {command} --out {self.folder}`")
+        return Lens.load(self.shortcut_dir(kind), self.lm())
+
+    def preset(self) -> dict[str, Any]:
+        """The preset recorded by train/run (``preset.json``); the paper's when none was recorded."""
+        path = self.folder / "preset.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        return {"name": "paper", **PRESETS["paper"]}
+
+    def record_preset(self, name: str, select_rule: str | None = None) -> None:
+        """Write ``preset.json`` (which preset trained this run, and its selection rule)."""
+        from ..errors import ConfigError
+
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset '{name}'; use one of {', '.join(PRESETS)}")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        info = {"name": name, **PRESETS[name]}
+        if select_rule is not None:
+            info["select_rule"] = select_rule
+        atomic_write_text(self.folder / "preset.json", json.dumps(info, indent=1))
+
+    def all_timings(self) -> dict[str, float]:
+        """This invocation's stage timings merged into those recorded by earlier ones (timings.json)."""
+        path = self.folder / "timings.json"
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        saved.update(self.state.timings)
+        atomic_write_text(path, json.dumps(saved, indent=1))
+        return saved
