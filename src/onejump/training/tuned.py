@@ -153,6 +153,80 @@ def _sources(store: Any, config: TunedTrainConfig) -> tuple[_Source, _Source | N
     return train, (_Source(reader, va_rows, config.buffer_samples, resident) if len(va_rows) else None)
 
 
+class _BestPerLevel:
+    """Validation bookkeeping: each level keeps its best translator; training stops when every level is stale."""
+
+    def __init__(self, lens: TunedLens, hist: TunedHistory, val_task: _Task | None, loss: TranslatorKL,
+                 device: torch.device, chunk: int, patience: int):
+        K = lens.num_blocks
+        self.lens, self.hist, self.val_task, self.loss = lens, hist, val_task, loss
+        self.device, self.chunk, self.patience = device, chunk, patience
+        self.best = {"weight": lens.weight.detach().clone(), "bias": lens.bias.detach().clone()}
+        self.best_val = torch.full((K,), math.inf, dtype=torch.float64)
+        self.best_step = torch.zeros(K, dtype=torch.long)
+        self.stale = torch.zeros(K, dtype=torch.long)
+        self.sums, self.seen = torch.zeros(K, dtype=torch.float64), 0
+
+    def add(self, per_level: torch.Tensor, n: int) -> None:
+        self.sums += per_level.detach().double().cpu() * n
+        self.seen += n
+
+    def record(self, step: int) -> bool:
+        """Record an evaluation at ``step``; True when every level has stopped improving."""
+        K = self.lens.num_blocks
+        hist = self.hist
+        hist.steps.append(step)
+        hist.train_kl.append((self.sums / self.seen).tolist() if self.seen else [float("nan")] * K)
+        self.sums, self.seen = torch.zeros(K, dtype=torch.float64), 0
+        if self.val_task is None:  # nothing held out: keep the last translators
+            hist.val_kl.append([float("nan")] * K)
+            return False
+        val = _validate(self.lens, self.val_task, self.loss, self.device, self.chunk)
+        if not torch.isfinite(val).all():
+            k = int((~torch.isfinite(val)).nonzero()[0])
+            raise NumericalError(f"validation KL of the tuned lens at level {k} is {float(val[k])} at step {step}; "
+                                 "lower the learning rate")
+        hist.val_kl.append(val.tolist())
+        better = val < self.best_val
+        self.best_val[better] = val[better]
+        self.best_step[better] = step
+        mask = better.to(self.device)
+        self.best["weight"][mask] = self.lens.weight.detach()[mask]
+        self.best["bias"][mask] = self.lens.bias.detach()[mask]
+        self.stale[better] = 0
+        self.stale[~better] += 1
+        self.lens.train()
+        return bool((self.stale >= self.patience).all())
+
+    def finish(self, step: int) -> None:
+        """Put each level's best translator back (the last ones when nothing was held out)."""
+        if self.val_task is not None:
+            with torch.no_grad():
+                self.lens.weight.copy_(self.best["weight"])
+                self.lens.bias.copy_(self.best["bias"])
+        else:
+            self.best_step[:] = step
+        self.hist.best_step = self.best_step.tolist()
+        self.hist.best_val_kl = self.best_val.tolist()
+        self.hist.steps_run = step
+
+
+def _step(lens: TunedLens, loss: TranslatorKL, batch: tuple, opt: Any, sched: Any, clip: float, step: int,
+          device: torch.device) -> torch.Tensor:
+    inp, tgt, rows = batch
+    per_level = loss(lens, inp.to(device), tgt.to(device), rows)
+    if not torch.isfinite(per_level.detach()).all():
+        k = int((~torch.isfinite(per_level.detach())).nonzero()[0])
+        raise NumericalError(f"training KL of the tuned lens at level {k} became "
+                             f"{float(per_level.detach()[k])} at step {step}; lower the learning rate")
+    opt.zero_grad(set_to_none=True)
+    per_level.sum().backward()
+    torch.nn.utils.clip_grad_norm_([lens.weight, lens.bias], clip)
+    opt.step()
+    sched.step()
+    return per_level
+
+
 def train_tuned_lens(store: Any, lm: Any, config: TunedTrainConfig | None = None, *,
                      device: str | torch.device | None = None, progress: bool = True,
                      targets: HeadTargets | None = None) -> tuple[TunedLens, TunedHistory]:
@@ -173,85 +247,33 @@ def train_tuned_lens(store: Any, lm: Any, config: TunedTrainConfig | None = None
         targets = head_targets(store, lm.adapter, top_k=config.kl_top_k, progress=progress)
     loss = TranslatorKL(lm.adapter, targets, negatives=config.kl_negatives, seed=config.seed, device=dev)
     lens = TunedLens(lm).to(dev)
-    params = [lens.weight, lens.bias]
-    opt = torch.optim.SGD(params, lr=config.lr * (1 - config.momentum), momentum=config.momentum,
+    opt = torch.optim.SGD([lens.weight, lens.bias], lr=config.lr * (1 - config.momentum), momentum=config.momentum,
                           nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / config.num_steps))
-    chunk = config.eval_rows or max(1, (1 << 24) // (K * V))
     train_task = _Task(train_src, list(range(K)), K)
     val_task = _Task(val_src, list(range(K)), K) if val_src is not None else None
     hist = TunedHistory(levels=list(range(K)), n_train=len(train_src), n_val=len(val_src) if val_src else 0,
                         config=config.to_dict())
+    book = _BestPerLevel(lens, hist, val_task, loss, dev, config.eval_rows or max(1, (1 << 24) // (K * V)),
+                         config.patience)
     gen = torch.Generator().manual_seed(config.seed + 104729)
     t0 = time.perf_counter()
-    best = {"weight": lens.weight.detach().clone(), "bias": lens.bias.detach().clone()}
-    best_val = torch.full((K,), math.inf, dtype=torch.float64)
-    best_step = torch.zeros(K, dtype=torch.long)
-    stale = torch.zeros(K, dtype=torch.long)
-    sums, seen, step = torch.zeros(K, dtype=torch.float64), 0, 0
-
-    def evaluate() -> bool:
-        """Record an evaluation; True when every level has stopped improving."""
-        nonlocal sums, seen
-        if val_task is None:  # nothing held out: record the training loss, keep the last translators
-            hist.steps.append(step)
-            hist.train_kl.append((sums / seen).tolist() if seen else [float("nan")] * K)
-            hist.val_kl.append([float("nan")] * K)
-            sums, seen = torch.zeros(K, dtype=torch.float64), 0
-            return False
-        val = _validate(lens, val_task, loss, dev, chunk)
-        if not torch.isfinite(val).all():
-            k = int((~torch.isfinite(val)).nonzero()[0])
-            raise NumericalError(f"validation KL of the tuned lens at level {k} is {float(val[k])} at step {step}; "
-                                 "lower the learning rate")
-        hist.steps.append(step)
-        hist.val_kl.append(val.tolist())
-        hist.train_kl.append((sums / seen).tolist() if seen else [float("nan")] * K)
-        sums, seen = torch.zeros(K, dtype=torch.float64), 0
-        better = val < best_val
-        best_val[better] = val[better]
-        best_step[better] = step
-        mask = better.to(dev)
-        best["weight"][mask] = lens.weight.detach()[mask]
-        best["bias"][mask] = lens.bias.detach()[mask]
-        stale[better] = 0
-        stale[~better] += 1
-        lens.train()
-        return bool((stale >= config.patience).all())
-
+    step = 0
     bar = tqdm(total=config.num_steps, desc="train tuned lens", unit="step", disable=not progress, leave=False)
-    done = evaluate()
+    done = book.record(step)
     while step < config.num_steps and not done:
-        for inp, tgt, rows in train_task.batches(config.batch_size, gen):
-            per_level = loss(lens, inp.to(dev), tgt.to(dev), rows)
-            if not torch.isfinite(per_level.detach()).all():
-                k = int((~torch.isfinite(per_level.detach())).nonzero()[0])
-                raise NumericalError(f"training KL of the tuned lens at level {k} became "
-                                     f"{float(per_level.detach()[k])} at step {step}; lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            per_level.sum().backward()
-            torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
-            opt.step()
-            sched.step()
+        for batch in train_task.batches(config.batch_size, gen):
+            per_level = _step(lens, loss, batch, opt, sched, config.clip_grad_norm, step, dev)
             step += 1
-            sums += per_level.detach().double().cpu() * len(rows)
-            seen += len(rows)
+            book.add(per_level, len(batch[2]))
             bar.update(1)
             if step % config.eval_every == 0 or step == config.num_steps:
-                done = evaluate()
-                bar.set_postfix(val_kl=f"{float(best_val.mean()):.4g}")
+                done = book.record(step)
+                bar.set_postfix(val_kl=f"{float(book.best_val.mean()):.4g}")
             if done or step >= config.num_steps:
                 break
     bar.close()
-    if val_task is not None:
-        with torch.no_grad():
-            lens.weight.copy_(best["weight"])
-            lens.bias.copy_(best["bias"])
-    else:
-        best_step[:] = step
-    hist.best_step = best_step.tolist()
-    hist.best_val_kl = best_val.tolist()
-    hist.steps_run = step
+    book.finish(step)
     hist.seconds = time.perf_counter() - t0
     return lens.eval(), hist
 
