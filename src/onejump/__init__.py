@@ -31,10 +31,12 @@ from .evaluation import EvalResult, evaluate, reuse_matrix
 from .evaluation.selection import select_ojfa
 from .extract import extract
 from .generation import generate
-from .lenses import JTCLens, JumpBank, Lens, LogitLens, OneJump, PerLevelLens
+from .lenses import JTCLens, Lens, LogitLens, OneJump, PerLevelLens, TunedLens
 from .model import ArchitectureAdapter, LoadedModel, from_pretrained_model, load_model
 from .store import HiddenStateStore
-from .training import TrainConfig, train_joint, train_joint_jump, train_jumps, train_per_level
+from .trajectory import PredictionTrajectory, trajectories
+from .training import TrainConfig, train_joint_jump, train_per_level
+from .training.tuned import TunedTrainConfig, train_tuned_lens
 
 select = select_ojfa
 
@@ -49,7 +51,6 @@ __all__ = [
     "EvalResult",
     "HiddenStateStore",
     "JTCLens",
-    "JumpBank",
     "Lens",
     "LoadedModel",
     "LogitLens",
@@ -58,9 +59,12 @@ __all__ = [
     "OneJump",
     "OneJumpError",
     "PerLevelLens",
+    "PredictionTrajectory",
+    "TunedLens",
     "ShortcutError",
     "StoreError",
     "TrainConfig",
+    "TunedTrainConfig",
     "UnsupportedArchitectureError",
     "evaluate",
     "extract",
@@ -72,8 +76,8 @@ __all__ = [
     "select",
     "select_ojfa",
     "split_sentences",
-    "train_joint",
     "train_joint_jump",
-    "train_jumps",
     "train_per_level",
+    "train_tuned_lens",
+    "trajectories",
 ]

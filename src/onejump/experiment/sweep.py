@@ -35,24 +35,7 @@ from ..evaluation.statistics import bootstrap_ci, paired_test
 from ..io import atomic_write_text
 from ..lenses.jumps import default_rank
 from ..training.config import OBJECTIVES, TrainConfig
-
-MULTIPLIERS = (1, 2, 4, 8)
-SINGLE = ("ojfa-paper", "ojfa-head", "joint")
-
-
-#: The sweep's variants: training settings, and which shortcuts each trains. ``mse`` is the
-#: paper's protocol. ``kl`` trains through the head: KL converges in a few epochs, and more,
-#: smaller steps (batch 64) helped more than more epochs (SmolLM2, r=5, 8000 samples: validation
-#: precision@1 0.10 after 3 epochs at batch 64 vs 0.01 after 2 at batch 256). ``kl-res`` is the
-#: residual jump ``h + BN(h) A B``, whose head costs O(H) per vocabulary column: only its joint
-#: jump is trained (4 epochs), at a lower learning rate (its correction starts near zero).
-VARIANTS: dict[str, dict[str, Any]] = {
-    "mse": {"train": {"objective": "mse"}, "kinds": ("nnjtc", "joint")},
-    "kl": {"train": {"objective": "kl", "batch_size": 64, "lr": 1e-2, "max_epochs": 8, "patience": 3},
-           "kinds": ("nnjtc", "joint")},
-    "kl-res": {"train": {"objective": "kl", "batch_size": 64, "lr": 3e-3, "max_epochs": 4, "patience": 2,
-                         "residual": True}, "kinds": ("joint",)},
-}
+from .presets import MULTIPLIERS, SINGLE, VARIANTS
 
 
 def objective_config(variant: str, rank: int, base: TrainConfig | None = None) -> TrainConfig:
