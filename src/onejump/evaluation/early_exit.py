@@ -247,14 +247,14 @@ class ExitSimulation:
 
     # ---- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Everything but the per-row records, as plain JSON types."""
+        """Everything but the per-row records and the time taken, as plain JSON types (the same for the same inputs)."""
         curves = {name: {m: {k: np.asarray(v).tolist() for k, v in self.curve(name, m)._asdict().items()}
                          for m in self.measures} for name in self.lenses}
         return {
             "format": FORMAT, "version": VERSION, "model": self.model, "split": self.split,
             "num_blocks": self.num_blocks, "num_samples": self.num_samples, "levels": list(self.levels),
             "lambdas": list(self.lambdas), "measures": list(self.measures), "block_macs": self.block_macs,
-            "head_macs": self.head_macs, "seconds": self.seconds,
+            "head_macs": self.head_macs,
             "lenses": {name: {"kind": r.kind, "check_macs": r.check_macs, "num_parameters": r.num_parameters,
                               "check_blocks": self.check_blocks(name)} for name, r in self.lenses.items()},
             "curves": curves,
@@ -272,8 +272,8 @@ class ExitSimulation:
             for m, conf in rec.confidence.items():
                 tensors[f"lens{i}/{m}"] = conf.to(torch.float32).contiguous()
         _atomic(folder / TENSORS_NAME, lambda tmp: save_file(tensors, tmp))
-        text = json.dumps({**self.to_dict(), "tensor_index": {name: f"lens{i}" for i, name in enumerate(self.lenses)}},
-                          indent=1)
+        text = json.dumps({**self.to_dict(), "seconds": self.seconds,
+                           "tensor_index": {name: f"lens{i}" for i, name in enumerate(self.lenses)}}, indent=1)
         _atomic(folder / JSON_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         return folder / JSON_NAME
 
@@ -294,7 +294,7 @@ class ExitSimulation:
                                          t[f"{prefix}/top1"], {m: t[f"{prefix}/{m}"] for m in meta["measures"]})
             return cls(int(meta["num_blocks"]), meta["split"], [int(k) for k in meta["levels"]],
                        [float(x) for x in meta["lambdas"]], list(meta["measures"]), int(meta["block_macs"]),
-                       int(meta["head_macs"]), t["targets"], lenses, float(meta["seconds"]), meta["model"])
+                       int(meta["head_macs"]), t["targets"], lenses, float(meta.get("seconds", 0.0)), meta["model"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{folder} does not hold a readable exit simulation: {exc}") from None
 
