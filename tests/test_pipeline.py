@@ -90,7 +90,7 @@ def _results(run: Path) -> dict:
     """results.json without its wall-clock times (the only thing two identical runs may differ in)."""
     r = json.loads((run / "report" / "results.json").read_text())
     r.pop("timings")
-    r["early_exit"].pop("seconds")
+    r["early_exit"].pop("seconds", None)
     return r
 
 
