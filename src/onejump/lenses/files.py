@@ -165,16 +165,22 @@ def load_shortcuts(path: str | Path, fingerprint: str | None = None) -> Shortcut
     return ShortcutFile(_jump_bank(cfg_path, weights.name, config, tensors, H, J, levels), config)
 
 
-def _read_shortcut_config(folder: Path, cfg_path: Path, fingerprint: str | None) -> dict[str, Any]:
-    """The JSON config, checked for format, version, model fingerprint and kind."""
+def _read_config(folder: Path, cfg_path: Path, fmt: str, what: str) -> dict[str, Any]:
+    """A folder's JSON config, refused unless it exists, parses and names the expected format."""
     if not cfg_path.is_file():
-        raise ShortcutError(f"{folder} is not a shortcut folder: {CONFIG_NAME} missing")
+        raise ShortcutError(f"{folder} is not a {what} folder: {cfg_path.name} missing")
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ShortcutError(f"{cfg_path} is not valid JSON: {exc}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ShortcutError(f"{cfg_path} is not an onejump shortcut config")
+    if not isinstance(config, dict) or config.get("format") != fmt:
+        raise ShortcutError(f"{cfg_path} is not an onejump {what} config")
+    return config
+
+
+def _read_shortcut_config(folder: Path, cfg_path: Path, fingerprint: str | None) -> dict[str, Any]:
+    """The JSON config, checked for format, version, model fingerprint and kind."""
+    config = _read_config(folder, cfg_path, FORMAT, "shortcut")
     if config.get("version") != VERSION:
         raise ShortcutError(f"shortcut format version {config.get('version')} is not supported (expected {VERSION})")
     if fingerprint is not None and config.get("fingerprint") != fingerprint:
@@ -249,14 +255,7 @@ def read_lens_folder(folder: Path, lm: Any) -> tuple[dict[str, Any], dict[str, t
     """(config, tensors) of a lens folder written by :meth:`Lens.save_pretrained`, checked against ``lm``."""
     _refuse_pickle_name(folder)
     cfg_path = folder / LENS_CONFIG
-    if not cfg_path.is_file():
-        raise ShortcutError(f"{folder} is not a lens folder: {LENS_CONFIG} missing")
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ShortcutError(f"{cfg_path} is not valid JSON: {exc}") from None
-    if not isinstance(config, dict) or config.get("format") != LENS_FORMAT:
-        raise ShortcutError(f"{cfg_path} is not an onejump lens config")
+    config = _read_config(folder, cfg_path, LENS_FORMAT, "lens")
     if config.get("fingerprint") != lm.fingerprint:
         raise ShortcutError(f"the lens in {folder} was trained for another model (model '{config.get('model')}', "
                             f"weights hash {config.get('fingerprint')}); this model's hash is {lm.fingerprint}")

@@ -157,7 +157,10 @@ class HeadKL:
 
     def _residual_logits(self, bank: JumpBank, inp: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
         """A residual jump's output ``h + correction`` is full-rank: the head costs O(H) per column."""
-        y = bank(inp.to(bank.A.dtype)).transpose(0, 1)  # (J, B, H)
+        return self.full_rank_logits(bank(inp.to(bank.A.dtype)).transpose(0, 1), cols)  # (J, B, H)
+
+    def full_rank_logits(self, y: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+        """The head on full-rank estimates of h^K, restricted to the vocabulary columns ``cols``."""
         if self.kind == "layernorm":
             y = y - y.mean(-1, keepdim=True)
         if self.kind != "identity":

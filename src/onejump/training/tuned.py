@@ -120,16 +120,7 @@ class TranslatorKL(HeadKL):
     """:class:`HeadKL` for a :class:`TunedLens`: ``loss(lens, inp (B, K, H), tgt, rows) -> (K,)``."""
 
     def _logits(self, lens: TunedLens, inp: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
-        y = lens.translate(inp).transpose(0, 1)  # (K, B, H): full rank, the head costs O(H) per column
-        if self.kind == "layernorm":
-            y = y - y.mean(-1, keepdim=True)
-        if self.kind != "identity":
-            y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
-        W = self.W if cols is None else self.W[cols]
-        logits = y @ W.T
-        if self.const is not None:
-            logits = logits + (self.const if cols is None else self.const[cols])
-        return self.adapter.finish_logits(logits)
+        return self.full_rank_logits(lens.translate(inp).transpose(0, 1), cols)  # (K, B, H): full rank
 
 
 @torch.no_grad()
