@@ -27,8 +27,6 @@ whose agreement reaches the target with at least one exit; "not reached" otherwi
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,10 +36,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, NumericalError, StoreError
+from ..io import atomic_write_text, save_safetensors
 
 MEASURES = ("max_prob", "margin")
 AGREEMENTS = (0.9, 0.95, 0.99)
@@ -271,10 +269,10 @@ class ExitSimulation:
             tensors[f"lens{i}/top1"] = rec.top1.to(torch.int64).contiguous()
             for m, conf in rec.confidence.items():
                 tensors[f"lens{i}/{m}"] = conf.to(torch.float32).contiguous()
-        _atomic(folder / TENSORS_NAME, lambda tmp: save_file(tensors, tmp))
+        save_safetensors(tensors, folder / TENSORS_NAME)
         text = json.dumps({**self.to_dict(), "seconds": self.seconds,
                            "tensor_index": {name: f"lens{i}" for i, name in enumerate(self.lenses)}}, indent=1)
-        _atomic(folder / JSON_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        atomic_write_text(folder / JSON_NAME, text)
         return folder / JSON_NAME
 
     @classmethod
@@ -298,20 +296,6 @@ class ExitSimulation:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{folder} does not hold a readable exit simulation: {exc}") from None
 
-
-def _atomic(path: Path, write: Any) -> None:
-    """Write through a temporary file and a rename, with the permissions of a plainly created file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _curve(conf: torch.Tensor, correct: torch.Tensor, levels: list[int], K: int, lambdas: Sequence[float],

@@ -121,7 +121,9 @@ class EvalResult:
     def final_cross_entropy(self) -> float | None:
         """The model's own cross-entropy against the real next token (the floor of every lens's)."""
         ce = self.per_sample.get("final/ce")
-        return None if ce is None else float(ce.double().nanmean())
+        if ce is None or bool(torch.isnan(ce).all()):  # a store written before next tokens were recorded
+            return None
+        return float(ce.double().nanmean())
 
     def merge(self, other: EvalResult) -> EvalResult:
         """This result with another's methods added (same split and samples)."""
