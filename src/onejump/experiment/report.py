@@ -311,7 +311,8 @@ def render_markdown(results: dict[str, Any], figures: list[str], sections: list[
         lines += ["", *sections]
     if "trajectory.png" in figures:
         lines += ["", "## What each level predicts", "",
-                  "The first test sentence, read at every level by the logit lens and by the run's single jump "
+                  "A test sentence (in corpus order, the first whose prefix has 12 to 20 tokens), read at every level "
+                  "by the logit lens and by the run's single jump "
                   "(each cell: the top-1 next token, coloured by its probability). `onejump lens --prompt ...` "
                   "draws this for any prompt and lens.", "", "![trajectory](trajectory.png)"]
         figures = [f for f in figures if f != "trajectory.png"]

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import ShortcutError, StoreError
 from ..io import atomic_write_text
 from ..store import HiddenStateStore
@@ -299,7 +301,7 @@ class Run(RunFolder):
 
     def _report_extras(self, result: Any, out: Path) -> None:
         """tuned-lens-shaped ``aggregate_metrics.json``, and the prediction trajectory of a fixed test
-        sentence (its first sample's prefix) through the logit lens and the run's single jump."""
+        sentence (the first test prefix of 12 to 20 tokens) through the logit lens and the run's single jump."""
         from ..evaluation.aggregate import metrics_of_result, write_aggregate_metrics
         from ..lenses.base import LogitLens
         from ..trajectory import save_trajectories, trajectories
@@ -308,7 +310,12 @@ class Run(RunFolder):
         lm, store = self.lm(), self.store()
         single = "best" if (self.lens_path("best") / "config.json").is_file() else "ojfa"
         lenses = [LogitLens(lm), self.run_lenses()[single]]
-        row = int(store.indices("test")[0])
+        test = store.indices("test")
+        # rows are stored by prefix length; in corpus order, the first test prefix long enough to show
+        # a trajectory (a sentence, not two tokens)
+        in_order = test[np.argsort(store.meta("sample_id")[test], kind="stable")][:500]
+        row = next((int(r) for r in in_order if 12 <= len(store.prefix_tokens(int(r))) <= 20),
+                   int(in_order[0]))
         prompt = lm.tokenizer.decode(store.prefix_tokens(row), skip_special_tokens=True)
         trajs = trajectories([lens.to(lm.device) for lens in lenses], lm, prompt, names=["logit lens", single])
         save_trajectories(trajs, out / "trajectory.png", title=f"{lm.name}: what each level predicts")
