@@ -7,10 +7,10 @@ import torch
 
 from onejump.errors import ShortcutError
 from onejump.lenses import JTCLens, Lens, LinearJTC, LogitLens, OneJump, PerLevelLens
-from onejump.lenses.files import save_shortcuts
 from onejump.lenses.jumps import jump_parameter_count
 from onejump.model.loading import from_pretrained_model
 
+from .legacy_files import save_shortcuts
 from .test_selection import random_bank
 from .tiny import tiny_model, tiny_tokenizer
 

@@ -182,8 +182,10 @@ def residual_bank(K, H, r, seed=0):
 
 
 def test_residual_bank_forward_apply_fold_and_files(tmp_path):
-    from onejump.lenses.files import load_shortcuts, save_shortcuts
+    from onejump.lenses.files import load_shortcuts
     from onejump.lenses.onejump import OneJump
+
+    from .legacy_files import save_shortcuts
 
     K, H, r = 3, 16, 2
     bank = residual_bank(K, H, r, seed=1)

@@ -9,10 +9,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from onejump.errors import NumericalError, ShortcutError
-from onejump.lenses.files import CONFIG_NAME, WEIGHTS_NAME, load_shortcuts, save_shortcuts
+from onejump.lenses.files import CONFIG_NAME, WEIGHTS_NAME, load_shortcuts
 from onejump.lenses.jtc import LinearJTC
 from onejump.lenses.jumps import JumpBank, default_rank, jump_parameter_count
 
+from .legacy_files import save_shortcuts
 from .test_selection import FakeStore, random_bank
 
 
