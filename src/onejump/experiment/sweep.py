@@ -10,7 +10,7 @@ logit lens (0 parameters) and the full-rank JTC maps come from the run's own eva
 The **best single jump** is chosen without looking at the test split: among the single-jump
 candidates with at most ``2 x`` the paper OJFA's parameters, the one with the highest mean
 precision@1 on the held-out part of the train split. Its test numbers are then checked against
-the bar of issue 7 (twice the paper OJFA's mean precision@1, above the logit lens at every exit
+a pre-registered bar (twice the paper OJFA's mean precision@1, above the logit lens at every exit
 level up to K-5).
 
 Each configuration is cached in ``<run>/sweep/<objective>-r<rank>/`` (shortcuts + summary.json),
