@@ -75,3 +75,11 @@ def test_a_changed_store_retrains_everything(run_dir, capsys, tmp_path, tiny_dir
                  *COMMON]) == 0
     for kind, before in weights.items():  # nothing was reused from the old store
         assert (run_dir / "shortcuts" / kind / "weights.safetensors").read_bytes() != before, kind
+
+
+def test_a_sweep_of_another_store_is_refused_by_report(run_dir, capsys):
+    sweep = run_dir / "sweep"
+    sweep.mkdir()
+    key = json.dumps({"store": "0" * 16, "fingerprint": "f", "config": {}, "version": 2})
+    (sweep / "sweep.json").write_text(json.dumps({"configs": [{"key": key, "methods": {}}], "references": {}}))
+    _refused(capsys, "report", run_dir, "onejump sweep")

@@ -285,6 +285,11 @@ class Run(RunFolder):
         from .sweep import load_sweep
 
         beyond = load_sweep(self.folder)
+        store_id = self.identity("store")
+        if beyond is not None and any(json.loads(c.get("key", "{}")).get("store") != store_id
+                                      for c in beyond["configs"]):
+            raise StoreError(f"the sweep in {self.folder} was run on another store than the one now in the run: "
+                             f"run `onejump sweep --out {self.folder}` again")
         if beyond is not None:  # without the per-sample vectors (they stay in sweep/sweep.json)
             for cfg in [*beyond["configs"], {"methods": beyond["references"]}]:
                 for m in cfg["methods"].values():
