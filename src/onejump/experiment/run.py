@@ -308,13 +308,13 @@ class Run(RunFolder):
         """tuned-lens-shaped ``aggregate_metrics.json``, and the prediction trajectory of a fixed test
         sentence (the first test prefix of 12 to 20 tokens) through the logit lens and the run's single jump."""
         from ..evaluation.aggregate import metrics_of_result, write_aggregate_metrics
-        from ..lenses.base import LogitLens
+        from ..lenses.base import Lens, LogitLens
         from ..trajectory import save_trajectories, trajectories
 
         write_aggregate_metrics(out, **metrics_of_result(result))
         lm, store = self.lm(), self.store()
         single = "best" if (self.lens_path("best") / "config.json").is_file() else "ojfa"
-        lenses = [LogitLens(lm), self.run_lenses()[single]]
+        lenses = [LogitLens(lm), Lens.load(self.lens_path(single), lm)]  # the one it draws, not every lens
         test = store.indices("test")
         # rows are stored by prefix length; in corpus order, the first test prefix long enough to show
         # a trajectory (a sentence, not two tokens)
