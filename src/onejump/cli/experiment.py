@@ -1,4 +1,4 @@
-"""The commands of the experiment: prepare, extract, train, select, evaluate, report, run, sweep, info."""
+"""The commands of the experiment: prepare, extract, train, select, evaluate, report, run, sweep, compare, info."""
 
 from __future__ import annotations
 
@@ -161,6 +161,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"{len(bar['levels_not_above_logit_lens'])} of levels 0..{out['num_blocks'] - 5}; "
               f"bar {'met' if bar['met'] else 'NOT met'}")
     print(f"report: {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ..experiment.compare import write_compare
+
+    summary = write_compare(args.sources, args.out)
+    for m in summary["models"]:
+        verdicts = [c["verdict"] for c in m["claims"].values()]
+        print(f"{m['name']} (K={m['K']}, H={m['H']}, r={m['r']}, {m['n_train']}/{m['n_test']}): "
+              f"{verdicts.count('held')} of {len(verdicts)} claims held, {verdicts.count('not held')} not held, "
+              f"{verdicts.count('inconclusive')} inconclusive")
+    out = Path(args.out)
+    print(f"wrote {out / 'models.md'}, {out / 'compare.json'}, {out / 'ojfa_gap_vs_h.png'}")
     return 0
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from ..errors import OneJumpError
 from .common import _INTERRUPT_HINT
 from .experiment import (
+    cmd_compare,
     cmd_evaluate,
     cmd_extract,
     cmd_info,
@@ -31,6 +32,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": cmd_report,
     "run": cmd_run,
     "sweep": cmd_sweep,
+    "compare": cmd_compare,
     "generate": cmd_generate,
     "lens": cmd_lens,
     "info": cmd_info,

