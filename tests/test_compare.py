@@ -1,0 +1,193 @@
+"""`onejump compare`: the claims per model, the single-jump table, the figure, and bad sources refused."""
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onejump.cli import main
+from onejump.experiment.compare import compare, write_compare
+from onejump.experiment.report import evaluate_claims
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+
+def _real(name):
+    return json.loads((DOCS / name / "results.json").read_text())
+
+
+def _fake_wide(smol):
+    """SmolLM2's results made into another model: wider, other weights, no sweep, OJFA 10 points lower at level 0."""
+    r = copy.deepcopy(smol)
+    r["model"].update(name="fake-1536", fingerprint="feedfacecafe0000", hidden_size=1536)
+    r["methods"]["ojfa"]["precision@1"][0] -= 0.10
+    r["tests"]["ojfa_vs_full_nnjtc"].update(ci=[-0.09, -0.02], p_value=0.2)
+    del r["beyond"]
+    return r
+
+
+@pytest.fixture
+def sources(tmp_path):
+    """A run folder (SmolLM2), a report folder (Gemma, the older schema) and a results.json (a fake wide model)."""
+    smol, gemma = _real("smollm2-135m"), _real("gemma3-270m")
+    run = tmp_path / "smol-run"
+    (run / "report").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    (run / "report" / "results.json").write_text(json.dumps(smol))
+    (tmp_path / "gemma-report").mkdir()
+    (tmp_path / "gemma-report" / "results.json").write_text(json.dumps(gemma))
+    fake = tmp_path / "fake.json"
+    fake.write_text(json.dumps(_fake_wide(smol)))
+    # given out of H order on purpose: the columns come sorted by H
+    return [fake, run, tmp_path / "gemma-report"], [smol, gemma, _fake_wide(smol)]
+
+
+def _table(md, heading):
+    """The rows of the markdown table under ``heading``: {label: [cells]}."""
+    block = md.split(heading, 1)[1].split("\n\n")
+    rows = next(b for b in block if b.startswith("| |")).splitlines()[2:]
+    return {r.split(" | ")[0].strip("| "): [c.strip(" |") for c in r.split(" | ")[1:]] for r in rows}
+
+
+def _mean(r, name):
+    return float(np.mean(r["methods"][name]["precision@1"]))
+
+
+def _expected_gap_cell(r):
+    gap = _mean(r, "full_nnjtc") - _mean(r, "ojfa")
+    p = r["tests"]["ojfa_vs_full_nnjtc"]["p_value"]
+    verdict = "held" if gap <= 0.03 else "**not held**" if p < 0.05 else "inconclusive"
+    return f"{gap * 100:+.1f} pts, {verdict} (p = {p:.2g})"
+
+
+def _expected_ceiling_cell(r):
+    cands = [(max(r["methods"][n]["precision@1"]), n) for n in ("full_nnjtc", "ojfa", "joint")]
+    top, name = max(cands)
+    reuse = np.asarray(r["reuse"]["precision@1"])
+    if reuse.max() > top:
+        m, k = np.unravel_index(reuse.argmax(), reuse.shape)
+        where, ci = f"jump {m}, level {k}", ""
+    else:
+        k = r["methods"][name]["precision@1"].index(top)
+        lo, hi = r["methods"][name]["precision@1_ci"][k]
+        where = f"{ {'full_nnjtc': 'full N-NJTC', 'ojfa': 'OJFA', 'joint': 'joint jump'}[name]}, level {k}"
+        ci = f" [{lo:.3f}, {hi:.3f}]"
+    return f"{max(top, reuse.max()):.3f}{ci} ({where}), {'held' if max(top, reuse.max()) <= 0.6 else 'not held'}"
+
+
+def test_tables_hold_the_runs_numbers(sources, tmp_path):
+    paths, (smol, gemma, fake) = sources
+    summary = write_compare(paths, tmp_path / "out")
+    assert [m["name"] for m in summary["models"]] == ["smollm2-135m", "gemma3-270m", "fake-1536"]
+    md = (tmp_path / "out" / "models.md").read_text()
+    assert "fake-1536<br>K = 30, H = 1536, r = 5<br>9000 / 3000" in md
+    claims = _table(md, "## The paper's claims, per model")
+    assert len(claims) == 6
+    gap_row = next(v for k, v in claims.items() if k.startswith("OJFA within 3 points"))
+    assert gap_row == [_expected_gap_cell(r) for r in (smol, gemma, fake)]
+    assert gap_row[2].endswith("inconclusive (p = 0.2)")  # a gap the paired test cannot tell from noise
+    k_fold = next(v for k, v in claims.items() if k.startswith("OJFA cuts"))
+    assert k_fold == [f"{r['parameters']['reduction_factor']:.0f}x (K = {len(r['levels'])}), held"
+                      for r in (smol, gemma, fake)]
+    ceiling = next(v for k, v in claims.items() if k.startswith("No low-rank shortcut"))
+    assert ceiling == [_expected_ceiling_cell(r) for r in (smol, gemma, fake)]  # Gemma's older file gets it too
+
+    single = _table(md, "## The best single jump")
+    best = np.asarray(smol["beyond"]["best"]["precision@1"])
+    tuned = np.asarray(smol["methods"]["tuned"]["precision@1"])
+    assert single["best single jump / logit lens"][0] == f"{best.mean() / _mean(smol, 'identity'):.2f}x"
+    assert single["best single jump / tuned lens"][0] == f"{best.mean() / tuned.mean():.2f}x"
+    assert single["exit levels where the best single jump reaches 0.8x the tuned lens"][0] == \
+        f"{np.mean(best >= 0.8 * tuned):.0%}"
+    assert single["tuned lens: mean KL (nats)"] == [f"{smol['methods']['tuned']['mean_kl']:.3f}", "n/a",
+                                                   f"{fake['methods']['tuned']['mean_kl']:.3f}"]
+    assert single["tuned lens: mean precision@1"][1] == "n/a"  # Gemma's run has no tuned lens
+    assert single["best single jump / logit lens"][2] == "n/a"  # the fake run has no sweep
+
+    saved = json.loads((tmp_path / "out" / "compare.json").read_text())
+    fake_gap = saved["models"][2]["ojfa_gap"]["full_nnjtc"]
+    assert fake_gap["ci_points"] == pytest.approx([2.0, 9.0])  # OJFA minus full, flipped, in points
+    assert fake_gap["gap_points"] == pytest.approx(100 * (_mean(fake, "full_nnjtc") - _mean(fake, "ojfa")))
+    assert saved["models"][1]["claims"]["low_rank_below_60"]["ci"] is not None
+    png = (tmp_path / "out" / "ojfa_gap_vs_h.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
+
+
+def test_cli_compare(capsys, sources, tmp_path):
+    paths, _ = sources
+    code = main(["-q", "compare", *map(str, paths), "--out", str(tmp_path / "cli")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "gemma3-270m (K=18, H=640, r=6, 3000/1000): 3 of 6 claims held" in out
+    assert {p.name for p in (tmp_path / "cli").iterdir()} == {"compare.json", "models.md", "ojfa_gap_vs_h.png"}
+
+
+def _bad_sources(tmp_path, good):
+    (tmp_path / "not-json.json").write_text("{ nope")
+    (tmp_path / "other.json").write_text(json.dumps({"schema": "something-else/1"}))
+    (tmp_path / "half.json").write_text(json.dumps({"schema": "onejump-results/1", "model": {}}))
+    (tmp_path / "run-no-report").mkdir()
+    (tmp_path / "run-no-report" / "run.json").write_text("{}")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    return [
+        ([tmp_path / "missing"], "does not exist"),
+        ([tmp_path / "not-json.json"], "is not JSON"),
+        ([tmp_path / "other.json"], "is not an onejump results.json"),
+        ([tmp_path / "half.json"], "incomplete onejump results.json"),
+        ([tmp_path / "run-no-report"], "has no report yet: run `onejump report"),
+        ([tmp_path / "empty"], "holds no results.json"),
+        ([good, good.parent], "on the same data"),  # the same run twice, as a folder and as a file
+    ]
+
+
+def test_bad_sources_one_line_nothing_written(capsys, sources, tmp_path):
+    paths, _ = sources
+    good = paths[1] / "report" / "results.json"
+    for argv, message in _bad_sources(tmp_path, good):
+        out = tmp_path / "never"
+        code = main(["-q", "compare", *map(str, argv), paths[0].as_posix(), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2, (argv, err)
+        assert err.startswith("onejump compare: error: ") and message in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+    code = main(["-q", "compare", str(paths[0]), "--out", str(tmp_path / "a-file")])
+    assert code == 2 and "is a file" in capsys.readouterr().err
+
+
+def _levels_results(per_method, reuse=0.1, K=3):
+    """A minimal results dict: each low-rank method's precision@1 per level."""
+    methods = {n: {"precision@1": [0.1] * K} for n in ("identity", "arbitrary_mean")}
+    methods.update({n: {"precision@1": list(v), "precision@1_ci": [[x - 0.02, x + 0.02] for x in v]}
+                    for n, v in per_method.items()})
+    return {"methods": methods, "levels": list(range(K)), "data": {"n_test": 500},
+            "parameters": {"full_nnjtc": 30, "ojfa": 10, "reduction_factor": 3.0},
+            "reuse": {"precision@1": [[reuse] * K for _ in range(K)]},
+            "selection": {"chosen": 0, "D": [1.0, 0.0, 0.0]}, "tests": {}}
+
+
+def _ceiling(results):
+    return next(c for c in evaluate_claims(results) if c["id"] == "low_rank_below_60")
+
+
+def test_sixty_percent_claim():
+    c = _ceiling(_levels_results({"full_nnjtc": [0.2, 0.65, 0.3], "ojfa": [0.1, 0.2, 0.3], "joint": [0.3] * 3}))
+    assert not c["held"] and c["verdict"] == "not held"
+    assert (c["method"], c["level"], c["value"]) == ("full_nnjtc", 1, 0.65)
+    assert c["ci"] == pytest.approx([0.63, 0.67])
+    c = _ceiling(_levels_results({"full_nnjtc": [0.2, 0.5, 0.3], "ojfa": [0.1, 0.2, 0.59], "joint": [0.3] * 3}))
+    assert c["held"] and c["verdict"] == "held" and (c["method"], c["level"]) == ("ojfa", 2)
+    assert c["paper"] == "Sec. 7" and "0.590 [0.570, 0.610]" in c["ours"]
+    c = _ceiling(_levels_results({"full_nnjtc": [0.2] * 3, "ojfa": [0.1] * 3, "joint": [0.3] * 3}, reuse=0.61))
+    assert not c["held"] and c["method"] == "jump 0" and c["ci"] is None  # an arbitrary jump over 60%
+    c = _ceiling(_levels_results({"full_nnjtc": [0.2, 0.6, 0.2], "ojfa": [0.1] * 3, "joint": [0.3] * 3}))
+    assert c["held"]  # exactly 60% is not over it
+
+
+def test_compare_accepts_an_older_results_without_tuned_or_early_exit():
+    summary = compare([DOCS / "gemma3-270m"])
+    (gemma,) = summary["models"]
+    assert gemma["claims"]["low_rank_below_60"]["verdict"] in ("held", "not held")
+    assert gemma["single_jump"]["tuned_lens"] is None and gemma["single_jump"]["best"] is not None
