@@ -232,13 +232,13 @@ def write_compare(sources: list[str | Path], out_dir: str | Path) -> dict[str, A
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out_dir} is a file, not a folder")
-    summary = compare(sources)  # every check before anything is written
-    markdown = render_models_md(summary)
+    summary = compare(sources)  # every check, and every rendering, before anything is written
+    markdown, png = render_models_md(summary), gap_figure(summary)
     out.mkdir(parents=True, exist_ok=True)
     figure = out / "ojfa_gap_vs_h.png"
     tmp = out / f".{figure.name}.{os.getpid()}.tmp"
     try:
-        gap_figure(summary, tmp)
+        tmp.write_bytes(png)
         os.replace(tmp, figure)
     finally:
         tmp.unlink(missing_ok=True)

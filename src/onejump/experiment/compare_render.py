@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,8 +104,10 @@ def _h_axis(ax: Any, models: list[dict[str, Any]]) -> None:
     H = [float(m["H"]) for m in models]
     ax.set_xscale("log")
     ax.set_xlim(min(*H, PAPER_H[0]) / 1.3, max(*H, PAPER_H[1]) * 1.3)
-    ax.axvspan(*PAPER_H, color="0.9", zorder=0, label="the paper's models (H 1600-4096)")
-    names: dict[float, list[str]] = {float(h): [] for h in PAPER_H}
+    ax.axvspan(*PAPER_H, color="0.9", zorder=0)
+    ax.text(float(np.sqrt(PAPER_H[0] * PAPER_H[1])), 0.98, f"the paper's models\nH {PAPER_H[0]}-{PAPER_H[1]}",
+            transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=8, color="0.35")
+    names: dict[float, list[str]] = {}
     for h, m in zip(H, models):
         names.setdefault(h, []).append(m["name"])
     ticks = sorted(names)
@@ -129,6 +130,7 @@ def _gap_panel(ax: Any, models: list[dict[str, Any]], H: np.ndarray) -> None:
         y = np.array([g["gap_points"] for g in gaps])
         err = np.array([[v - g["ci_points"][0], g["ci_points"][1] - v] if g["ci_points"] else [0.0, 0.0]
                         for v, g in zip(y, gaps)]).T
+        err = np.maximum(err, 0.0)  # a percentile CI may, rarely, sit beside the mean by a rounding error
         ax.errorbar(H * shift, y, yerr=err, fmt="o-", color=color, capsize=4, label=f"{label} (95% CI)")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.axhline(MATCH_TOLERANCE * 100, color="tab:red", linestyle="--", linewidth=1,
@@ -154,8 +156,10 @@ def _lens_panel(ax: Any, models: list[dict[str, Any]], H: np.ndarray) -> None:
     _legend(ax)
 
 
-def gap_figure(summary: dict[str, Any], path: Path) -> None:
-    """OJFA's gap against H; beside it, where a run has a sweep, the lenses against the logit lens."""
+def gap_figure(summary: dict[str, Any]) -> bytes:
+    """OJFA's gap against H; beside it, where a run has a sweep, the lenses against the logit lens (PNG bytes)."""
+    import io
+
     plt = _plt()
     models = summary["models"]
     H = np.array([m["H"] for m in models], dtype=np.float64)
@@ -164,5 +168,7 @@ def gap_figure(summary: dict[str, Any], path: Path) -> None:
     _gap_panel(axes[0][0], models, H)
     if with_best:
         _lens_panel(axes[0][1], models, H)
-    fig.savefig(path, dpi=110, format="png", bbox_inches="tight")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format="png", bbox_inches="tight")
     plt.close(fig)
+    return buffer.getvalue()
