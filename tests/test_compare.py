@@ -128,6 +128,9 @@ def _bad_sources(tmp_path, good):
     (tmp_path / "not-json.json").write_text("{ nope")
     (tmp_path / "other.json").write_text(json.dumps({"schema": "something-else/1"}))
     (tmp_path / "half.json").write_text(json.dumps({"schema": "onejump-results/1", "model": {}}))
+    no_h = json.loads(good.read_text())
+    del no_h["model"]["hidden_size"]
+    (tmp_path / "no-h.json").write_text(json.dumps(no_h))
     (tmp_path / "run-no-report").mkdir()
     (tmp_path / "run-no-report" / "run.json").write_text("{}")
     (tmp_path / "empty").mkdir()
@@ -137,6 +140,7 @@ def _bad_sources(tmp_path, good):
         ([tmp_path / "not-json.json"], "is not JSON"),
         ([tmp_path / "other.json"], "is not an onejump results.json"),
         ([tmp_path / "half.json"], "incomplete onejump results.json"),
+        ([tmp_path / "no-h.json"], "it lacks model.hidden_size"),
         ([tmp_path / "run-no-report"], "has no report yet: run `onejump report"),
         ([tmp_path / "empty"], "holds no results.json"),
         ([good, good.parent], "on the same data"),  # the same run twice, as a folder and as a file

@@ -77,8 +77,11 @@ def load_results(source: str | Path) -> tuple[Path, dict[str, Any]]:
         raise ConfigError(f"{path} is not JSON: give the results.json of an onejump report") from None
     if not isinstance(results, dict) or results.get("schema") != SCHEMA:
         raise ConfigError(f"{path} is not an onejump results.json (its schema is not '{SCHEMA}')")
-    missing = [k for k in _REQUIRED if k not in results] or \
-        [f"methods.{m}" for m in _METHODS if m not in results["methods"]]
+    missing = [k for k in _REQUIRED if k not in results]
+    if not missing:
+        parts = {"model": ("name", "hidden_size"), "data": ("n_train", "n_test"), "methods": _METHODS}
+        missing = [f"{part}.{key}" for part, keys in parts.items() for key in keys
+                   if not isinstance(results[part], dict) or key not in results[part]]
     if missing:
         raise ConfigError(f"{path} is an incomplete onejump results.json: it lacks {', '.join(missing)}")
     return path, results
