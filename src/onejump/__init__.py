@@ -31,11 +31,11 @@ from .evaluation import EvalResult, evaluate, reuse_matrix
 from .evaluation.selection import select_ojfa
 from .extract import extract
 from .generation import generate
-from .lenses import JTCLens, Lens, LogitLens, OneJump, PerLevelLens, TunedLens
+from .lenses import CondJump, JTCLens, Lens, LogitLens, OneJump, PerLevelLens, TunedLens
 from .model import ArchitectureAdapter, LoadedModel, from_pretrained_model, load_model
 from .store import HiddenStateStore
 from .trajectory import PredictionTrajectory, trajectories
-from .training import TrainConfig, train_joint_jump, train_per_level
+from .training import TrainConfig, train_cond_jump, train_joint_jump, train_per_level
 from .training.tuned import TunedTrainConfig, train_tuned_lens
 
 select = select_ojfa
@@ -45,6 +45,7 @@ __version__ = "0.2.0"
 __all__ = [
     "ArchitectureAdapter",
     "ChecksumError",
+    "CondJump",
     "ConfigError",
     "CorpusError",
     "DiskFullError",
@@ -76,6 +77,7 @@ __all__ = [
     "select",
     "select_ojfa",
     "split_sentences",
+    "train_cond_jump",
     "train_joint_jump",
     "train_per_level",
     "train_tuned_lens",

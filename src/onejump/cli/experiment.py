@@ -149,8 +149,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         residual = () if args.residual_multipliers.strip().lower() == "none" else \
             _int_list(args.residual_multipliers, "residual-multipliers")
         per = {"kl": _int_list(args.kl_multipliers, "kl-multipliers")} if args.kl_multipliers else None
+        variants = tuple(x.strip() for x in args.variants.split(",") if x.strip())
         out = sweep(run, multipliers=multipliers, objectives=objectives, residual_multipliers=residual,
-                    per_objective=per, progress=not args.quiet)
+                    per_objective=per, variants=variants,
+                    variant_multipliers=_int_list(args.variant_multipliers, "variant-multipliers"),
+                    progress=not args.quiet)
         run.simulate_exits()  # the sweep's best single jump joins the early-exit comparison
         path = run.report()
     best, bar = out.get("best"), out.get("bar")

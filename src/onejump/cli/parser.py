@@ -213,6 +213,15 @@ def _add_experiment_commands(sub: Any) -> None:
     p.add_argument("--residual-multipliers", default="1,2",
                    help="rank multipliers of the residual KL joint jump (h + BN(h) A B), comma-separated, or "
                         "'none' (default: %(default)s)")
+    p.add_argument("--variants", default="",
+                   help="more single-jump variants, comma-separated: kl-res-cond (the residual KL joint jump with "
+                        "a gain and a shift per exit level in its rank-r code, 2r numbers per level), "
+                        "kl-res-cond-warm (the same, started from the kl-res joint jump of its rank) "
+                        "(default: none)")
+    p.add_argument("--variant-multipliers", default="2",
+                   help="rank multipliers of the --variants (default: %(default)s: then a conditioned jump holds "
+                        "4Hr0 + 4H + 4r0 K numbers, r0 = floor(H/100), within twice the paper OJFA's whenever "
+                        "K <= 100)")
 
     p = sub.add_parser("compare", help="several runs side by side: the paper's claims per model, OJFA's gap against H",
                        description="Read one results.json per model and write into --out: compare.json, models.md "

@@ -178,6 +178,35 @@ def head_scores(store: Any, adapter: Any, bank: JumpBank, rows: np.ndarray | Non
     return out
 
 
+@torch.no_grad()
+def lens_scores(store: Any, lens: Any, rows: np.ndarray | None = None, chunk_size: int | None = None) -> torch.Tensor:
+    """Precision@1 (K,) of any lens at every exit level on store ``rows`` (default: the held-out part).
+
+    The same score as one row of :func:`head_scores` (argmax of ``lens(h^k, k)`` against the model's
+    own top-1 token), through the lens's own call, so it serves lenses that are not a jump bank
+    (e.g. a level-conditioned jump).
+    """
+    K = store.num_blocks
+    rows = holdout_rows(store) if rows is None else np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        raise StoreError("no store rows to compute lens scores on")
+    dev = lens.lm.adapter.unembedding_matrix().device
+    if chunk_size is None:  # about 2^24 logits (64 MiB) per (chunk, vocabulary) block
+        chunk_size = max(1, (1 << 24) // lens.vocab_size)
+    targets = torch.from_numpy(store.meta("target")[rows].astype(np.int64)).to(dev)
+    correct = torch.zeros(K, dtype=torch.float64)
+    for start in range(0, len(rows), chunk_size):
+        part = rows[start:start + chunk_size]
+        h = store.read_rows(part).to(dev)
+        if not torch.isfinite(h).all():
+            i, level, _ = (~torch.isfinite(h)).nonzero()[0].tolist()
+            raise NumericalError(f"non-finite hidden state in the store at level {level}, sample row {int(part[i])}")
+        top1 = targets[start:start + len(part)]
+        for k in range(K):
+            correct[k] += float((lens(h[:, k], k).argmax(-1) == top1).sum())
+    return correct / len(rows)
+
+
 def _softmax(scores: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(scores.double() / temperature, dim=0)
 

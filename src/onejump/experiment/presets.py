@@ -32,12 +32,20 @@ SINGLE = ("ojfa-paper", "ojfa-head", "joint")
 #: precision@1 0.10 after 3 epochs at batch 64 vs 0.01 after 2 at batch 256). ``kl-res`` is the
 #: residual jump ``h + BN(h) A B``, whose head costs O(H) per vocabulary column: only its joint
 #: jump is trained (4 epochs), at a lower learning rate (its correction starts near zero).
+#: ``kl-res-cond`` is the residual joint jump with a gain and a shift per exit level in its rank-r
+#: code (:class:`onejump.lenses.CondJump`, 2r more numbers per level), trained like ``kl-res``;
+#: ``kl-res-cond-warm`` starts it from the ``kl-res`` joint jump of the same rank (trained first if
+#: the sweep has not trained it yet).
 VARIANTS: dict[str, dict[str, Any]] = {
     "mse": {"train": {"objective": "mse"}, "kinds": ("nnjtc", "joint")},
     "kl": {"train": {"objective": "kl", "batch_size": 64, "lr": 1e-2, "max_epochs": 8, "patience": 3},
            "kinds": ("nnjtc", "joint")},
     "kl-res": {"train": {"objective": "kl", "batch_size": 64, "lr": 3e-3, "max_epochs": 4, "patience": 2,
                          "residual": True}, "kinds": ("joint",)},
+    "kl-res-cond": {"train": {"objective": "kl", "batch_size": 64, "lr": 3e-3, "max_epochs": 4, "patience": 2,
+                              "residual": True}, "kinds": ("joint-cond",)},
+    "kl-res-cond-warm": {"train": {"objective": "kl", "batch_size": 64, "lr": 3e-3, "max_epochs": 4, "patience": 2,
+                                   "residual": True}, "kinds": ("joint-cond",), "warm_start": "kl-res"},
 }
 
 

@@ -66,13 +66,18 @@ class Run(RunFolder):
         return store
 
     # ---- what each stage was computed from -------------------------------------------------
-    def train_or_reuse(self, kind: str, config: Any, folder: Path, targets_cache: dict | None = None):
-        """The lens of ``kind`` (``nnjtc``, ``joint``, ``jtc``) trained with ``config`` on this run's store,
-        saved in ``folder``; reused from there when it was trained from the same store and config."""
+    def train_or_reuse(self, kind: str, config: Any, folder: Path, targets_cache: dict | None = None,
+                       init: Any = None):
+        """The lens of ``kind`` (``nnjtc``, ``joint``, ``jtc``, ``tuned``, ``joint-cond``) trained with ``config``
+        on this run's store, saved in ``folder``; reused from there when it was trained from the same store
+        and config. ``init``: the lens a ``joint-cond`` jump starts from (its key joins the stage key)."""
         from ..lenses.base import Lens
 
-        key = stage_key({"store": self.identity("store"), "fingerprint": self.lm().fingerprint}, kind,
-                   config.to_dict() if config is not None else None)
+        parts: list[Any] = [{"store": self.identity("store"), "fingerprint": self.lm().fingerprint}, kind,
+                            config.to_dict() if config is not None else None]
+        if init is not None:
+            parts.append({"init": init.extra.get("key")})
+        key = stage_key(*parts)
         if (folder / "config.json").is_file() or (folder / "shortcuts.json").is_file():
             try:
                 lens = Lens.load(folder, self.lm())
@@ -82,7 +87,7 @@ class Run(RunFolder):
             except ShortcutError:
                 pass  # a damaged or foreign file: train again and replace it
         t0 = time.perf_counter()
-        self._fit(kind, self.store(), config, {} if targets_cache is None else targets_cache, key).save(folder)
+        self._fit(kind, self.store(), config, {} if targets_cache is None else targets_cache, key, init).save(folder)
         self._timed(f"train:{kind}", t0)
         return Lens.load(folder, self.lm())
 
@@ -107,10 +112,11 @@ class Run(RunFolder):
         jobs += [("tuned", TunedTrainConfig())] if tuned else []
         return {kind: self.train_or_reuse(kind, cfg, self.shortcut_dir(kind), targets_cache) for kind, cfg in jobs}
 
-    def _fit(self, kind: str, store: HiddenStateStore, config: Any, targets_cache: dict, key: str):
+    def _fit(self, kind: str, store: HiddenStateStore, config: Any, targets_cache: dict, key: str, init: Any = None):
         from ..lenses.jtc import JTCLens, LinearJTC
         from ..lenses.onejump import OneJump, PerLevelLens
         from ..training.fit import objective_loss, train_joint, train_jumps
+        from ..training.lenses import train_cond_jump
 
         lm, dev = self.lm(), self.compute_device
         if kind == "jtc":
@@ -123,6 +129,10 @@ class Run(RunFolder):
             lens.extra = {"key": key, "history": history.to_dict()}
             return lens.cpu()
         loss_fn = objective_loss(store, config, lm.adapter, self.progress, dev, targets_cache)
+        if kind == "joint-cond":
+            lens = train_cond_jump(store, lm, config, init=init, device=dev, progress=self.progress, loss_fn=loss_fn)
+            lens.extra["key"] = key
+            return lens
         trainer = train_jumps if kind == "nnjtc" else train_joint
         bank, history = trainer(store, config, device=dev, progress=self.progress, loss_fn=loss_fn)
         extra = {"key": key, "history": history.to_dict()}

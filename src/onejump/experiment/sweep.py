@@ -30,10 +30,11 @@ import torch
 
 from ..errors import ConfigError
 from ..evaluation.metrics import evaluate
-from ..evaluation.selection import head_scores, holdout_rows, select_ojfa
+from ..evaluation.selection import head_scores, holdout_rows, lens_scores, select_ojfa
 from ..evaluation.statistics import bootstrap_ci, paired_test
 from ..io import atomic_write_text
 from ..lenses.jumps import default_rank
+from ..lenses.onejump import OneJump
 from ..training.config import OBJECTIVES, TrainConfig
 from .presets import MULTIPLIERS, SINGLE, VARIANTS
 
@@ -76,6 +77,8 @@ def run_config(run: Any, objective: str, rank: int, *, progress: bool = True) ->
     t0 = time.perf_counter()
     lenses = {kind: run.train_or_reuse(kind, config, folder / kind, targets_cache)
               for kind in ("nnjtc", "joint") if kind in VARIANTS[objective]["kinds"]}
+    if "joint-cond" in VARIANTS[objective]["kinds"]:  # the sweep's single jump of this variant, saved as its joint
+        lenses["joint"] = _train_cond(run, objective, config, folder, targets_cache)
     timings["train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     rows = holdout_rows(store, config.val_fraction, config.seed)
@@ -97,7 +100,10 @@ def run_config(run: Any, objective: str, rank: int, *, progress: bool = True) ->
             held[name] = float(matrix[m].mean())
     if "joint" in lenses:
         to_eval["joint"] = lenses["joint"]
-        held["joint"] = float(head_scores(store, lm.adapter, lenses["joint"].bank, rows)["precision@1"].mean())
+        if isinstance(lenses["joint"], OneJump):
+            held["joint"] = float(head_scores(store, lm.adapter, lenses["joint"].bank, rows)["precision@1"].mean())
+        else:
+            held["joint"] = float(lens_scores(store, lenses["joint"], rows).mean())
     timings["select"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = evaluate(store, to_eval, field_metrics=False, progress=progress)
@@ -111,8 +117,21 @@ def run_config(run: Any, objective: str, rank: int, *, progress: bool = True) ->
     out = {"key": key, "objective": objective, "rank": rank, "multiplier": rank // default_rank(H),
            "residual": bool(config.residual), "config": config.to_dict(), "methods": methods, "timings": timings,
            "selection": selection}
+    if "joint-cond" in VARIANTS[objective]["kinds"]:
+        out["conditioned"] = {"per_level_parameters": 2 * rank, "warm_start": VARIANTS[objective].get("warm_start")}
     atomic_write_text(summary_path, json.dumps(out))
     return out
+
+
+def _train_cond(run: Any, variant: str, config: TrainConfig, folder: Path, targets_cache: dict[int, Any]) -> Any:
+    """The level-conditioned joint jump of ``variant``, from scratch or warm-started from the joint jump of
+    its ``warm_start`` variant at the same rank (that variant's cached jump, trained first if absent)."""
+    warm = VARIANTS[variant].get("warm_start")
+    init = None
+    if warm is not None:
+        source = run.folder / "sweep" / f"{warm}-r{config.rank}" / "joint"
+        init = run.train_or_reuse("joint", objective_config(warm, config.rank), source, targets_cache)
+    return run.train_or_reuse("joint-cond", config, folder / "joint", targets_cache, init=init)
 
 
 def _references(run: Any) -> dict[str, Any]:
@@ -146,25 +165,33 @@ def choose_best(configs: list[dict[str, Any]], paper_params: int, budget: float 
 
 def sweep(run: Any, *, multipliers: tuple[int, ...] = MULTIPLIERS, objectives: tuple[str, ...] = ("mse", "kl"),
           residual_multipliers: tuple[int, ...] = (1, 2), per_objective: dict[str, tuple[int, ...]] | None = None,
+          variants: tuple[str, ...] = (), variant_multipliers: tuple[int, ...] = (2,),
           progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the whole sweep on a run folder; writes and returns ``sweep/sweep.json``.
 
     ``objectives`` x ``multipliers`` for the plain jumps (``per_objective`` overrides the
     multipliers of one objective, e.g. ``{"kl": (1, 2)}``), plus the residual KL joint jump
-    (``kl-res``) at ``residual_multipliers`` (empty: none).
+    (``kl-res``) at ``residual_multipliers`` (empty: none), plus any other ``variants`` of
+    :data:`~onejump.experiment.presets.VARIANTS` (e.g. ``kl-res-cond``) at ``variant_multipliers``.
     """
     per_objective = dict(per_objective or {})
     every = [*multipliers, *residual_multipliers, *(m for ms in per_objective.values() for m in ms)]
-    if not multipliers or any(m < 1 for m in every):
+    every += list(variant_multipliers) if variants else []
+    if not multipliers or any(m < 1 for m in every) or (variants and not variant_multipliers):
         raise ConfigError("rank multipliers must be >= 1")
     for objective in objectives:
         if objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective '{objective}'; use one of {', '.join(OBJECTIVES)}")
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise ConfigError(f"unknown sweep variant '{bad[0]}'; use one of {', '.join(VARIANTS)}")
     store = run.store()
     K, H = store.num_blocks, store.hidden_size
     base = default_rank(H)
     plan = [(o, m) for o in objectives for m in per_objective.get(o, multipliers)]
     plan += [("kl-res", m) for m in residual_multipliers]
+    plan += [(v, m) for v in variants for m in variant_multipliers]
+    plan = list(dict.fromkeys(plan))
     # most informative first (the paper's configuration, then the candidates for the best single jump,
     # then the larger ranks), so that an interrupted sweep has already covered the comparison that matters
     first = [("mse", 1), ("kl-res", 2), ("kl", 1), ("kl", 2), ("kl-res", 1), ("mse", 2)]

@@ -3,6 +3,7 @@
 - :class:`LogitLens`: the model's head on the hidden state as it is;
 - :class:`OneJump`: one low-rank jump reused at every level (the paper's OJFA jump, a joint jump,
   plain or residual, any objective);
+- :class:`CondJump`: one shared jump with a gain and a shift per exit level in its rank-r code;
 - :class:`PerLevelLens`: the K per-level jumps of N-NJTC (jump k at level k);
 - :class:`JTCLens`: the full-rank linear JTC maps;
 - :class:`TunedLens`: the tuned lens (full-rank affine translators trained by KL through the head).
@@ -14,12 +15,13 @@ from types import SimpleNamespace
 
 from . import files, hub
 from .base import Lens, LogitLens
+from .cond import CondJump, CondJumpBank
 from .jtc import JTCLens, LinearJTC
 from .jumps import JumpBank, default_rank
 from .onejump import OneJump, PerLevelLens
 from .tuned import TunedLens
 
-__all__ = ["JTCLens", "JumpBank", "Lens", "LinearJTC", "LogitLens", "OneJump", "PerLevelLens", "TunedLens",
-           "default_rank"]
+__all__ = ["CondJump", "CondJumpBank", "JTCLens", "JumpBank", "Lens", "LinearJTC", "LogitLens", "OneJump",
+           "PerLevelLens", "TunedLens", "default_rank"]
 
 Lens.io = SimpleNamespace(load=files.load_lens, push=hub.push_to_hub)

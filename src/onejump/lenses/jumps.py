@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +89,12 @@ class JumpBank(nn.Module):
     :meth:`forward` takes ``h`` of shape (N, J, H) and applies jump j to ``h[:, j]``; in train mode
     every jump normalises with its own batch statistics and updates its own running statistics,
     exactly like J separate ``nn.BatchNorm1d(H)`` (it *is* one ``F.batch_norm`` over J*H channels).
+    ``keys`` names the tensors a saved bank holds; ``conditioned`` is True for banks whose jumps
+    depend on the exit level of each input (their :meth:`forward` needs ``levels``).
     """
+
+    keys: ClassVar[tuple[str, ...]] = _BANK_KEYS
+    conditioned: ClassVar[bool] = False
 
     def __init__(self, num_jumps: int, hidden_size: int, rank: int | None = None, *,
                  levels: Sequence[int] | None = None, eps: float = 1e-5, momentum: float = 0.1, seed: int = 0,
@@ -160,11 +166,17 @@ class JumpBank(nn.Module):
                          momentum=self.momentum, eps=self.eps)
         return x.view(n, self.num_jumps, self.hidden_size)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """Apply jump j to ``h[:, j]`` for every j: (N, J, H) -> (N, J, H)."""
+    def codes(self, h: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:
+        """The rank-r codes ``BN_j(h[:, j]) @ A_j``: (N, J, H) -> (J, N, r), train or eval mode.
+
+        ``levels`` (N,), the exit level of each input, is ignored: these jumps do not depend on it.
+        """
+        return torch.bmm(self.normalize(h.to(self.A.dtype)).transpose(0, 1), self.A)
+
+    def forward(self, h: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply jump j to ``h[:, j]`` for every j: (N, J, H) -> (N, J, H) (``levels``: see :meth:`codes`)."""
         h = h.to(self.A.dtype)
-        x = self.normalize(h).transpose(0, 1)  # (J, N, H)
-        out = torch.bmm(torch.bmm(x, self.A), self.B).transpose(0, 1)
+        out = torch.bmm(self.codes(h, levels), self.B).transpose(0, 1)
         return out + h if self.residual else out
 
     def _bn_eval(self, h: torch.Tensor, jump: int) -> torch.Tensor:
@@ -223,15 +235,15 @@ class JumpBank(nn.Module):
     # ---- tensors (safetensors) ----------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
         """The bank's state as plain float32 tensors (for safetensors)."""
-        return {k: getattr(self, k).detach().to("cpu", torch.float32).contiguous() for k in _BANK_KEYS}
+        return {k: getattr(self, k).detach().to("cpu", torch.float32).contiguous() for k in self.keys}
 
     def tensors_live(self) -> dict[str, torch.Tensor]:
         """The bank's parameters and buffers themselves (not copies), by name."""
-        return {k: getattr(self, k) for k in _BANK_KEYS}
+        return {k: getattr(self, k) for k in self.keys}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy tensors from :meth:`tensors` (shapes checked) into the bank."""
-        for k in _BANK_KEYS:
+        for k in self.keys:
             if k not in tensors:
                 raise ShortcutError(f"jump bank tensors lack '{k}'")
             own = getattr(self, k)

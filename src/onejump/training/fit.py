@@ -45,12 +45,21 @@ from .reader import _Reader, _Source, _split, _Task, _train_rows
 ``inp`` (B, J, H) inputs on the training device, ``tgt`` (B, H) the h^K targets (same device),
 ``rows`` (B,) CPU LongTensor: the store row (``store.indices("train")`` value) of each example's
 sample (joint: of the pair's sample). Called in train mode for training batches (with autograd)
-and under ``no_grad`` in eval mode for validation chunks.
+and under ``no_grad`` in eval mode for validation chunks. For a level-conditioned bank
+(``bank.conditioned``) a fifth argument follows: the exit level (B,) of each example (device tensor).
 """
 
 
 def _jump_name(levels: list[int] | None, j: int) -> str:
     return "the joint jump" if levels is None else f"jump {levels[j]} (level {levels[j]})"
+
+
+def _batch_loss(loss_fn: LossFn, bank: JumpBank, batch: tuple[torch.Tensor, ...],
+                device: torch.device) -> tuple[torch.Tensor, int]:
+    """``(loss per jump, examples)`` of one batch; its exit levels, when it has them, go to ``loss_fn`` too."""
+    inp, tgt, rows, *levels = batch
+    inp, tgt = inp.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
+    return loss_fn(bank, inp, tgt, rows, *(lv.to(device) for lv in levels)), len(rows)
 
 
 @torch.no_grad()
@@ -60,10 +69,10 @@ def _val_losses(bank: JumpBank, task: _Task, device: torch.device, chunk: int,
     bank.eval()
     total = torch.zeros(bank.num_jumps, dtype=torch.float64, device=device)
     n = 0
-    for inp, tgt, rows in task.chunks(chunk):
-        inp, tgt = inp.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
-        total += loss_fn(bank, inp, tgt, rows).double() * len(rows)
-        n += len(rows)
+    for batch in task.chunks(chunk):
+        loss, size = _batch_loss(loss_fn, bank, batch, device)
+        total += loss.double() * size
+        n += size
     return (total / max(n, 1)).cpu()
 
 
@@ -89,9 +98,8 @@ def _fit(bank: JumpBank, train: _Task, val: _Task | None, config: TrainConfig, d
         bank.train()
         sums = torch.zeros(J, dtype=torch.float64, device=device)
         seen = 0
-        for inp, tgt, rows in train.batches(config.batch_size, gen):
-            inp, tgt = inp.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
-            per_jump = loss_fn(bank, inp, tgt, rows)
+        for batch in train.batches(config.batch_size, gen):
+            per_jump, size = _batch_loss(loss_fn, bank, batch, device)
             if not torch.isfinite(per_jump.detach()).all():
                 j = int((~torch.isfinite(per_jump.detach())).nonzero()[0])
                 raise NumericalError(f"training loss of {_jump_name(levels_for_names, j)} became "
@@ -99,8 +107,8 @@ def _fit(bank: JumpBank, train: _Task, val: _Task | None, config: TrainConfig, d
             opt.zero_grad(set_to_none=True)
             per_jump.sum().backward()
             opt.step()
-            sums += per_jump.detach().double() * len(rows)
-            seen += len(rows)
+            sums += per_jump.detach().double() * size
+            seen += size
         train_loss = (sums / max(seen, 1)).cpu()
         val_loss = _val_losses(bank, val, device, config.eval_chunk, loss_fn) if val is not None else train_loss
         if not torch.isfinite(val_loss).all():
@@ -253,7 +261,7 @@ def _merge_histories(parts: list[TrainHistory]) -> TrainHistory:
 
 def train_joint(store: Any, config: TrainConfig | None = None, device: str | torch.device = "cpu",
                 progress: bool = True, *, loss_fn: LossFn | None = None,
-                adapter: Any = None) -> tuple[JumpBank, TrainHistory]:
+                adapter: Any = None, bank: JumpBank | None = None) -> tuple[JumpBank, TrainHistory]:
     """Train one jump on inputs pooled from all exit levels 0..K-1 (the paper's joint baseline).
 
     Every (sample, level) pair of the train part is one example with target h^K of that sample;
@@ -264,18 +272,27 @@ def train_joint(store: Any, config: TrainConfig | None = None, device: str | tor
     the same compute and the same epoch budget. Pairs are formed within the shuffle buffer (see
     :class:`TrainConfig`). ``loss_fn`` (see :data:`LossFn`; ``rows`` is each pair's sample row)
     replaces the MSE. Returns a bank with J = 1 (``levels == [-1]``).
+
+    ``bank``: the jump to train (trained in place, e.g. a level-conditioned
+    :class:`~onejump.lenses.cond.CondJumpBank`, or a warm start); default a new jump from ``config``.
+    A conditioned bank gets each pair's exit level (see :data:`LossFn`).
     """
     config, tr, va, dev = _prepare(store, config, device)
     if loss_fn is None:
         loss_fn = objective_loss(store, config, adapter, progress, dev)
     K, H = store.num_blocks, store.hidden_size
     config = replace(config, batch_size=config.batch_size * K)
-    bank = JumpBank(1, H, config.rank, levels=[-1], eps=config.bn_eps, momentum=config.bn_momentum,
-                    seed=config.seed, residual=config.residual).to(dev)
+    if bank is None:
+        bank = JumpBank(1, H, config.rank, levels=[-1], eps=config.bn_eps, momentum=config.bn_momentum,
+                        seed=config.seed, residual=config.residual)
+    elif bank.num_jumps != 1 or bank.hidden_size != H:
+        raise ConfigError(f"a joint jump is one jump of width H={H}; got {bank.num_jumps} of width {bank.hidden_size}")
+    bank = bank.to(dev)
+    cond = bank.conditioned
     t0 = time.perf_counter()
-    hist = _fit(bank, _Task(tr, None, K), _Task(va, None, K) if va is not None else None, config, dev, progress,
-                "train joint jump", None, loss_fn=loss_fn)
-    hist.kind = "joint"
+    hist = _fit(bank, _Task(tr, None, K, cond), _Task(va, None, K, cond) if va is not None else None, config, dev,
+                progress, "train joint jump" + (" (level-conditioned)" if cond else ""), None, loss_fn=loss_fn)
+    hist.kind = "joint-cond" if cond else "joint"
     hist.levels = [-1]
     hist.target_energy = _target_energy(va, K)
     hist.seconds = time.perf_counter() - t0

@@ -1,4 +1,5 @@
-"""Training that returns lenses: the K per-level jumps (full N-NJTC) and one joint jump, for a model.
+"""Training that returns lenses: the K per-level jumps (full N-NJTC), one joint jump and the
+level-conditioned joint jump, for a model.
 
 These wrap :func:`~onejump.training.fit.train_jumps` / :func:`~onejump.training.fit.train_joint` (which
 work on bare jump banks) with the model's head bound, so the objective (MSE to h^K, or KL through
@@ -11,6 +12,8 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
+from ..lenses.cond import CondJump, CondJumpBank
 from ..lenses.onejump import OneJump, PerLevelLens
 from .config import TrainConfig
 from .fit import objective_loss, train_joint, train_jumps
@@ -38,3 +41,36 @@ def train_joint_jump(store: Any, lm: Any, config: TrainConfig | None = None, *,
     loss_fn = objective_loss(store, config, lm.adapter, progress, dev)
     bank, history = train_joint(store, config, device=dev, progress=progress, loss_fn=loss_fn)
     return OneJump(lm, bank.cpu(), trained_at=-1, extra={"history": history.to_dict()})
+
+
+def train_cond_jump(store: Any, lm: Any, config: TrainConfig | None = None, *, init: OneJump | None = None,
+                    device: str | torch.device | None = None, progress: bool = True,
+                    loss_fn: Any = None) -> CondJump:
+    """The level-conditioned joint jump (:class:`~onejump.lenses.cond.CondJump`), trained like the joint jump.
+
+    Every (sample, level) pair of the train split is one example, exactly as for
+    :func:`train_joint_jump`; the shared A, B and BatchNorm and every level's gain and shift are
+    trained together. ``init``: a trained joint jump to start from (its A, B and BatchNorm; gains 1,
+    shifts 0), which must have ``config``'s rank and form; without it the jump starts from
+    ``config``'s seed, gains 1 and shifts 0 (at that point exactly the unconditioned joint jump's
+    initial weights). ``loss_fn``: the objective, if already built (else from ``config``).
+    """
+    config = config or TrainConfig()
+    dev = _device(lm, device)
+    K = store.num_blocks
+    if init is not None:
+        rank = config.rank if config.rank is not None else init.rank
+        if init.rank != rank or init.residual != config.residual or init.bank.num_jumps != 1:
+            raise ConfigError(f"the warm start is a rank-{init.rank}{' residual' if init.residual else ''} jump; "
+                              f"the configuration asks for rank {rank}{' residual' if config.residual else ''}")
+        bank = CondJumpBank.from_bank(init.bank, K)
+    else:
+        bank = CondJumpBank(1, store.hidden_size, config.rank, K, levels=[-1], eps=config.bn_eps,
+                            momentum=config.bn_momentum, seed=config.seed, residual=config.residual)
+    if loss_fn is None:
+        loss_fn = objective_loss(store, config, lm.adapter, progress, dev)
+    bank, history = train_joint(store, config, device=dev, progress=progress, loss_fn=loss_fn, bank=bank)
+    extra = {"history": history.to_dict()}
+    if init is not None:
+        extra["warm_start"] = {"kind": init.kind, "key": init.extra.get("key")}
+    return CondJump(lm, bank.cpu(), extra=extra)

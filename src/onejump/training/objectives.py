@@ -136,11 +136,14 @@ class HeadKL:
         self.negatives = int(negatives)
         self.gen = torch.Generator().manual_seed(int(seed) + 15485863)
 
-    def _logits(self, bank: JumpBank, inp: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
-        """Logits (J, B, C) of the head of every jump's output on vocabulary columns ``cols`` (None: all)."""
+    def _logits(self, bank: JumpBank, inp: torch.Tensor, cols: torch.Tensor | None,
+                levels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (J, B, C) of the head of every jump's output on vocabulary columns ``cols`` (None: all).
+
+        ``levels`` (B,): the exit level of each input, for a level-conditioned bank."""
         if bank.residual:
-            return self._residual_logits(bank, inp, cols)
-        z = torch.bmm(bank.normalize(inp.to(bank.A.dtype)).transpose(0, 1), bank.A)  # (J, B, r)
+            return self._residual_logits(bank, inp, cols, levels)
+        z = bank.codes(inp, levels)  # (J, B, r)
         b = bank.B
         if self.kind == "layernorm":
             b = b - b.mean(-1, keepdim=True)
@@ -155,9 +158,10 @@ class HeadKL:
             logits = logits + (self.const if cols is None else self.const[cols])
         return self.adapter.finish_logits(logits)
 
-    def _residual_logits(self, bank: JumpBank, inp: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+    def _residual_logits(self, bank: JumpBank, inp: torch.Tensor, cols: torch.Tensor | None,
+                         levels: torch.Tensor | None = None) -> torch.Tensor:
         """A residual jump's output ``h + correction`` is full-rank: the head costs O(H) per column."""
-        return self.full_rank_logits(bank(inp.to(bank.A.dtype)).transpose(0, 1), cols)  # (J, B, H)
+        return self.full_rank_logits(bank(inp.to(bank.A.dtype), levels).transpose(0, 1), cols)  # (J, B, H)
 
     def full_rank_logits(self, y: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
         """The head on full-rank estimates of h^K, restricted to the vocabulary columns ``cols``."""
@@ -171,14 +175,15 @@ class HeadKL:
             logits = logits + (self.const if cols is None else self.const[cols])
         return self.adapter.finish_logits(logits)
 
-    def __call__(self, bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def __call__(self, bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor, rows: torch.Tensor,
+                 levels: torch.Tensor | None = None) -> torch.Tensor:
         token, logp = self.targets.lookup(rows)
         token, logp = token.to(self.device), logp.to(self.device)
         if bank.training and self.negatives > 0:
             cand, inverse = torch.unique(token, return_inverse=True)  # sorted union of the batch's targets
             neg = torch.randint(0, self.V, (self.negatives,), generator=self.gen).to(self.device)
             cols = torch.cat([cand, neg])
-            logits = self._logits(bank, inp, cols)
+            logits = self._logits(bank, inp, cols, levels)
             c = len(cand)
             in_cand = torch.isin(neg, cand)
             neg_logits = logits[..., c:] + math.log(max(self.V - c, 1) / self.negatives)
@@ -186,7 +191,7 @@ class HeadKL:
             lse = torch.logsumexp(torch.cat([logits[..., :c], neg_logits], -1), -1)  # (J, B)
             chosen = logits[..., :c].gather(-1, inverse.unsqueeze(0).expand(logits.shape[0], -1, -1))
         else:
-            logits = self._logits(bank, inp, None)
+            logits = self._logits(bank, inp, None, levels)
             lse = torch.logsumexp(logits, -1)
             chosen = logits.gather(-1, token.unsqueeze(0).expand(logits.shape[0], -1, -1))
         logq = chosen - lse.unsqueeze(-1)  # (J, B, k)
@@ -199,9 +204,10 @@ class HeadKL:
         return (kl_top + rest).mean(-1)
 
 
-LossFn = Callable[[JumpBank, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[..., torch.Tensor]  # (bank, inp, tgt, rows[, levels]) -> (J,): see onejump.training.fit
 
 
-def mse_loss(bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def mse_loss(bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor, rows: torch.Tensor,
+             levels: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 2 per jump: ``mean_i ||jump(h_i) - h_i^K||^2`` (the default :data:`LossFn`; ignores ``rows``)."""
-    return (bank(inp) - tgt.unsqueeze(1)).pow(2).sum(-1).mean(0)
+    return (bank(inp, levels) - tgt.unsqueeze(1)).pow(2).sum(-1).mean(0)

@@ -134,7 +134,7 @@ class _Source:
         self._checked = True
 
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, ...]  # inputs, targets, store rows (and exit levels, see _Task)
 
 
 class _Task:
@@ -142,11 +142,14 @@ class _Task:
 
     Per-level (``levels`` given): an example is a sample, with inputs at ``levels``. Joint
     (``levels=None``): an example is a (sample, level) pair, level 0..K-1, numbered
-    ``sample * K + level`` within a buffer.
+    ``sample * K + level`` within a buffer; with ``with_levels`` its batches carry a fourth tensor,
+    the exit level (B,) of each pair (for level-conditioned jumps).
     """
 
-    def __init__(self, source: _Source, levels: list[int] | None, K: int):
-        self.source, self.levels, self.K = source, levels, K
+    def __init__(self, source: _Source, levels: list[int] | None, K: int, with_levels: bool = False):
+        if with_levels and levels is not None:
+            raise ValueError("exit levels per example exist for the joint task (levels=None) only")
+        self.source, self.levels, self.K, self.with_levels = source, levels, K, with_levels
         self.per_sample = K if levels is None else 1
 
     @property
@@ -157,6 +160,8 @@ class _Task:
         if self.levels is None:
             sample, level = idx // self.K, idx % self.K
             inp = x[sample, level].unsqueeze(1)
+            if self.with_levels:
+                return inp, x[sample, self.K], torch.from_numpy(rows)[sample], level
         else:
             sample = idx
             if self.levels == list(range(self.K)):
