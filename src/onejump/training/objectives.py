@@ -179,11 +179,12 @@ class HeadKL:
                  levels: torch.Tensor | None = None) -> torch.Tensor:
         token, logp = self.targets.lookup(rows)
         token, logp = token.to(self.device), logp.to(self.device)
+        by_level = () if levels is None else (levels,)  # subclasses' _logits need not know about levels
         if bank.training and self.negatives > 0:
             cand, inverse = torch.unique(token, return_inverse=True)  # sorted union of the batch's targets
             neg = torch.randint(0, self.V, (self.negatives,), generator=self.gen).to(self.device)
             cols = torch.cat([cand, neg])
-            logits = self._logits(bank, inp, cols, levels)
+            logits = self._logits(bank, inp, cols, *by_level)
             c = len(cand)
             in_cand = torch.isin(neg, cand)
             neg_logits = logits[..., c:] + math.log(max(self.V - c, 1) / self.negatives)
@@ -191,7 +192,7 @@ class HeadKL:
             lse = torch.logsumexp(torch.cat([logits[..., :c], neg_logits], -1), -1)  # (J, B)
             chosen = logits[..., :c].gather(-1, inverse.unsqueeze(0).expand(logits.shape[0], -1, -1))
         else:
-            logits = self._logits(bank, inp, None, levels)
+            logits = self._logits(bank, inp, None, *by_level)
             lse = torch.logsumexp(logits, -1)
             chosen = logits.gather(-1, token.unsqueeze(0).expand(logits.shape[0], -1, -1))
         logq = chosen - lse.unsqueeze(-1)  # (J, B, k)
