@@ -117,7 +117,8 @@ def make_figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
 
 
 METHOD_MARKERS = {"per-level": "s", "ojfa-paper": "o", "ojfa-head": "^", "joint": "D"}
-OBJECTIVE_COLORS = {"mse": "tab:blue", "kl": "tab:red", "kl-res": "black"}
+OBJECTIVE_COLORS = {"mse": "tab:blue", "kl": "tab:red", "kl-res": "black", "kl-res-cond": "tab:green",
+                    "kl-res-cond-warm": "tab:olive"}
 
 
 def beyond_figures(beyond: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -148,8 +149,9 @@ def beyond_figures(beyond: dict[str, Any], out_dir: Path) -> list[Path]:
                                                                 else ", nats (lower is better)"))
         ax.grid(alpha=0.3, which="both")
     handles = [plt.Line2D([], [], marker=mk, linestyle="", color="k", label=n) for n, mk in METHOD_MARKERS.items()]
+    present = {cfg["objective"] for cfg in beyond["configs"]}
     handles += [plt.Line2D([], [], marker="s", linestyle="", color=c, label=f"objective {o}")
-                for o, c in OBJECTIVE_COLORS.items()]
+                for o, c in OBJECTIVE_COLORS.items() if o in present or o in ("mse", "kl")]
     handles += [plt.Line2D([], [], color="tab:gray", linestyle="--", label="logit lens (0 parameters)"),
                 plt.Line2D([], [], marker="*", linestyle="", color="tab:purple", label="full-rank JTC")]
     axes[0].legend(handles=handles, fontsize=7, loc="best")

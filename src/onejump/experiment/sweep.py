@@ -13,6 +13,11 @@ precision@1 on the held-out part of the train split. Its test numbers are then c
 a pre-registered bar (twice the paper OJFA's mean precision@1, above the logit lens at every exit
 level up to K-5).
 
+Other single-jump variants join with ``variants``: ``kl-res-cond`` is the residual KL joint jump
+with a gain and a shift per exit level in its rank-r code (:class:`~onejump.lenses.cond.CondJump`;
+its ``2rK`` extra numbers count in its parameters, so in the budget), ``kl-res-cond-warm`` the same
+started from the ``kl-res`` joint jump of its rank.
+
 Each configuration is cached in ``<run>/sweep/<objective>-r<rank>/`` (shortcuts + summary.json),
 so an interrupted sweep resumes where it stopped; ``<run>/sweep/sweep.json`` gathers everything.
 """

@@ -125,17 +125,23 @@ class CondJump(_BankLens):
         """The conditioned jump that starts from ``jump``'s A, B and BatchNorm (equal logits at every level)."""
         return cls(jump.lm, CondJumpBank.from_bank(jump.bank, jump.num_blocks), extra=extra)
 
+    def _bank_on(self, h: torch.Tensor) -> CondJumpBank:
+        """The bank on ``h``'s device (moved there once, as evaluation moves a residual jump's bank)."""
+        if self.bank.A.device != h.device:
+            self.bank.to(h.device)
+        return self.bank
+
     def transform(self, h: torch.Tensor, level: int) -> torch.Tensor:
         self.check_level(level)
         self.check_hidden(h)
-        return self.bank.apply(h.float(), 0, level).to(h.dtype)
+        return self._bank_on(h).apply(h.float(), 0, level).to(h.dtype)
 
     def forward(self, h: torch.Tensor, level: int) -> torch.Tensor:
         self.check_level(level)
         self.check_hidden(h)
         head = self.lowrank_head()
         if head is None:
-            return self.lm.adapter.head(self.bank.apply(h.float(), 0, level).to(h.dtype))
+            return self.lm.adapter.head(self._bank_on(h).apply(h.float(), 0, level).to(h.dtype))
         shape = h.shape[:-1]
         x = h.reshape(-1, h.shape[-1]).to(head.device, torch.float32)
         z = torch.addmm(head.c_fold[0], x, head.A_fold[0])  # BatchNorm folded into A
