@@ -219,3 +219,16 @@ def test_conditioning_fits_what_one_shared_jump_cannot():
     assert cond.best_val_loss[0] < 0.05 * energy
     undone = trained.gain[0, :, 0].detach() * torch.tensor(scales)  # the gains learn 1 / scale (up to a constant)
     assert (undone.sign() == undone[0].sign()).all() and float(undone.abs().max() / undone.abs().min()) < 1.5
+
+
+@torch.no_grad()
+def test_exports_as_per_level_affine_translators(llama):
+    from onejump.lenses.tuned_format import lens_translators
+
+    lm, _ = llama
+    cond = _perturbed(CondJump.from_jump(_jump(lm, True)), seed=3)
+    weight, bias = lens_translators(cond)
+    h = torch.randn(5, lm.hidden_size)
+    for k in range(lm.num_blocks):
+        torch.testing.assert_close(h + h @ weight[k].T + bias[k], cond.transform(h, k), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(weight[0], weight[1])
