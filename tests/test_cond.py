@@ -232,3 +232,23 @@ def test_exports_as_per_level_affine_translators(llama):
     for k in range(lm.num_blocks):
         torch.testing.assert_close(h + h @ weight[k].T + bias[k], cond.transform(h, k), atol=1e-4, rtol=1e-4)
     assert not torch.allclose(weight[0], weight[1])
+
+
+def test_a_warm_start_no_epoch_improves_is_returned_as_it_came():
+    """keep_start: the starting weights compete as epoch -1 (an already optimal jump stays put)."""
+    from onejump.training.fit import train_joint
+
+    from .test_selection import FakeStore
+
+    gen = torch.Generator().manual_seed(1)
+    latent = torch.randn(120, 6, generator=gen)
+    store = FakeStore(torch.stack([latent, latent * 2, latent @ torch.randn(6, 6, generator=gen)], 1))
+    config = TrainConfig(rank=2, max_epochs=3, patience=2, batch_size=16, lr=1.0)  # a rate that only makes it worse
+    start, _ = train_joint(store, TrainConfig(rank=2, max_epochs=30, patience=30, batch_size=16), progress=False)
+    warm = CondJumpBank.from_bank(start, 2)
+    before = {k: v.clone() for k, v in warm.tensors().items()}
+    trained, hist = train_joint(store, config, progress=False, bank=warm, keep_start=True)
+    assert hist.best_epoch == [-1] and hist.best_val_loss[0] < min(v[0] for v in hist.val_loss)
+    assert all(torch.equal(v, before[k]) for k, v in trained.tensors().items())
+    _, cold = train_joint(store, config, progress=False, bank=CondJumpBank.from_bank(start, 2))
+    assert hist.best_val_loss[0] <= cold.best_val_loss[0]

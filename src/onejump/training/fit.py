@@ -79,9 +79,10 @@ def _val_losses(bank: JumpBank, task: _Task, device: torch.device, chunk: int,
 def _fit(bank: JumpBank, train: _Task, val: _Task | None, config: TrainConfig, device: torch.device,
          progress: bool, desc: str, levels_for_names: list[int] | None,
          on_epoch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-         loss_fn: LossFn | None = None) -> TrainHistory:
+         loss_fn: LossFn | None = None, keep_start: bool = False) -> TrainHistory:
     """Adam on ``sum_j L_j`` (``L = loss_fn``, default :func:`mse_loss`); each jump keeps the
-    weights of its own best validation epoch."""
+    weights of its own best validation epoch. ``keep_start`` (a warm start): the starting weights
+    compete too, as epoch -1, so a jump that no epoch improves on is returned as it came."""
     loss_fn = loss_fn or mse_loss
     J = bank.num_jumps
     opt = torch.optim.Adam(bank.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -90,6 +91,9 @@ def _fit(bank: JumpBank, train: _Task, val: _Task | None, config: TrainConfig, d
                            config=config.to_dict())
     best_val = torch.full((J,), math.inf, dtype=torch.float64)
     best_epoch = torch.zeros(J, dtype=torch.long)
+    if keep_start and val is not None:
+        best_val = _val_losses(bank, val, device, config.eval_chunk, loss_fn)
+        best_epoch -= 1
     stale = torch.zeros(J, dtype=torch.long)
     active = torch.ones(J, dtype=torch.bool)
     best_state = {k: v.detach().clone() for k, v in bank.tensors_live().items()}
@@ -261,7 +265,8 @@ def _merge_histories(parts: list[TrainHistory]) -> TrainHistory:
 
 def train_joint(store: Any, config: TrainConfig | None = None, device: str | torch.device = "cpu",
                 progress: bool = True, *, loss_fn: LossFn | None = None,
-                adapter: Any = None, bank: JumpBank | None = None) -> tuple[JumpBank, TrainHistory]:
+                adapter: Any = None, bank: JumpBank | None = None,
+                keep_start: bool = False) -> tuple[JumpBank, TrainHistory]:
     """Train one jump on inputs pooled from all exit levels 0..K-1 (the paper's joint baseline).
 
     Every (sample, level) pair of the train part is one example with target h^K of that sample;
@@ -275,7 +280,9 @@ def train_joint(store: Any, config: TrainConfig | None = None, device: str | tor
 
     ``bank``: the jump to train (trained in place, e.g. a level-conditioned
     :class:`~onejump.lenses.cond.CondJumpBank`, or a warm start); default a new jump from ``config``.
-    A conditioned bank gets each pair's exit level (see :data:`LossFn`).
+    A conditioned bank gets each pair's exit level (see :data:`LossFn`). ``keep_start``: the given
+    bank's starting weights are kept unless an epoch beats their validation loss (``best_epoch``
+    -1 when none does).
     """
     config, tr, va, dev = _prepare(store, config, device)
     if loss_fn is None:
@@ -291,7 +298,8 @@ def train_joint(store: Any, config: TrainConfig | None = None, device: str | tor
     cond = bank.conditioned
     t0 = time.perf_counter()
     hist = _fit(bank, _Task(tr, None, K, cond), _Task(va, None, K, cond) if va is not None else None, config, dev,
-                progress, "train joint jump" + (" (level-conditioned)" if cond else ""), None, loss_fn=loss_fn)
+                progress, "train joint jump" + (" (level-conditioned)" if cond else ""), None, loss_fn=loss_fn,
+                keep_start=keep_start)
     hist.kind = "joint-cond" if cond else "joint"
     hist.levels = [-1]
     hist.target_energy = _target_energy(va, K)

@@ -51,7 +51,8 @@ def train_cond_jump(store: Any, lm: Any, config: TrainConfig | None = None, *, i
     Every (sample, level) pair of the train split is one example, exactly as for
     :func:`train_joint_jump`; the shared A, B and BatchNorm and every level's gain and shift are
     trained together. ``init``: a trained joint jump to start from (its A, B and BatchNorm; gains 1,
-    shifts 0), which must have ``config``'s rank and form; without it the jump starts from
+    shifts 0), which must have ``config``'s rank and form, and which is returned as it came (as a
+    conditioned jump) unless an epoch lowers its validation loss; without it the jump starts from
     ``config``'s seed, gains 1 and shifts 0 (at that point exactly the unconditioned joint jump's
     initial weights). ``loss_fn``: the objective, if already built (else from ``config``).
     """
@@ -69,7 +70,8 @@ def train_cond_jump(store: Any, lm: Any, config: TrainConfig | None = None, *, i
                             momentum=config.bn_momentum, seed=config.seed, residual=config.residual)
     if loss_fn is None:
         loss_fn = objective_loss(store, config, lm.adapter, progress, dev)
-    bank, history = train_joint(store, config, device=dev, progress=progress, loss_fn=loss_fn, bank=bank)
+    bank, history = train_joint(store, config, device=dev, progress=progress, loss_fn=loss_fn, bank=bank,
+                                keep_start=init is not None)
     extra = {"history": history.to_dict()}
     if init is not None:
         extra["warm_start"] = {"kind": init.kind, "key": init.extra.get("key")}
