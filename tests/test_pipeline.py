@@ -148,10 +148,16 @@ def test_sweep_adds_beyond_section_and_best_jump(run_dir, capsys):
     from onejump.lenses import Lens
     from onejump.model.loading import load_model
 
+    timings_before = json.loads((run_dir / "timings.json").read_text())
     code = main(["-q", "sweep", "--out", str(run_dir), "--multipliers", "1,2", "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "best single jump:" in out
+    # the sweep's trainings are timed under their own names, the run's own times stay
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert all(timings[k] == v for k, v in timings_before.items() if k.startswith("train:"))
+    assert "train:joint (kl-res-r2)" in timings
+    assert "train:joint (kl-res-r2)" in json.loads((run_dir / "memory.json").read_text())["peak_rss_mib"]
     sweep = load_sweep(run_dir)
     K = sweep["num_blocks"]
     variants = {(c["objective"], c["rank"]) for c in sweep["configs"]}

@@ -105,6 +105,9 @@ class RunFolder:
             peak = round(probe.stop(), 1)
             self.state.peak_rss[stage] = max(peak, self.state.peak_rss.get(stage, 0.0))
             self.state.peak_method[stage] = "stage peak" if probe.exact else "process peak so far"
+        # saved now, not only by the report: stages run by separate commands (or a run cut short) keep theirs
+        self.all_timings()
+        self.all_peaks()
 
     def lm(self):
         """The model, loaded once."""

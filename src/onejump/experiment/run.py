@@ -82,7 +82,9 @@ class Run(RunFolder):
                 pass  # a damaged or foreign file: train again and replace it
         t0 = self._start()
         self._fit(kind, self.store(), config, {} if targets_cache is None else targets_cache, key).save(folder)
-        self._timed(f"train:{kind}", t0)
+        # the sweep trains into its own folders: its stages are named apart from the run's own
+        own = folder.resolve() == self.shortcut_dir(kind).resolve()
+        self._timed(f"train:{kind}" if own else f"train:{kind} ({folder.parent.name})", t0)
         return Lens.load(folder, self.lm())
 
     # ---- stage 2: train --------------------------------------------------------------------
