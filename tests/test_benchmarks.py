@@ -51,3 +51,46 @@ def test_train_time_runs_on_a_tiny_store(bench, tiny_run, tmp_path, capsys):
     assert ratios["parameters"] == round(tuned["parameters"] / single["parameters"], 3)
     assert ratios["seconds"] == round(tuned["seconds"] / single["seconds"], 3)
     assert out["tuned"] == tuned
+
+
+def _synthetic_run(folder: Path, model: str, K: int, H: int, timings: dict, memory: dict | None = None,
+                   results: dict | None = None) -> Path:
+    """A run folder holding only the files stage_table reads."""
+    (folder / "store").mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"data": {"model": model, "n_train": 9000, "n_test": 3000}}))
+    (folder / "store" / "manifest.json").write_text(json.dumps({"num_blocks": K, "hidden_size": H,
+                                                                "n_train": 9000, "n_test": 3000}))
+    (folder / "timings.json").write_text(json.dumps(timings))
+    if memory is not None:
+        (folder / "memory.json").write_text(json.dumps(memory))
+    if results is not None:
+        (folder / "report").mkdir()
+        (folder / "report" / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def test_stage_table_collects_runs(bench, tmp_path, capsys):
+    a = _synthetic_run(tmp_path / "a", "smollm2-135m", 30, 576, {"extract": 812.25, "train:nnjtc": 95.0},
+                       {"peak_rss_mib": {"extract": 1500.4, "train:nnjtc": 2100.0},
+                        "method": {"extract": "stage peak", "train:nnjtc": "process peak so far"}},
+                       {"model": {"vocab_size": 49152}, "memory": {"model_mib": 513.1}})
+    b = _synthetic_run(tmp_path / "b", "qwen2.5-coder-1.5b", 28, 1536,  # an older run: no memory.json
+                       {"extract": 9000.0, "train:joint (kl-res-r30)": 120.0})
+    out = bench("stage_table").main([str(a), str(b)])
+    printed = capsys.readouterr().out
+    assert "| model | smollm2-135m | qwen2.5-coder-1.5b |" in printed
+    assert "| K | 30 | 28 |" in printed and "| V | 49,152 | - |" in printed
+    assert "| n_train / n_test | 9,000 / 3,000 | 9,000 / 3,000 |" in printed
+    assert "| extract | 812.2 s / 1,500 MiB | 9,000.0 s / - MiB |" in printed
+    assert "| train:nnjtc | 95.0 s / 2,100 * MiB | - |" in printed and "process's peak" in printed
+    lines = printed.splitlines()
+    assert lines.index(next(ln for ln in lines if ln.startswith("| train:joint (kl-res-r30)"))) > \
+        lines.index(next(ln for ln in lines if ln.startswith("| train:nnjtc")))  # the run's own stages first
+    saved = json.loads((tmp_path / "results" / "stage-times.json").read_text())
+    assert saved["runs"] == out["runs"] and saved["runs"][0]["model_mib"] == 513.1
+    assert saved["runs"][1]["peak_rss_mib"] == {}
+
+
+def test_stage_table_refuses_a_folder_that_is_no_run(bench, tmp_path):
+    with pytest.raises(SystemExit, match="not an onejump run folder"):
+        bench("stage_table").main([str(tmp_path)])
