@@ -14,11 +14,11 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def real_sentences(n: int, seed: int = 0) -> list[str]:
-    """``n`` real Wikipedia sentences from the offline corpus (train part of the default split)."""
+def real_sentences(n: int, seed: int = 0, corpus: str = "wikipedia-offline") -> list[str]:
+    """``n`` real sentences from ``corpus`` (default: the offline Wikipedia corpus; train part of the split)."""
     from onejump.corpus.loaders import load_sentences, split_sentences
 
-    split = split_sentences(load_sentences("wikipedia-offline"), n_train=n, n_test=1, seed=seed)
+    split = split_sentences(load_sentences(corpus), n_train=n, n_test=1, seed=seed)
     return [s.text for s in split.train]
 
 
@@ -76,16 +76,16 @@ class LimitedStore:
             left -= len(rows)
 
 
-def load_for_benchmark(model: str, device: str, random_init: bool = False):
+def load_for_benchmark(model: str, device: str, random_init: bool = False, dtype: str = "float32"):
     """The model to benchmark; ``random_init`` builds it from a folder's config and tokenizer alone
     (same architecture and cost, random weights: for machines that cannot hold the real weights)."""
-    from onejump.model.loading import from_pretrained_model, load_model, resolve_device
+    from onejump.model.loading import from_pretrained_model, load_model, parse_dtype, resolve_device
 
     if not random_init:
-        return load_model(model, device=device)
+        return load_model(model, device=device, dtype=dtype)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(model)
-    lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(resolve_device(device))
+    lm = AutoModelForCausalLM.from_config(config, dtype=parse_dtype(dtype)).to(resolve_device(device))
     return from_pretrained_model(lm, AutoTokenizer.from_pretrained(model), name=f"{model} (random init)")

@@ -94,3 +94,13 @@ def test_stage_table_collects_runs(bench, tmp_path, capsys):
 def test_stage_table_refuses_a_folder_that_is_no_run(bench, tmp_path):
     with pytest.raises(SystemExit, match="not an onejump run folder"):
         bench("stage_table").main([str(tmp_path)])
+
+
+def test_extract_benchmark_without_the_naive_baseline(bench, tiny_dir, corpus, tmp_path):
+    out = bench("extract").main(["--model", str(tiny_dir), "--corpus", str(corpus), "--n", "20", "--repeats", "1",
+                                 "--no-naive"])
+    saved = json.loads((tmp_path / "results" / f"extract-cpu-{tiny_dir.name}.json").read_text())
+    assert saved["seconds"]["naive"] is None and saved["speedup_vs_naive"] is None
+    assert saved["seconds"]["onejump"] > 0 and saved["ratio_vs_bare_forward"] > 0 and saved["sentences"] == 20
+    assert set(saved["peak_rss_by_variant_mib"]) >= {"onejump", "bare_forward"}
+    assert "naive" not in saved["peak_rss_by_variant_mib"] and out["model_mib"] > 0
