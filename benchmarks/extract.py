@@ -88,13 +88,13 @@ def main(argv: list[str] | None = None) -> dict:
         sync()
         return time.perf_counter() - t0
 
-    peaks: dict[str, float] = {}
+    peaks: dict[str, dict] = {}  # variant: {peak_rss_mib: the highest over its passes, method}
 
     def probed(name: str, fn) -> float:
         with PeakProbe() as probe:
             seconds = fn()
-        peaks[name] = max(peaks.get(name, 0.0), round(probe.peak_mib, 1))
-        peaks[f"{name}_method"] = "stage peak" if probe.exact else "process peak so far"
+        top = max(peaks.get(name, {}).get("peak_rss_mib", 0.0), round(probe.peak_mib, 1))
+        peaks[name] = {"peak_rss_mib": top, "method": "stage peak" if probe.exact else "process peak so far"}
         return seconds
 
     # alternate the two fast variants so that load changes hit both alike; keep the best of each
