@@ -38,6 +38,12 @@ def machine() -> dict:
     }
 
 
+def result_name(benchmark: str, device: str, model: str, dtype: str = "float32") -> str:
+    """``<benchmark>-<device>[-<model>][-<dtype>]``: no model for the default SmolLM2-135M, no dtype for float32."""
+    tag = "" if model == "smollm2-135m" else f"-{Path(model).name}"
+    return f"{benchmark}-{device}{tag}" + ("" if dtype == "float32" else f"-{dtype}")
+
+
 def save(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

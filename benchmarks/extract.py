@@ -13,7 +13,8 @@ Usage: python benchmarks/extract.py [--n 600] [--model smollm2-135m] [--device c
                                     [--repeats 3] [--no-naive]
 
 ``--no-naive`` skips the slow one-sentence-at-a-time baseline (for large models). Writes
-benchmarks/results/extract-<device>.json for SmolLM2-135M, extract-<device>-<model>.json otherwise.
+benchmarks/results/extract-<device>[-<model>][-<dtype>].json (no model for SmolLM2-135M, no dtype for
+float32).
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
 import torch
-from common import load_for_benchmark, peak_rss_mib, real_sentences, save
+from common import load_for_benchmark, peak_rss_mib, real_sentences, result_name, save
 
 from onejump.extract import collate, extract, plan_batches, sample_positions
 from onejump.memory import PeakProbe, module_mib
@@ -127,8 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model_mib": round(module_mib(lm.model), 1),
         "peak_rss_by_variant_mib": peaks,
     }
-    tag = "" if args.model == "smollm2-135m" else f"-{Path(args.model).name}"
-    save(f"extract-{args.device}{tag}", payload)
+    save(result_name("extract", args.device, args.model, args.dtype), payload)
     return payload
 
 

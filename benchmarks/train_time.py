@@ -11,11 +11,12 @@ after the other with the same thread count. For each: wall time, optimiser steps
 resident memory (the high-water mark reset before it; the model is resident throughout, so the
 growth above the start is also given) and parameters; and the ratios tuned / single.
 
-Usage: python benchmarks/train_time.py --run RUN [--rows N] [--threads T]
+Usage: python benchmarks/train_time.py --run RUN [--rows N] [--threads T] [--dtype float32]
 
 ``--rows N`` trains on the first N train rows only (a short check). A run folder of a tiny
 random-init model (``onejump extract --model FOLDER``) makes a smoke test. Writes
-benchmarks/results/train-time-<device>[-<model>].json.
+benchmarks/results/train-time-<device>[-<model>][-<dtype>].json (no model for SmolLM2-135M,
+no dtype for float32).
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ import argparse
 import gc
 import math
 import time
-from pathlib import Path
 
 import torch
-from common import LimitedStore, save
+from common import LimitedStore, result_name, save
 
 from onejump.errors import OneJumpError
 from onejump.experiment.run import Run
@@ -134,11 +134,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rows", type=int, default=None, help="train on the first N train rows only (a short check)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", help="the model's dtype, as the run was extracted with")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    run = Run(args.run, device=args.device, progress=not args.quiet)
+    run = Run(args.run, device=args.device, dtype=args.dtype, progress=not args.quiet)
     lm, store = run.lm(), run.store()
     if args.rows is not None:
         store = LimitedStore(store, args.rows)
@@ -148,8 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
                "model_mib": round(module_mib(lm.model), 1), "rows_limit": args.rows,
                **measure(store, lm, args.device, progress=not args.quiet)}
     print(table(payload))
-    tag = "" if model == "smollm2-135m" else f"-{Path(model).name}"
-    save(f"train-time-{args.device}{tag}", payload)
+    save(result_name("train-time", args.device, model, args.dtype), payload)
     return payload
 
 
