@@ -12,6 +12,8 @@ The layout is known here alone::
     early_exit/            the offline early-exit simulation
     report/                results.json, aggregate_metrics.json, figures, report.md
     sweep/                 the objective x rank sweep (``onejump sweep``) and its best single jump
+    timings.json           {stage: seconds}, saved as each stage ends (by whichever command ran it)
+    memory.json            {"peak_rss_mib": {stage: MiB}, "method": {stage: how it was measured}}
 """
 
 from __future__ import annotations
