@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -23,8 +22,11 @@ def real_sentences(n: int, seed: int = 0, corpus: str = "wikipedia-offline") -> 
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident set size of this process so far, MiB (kept across the high-water-mark resets of
+    the per-stage probes, which also lower ``ru_maxrss``)."""
+    from onejump.memory import process_peak_mib
+
+    return process_peak_mib()
 
 
 def machine() -> dict:
