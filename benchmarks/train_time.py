@@ -31,7 +31,7 @@ from common import LimitedStore, result_name, save
 
 from onejump.errors import OneJumpError
 from onejump.experiment.run import Run
-from onejump.experiment.sweep import objective_config
+from onejump.experiment.sweep import load_sweep, objective_config
 from onejump.lenses.jumps import default_rank
 from onejump.memory import PeakProbe, module_mib
 from onejump.training.fit import objective_loss, train_joint
@@ -110,6 +110,13 @@ def measure(store, lm, device: str = "cpu", progress: bool = True) -> dict:
     return out
 
 
+def _sweep_best(folder) -> dict | None:
+    """The run's own sweep's best single jump (objective, rank, method), if it ran the sweep: whether the
+    jump timed here (``kl-res`` joint at 2 floor(H/100)) is the one its sweep chose."""
+    best = (load_sweep(folder) or {}).get("best")
+    return None if best is None else {k: best[k] for k in ("objective", "rank", "method")}
+
+
 def _ratio(a, b) -> float | None:
     return round(a / b, 3) if a is not None and b and not math.isnan(b) else None
 
@@ -147,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {"benchmark": "train-time", "model": lm.name, "num_blocks": store.num_blocks,
                "hidden_size": store.hidden_size, "vocab_size": lm.adapter.vocab_size,
                "model_mib": round(module_mib(lm.model), 1), "rows_limit": args.rows,
+               "sweep_best": _sweep_best(run.folder),
                **measure(store, lm, args.device, progress=not args.quiet)}
     print(table(payload))
     save(result_name("train-time", args.device, model, args.dtype), payload)
