@@ -40,6 +40,8 @@ bench: setup
 	cd benchmarks && ../$(BIN)/python threads.py
 	cd benchmarks && ../$(BIN)/python verify.py --store ../$(OUT)/store
 	cd benchmarks && ../$(BIN)/python tuned_lens.py --run ../$(OUT)
+	cd benchmarks && ../$(BIN)/python train_time.py --run ../$(OUT)
+	cd benchmarks && ../$(BIN)/python stage_table.py ../$(OUT)
 
 clean:
 	rm -rf $(VENV) runs

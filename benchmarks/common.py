@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -14,17 +13,20 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def real_sentences(n: int, seed: int = 0) -> list[str]:
-    """``n`` real Wikipedia sentences from the offline corpus (train part of the default split)."""
+def real_sentences(n: int, seed: int = 0, corpus: str = "wikipedia-offline") -> list[str]:
+    """``n`` real sentences from ``corpus`` (default: the offline Wikipedia corpus; train part of the split)."""
     from onejump.corpus.loaders import load_sentences, split_sentences
 
-    split = split_sentences(load_sentences("wikipedia-offline"), n_train=n, n_test=1, seed=seed)
+    split = split_sentences(load_sentences(corpus), n_train=n, n_test=1, seed=seed)
     return [s.text for s in split.train]
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident set size of this process so far, MiB (kept across the high-water-mark resets of
+    the per-stage probes, which also lower ``ru_maxrss``)."""
+    from onejump.memory import process_peak_mib
+
+    return process_peak_mib()
 
 
 def machine() -> dict:
@@ -36,6 +38,12 @@ def machine() -> dict:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def result_name(benchmark: str, device: str, model: str, dtype: str = "float32") -> str:
+    """``<benchmark>-<device>[-<model>][-<dtype>]``: no model for the default SmolLM2-135M, no dtype for float32."""
+    tag = "" if model == "smollm2-135m" else f"-{Path(model).name}"
+    return f"{benchmark}-{device}{tag}" + ("" if dtype == "float32" else f"-{dtype}")
 
 
 def save(name: str, payload: dict) -> Path:
@@ -76,16 +84,16 @@ class LimitedStore:
             left -= len(rows)
 
 
-def load_for_benchmark(model: str, device: str, random_init: bool = False):
+def load_for_benchmark(model: str, device: str, random_init: bool = False, dtype: str = "float32"):
     """The model to benchmark; ``random_init`` builds it from a folder's config and tokenizer alone
     (same architecture and cost, random weights: for machines that cannot hold the real weights)."""
-    from onejump.model.loading import from_pretrained_model, load_model, resolve_device
+    from onejump.model.loading import from_pretrained_model, load_model, parse_dtype, resolve_device
 
     if not random_init:
-        return load_model(model, device=device)
+        return load_model(model, device=device, dtype=dtype)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(model)
-    lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(resolve_device(device))
+    lm = AutoModelForCausalLM.from_config(config, dtype=parse_dtype(dtype)).to(resolve_device(device))
     return from_pretrained_model(lm, AutoTokenizer.from_pretrained(model), name=f"{model} (random init)")

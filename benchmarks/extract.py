@@ -6,7 +6,15 @@
 - naive: each full sentence alone through the CausalLM with ``output_hidden_states=True``, keeping
   the sampled position (target: onejump >= 3x faster).
 
-Usage: python benchmarks/extract.py [--n 600] [--model smollm2-135m] [--device cpu]
+Each variant's peak resident memory is measured too (the high-water mark reset before each pass;
+the model's own size is given beside it).
+
+Usage: python benchmarks/extract.py [--n 600] [--model smollm2-135m] [--device cpu] [--dtype float32]
+                                    [--repeats 3] [--no-naive]
+
+``--no-naive`` skips the slow one-sentence-at-a-time baseline (for large models). Writes
+benchmarks/results/extract-<device>[-<model>][-<dtype>].json (no model for SmolLM2-135M, no dtype for
+float32).
 """
 
 from __future__ import annotations
@@ -16,12 +24,13 @@ import tempfile
 import time
 
 import torch
-from common import load_for_benchmark, peak_rss_mib, real_sentences, save
+from common import load_for_benchmark, peak_rss_mib, real_sentences, result_name, save
 
 from onejump.extract import collate, extract, plan_batches, sample_positions
+from onejump.memory import PeakProbe, module_mib
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=600, help="sentences (default 600)")
     ap.add_argument("--model", default="smollm2-135m")
@@ -29,10 +38,14 @@ def main() -> None:
     ap.add_argument("--tokens-per-batch", type=int, default=8192)
     ap.add_argument("--random-init", action="store_true",
                     help="--model is a folder with config + tokenizer only; weights are random (same cost)")
-    args = ap.parse_args()
+    ap.add_argument("--dtype", default="float32", help="the model's dtype (float32, bfloat16)")
+    ap.add_argument("--repeats", type=int, default=3, help="passes of bare forward and onejump each; the best counts")
+    ap.add_argument("--no-naive", action="store_true", help="skip the slow one-sentence-at-a-time baseline")
+    ap.add_argument("--corpus", default="wikipedia-offline", help="sentences from this corpus (name or file)")
+    args = ap.parse_args(argv)
 
-    lm = load_for_benchmark(args.model, args.device, args.random_init)
-    sentences = real_sentences(args.n)
+    lm = load_for_benchmark(args.model, args.device, args.random_init, dtype=args.dtype)
+    sentences = real_sentences(args.n, corpus=args.corpus)
     samples = sample_positions(lm.tokenizer, sentences, [0] * len(sentences), seed=0)
     batches = plan_batches(samples, tokens_per_batch=args.tokens_per_batch)
     prefix_tokens = sum(len(s.tokens) for s in samples)
@@ -75,12 +88,21 @@ def main() -> None:
         sync()
         return time.perf_counter() - t0
 
+    peaks: dict[str, dict] = {}  # variant: {peak_rss_mib: the highest over its passes, method}
+
+    def probed(name: str, fn) -> float:
+        with PeakProbe() as probe:
+            seconds = fn()
+        top = max(peaks.get(name, {}).get("peak_rss_mib", 0.0), round(probe.peak_mib, 1))
+        peaks[name] = {"peak_rss_mib": top, "method": "stage peak" if probe.exact else "process peak so far"}
+        return seconds
+
     # alternate the two fast variants so that load changes hit both alike; keep the best of each
     t_bare, t_one = float("inf"), float("inf")
-    for _ in range(3):
-        t_bare = min(t_bare, bare())
-        t_one = min(t_one, onejump())
-    t_naive = naive()
+    for _ in range(args.repeats):
+        t_bare = min(t_bare, probed("bare_forward", bare))
+        t_one = min(t_one, probed("onejump", onejump))
+    t_naive = None if args.no_naive else probed("naive", naive)
     payload = {
         "benchmark": "extract",
         "model": lm.name,
@@ -89,18 +111,24 @@ def main() -> None:
         "prefix_tokens": prefix_tokens,
         "full_sentence_tokens": full_tokens,
         "batches": len(batches),
-        "seconds": {"onejump": round(t_one, 3), "bare_forward": round(t_bare, 3), "naive": round(t_naive, 3)},
+        "dtype": args.dtype,
+        "repeats": args.repeats,
+        "seconds": {"onejump": round(t_one, 3), "bare_forward": round(t_bare, 3),
+                    "naive": None if t_naive is None else round(t_naive, 3)},
         "prefix_tokens_per_s": {
             "onejump": round(prefix_tokens / t_one, 1),
             "bare_forward": round(prefix_tokens / t_bare, 1),
-            "naive": round(prefix_tokens / t_naive, 1),
+            "naive": None if t_naive is None else round(prefix_tokens / t_naive, 1),
         },
         "ratio_vs_bare_forward": round(t_bare / t_one, 3),
-        "speedup_vs_naive": round(t_naive / t_one, 2),
+        "speedup_vs_naive": None if t_naive is None else round(t_naive / t_one, 2),
         "targets": {"ratio_vs_bare_forward": ">= 0.9", "speedup_vs_naive": ">= 3"},
         "peak_rss_mib": round(peak_rss_mib(), 1),
+        "model_mib": round(module_mib(lm.model), 1),
+        "peak_rss_by_variant_mib": peaks,
     }
-    save(f"extract-{args.device}", payload)
+    save(result_name("extract", args.device, args.model, args.dtype), payload)
+    return payload
 
 
 if __name__ == "__main__":

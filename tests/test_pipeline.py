@@ -40,6 +40,12 @@ def test_run_writes_report(run_dir):
     assert "## What each level predicts" in md and (report / "trajectory.png").stat().st_size > 1000
     agg = json.loads((report / "aggregate_metrics.json").read_text())
     assert set(agg["tuned"]) >= {"kl", "ce", "entropy"} and "layer_0" in agg["tuned"]["kl"]
+    stages = ("extract", "train:nnjtc", "train:tuned", "select", "evaluation", "reuse", "exits", "report")
+    memory = results["memory"]
+    assert set(memory["peak_rss_mib"]) >= set(stages) and set(results["timings"]) >= set(stages)
+    assert all(memory["peak_rss_mib"][s] > memory["model_mib"] > 0 for s in stages)  # the model is resident
+    assert json.loads((run_dir / "memory.json").read_text())["peak_rss_mib"] == memory["peak_rss_mib"]
+    assert "| extract |" in md and "peak RSS (MiB)" in md and "the model's own weights" in md
     for fig in ("fig2_ojfa_vs_arbitrary_joint.png", "fig3_selection_softmax.png", "fig4_ojfa_vs_identity_full.png",
                 "reuse_heatmaps.png", "field_metrics.png", "early_exit_frontier.png"):
         assert (report / fig).stat().st_size > 1000
@@ -87,9 +93,10 @@ def test_stage_without_run_folder_is_clear(tmp_path, capsys):
 
 
 def _results(run: Path) -> dict:
-    """results.json without its wall-clock times (the only thing two identical runs may differ in)."""
+    """results.json without its wall-clock times and memory peaks (all two identical runs may differ in)."""
     r = json.loads((run / "report" / "results.json").read_text())
     r.pop("timings")
+    r.pop("memory")
     r["early_exit"].pop("seconds", None)
     return r
 
@@ -141,10 +148,16 @@ def test_sweep_adds_beyond_section_and_best_jump(run_dir, capsys):
     from onejump.lenses import Lens
     from onejump.model.loading import load_model
 
+    timings_before = json.loads((run_dir / "timings.json").read_text())
     code = main(["-q", "sweep", "--out", str(run_dir), "--multipliers", "1,2", "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "best single jump:" in out
+    # the sweep's trainings are timed under their own names, the run's own times stay
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert all(timings[k] == v for k, v in timings_before.items() if k.startswith("train:"))
+    assert "train:joint (kl-res-r2)" in timings
+    assert "train:joint (kl-res-r2)" in json.loads((run_dir / "memory.json").read_text())["peak_rss_mib"]
     sweep = load_sweep(run_dir)
     K = sweep["num_blocks"]
     variants = {(c["objective"], c["rank"]) for c in sweep["configs"]}

@@ -29,3 +29,17 @@ def test_significant_gaps_refute_and_unclear_ones_are_inconclusive():
     claims = evaluate_claims(_results(ojfa=0.2, full=0.21, joint=0.1, p_full=0.5, p_joint=0.5, n_test=40))
     by_id = {c["id"]: c for c in claims}
     assert all(c["n_test"] == 40 for c in claims) and by_id["parameter_reduction"]["verdict"] == "held"
+
+
+def test_timings_section_with_and_without_peak_memory():
+    from onejump.experiment.report import timing_lines
+
+    memory = {"peak_rss_mib": {"extract": 1234.4, "train:nnjtc": 2345.6},
+              "method": {"extract": "stage peak", "train:nnjtc": "process peak so far"},
+              "model_mib": 513.4, "model_parameters": 134_515_008, "model_dtype": "float32"}
+    md = "\n".join(timing_lines({"timings": {"extract": 12.3, "train:nnjtc": 40.1, "report": 3.0}, "memory": memory}))
+    assert "| extract | 12.3 | 1,234 |" in md and "| train:nnjtc | 40.1 | 2,346 * |" in md
+    assert "| report | 3.0 | - |" in md and "process's peak up to the end" in md
+    assert "model's own weights: 513 MiB (134.5M parameters in float32)" in md
+    old = "\n".join(timing_lines({"timings": {"extract": 12.3}}))  # a results.json written before peaks
+    assert "| extract | 12.3 |" in old and "RSS" not in old

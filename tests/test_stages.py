@@ -83,3 +83,15 @@ def test_a_sweep_of_another_store_is_refused_by_report(run_dir, capsys):
     key = json.dumps({"store": "0" * 16, "fingerprint": "f", "config": {}, "version": 2})
     (sweep / "sweep.json").write_text(json.dumps({"configs": [{"key": key, "methods": {}}], "references": {}}))
     _refused(capsys, "report", run_dir, "onejump sweep")
+
+
+def test_stages_run_by_separate_commands_keep_their_times_and_peaks(tmp_path, tiny_dir, corpus):
+    out = tmp_path / "r"
+    assert main(["-q", "extract", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "40",
+                 "--n-test", "20", "--out", str(out), *COMMON]) == 0
+    assert main(["-q", "train", "--out", str(out), "--max-epochs", "1", "--rank", "2", "--no-tuned", *COMMON]) == 0
+    timings = json.loads((out / "timings.json").read_text())
+    memory = json.loads((out / "memory.json").read_text())
+    assert {"extract", "train:nnjtc"} <= set(timings) and set(timings) == set(memory["peak_rss_mib"])
+    assert all(v > 0 for v in memory["peak_rss_mib"].values())
+    assert set(memory["method"].values()) <= {"stage peak", "process peak so far"}

@@ -12,6 +12,8 @@ The layout is known here alone::
     early_exit/            the offline early-exit simulation
     report/                results.json, aggregate_metrics.json, figures, report.md
     sweep/                 the objective x rank sweep (``onejump sweep``) and its best single jump
+    timings.json           {stage: seconds}, saved as each stage ends (by whichever command ran it)
+    memory.json            {"peak_rss_mib": {stage: MiB}, "method": {stage: how it was measured}}
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 
 from ..errors import ShortcutError, StoreError
 from ..io import atomic_write_text
+from ..memory import PeakProbe
 from ..store import HiddenStateStore
 from .presets import PRESETS, DataArgs
 
@@ -38,10 +41,16 @@ def stage_key(*parts: Any) -> str:
 
 @dataclass
 class RunState:
-    """Timings and the stages reused in this process."""
+    """Timings, peak resident memory and the stages reused in this process.
+
+    ``peak_rss[stage]``: the stage's peak RSS in MiB; ``peak_method[stage]``: ``"stage peak"`` (the
+    high-water mark was reset when it began) or ``"process peak so far"`` (it could not be reset).
+    """
 
     timings: dict[str, float] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
+    peak_rss: dict[str, float] = field(default_factory=dict)
+    peak_method: dict[str, str] = field(default_factory=dict)
 
 
 class RunFolder:
@@ -55,6 +64,7 @@ class RunFolder:
         self.state = RunState()
         self._lm = None
         self._store: HiddenStateStore | None = None
+        self._probes: dict[float, PeakProbe] = {}  # by the start time of the stage they measure
 
     @property
     def store_dir(self) -> Path:
@@ -82,8 +92,24 @@ class RunFolder:
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise StoreError(f"{path} is corrupt: {exc}") from None
 
+    def _start(self) -> float:
+        """A stage begins: its memory high-water mark is reset; returns its start time (for :meth:`_timed`)."""
+        probe = PeakProbe().start()
+        t0 = time.perf_counter()
+        self._probes[t0] = probe
+        return t0
+
     def _timed(self, stage: str, t0: float) -> None:
+        """A stage started at ``t0`` ends: record its seconds (added up) and its peak RSS (the highest)."""
         self.state.timings[stage] = round(self.state.timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
+        probe = self._probes.pop(t0, None)
+        if probe is not None:
+            peak = round(probe.stop(), 1)
+            self.state.peak_rss[stage] = max(peak, self.state.peak_rss.get(stage, 0.0))
+            self.state.peak_method[stage] = "stage peak" if probe.exact else "process peak so far"
+        # saved now, not only by the report: stages run by separate commands (or a run cut short) keep theirs
+        self.all_timings()
+        self.all_peaks()
 
     def lm(self):
         """The model, loaded once."""
@@ -167,3 +193,14 @@ class RunFolder:
         saved.update(self.state.timings)
         atomic_write_text(path, json.dumps(saved, indent=1))
         return saved
+
+    def all_peaks(self) -> dict[str, dict[str, Any]]:
+        """This invocation's per-stage peak RSS merged into those recorded by earlier ones (``memory.json``:
+        ``{"peak_rss_mib": {stage: MiB}, "method": {stage: "stage peak" | "process peak so far"}}``)."""
+        path = self.folder / "memory.json"
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        peaks = {**saved.get("peak_rss_mib", {}), **self.state.peak_rss}
+        method = {**saved.get("method", {}), **self.state.peak_method}
+        out = {"peak_rss_mib": peaks, "method": method}
+        atomic_write_text(path, json.dumps(out, indent=1))
+        return out

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +47,11 @@ class Run(RunFolder):
                                  "use another --out folder")
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_json, json.dumps({"data": asdict(args)}, indent=1))
-        t0 = time.perf_counter()
         if (self.store_dir / "manifest.json").is_file():
             store = HiddenStateStore.open(self.store_dir, fingerprint=self.lm().fingerprint)
             self.state.reused.append("extract")
             return store
+        t0 = self._start()
         sentences = load_sentences(args.corpus, text_field=args.text_field, hf_config=args.hf_config,
                                    max_documents=args.max_documents)
         split = split_sentences(sentences, args.n_train, args.n_test, seed=args.seed)
@@ -86,9 +85,11 @@ class Run(RunFolder):
                     return lens
             except ShortcutError:
                 pass  # a damaged or foreign file: train again and replace it
-        t0 = time.perf_counter()
+        t0 = self._start()
         self._fit(kind, self.store(), config, {} if targets_cache is None else targets_cache, key, init).save(folder)
-        self._timed(f"train:{kind}", t0)
+        # the sweep trains into its own folders: its stages are named apart from the run's own
+        own = folder.resolve() == self.shortcut_dir(kind).resolve()
+        self._timed(f"train:{kind}" if own else f"train:{kind} ({folder.parent.name})", t0)
         return Lens.load(folder, self.lm())
 
     # ---- stage 2: train --------------------------------------------------------------------
@@ -161,7 +162,7 @@ class Run(RunFolder):
             if saved.get("key") == key and self.lens("ojfa").extra.get("selection_key") == key:
                 self.state.reused.append("select")
                 return saved
-        t0 = time.perf_counter()
+        t0 = self._start()
         selection = select_ojfa(self.store(), per_level, device=self.compute_device, progress=self.progress,
                                 rule=rule)
         result = {"key": key, **selection.to_dict()}
@@ -200,7 +201,7 @@ class Run(RunFolder):
         if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key:
             self.state.reused.append(folder.name)
             return EvalResult.load(folder)
-        t0 = time.perf_counter()
+        t0 = self._start()
         result = compute()
         result.save(folder)
         atomic_write_text(folder / "key.txt", key)
@@ -247,7 +248,7 @@ class Run(RunFolder):
         if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key:
             self.state.reused.append("exits")
             return ExitSimulation.load(folder)
-        t0 = time.perf_counter()
+        t0 = self._start()
         sim = simulate_exits(self.store(), self.run_lenses(), progress=self.progress)
         sim.save(folder)
         atomic_write_text(folder / "key.txt", key)
@@ -290,7 +291,7 @@ class Run(RunFolder):
 
         if result is None:
             result = self.evaluation()
-        t0 = time.perf_counter()
+        t0 = self._start()
         results = build_results(self, result)
         from .sweep import load_sweep
 
@@ -312,7 +313,18 @@ class Run(RunFolder):
         self._report_extras(result, out)
         self._timed("report", t0)
         results["timings"] = self.all_timings()
+        results["memory"] = self.memory_summary()
         return write_report(results, out)
+
+    def memory_summary(self) -> dict[str, Any]:
+        """Each stage's peak RSS (``memory.json``) beside the model's own size (its parameters' bytes)."""
+        from ..memory import module_mib
+
+        model = self.lm().model
+        params = list(model.parameters())  # a tied weight once
+        return {**self.all_peaks(), "model_mib": round(module_mib(model), 1),
+                "model_parameters": sum(p.numel() for p in params),
+                "model_dtype": str(params[0].dtype).replace("torch.", "")}
 
     def _report_extras(self, result: Any, out: Path) -> None:
         """tuned-lens-shaped ``aggregate_metrics.json``, and the prediction trajectory of a fixed test
