@@ -27,8 +27,8 @@ def test_sweep_trains_and_evaluates_the_conditioned_jump(run_dir, capsys):
     from onejump.lenses import CondJump, Lens
 
     code = main([*SWEEP, "--out", str(run_dir)])
-    out = capsys.readouterr().out
-    assert code == 0, out
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
     sweep = load_sweep(run_dir)
     K, base = sweep["num_blocks"], sweep["base_rank"]
     configs = {(c["objective"], c["rank"]): c for c in sweep["configs"]}

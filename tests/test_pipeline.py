@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from onejump.cli import main
@@ -171,8 +172,12 @@ def test_sweep_adds_beyond_section_and_best_jump(run_dir, capsys):
             assert lo <= m["mean_precision@1"] <= hi
             single = name != "per-level"
             assert m["parameters"] == (1 if single else K) * (2 * 64 * cfg["rank"] + 4 * 64)
+            # the field's metrics of every lens; the KL to the final distribution is never negative
+            assert len(m["kl"]) == K and min(m["kl"]) >= 0 and m["mean_kl"] == pytest.approx(np.mean(m["kl"]))
+            assert len(m["entropy"]) == K and len(m["cross_entropy"]) == K
     assert set(sweep["references"]) == {"identity", "jtc"}
     best, bar = sweep["best"], sweep["bar"]
+    assert best["mean_kl"] == pytest.approx(np.mean(best["kl"]))
     assert best["parameters"] <= 2 * bar["paper_ojfa_parameters"]
     assert isinstance(bar["met"], bool)
     lm = load_model(json.loads((run_dir / "run.json").read_text())["data"]["model"])

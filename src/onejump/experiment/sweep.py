@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import ConfigError
 from ..evaluation.metrics import evaluate
@@ -43,6 +42,9 @@ from ..lenses.onejump import OneJump
 from ..training.config import OBJECTIVES, TrainConfig
 from .presets import MULTIPLIERS, SINGLE, VARIANTS
 
+#: The field's metrics a sweep records for every lens it evaluates (names as in results.json).
+FIELD_METRICS = ("kl", "entropy", "cross_entropy")
+
 
 def objective_config(variant: str, rank: int, base: TrainConfig | None = None) -> TrainConfig:
     """The training settings the sweep uses for a variant (``mse``, ``kl``, ``kl-res``) at rank ``rank``."""
@@ -51,17 +53,24 @@ def objective_config(variant: str, rank: int, base: TrainConfig | None = None) -
     return replace(base or TrainConfig(), **{**VARIANTS[variant]["train"], "rank": rank})
 
 
-def _summary(values_p1: torch.Tensor, values_s: torch.Tensor, params: int, holdout: float | None) -> dict[str, Any]:
-    """Per-level means and the mean over levels with a bootstrap CI (over test samples)."""
-    p1 = values_p1.double().numpy()  # (K, N)
-    s = values_s.double().numpy()
+def _summary(result: Any, name: str, params: int, holdout: float | None) -> dict[str, Any]:
+    """Per-level means and the mean over levels with a bootstrap CI (over test samples), and the
+    field's metrics (KL to the final distribution, entropy, cross-entropy) where the result has them."""
+    p1 = result.samples(name, "precision@1").double().numpy()  # (K, N)
+    s = result.samples(name, "surprisal").double().numpy()
     ci_p = bootstrap_ci(p1.mean(0))
     ci_s = bootstrap_ci(s.mean(0))
-    return {"precision@1": p1.mean(1).tolist(), "surprisal": s.mean(1).tolist(),
-            "mean_precision@1": ci_p.mean, "mean_precision@1_ci": [ci_p.low, ci_p.high],
-            "mean_surprisal": ci_s.mean, "mean_surprisal_ci": [ci_s.low, ci_s.high],
-            "parameters": int(params), "holdout_precision@1": holdout,
-            "sample_precision@1": p1.mean(0).tolist()}
+    out = {"precision@1": p1.mean(1).tolist(), "surprisal": s.mean(1).tolist(),
+           "mean_precision@1": ci_p.mean, "mean_precision@1_ci": [ci_p.low, ci_p.high],
+           "mean_surprisal": ci_s.mean, "mean_surprisal_ci": [ci_s.low, ci_s.high],
+           "parameters": int(params), "holdout_precision@1": holdout,
+           "sample_precision@1": p1.mean(0).tolist()}
+    for metric in FIELD_METRICS:
+        values = result.metric(name, metric).double().numpy() if result.has(name, metric) else None
+        if values is not None and not np.isnan(values).all():  # cross-entropy needs the store's next tokens
+            out[metric] = values.tolist()
+            out[f"mean_{metric}"] = float(np.nanmean(values))
+    return out
 
 
 def run_config(run: Any, objective: str, rank: int, *, progress: bool = True) -> dict[str, Any]:
@@ -71,7 +80,7 @@ def run_config(run: Any, objective: str, rank: int, *, progress: bool = True) ->
     config = objective_config(objective, rank)
     folder = run.folder / "sweep" / f"{objective}-r{rank}"
     key = json.dumps({"store": run.identity("store"), "fingerprint": lm.fingerprint,
-                      "config": config.to_dict(), "version": 2}, sort_keys=True)
+                      "config": config.to_dict(), "version": 3}, sort_keys=True)
     summary_path = folder / "summary.json"
     if summary_path.is_file():
         saved = json.loads(summary_path.read_text())
@@ -111,12 +120,11 @@ def run_config(run: Any, objective: str, rank: int, *, progress: bool = True) ->
             held["joint"] = float(lens_scores(store, lenses["joint"], rows).mean())
     timings["select"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = evaluate(store, to_eval, field_metrics=False, progress=progress)
+    result = evaluate(store, to_eval, progress=progress)
     timings["evaluate"] = time.perf_counter() - t0
     methods = {}
     for name, lens in to_eval.items():
-        methods[name] = _summary(result.samples(name, "precision@1"), result.samples(name, "surprisal"),
-                                 lens.num_parameters, held[name])
+        methods[name] = _summary(result, name, lens.num_parameters, held[name])
         if name in chosen:
             methods[name]["jump"] = chosen[name]
     out = {"key": key, "objective": objective, "rank": rank, "multiplier": rank // default_rank(H),
@@ -146,11 +154,9 @@ def _references(run: Any) -> dict[str, Any]:
     for name, params in (("identity", 0), ("jtc", None)):
         if name not in result.methods:
             continue
-        p1 = result.samples(name, "precision@1")
-        s = result.samples(name, "surprisal")
         if params is None:  # K affine maps: (H + 1) x H each, as in parameter_counts
             params = result.num_blocks * (result.hidden_size + 1) * result.hidden_size
-        refs[name] = _summary(p1, s, params, None)
+        refs[name] = _summary(result, name, params, None)
     return refs
 
 
@@ -216,6 +222,7 @@ def sweep(run: Any, *, multipliers: tuple[int, ...] = MULTIPLIERS, objectives: t
             bm = cfg["methods"][best["method"]]
             best.update({k: bm[k] for k in ("precision@1", "surprisal", "mean_precision@1", "mean_precision@1_ci",
                                             "mean_surprisal", "mean_surprisal_ci", "parameters")})
+            best.update({k: v for k, v in bm.items() if k.split("mean_")[-1] in FIELD_METRICS})
             test = paired_test(np.asarray(bm["sample_precision@1"]), np.asarray(p_ojfa["sample_precision@1"]))
             lens = refs.get("identity", {}).get("precision@1")
             upto = K - 5
