@@ -236,3 +236,22 @@ def test_sweep_per_objective_multipliers(run_dir, capsys):
     base = sweep["base_rank"]
     assert {(c["objective"], c["rank"]) for c in sweep["configs"]} == {("mse", base), ("mse", 2 * base),
                                                                        ("kl", base)}
+
+
+def test_sweep_val_fraction_is_held_out_for_training_and_choosing(run_dir, capsys):
+    from onejump.evaluation.selection import holdout_rows
+    from onejump.experiment.run import Run
+    from onejump.experiment.sweep import load_sweep
+
+    code = main(["-q", "sweep", "--out", str(run_dir), "--objectives", "mse", "--multipliers", "1",
+                 "--residual-multipliers", "none", "--val-fraction", "0.25", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    (cfg,) = load_sweep(run_dir)["configs"]
+    assert cfg["config"]["val_fraction"] == 0.25
+    store = Run(run_dir).store()
+    n_train = len(store.indices("train"))
+    assert len(holdout_rows(store, 0.25, 0)) > len(holdout_rows(store, 0.1, 0)) and n_train >= 12
+    assert main(["-q", "sweep", "--out", str(run_dir), "--val-fraction", "1.5", "--objectives", "mse",
+                 "--multipliers", "1", "--residual-multipliers", "none"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "validation fraction" in err[0]

@@ -153,7 +153,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         out = sweep(run, multipliers=multipliers, objectives=objectives, residual_multipliers=residual,
                     per_objective=per, variants=variants,
                     variant_multipliers=_int_list(args.variant_multipliers, "variant-multipliers"),
-                    progress=not args.quiet)
+                    val_fraction=args.val_fraction, progress=not args.quiet)
         run.simulate_exits()  # the sweep's best single jump joins the early-exit comparison
         path = run.report()
     best, bar = out.get("best"), out.get("bar")

@@ -213,6 +213,10 @@ def _add_experiment_commands(sub: Any) -> None:
     p.add_argument("--residual-multipliers", default="1,2",
                    help="rank multipliers of the residual KL joint jump (h + BN(h) A B), comma-separated, or "
                         "'none' (default: %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="part of the train split held out to stop training and to choose the single jumps; "
+                        "pass the run's own value so that the sweep's paper configuration reuses the run's "
+                        "jumps (default: 0.1; 0.12 holds out 1,080 of 9,000 sentences)")
     p.add_argument("--variants", default="",
                    help="more single-jump variants, comma-separated: kl-res-cond (the residual KL joint jump with "
                         "a gain and a shift per exit level in its rank-r code, 2r numbers per level), "

@@ -143,6 +143,10 @@ class Run(RunFolder):
 
     # ---- stage 3: select -------------------------------------------------------------------
     def _select_key(self, rule: str) -> str:
+        from ..evaluation.selection import HOLDOUT_MAX
+
+        if rule == "head":  # the held-out rows it scores on are part of what it is computed from
+            return stage_key(self.identity("nnjtc"), self.identity("store"), "select", rule, HOLDOUT_MAX)
         return stage_key(self.identity("nnjtc"), self.identity("store"), "select", rule)
 
     def select(self, rule: str | None = None) -> dict[str, Any]:

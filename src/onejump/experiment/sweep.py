@@ -73,14 +73,21 @@ def _summary(result: Any, name: str, params: int, holdout: float | None) -> dict
     return out
 
 
-def run_config(run: Any, objective: str, rank: int, *, progress: bool = True) -> dict[str, Any]:
-    """Train, select and evaluate one (variant, rank) configuration; cached in the run folder."""
+def run_config(run: Any, objective: str, rank: int, *, val_fraction: float | None = None,
+               progress: bool = True) -> dict[str, Any]:
+    """Train, select and evaluate one (variant, rank) configuration; cached in the run folder.
+
+    ``val_fraction`` (default: :class:`TrainConfig`'s) is the part of the train split held out, both
+    to stop training and to choose the single jumps."""
     store, lm = run.store(), run.lm()
     H = store.hidden_size
-    config = objective_config(objective, rank)
+    base = TrainConfig() if val_fraction is None else TrainConfig(val_fraction=val_fraction)
+    config = objective_config(objective, rank, base)
     folder = run.folder / "sweep" / f"{objective}-r{rank}"
+    from ..evaluation.selection import HOLDOUT_MAX
+
     key = json.dumps({"store": run.identity("store"), "fingerprint": lm.fingerprint,
-                      "config": config.to_dict(), "version": 3}, sort_keys=True)
+                      "config": config.to_dict(), "holdout_max": HOLDOUT_MAX, "version": 3}, sort_keys=True)
     summary_path = folder / "summary.json"
     if summary_path.is_file():
         saved = json.loads(summary_path.read_text())
@@ -143,7 +150,8 @@ def _train_cond(run: Any, variant: str, config: TrainConfig, folder: Path, targe
     init = None
     if warm is not None:
         source = run.folder / "sweep" / f"{warm}-r{config.rank}" / "joint"
-        init = run.train_or_reuse("joint", objective_config(warm, config.rank), source, targets_cache)
+        warm_config = objective_config(warm, config.rank, TrainConfig(val_fraction=config.val_fraction))
+        init = run.train_or_reuse("joint", warm_config, source, targets_cache)
     return run.train_or_reuse("joint-cond", config, folder / "joint", targets_cache, init=init)
 
 
@@ -177,7 +185,7 @@ def choose_best(configs: list[dict[str, Any]], paper_params: int, budget: float 
 def sweep(run: Any, *, multipliers: tuple[int, ...] = MULTIPLIERS, objectives: tuple[str, ...] = ("mse", "kl"),
           residual_multipliers: tuple[int, ...] = (1, 2), per_objective: dict[str, tuple[int, ...]] | None = None,
           variants: tuple[str, ...] = (), variant_multipliers: tuple[int, ...] = (2,),
-          progress: bool = True) -> dict[str, Any]:
+          val_fraction: float | None = None, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the whole sweep on a run folder; writes and returns ``sweep/sweep.json``.
 
     ``objectives`` x ``multipliers`` for the plain jumps (``per_objective`` overrides the
@@ -209,7 +217,7 @@ def sweep(run: Any, *, multipliers: tuple[int, ...] = MULTIPLIERS, objectives: t
     plan.sort(key=lambda vm: (first.index(vm) if vm in first else len(first), vm[1], vm[0]))
     configs = []
     for variant, mult in plan:
-        configs.append(run_config(run, variant, base * mult, progress=progress))
+        configs.append(run_config(run, variant, base * mult, val_fraction=val_fraction, progress=progress))
     refs = _references(run)
     paper = next((c for c in configs if c["objective"] == "mse" and c["rank"] == base), None)
     out: dict[str, Any] = {"model": run.lm().name, "num_blocks": K, "hidden_size": H, "base_rank": base,
