@@ -205,6 +205,22 @@ def _add_experiment_commands(sub: Any) -> None:
                                    "per-level curves of the best single jump) to the run's report. Needs an "
                                    "evaluated run (`onejump run`). Each configuration is cached: rerun to resume.")
     _add_run_args(p)
+    _add_sweep_args(p)
+
+    p = sub.add_parser("compare", help="several runs side by side: the paper's claims per model, OJFA's gap against H",
+                       description="Read one results.json per model and write into --out: compare.json, models.md "
+                                   "(a row per paper claim, a column per model: the number, held / not held and the "
+                                   "paired test's p-value; then the sweep's best single jump against the logit lens "
+                                   "and the tuned lens) and ojfa_gap_vs_h.png (OJFA's gap to full N-NJTC and to the "
+                                   "joint jump against the hidden size H). The claims are recomputed, so older "
+                                   "results.json files get every current claim.")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="a run folder, its report folder or a results.json; one per model and data")
+    p.add_argument("--out", required=True, help="output folder for compare.json, models.md and the figure")
+
+
+def _add_sweep_args(p: Any) -> None:
+    """The sweep's plan: objectives, variants, rank multipliers and the held-out part."""
     p.add_argument("--multipliers", default="1,2,4,8",
                    help="rank multipliers m of floor(H/100), comma-separated (default: %(default)s)")
     p.add_argument("--objectives", default="mse,kl", help="objectives, comma-separated (default: %(default)s)")
@@ -226,17 +242,6 @@ def _add_experiment_commands(sub: Any) -> None:
                    help="rank multipliers of the --variants (default: %(default)s: then a conditioned jump holds "
                         "4Hr0 + 4H + 4r0 K numbers, r0 = floor(H/100), within twice the paper OJFA's whenever "
                         "K <= 100)")
-
-    p = sub.add_parser("compare", help="several runs side by side: the paper's claims per model, OJFA's gap against H",
-                       description="Read one results.json per model and write into --out: compare.json, models.md "
-                                   "(a row per paper claim, a column per model: the number, held / not held and the "
-                                   "paired test's p-value; then the sweep's best single jump against the logit lens "
-                                   "and the tuned lens) and ojfa_gap_vs_h.png (OJFA's gap to full N-NJTC and to the "
-                                   "joint jump against the hidden size H). The claims are recomputed, so older "
-                                   "results.json files get every current claim.")
-    p.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="a run folder, its report folder or a results.json; one per model and data")
-    p.add_argument("--out", required=True, help="output folder for compare.json, models.md and the figure")
 
 
 def _add_lens_commands(sub: Any) -> None:
