@@ -195,3 +195,23 @@ def test_compare_accepts_an_older_results_without_tuned_or_early_exit():
     (gemma,) = summary["models"]
     assert gemma["claims"]["low_rank_below_60"]["verdict"] in ("held", "not held")
     assert gemma["single_jump"]["tuned_lens"] is None and gemma["single_jump"]["best"] is not None
+
+
+def test_a_report_older_than_its_runs_evaluation_is_refused(capsys, sources, tmp_path):
+    import os
+
+    paths, _ = sources
+    run = paths[1]
+    (run / "evaluation").mkdir()
+    redone = run / "evaluation" / "result.json"
+    redone.write_text("{}")
+    report = run / "report" / "results.json"
+    os.utime(redone, ns=(report.stat().st_mtime_ns + 10**9,) * 2)  # the evaluation was redone after the report
+    for source in (run, run / "report"):
+        out = tmp_path / "never"
+        assert main(["-q", "compare", str(source), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "older than its evaluation/result.json" in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()
+    os.utime(report, ns=(redone.stat().st_mtime_ns + 10**9,) * 2)  # report rebuilt: accepted
+    assert main(["-q", "compare", str(run), "--out", str(tmp_path / "ok")]) == 0

@@ -59,13 +59,28 @@ def resolve_source(source: str | Path) -> Path:
     if path.is_file():
         return path
     if (path / "results.json").is_file():
+        if (path.parent / "run.json").is_file():  # a run's report folder: the run is checked as well
+            _refuse_stale_report(RunFolder(path.parent), path / "results.json")
         return path / "results.json"
     run = RunFolder(path)
     if (run.report_dir / "results.json").is_file():
+        _refuse_stale_report(run, run.report_dir / "results.json")
         return run.report_dir / "results.json"
     if (path / "run.json").is_file():
         raise ConfigError(f"run folder {source} has no report yet: run `onejump report --out {source}`")
     raise ConfigError(f"{source} holds no results.json: give a run folder, its report folder or a results.json")
+
+
+def _refuse_stale_report(run: RunFolder, results: Path) -> None:
+    """A run's report written before one of the stages it is built from was redone is refused."""
+    built = results.stat().st_mtime_ns
+    inputs = [run.folder / "selection.json", run.folder / "evaluation" / "result.json",
+              run.folder / "reuse" / "result.json", run.folder / "early_exit" / "key.txt",
+              run.folder / "sweep" / "sweep.json"]
+    newer = [p for p in inputs if p.is_file() and p.stat().st_mtime_ns > built]
+    if newer:
+        raise ConfigError(f"the report of {run.folder} is older than its {newer[0].relative_to(run.folder)}: "
+                          f"run `onejump report --out {run.folder}` first")
 
 
 def load_results(source: str | Path) -> tuple[Path, dict[str, Any]]:
