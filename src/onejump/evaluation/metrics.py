@@ -35,7 +35,7 @@ from ..lenses.jtc import JTCLens
 from ..lenses.jumps import jump_parameter_count
 from ..lenses.onejump import OneJump, PerLevelLens
 from .result import METRICS, EvalResult
-from .scoring import Reducer, Reference, Sink, score_rows
+from .scoring import Reducer, Reference, Sink, require_finite, score_rows
 
 __all__ = ["METRICS", "EvalResult", "evaluate", "parameter_counts", "reuse_matrix"]
 
@@ -91,9 +91,7 @@ class _Pass:
         for rows, chunk in self.store.iter_chunks(self.split, chunk_size=self.chunk_size):
             n = chunk.shape[0]
             h = chunk.to(self.device, torch.float32)
-            if not torch.isfinite(h).all():
-                i, level, _ = (~torch.isfinite(h)).nonzero()[0].tolist()
-                raise NumericalError(f"non-finite hidden state in the store at level {level}, sample row {rows[i]}")
+            require_finite(h, rows)
             yield offset, h, self._reference(h, offset, n)
             offset += n
             bar.update(n)

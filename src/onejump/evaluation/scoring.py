@@ -10,8 +10,11 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from ..errors import NumericalError
 
 TOP_K = 5
 # Per-sample quantities; the last three are the field's metrics (computed when asked for).
@@ -31,6 +34,13 @@ class Reference:
     @property
     def extras(self) -> bool:
         return self.final_negent is not None
+
+
+def require_finite(h: torch.Tensor, rows: Any) -> None:
+    """Refuse a chunk of stored hidden states (n, levels, H) holding a NaN or an infinity, naming it."""
+    if not torch.isfinite(h).all():
+        i, level, _ = (~torch.isfinite(h)).nonzero()[0].tolist()
+        raise NumericalError(f"non-finite hidden state in the store at level {level}, sample row {int(rows[i])}")
 
 
 def _reduce_inplace(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, NumericalError, StoreError
+from ..errors import ConfigError, StoreError
 from ..lenses.jumps import JumpBank
+from .scoring import require_finite
 
 FIGURE3_TEMPERATURE = 5e-4
 RULES = ("paper", "head")
@@ -64,10 +65,7 @@ def reuse_scores(store: Any, bank: JumpBank, split: str = "train", chunk_size: i
     bar = tqdm(total=total, desc="reuse scores", unit="sample", disable=not progress, leave=False)
     for rows, chunk in store.iter_chunks(split, chunk_size=chunk_size):
         chunk = chunk.to(dev, torch.float32)
-        finite = torch.isfinite(chunk)
-        if not finite.all():
-            i, level, _ = (~finite).nonzero()[0].tolist()
-            raise NumericalError(f"non-finite hidden state in the store at level {level}, sample row {rows[i]}")
+        require_finite(chunk, rows)
         n = chunk.shape[0]
         h = chunk[:, :K].reshape(n * K, H)
         target = chunk[:, K].double()  # (n, H)
@@ -150,9 +148,7 @@ def head_scores(store: Any, adapter: Any, bank: JumpBank, rows: np.ndarray | Non
     for start in range(0, len(rows), chunk_size):
         part = rows[start:start + chunk_size]
         h = store.read_rows(part).to(dev)
-        if not torch.isfinite(h).all():
-            i, level, _ = (~torch.isfinite(h)).nonzero()[0].tolist()
-            raise NumericalError(f"non-finite hidden state in the store at level {level}, sample row {int(part[i])}")
+        require_finite(h, part)
         n = h.shape[0]
         top1 = targets[start:start + n]
         if kl:
@@ -200,9 +196,7 @@ def lens_scores(store: Any, lens: Any, rows: np.ndarray | None = None, chunk_siz
     for start in range(0, len(rows), chunk_size):
         part = rows[start:start + chunk_size]
         h = store.read_rows(part).to(dev)
-        if not torch.isfinite(h).all():
-            i, level, _ = (~torch.isfinite(h)).nonzero()[0].tolist()
-            raise NumericalError(f"non-finite hidden state in the store at level {level}, sample row {int(part[i])}")
+        require_finite(h, part)
         top1 = targets[start:start + len(part)]
         for k in range(K):
             correct[k] += float((lens(h[:, k], k).argmax(-1) == top1).sum())
