@@ -83,3 +83,31 @@ def test_choose_best_counts_the_per_level_extras():
     assert choose_best(configs, paper_params=384)["objective"] == "kl-res"  # 769 > 2 x 384: over budget
     configs[1]["methods"]["joint"]["parameters"] = 768
     assert choose_best(configs, paper_params=384)["objective"] == "kl-res-cond"
+
+
+def test_the_unconditioned_control_trains_on_from_the_kl_res_jump(run_dir, capsys):
+    """kl-res-warm: the same warm start and further epochs as kl-res-cond-warm, without the conditioning."""
+    from onejump.experiment.run import Run
+    from onejump.experiment.sweep import load_sweep
+    from onejump.lenses import CondJump, Lens
+
+    code = main(["-q", "sweep", "--multipliers", "1", "--objectives", "mse", "--residual-multipliers", "none",
+                 "--variants", "kl-res-warm", "--device", "cpu", "--out", str(run_dir)])
+    assert code == 0, capsys.readouterr().err
+    sweep = load_sweep(run_dir)
+    base = sweep["base_rank"]
+    r = 2 * base
+    cfg = next(c for c in sweep["configs"] if c["objective"] == "kl-res-warm")
+    m = cfg["methods"]["joint"]
+    assert m["parameters"] == 2 * 64 * r + 4 * 64  # no per-level numbers
+    assert "conditioned" not in cfg
+    lm = Run(run_dir, device="cpu").lm()
+    source = Lens.load(run_dir / "sweep" / f"kl-res-r{r}" / "joint", lm)
+    control = Lens.load(run_dir / "sweep" / f"kl-res-warm-r{r}" / "joint", lm)
+    assert not isinstance(control, CondJump) and control.residual
+    history = control.extra["history"]
+    assert history["kind"] == "joint-warm"
+    # kept as it came unless an epoch beat the start on held-out loss
+    if history["best_epoch"] == [-1]:
+        for name, value in source.bank.tensors_live().items():
+            assert (value == control.bank.tensors_live()[name]).all(), name

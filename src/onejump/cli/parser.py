@@ -120,6 +120,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tuned", action="store_true",
                    help="skip the tuned lens (a full-rank affine translator per level, trained with KL; the "
                         "field's reference lens)")
+    p.add_argument("--tuned-steps", type=_positive(), default=250,
+                   help="steps of the tuned lens's linear learning-rate decay, as in tuned-lens (default: "
+                        "%(default)s, tuned-lens's); each level keeps its best held-out translator, checked every "
+                        "50 steps, and training stops early once no level has improved for 3 checks")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -236,7 +240,8 @@ def _add_sweep_args(p: Any) -> None:
     p.add_argument("--variants", default="",
                    help="more single-jump variants, comma-separated: kl-res-cond (the residual KL joint jump with "
                         "a gain and a shift per exit level in its rank-r code, 2r numbers per level), "
-                        "kl-res-cond-warm (the same, started from the kl-res joint jump of its rank) "
+                        "kl-res-cond-warm (the same, started from the kl-res joint jump of its rank), "
+                        "kl-res-warm (its control: the kl-res joint jump trained on as long, unconditioned) "
                         "(default: none)")
     p.add_argument("--variant-multipliers", default="2",
                    help="rank multipliers of the --variants (default: %(default)s: then a conditioned jump holds "

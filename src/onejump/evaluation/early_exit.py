@@ -29,13 +29,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, NumericalError, StoreError
@@ -243,6 +243,27 @@ class ExitSimulation:
                 best = agree
         return front
 
+    def only(self, names: Sequence[str]) -> ExitSimulation:
+        """The records of the named lenses (the same grid, levels and costs)."""
+        missing = [n for n in names if n not in self.lenses]
+        if missing:
+            raise ConfigError(f"lens(es) {', '.join(missing)} not in this simulation ({', '.join(self.lenses)})")
+        return replace(self, lenses={n: self.lenses[n] for n in names}, _cache={})
+
+    @classmethod
+    def combine(cls, parts: Sequence[ExitSimulation]) -> ExitSimulation:
+        """One simulation holding the lenses of ``parts`` (simulated on the same split with the same grid)."""
+        if not parts:
+            raise ConfigError("nothing to combine")
+        first = parts[0]
+        same = ("num_blocks", "split", "levels", "lambdas", "measures", "block_macs", "head_macs")
+        for part in parts[1:]:
+            if any(getattr(part, a) != getattr(first, a) for a in same) or not torch.equal(part.targets,
+                                                                                            first.targets):
+                raise ConfigError("cannot combine exit simulations of different splits, grids or models")
+        lenses = {name: rec for part in parts for name, rec in part.lenses.items()}
+        return replace(first, lenses=lenses, seconds=sum(p.seconds for p in parts), _cache={})
+
     # ---- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Everything but the per-row records and the time taken, as plain JSON types (the same for the same inputs)."""
@@ -293,7 +314,7 @@ class ExitSimulation:
             return cls(int(meta["num_blocks"]), meta["split"], [int(k) for k in meta["levels"]],
                        [float(x) for x in meta["lambdas"]], list(meta["measures"]), int(meta["block_macs"]),
                        int(meta["head_macs"]), t["targets"], lenses, float(meta.get("seconds", 0.0)), meta["model"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
             raise StoreError(f"{folder} does not hold a readable exit simulation: {exc}") from None
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from ..errors import ConfigError, StoreError
 from ..io import atomic_write_text, save_safetensors
@@ -137,6 +137,19 @@ class EvalResult:
                           seconds=self.seconds + other.seconds, timings={**self.timings, **other.timings},
                           parameters={**self.parameters, **other.parameters})
 
+    def only(self, names: list[str]) -> EvalResult:
+        """The part of this result of the named lenses (with the model's own final values and t*)."""
+        missing = [n for n in names if n not in self.lens_names]
+        if missing:
+            raise ConfigError(f"lens(es) {', '.join(missing)} not in this evaluation ({', '.join(self.lens_names)})")
+        keep = {k: v for k, v in self.per_sample.items()
+                if k.split("/", 1)[0] in names or k.startswith("final/") or k == "targets"}
+        timings = {n: t for n, t in self.timings.items() if n in names}
+        return EvalResult(self.num_blocks, self.num_samples, self.vocab_size, self.split, [], keep,
+                          chosen=self.chosen, hidden_size=self.hidden_size, rank=self.rank,
+                          seconds=float(sum(timings.values())), timings=timings,
+                          parameters={n: p for n, p in self.parameters.items() if n in names})
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (means per level; no per-sample arrays)."""
         methods = {m: {metric: self.metric(m, metric).tolist() for metric in METRICS if self.has(m, metric)}
@@ -184,7 +197,7 @@ class EvalResult:
             with safe_open(str(folder / "per_sample.safetensors"), framework="pt") as fh:
                 bool_keys = set(json.loads((fh.metadata() or {}).get("bool_keys", "[]")))
                 per_sample = {k: fh.get_tensor(k) for k in fh.keys()}
-        except (OSError, KeyError, json.JSONDecodeError) as exc:
+        except (OSError, KeyError, json.JSONDecodeError, SafetensorError) as exc:
             raise StoreError(f"{folder} is not a saved evaluation result: {exc}") from None
         for k in bool_keys:
             per_sample[k] = per_sample[k].bool()

@@ -35,7 +35,8 @@ SINGLE = ("ojfa-paper", "ojfa-head", "joint")
 #: ``kl-res-cond`` is the residual joint jump with a gain and a shift per exit level in its rank-r
 #: code (:class:`onejump.lenses.CondJump`, 2r more numbers per level), trained like ``kl-res``;
 #: ``kl-res-cond-warm`` starts it from the ``kl-res`` joint jump of the same rank (trained first if
-#: the sweep has not trained it yet).
+#: the sweep has not trained it yet); ``kl-res-warm`` is its control, the ``kl-res`` joint jump trained on
+#: for the same further epochs without the conditioning.
 VARIANTS: dict[str, dict[str, Any]] = {
     "mse": {"train": {"objective": "mse"}, "kinds": ("nnjtc", "joint")},
     "kl": {"train": {"objective": "kl", "batch_size": 64, "lr": 1e-2, "max_epochs": 8, "patience": 3},
@@ -46,6 +47,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                               "residual": True}, "kinds": ("joint-cond",)},
     "kl-res-cond-warm": {"train": {"objective": "kl", "batch_size": 64, "lr": 3e-3, "max_epochs": 4, "patience": 2,
                                    "residual": True}, "kinds": ("joint-cond",), "warm_start": "kl-res"},
+    "kl-res-warm": {"train": {"objective": "kl", "batch_size": 64, "lr": 3e-3, "max_epochs": 4, "patience": 2,
+                              "residual": True}, "kinds": ("joint",), "warm_start": "kl-res"},
 }
 
 

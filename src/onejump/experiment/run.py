@@ -9,6 +9,8 @@ The folder's layout is :mod:`onejump.experiment.folder`'s.
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -94,10 +96,11 @@ class Run(RunFolder):
 
     # ---- stage 2: train --------------------------------------------------------------------
     def train(self, config: Any, *, joint: bool = True, jtc: bool = True, tuned: bool = True,
-              rank_multiplier: int = 1) -> dict[str, Any]:
+              rank_multiplier: int = 1, tuned_steps: int = 250) -> dict[str, Any]:
         """Train (or reuse) the per-level bank, the joint jump, the JTC maps and the tuned lens; returns their lenses.
 
-        ``rank_multiplier`` (with ``config.rank`` unset) trains at ``rank_multiplier * floor(H/100)``.
+        ``rank_multiplier`` (with ``config.rank`` unset) trains at ``rank_multiplier * floor(H/100)``;
+        ``tuned_steps``: the tuned lens's schedule length (:class:`~onejump.training.tuned.TunedTrainConfig`).
         """
         from dataclasses import replace
 
@@ -110,7 +113,7 @@ class Run(RunFolder):
         from ..training.tuned import TunedTrainConfig
 
         jobs = [("nnjtc", config)] + ([("joint", joint_config)] if joint else []) + ([("jtc", None)] if jtc else [])
-        jobs += [("tuned", TunedTrainConfig())] if tuned else []
+        jobs += [("tuned", TunedTrainConfig(num_steps=tuned_steps))] if tuned else []
         return {kind: self.train_or_reuse(kind, cfg, self.shortcut_dir(kind), targets_cache) for kind, cfg in jobs}
 
     def _fit(self, kind: str, store: HiddenStateStore, config: Any, targets_cache: dict, key: str, init: Any = None):
@@ -134,8 +137,13 @@ class Run(RunFolder):
             lens = train_cond_jump(store, lm, config, init=init, device=dev, progress=self.progress, loss_fn=loss_fn)
             lens.extra["key"] = key
             return lens
-        trainer = train_jumps if kind == "nnjtc" else train_joint
-        bank, history = trainer(store, config, device=dev, progress=self.progress, loss_fn=loss_fn)
+        if kind == "joint" and init is not None:  # trained on from a copy of a joint jump (kept unless beaten)
+            bank, history = train_joint(store, config, device=dev, progress=self.progress, loss_fn=loss_fn,
+                                        bank=copy.deepcopy(init.bank), keep_start=True)
+            history.kind = "joint-warm"
+        else:
+            trainer = train_jumps if kind == "nnjtc" else train_joint
+            bank, history = trainer(store, config, device=dev, progress=self.progress, loss_fn=loss_fn)
         extra = {"key": key, "history": history.to_dict()}
         if kind == "nnjtc":
             return PerLevelLens(lm, bank.cpu(), extra=extra)
@@ -189,11 +197,20 @@ class Run(RunFolder):
         return saved
 
     # ---- stage 4: evaluate -----------------------------------------------------------------
-    def evaluation_key(self) -> str:
-        """What the evaluation of the lenses is computed from: the store, every lens, the selection."""
-        inputs = {name: self.identity(name) for name in ("store", "nnjtc", "joint", "jtc", "ojfa", "tuned",
-                                                         "selection")}
+    def evaluation_key(self, absent: set[str] = frozenset()) -> str:
+        """What the evaluation of the lenses is computed from: the store, every lens, the selection
+        (``absent``: stage outputs taken as missing, to recognise a result from before they existed)."""
+        inputs = {name: None if name in absent else self.identity(name)
+                  for name in ("store", "nnjtc", "joint", "jtc", "ojfa", "tuned", "selection")}
         return stage_key(inputs, "eval", 2)
+
+    def lens_key(self, name: str, stage: str) -> str:
+        """What one lens's part of a stage (``eval`` or ``exits``) is computed from: the store and that lens."""
+        from .lens_cache import LENS_KINDS
+
+        kind = LENS_KINDS[name]
+        return stage_key({"store": self.identity("store"), "lens": name,
+                          "identity": self.identity(kind) if kind is not None else None}, stage, "lens", 1)
 
     def reuse_key(self) -> str:
         """What the K x K reuse matrix is computed from: the store and the per-level jumps."""
@@ -215,12 +232,32 @@ class Run(RunFolder):
     def evaluate(self):
         """Evaluate every lens of the run, and the reuse matrix, on the test split (each cached on its own)."""
         from ..evaluation.metrics import evaluate, reuse_matrix
+        from ..evaluation.result import EvalResult
+        from .lens_cache import cached_by_lens
 
         chosen = self.select_result()["chosen"]
         store = self.store()
         lenses = self.run_lenses(best=False)
-        result = self._cached_result(self.folder / "evaluation", self.evaluation_key(),
-                                     lambda: evaluate(store, lenses, chosen=chosen, progress=self.progress))
+        started: list[float] = []
+
+        def compute(names: list[str]) -> dict[str, EvalResult]:
+            started.append(self._start())
+            part = evaluate(store, {n: lenses[n] for n in names}, chosen=chosen, progress=self.progress)
+            return {n: part.only([n]) for n in names}
+
+        def combine(parts: list[EvalResult]) -> EvalResult:
+            out = functools.reduce(EvalResult.merge, parts)
+            out.chosen = chosen
+            return out
+
+        result, computed = cached_by_lens(
+            self.folder / "evaluation", self.evaluation_key(), {n: self.lens_key(n, "eval") for n in lenses},
+            key_without=self.evaluation_key, names_of=lambda r: r.lens_names, compute=compute,
+            load=EvalResult.load, save=lambda r, p: r.save(p), split=lambda r, n: r.only([n]), combine=combine)
+        if computed:
+            self._timed("evaluation", started[0])
+        else:
+            self.state.reused.append("evaluation")
         pairs = self._cached_result(self.folder / "reuse", self.reuse_key(),
                                     lambda: reuse_matrix(store, lenses["full"], progress=self.progress))
         pairs.chosen = chosen
@@ -238,25 +275,40 @@ class Run(RunFolder):
             lenses["best"] = Lens.load(self.lens_path("best"), lm)
         return lenses
 
-    def exits_key(self) -> str:
+    def exits_key(self, absent: set[str] = frozenset()) -> str:
         best = self.lens_path("best") / "config.json"
-        best_id = hashlib.sha256(best.read_bytes()).hexdigest()[:16] if best.is_file() else None
-        return stage_key(self.evaluation_key(), self.identity("tuned"), best_id, "exits", 1)
+        has_best = best.is_file() and "best" not in absent
+        best_id = hashlib.sha256(best.read_bytes()).hexdigest()[:16] if has_best else None
+        return stage_key(self.evaluation_key(absent), None if "tuned" in absent else self.identity("tuned"), best_id,
+                         "exits", 1)
 
     def simulate_exits(self):
-        """Confidence early exit simulated on the test store for every lens of the run (cached)."""
+        """Confidence early exit simulated on the test store for every lens of the run (cached per lens)."""
         from ..evaluation.early_exit import ExitSimulation, simulate_exits
+        from .lens_cache import cached_by_lens
 
         self.select_result()
         folder, key = self.folder / "early_exit", self.exits_key()
-        if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key:
+        if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key \
+                and (folder / "lenses").is_dir():
             self.state.reused.append("exits")
             return ExitSimulation.load(folder)
-        t0 = self._start()
-        sim = simulate_exits(self.store(), self.run_lenses(), progress=self.progress)
-        sim.save(folder)
-        atomic_write_text(folder / "key.txt", key)
-        self._timed("exits", t0)
+        lenses = self.run_lenses()
+        started: list[float] = []
+
+        def compute(names: list[str]) -> dict[str, ExitSimulation]:
+            started.append(self._start())
+            sim = simulate_exits(self.store(), {n: lenses[n] for n in names}, progress=self.progress)
+            return {n: sim.only([n]) for n in names}
+
+        sim, computed = cached_by_lens(
+            folder, key, {n: self.lens_key(n, "exits") for n in lenses}, key_without=self.exits_key,
+            names_of=lambda s: list(s.lenses), compute=compute, load=ExitSimulation.load,
+            save=lambda s, p: s.save(p), split=lambda s, n: s.only([n]), combine=ExitSimulation.combine)
+        if computed:
+            self._timed("exits", started[0])
+        else:
+            self.state.reused.append("exits")
         return sim
 
     def exits(self):

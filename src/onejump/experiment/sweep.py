@@ -16,7 +16,8 @@ level up to K-5).
 Other single-jump variants join with ``variants``: ``kl-res-cond`` is the residual KL joint jump
 with a gain and a shift per exit level in its rank-r code (:class:`~onejump.lenses.cond.CondJump`;
 its ``2rK`` extra numbers count in its parameters, so in the budget), ``kl-res-cond-warm`` the same
-started from the ``kl-res`` joint jump of its rank.
+started from the ``kl-res`` joint jump of its rank, and ``kl-res-warm`` its control: the ``kl-res`` joint
+jump trained on for as many more epochs without the conditioning (what the extra epochs alone buy).
 
 Each configuration is cached in ``<run>/sweep/<objective>-r<rank>/`` (shortcuts + summary.json),
 so an interrupted sweep resumes where it stopped; ``<run>/sweep/sweep.json`` gathers everything.
@@ -96,10 +97,12 @@ def run_config(run: Any, objective: str, rank: int, *, val_fraction: float | Non
     timings: dict[str, float] = {}
     targets_cache: dict[int, Any] = {}  # the KL objective's targets, shared by the bank and the joint jump
     t0 = time.perf_counter()
+    kinds = VARIANTS[objective]["kinds"]
+    warm = VARIANTS[objective].get("warm_start") is not None
     lenses = {kind: run.train_or_reuse(kind, config, folder / kind, targets_cache)
-              for kind in ("nnjtc", "joint") if kind in VARIANTS[objective]["kinds"]}
-    if "joint-cond" in VARIANTS[objective]["kinds"]:  # the sweep's single jump of this variant, saved as its joint
-        lenses["joint"] = _train_cond(run, objective, config, folder, targets_cache)
+              for kind in ("nnjtc", "joint") if kind in kinds and not (kind == "joint" and warm)}
+    if "joint-cond" in kinds or ("joint" in kinds and warm):  # the variant's single jump, saved as its joint
+        lenses["joint"] = _train_joint_variant(run, objective, config, folder, targets_cache)
     timings["train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     rows = holdout_rows(store, config.val_fraction, config.seed)
@@ -143,16 +146,18 @@ def run_config(run: Any, objective: str, rank: int, *, val_fraction: float | Non
     return out
 
 
-def _train_cond(run: Any, variant: str, config: TrainConfig, folder: Path, targets_cache: dict[int, Any]) -> Any:
-    """The level-conditioned joint jump of ``variant``, from scratch or warm-started from the joint jump of
-    its ``warm_start`` variant at the same rank (that variant's cached jump, trained first if absent)."""
+def _train_joint_variant(run: Any, variant: str, config: TrainConfig, folder: Path,
+                         targets_cache: dict[int, Any]) -> Any:
+    """The joint jump of ``variant`` (level-conditioned or not), from scratch or warm-started from the joint
+    jump of its ``warm_start`` variant at the same rank (that variant's cached jump, trained first if absent)."""
     warm = VARIANTS[variant].get("warm_start")
     init = None
     if warm is not None:
         source = run.folder / "sweep" / f"{warm}-r{config.rank}" / "joint"
         warm_config = objective_config(warm, config.rank, TrainConfig(val_fraction=config.val_fraction))
         init = run.train_or_reuse("joint", warm_config, source, targets_cache)
-    return run.train_or_reuse("joint-cond", config, folder / "joint", targets_cache, init=init)
+    kind = "joint-cond" if "joint-cond" in VARIANTS[variant]["kinds"] else "joint"
+    return run.train_or_reuse(kind, config, folder / "joint", targets_cache, init=init)
 
 
 def _references(run: Any) -> dict[str, Any]:

@@ -1,0 +1,99 @@
+"""Evaluation and exit simulation are cached per lens: a lens added later is the only one read again,
+and the combined numbers equal those of one pass over every lens."""
+
+import shutil
+
+import pytest
+import torch
+
+import onejump.evaluation.early_exit as early_exit
+import onejump.evaluation.metrics as metrics
+from onejump.cli import main
+from onejump.evaluation.early_exit import ExitSimulation
+from onejump.evaluation.result import EvalResult
+from onejump.experiment.run import Run
+
+COMMON = ["--device", "cpu"]
+
+
+def _args(tiny_dir, corpus, out):
+    return ["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "40", "--n-test", "20",
+            "--max-epochs", "2", "--batch-size", "16", "--rank", "2", "--out", str(out), *COMMON]
+
+
+@pytest.fixture()
+def spies(monkeypatch):
+    seen = {"eval": [], "exits": []}
+    real_eval, real_exits = metrics.evaluate, early_exit.simulate_exits
+
+    def spy_eval(store, lenses, **kw):
+        seen["eval"].append(sorted(lenses))
+        return real_eval(store, lenses, **kw)
+
+    def spy_exits(store, lenses, **kw):
+        seen["exits"].append(sorted(lenses))
+        return real_exits(store, lenses, **kw)
+
+    monkeypatch.setattr(metrics, "evaluate", spy_eval)
+    monkeypatch.setattr(early_exit, "simulate_exits", spy_exits)
+    return seen
+
+
+@pytest.mark.parametrize("old_layout", [False, True])
+def test_a_lens_added_later_is_the_only_one_evaluated(tmp_path, tiny_dir, corpus, spies, old_layout):
+    out = tmp_path / "r"
+    assert main(_args(tiny_dir, corpus, out) + ["--no-tuned"]) == 0
+    assert spies["eval"] == [["full", "identity", "joint", "jtc", "ojfa"]]
+    assert "tuned" not in spies["exits"][0]
+    if old_layout:  # a run folder written before per-lens caches: its combined results are adopted
+        shutil.rmtree(out / "evaluation" / "lenses")
+        shutil.rmtree(out / "early_exit" / "lenses")
+    spies["eval"].clear()
+    spies["exits"].clear()
+    assert main(_args(tiny_dir, corpus, out)) == 0  # now with the tuned lens
+    assert spies["eval"] == [["tuned"]]
+    assert spies["exits"] == [["tuned"]]
+
+    run = Run(out, device="cpu", progress=False)
+    combined = EvalResult.load(out / "evaluation")
+    assert set(combined.lens_names) == {"identity", "full", "ojfa", "joint", "jtc", "tuned"}
+    fresh = metrics.evaluate(run.store(), run.run_lenses(best=False), chosen=combined.chosen, progress=False)
+    for key, value in fresh.per_sample.items():
+        torch.testing.assert_close(combined.per_sample[key], value, rtol=0, atol=0, equal_nan=True, msg=key)
+    sim = ExitSimulation.load(out / "early_exit")
+    fresh_sim = early_exit.simulate_exits(run.store(), run.run_lenses(), progress=False)
+    assert sim.to_dict() == fresh_sim.to_dict()
+
+    # nothing changed: nothing is read again, and the report still accepts the evaluation
+    spies["eval"].clear()
+    spies["exits"].clear()
+    assert main(["-q", "evaluate", "--out", str(out), *COMMON]) == 0
+    assert spies["eval"] == [] and spies["exits"] == []
+    assert main(["-q", "report", "--out", str(out), *COMMON]) == 0
+
+
+def test_a_damaged_part_is_computed_again(tmp_path, tiny_dir, corpus, spies):
+    out = tmp_path / "r"
+    assert main(_args(tiny_dir, corpus, out) + ["--no-tuned"]) == 0
+    (out / "evaluation" / "lenses" / "joint" / "per_sample.safetensors").write_bytes(b"not a tensor file")
+    (out / "evaluation" / "key.txt").unlink()  # the combined result is gone too: parts must serve
+    spies["eval"].clear()
+    assert main(["-q", "evaluate", "--out", str(out), *COMMON]) == 0
+    assert spies["eval"] == [["joint"]]
+
+
+def test_only_and_combine_refuse_what_they_do_not_hold(tmp_path, tiny_dir, corpus):
+    from onejump.errors import ConfigError
+
+    out = tmp_path / "r"
+    assert main(_args(tiny_dir, corpus, out) + ["--no-tuned"]) == 0
+    result = EvalResult.load(out / "evaluation")
+    with pytest.raises(ConfigError, match="tuned"):
+        result.only(["tuned"])
+    sim = ExitSimulation.load(out / "early_exit")
+    with pytest.raises(ConfigError, match="tuned"):
+        sim.only(["tuned"])
+    other = sim.only(["full"])
+    other.lambdas = [0.5]
+    with pytest.raises(ConfigError, match="cannot combine"):
+        ExitSimulation.combine([sim.only(["identity"]), other])
