@@ -111,8 +111,34 @@ def test_early_stopping_keeps_each_levels_best(lm, store):
             assert not lens.weight[k].any() and not lens.bias[k].any()
 
 
+def test_jtc_start_is_the_least_squares_map_of_the_training_rows(lm, store):
+    """init="jtc": evaluation 0 is JTC fitted on the training rows alone (never on the held-out ones)."""
+    from onejump.lenses.jtc import LinearJTC
+    from onejump.training.reader import _split, _train_rows
+    from onejump.training.tuned import _initial_lens, _sources
+
+    config = TunedTrainConfig(batch_size=16, num_steps=1, init="jtc")
+    train_src, _ = _sources(store, config)
+    rows = _train_rows(store)
+    tr, va = _split(len(rows), config.val_fraction, config.seed)
+    assert sorted(train_src.rows.tolist()) == sorted(rows[tr.numpy()].tolist()) and len(va) > 0
+    start = _initial_lens(lm, store, config, train_src)
+    jtc = LinearJTC.fit(store, rows=rows[tr.numpy()])
+    h = store.hidden("test")
+    for k in range(lm.num_blocks):
+        torch.testing.assert_close(start.transform(h[:, k], k), jtc(h[:, k], k), rtol=1e-4, atol=1e-4)
+    everything = LinearJTC.fit(store)  # the whole train split: another map
+    assert not torch.allclose(everything.W, jtc.W)
+    # trained from there, each level keeps a translator at least as good on held-out KL as its start
+    lens, hist = train_tuned_lens(store, lm, TunedTrainConfig(batch_size=16, num_steps=40, eval_every=10,
+                                                              init="jtc"), progress=False)
+    assert all(best <= first for best, first in zip(hist.best_val_kl, hist.val_kl[0]))
+    # the default start leaves the stage identity of lenses trained before the choice existed
+    assert "init" not in TunedTrainConfig().to_dict() and TunedTrainConfig(init="jtc").to_dict()["init"] == "jtc"
+
+
 @pytest.mark.parametrize("bad", [dict(lr=0), dict(momentum=1.0), dict(num_steps=0), dict(val_fraction=1.0),
-                                 dict(batch_size=64, buffer_samples=32)])
+                                 dict(batch_size=64, buffer_samples=32), dict(init="identity")])
 def test_bad_config(bad, lm, store):
     with pytest.raises(ConfigError):
         train_tuned_lens(store, lm, TunedTrainConfig(**bad), progress=False)

@@ -60,7 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     with _lock(run.folder):
         run.record_preset(args.preset, args.select_rule)
         out = run.train(config, joint=not args.no_joint, jtc=not args.no_jtc, tuned=not args.no_tuned,
-                        rank_multiplier=_rank_multiplier(args), tuned_steps=args.tuned_steps)
+                        rank_multiplier=_rank_multiplier(args), tuned_steps=args.tuned_steps,
+                        tuned_init=args.tuned_init)
     for kind, lens in out.items():  # counted as the files and the report count: weights and BatchNorm statistics
         print(f"{kind}: {lens.num_parameters:,} parameters held at inference -> {run.shortcut_dir(kind)}")
     return 0
@@ -121,6 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                   ("train", lambda: (run.record_preset(args.preset, args.select_rule),
                                      run.train(config, joint=not args.no_joint, jtc=not args.no_jtc,
                                                tuned=not args.no_tuned, tuned_steps=args.tuned_steps,
+                                               tuned_init=args.tuned_init,
                                                rank_multiplier=_rank_multiplier(args)))),
                   ("select", run.select), ("evaluate", run.evaluate), ("early exit", run.simulate_exits)]
         for name, stage in stages:

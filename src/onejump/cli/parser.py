@@ -124,6 +124,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="steps of the tuned lens's linear learning-rate decay, as in tuned-lens (default: "
                         "%(default)s, tuned-lens's); each level keeps its best held-out translator, checked every "
                         "50 steps, and training stops early once no level has improved for 3 checks")
+    p.add_argument("--tuned-init", choices=["zero", "jtc"], default="zero",
+                   help="where the tuned lens starts: zero (tuned-lens's: the logit lens) or jtc (each level's "
+                        "least-squares affine map to the last level, fitted on the same training rows) "
+                        "(default: %(default)s)")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -96,11 +96,12 @@ class Run(RunFolder):
 
     # ---- stage 2: train --------------------------------------------------------------------
     def train(self, config: Any, *, joint: bool = True, jtc: bool = True, tuned: bool = True,
-              rank_multiplier: int = 1, tuned_steps: int = 250) -> dict[str, Any]:
+              rank_multiplier: int = 1, tuned_steps: int = 250, tuned_init: str = "zero") -> dict[str, Any]:
         """Train (or reuse) the per-level bank, the joint jump, the JTC maps and the tuned lens; returns their lenses.
 
         ``rank_multiplier`` (with ``config.rank`` unset) trains at ``rank_multiplier * floor(H/100)``;
-        ``tuned_steps``: the tuned lens's schedule length (:class:`~onejump.training.tuned.TunedTrainConfig`).
+        ``tuned_steps`` / ``tuned_init``: the tuned lens's schedule length and start
+        (:class:`~onejump.training.tuned.TunedTrainConfig`).
         """
         from dataclasses import replace
 
@@ -113,7 +114,7 @@ class Run(RunFolder):
         from ..training.tuned import TunedTrainConfig
 
         jobs = [("nnjtc", config)] + ([("joint", joint_config)] if joint else []) + ([("jtc", None)] if jtc else [])
-        jobs += [("tuned", TunedTrainConfig(num_steps=tuned_steps))] if tuned else []
+        jobs += [("tuned", TunedTrainConfig(num_steps=tuned_steps, init=tuned_init))] if tuned else []
         return {kind: self.train_or_reuse(kind, cfg, self.shortcut_dir(kind), targets_cache) for kind, cfg in jobs}
 
     def _fit(self, kind: str, store: HiddenStateStore, config: Any, targets_cache: dict, key: str, init: Any = None):

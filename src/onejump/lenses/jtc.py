@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -51,8 +52,9 @@ class LinearJTC(nn.Module):
 
     @classmethod
     def fit(cls, store: Any, *, split: str = "train", ridge: float = 1e-6, chunk_size: int = 1024,
-            levels: Sequence[int] | None = None, device: str | torch.device = "cpu") -> LinearJTC:
-        """Least squares fit of every level k in 0..K-1 to h^K on a store split.
+            levels: Sequence[int] | None = None, device: str | torch.device = "cpu",
+            rows: Sequence[int] | None = None) -> LinearJTC:
+        """Least squares fit of every level k in 0..K-1 to h^K on a store split (or on store ``rows``).
 
         Accumulates ``X^T X`` and ``X^T Y`` (X = [h^k, 1]) in float64 chunk by chunk, so memory is
         ``K (H+1)^2`` doubles whatever the number of samples, then solves
@@ -70,9 +72,9 @@ class LinearJTC(nn.Module):
         xtx = torch.zeros(L, H + 1, H + 1, dtype=torch.float64, device=dev)
         xty = torch.zeros(L, H + 1, H, dtype=torch.float64, device=dev)
         n = 0
-        for rows, chunk in store.iter_chunks(split, chunk_size=chunk_size, levels=[*lv, K]):
+        for idx, chunk in _chunks(store, split, rows, chunk_size, [*lv, K]):
             chunk = chunk.to(dev, torch.float64)
-            _check_finite_chunk(chunk, rows, [*lv, K])
+            _check_finite_chunk(chunk, idx, [*lv, K])
             x = torch.cat([chunk[:, :L], torch.ones(chunk.shape[0], L, 1, dtype=torch.float64, device=dev)], 2)
             x = x.transpose(0, 1)  # (L, n, H+1)
             y = chunk[:, L]  # (n, H)
@@ -95,6 +97,18 @@ class LinearJTC(nn.Module):
         full = torch.zeros(K, H + 1, H, dtype=torch.float64, device=dev)
         full[lv] = W
         return cls(full.float().cpu())
+
+
+def _chunks(store: Any, split: str, rows: Sequence[int] | None, chunk_size: int, levels: list[int]):
+    """(store rows, hidden states (n, len(levels), H)) of a split, or of the given rows, chunk by chunk."""
+    if rows is None:
+        yield from store.iter_chunks(split, chunk_size=chunk_size, levels=levels)
+        return
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    for start in range(0, len(rows), chunk_size):
+        part = rows[start:start + chunk_size]
+        yield part, store.read_rows(part)[:, levels] if hasattr(store, "read_rows") else \
+            store.hidden(None)[torch.from_numpy(part)][:, levels]
 
 
 def _check_finite_chunk(chunk: torch.Tensor, rows: Iterable[int], levels: Sequence[int]) -> None:

@@ -14,6 +14,9 @@ learning rate 1.0 in tuned-lens's parametrisation (PyTorch's momentum SGD effect
 the step by 1/(1-momentum), so the optimiser gets ``lr * (1 - momentum)``), weight decay 1e-3
 (towards the identity, since the translator is residual), gradient norm clipped to 1, and the
 learning rate decayed linearly to zero over a fixed number of steps (250 in the paper), no warm-up.
+The translators start at zero (the logit lens), as in tuned-lens; ``init="jtc"`` starts each level at
+its least-squares affine map to h^K instead (fitted in closed form on the same training rows), which
+the tuned-lens recipe, made for millions of tokens, then refines with KL on a store of thousands.
 Why these: the tuned lens is the field's reference baseline, so it is trained as its authors train
 it rather than re-tuned for onejump. Only the batch differs: the paper takes 2^18 tokens per step
 from the Pile; a onejump store has one position per sentence (9000 sentences by default), so a step
@@ -41,6 +44,10 @@ from ..errors import ConfigError, NumericalError
 from ..lenses.tuned import TunedLens
 from .objectives import HeadKL, HeadTargets, head_targets
 from .reader import _Reader, _Source, _split, _Task, _train_rows
+
+#: Where the translators start: ``zero`` (tuned-lens's: the logit lens) or ``jtc`` (the least-squares
+#: affine map of each level to h^K, fitted on the same training rows: JTC, Din et al. 2023).
+TUNED_INITS = ("zero", "jtc")
 
 
 @dataclass
@@ -71,6 +78,7 @@ class TunedTrainConfig:
     kl_negatives: int = 2048
     eval_rows: int = 0
     buffer_samples: int = 16384
+    init: str = "zero"
 
     def validate(self) -> None:
         for name in ("lr", "clip_grad_norm"):
@@ -89,9 +97,14 @@ class TunedTrainConfig:
             raise ConfigError("kl_top_k must be >= 1, kl_negatives and eval_rows >= 0")
         if self.buffer_samples < self.batch_size:
             raise ConfigError(f"buffer_samples must hold one batch (>= {self.batch_size}), got {self.buffer_samples}")
+        if self.init not in TUNED_INITS:
+            raise ConfigError(f"unknown tuned-lens start '{self.init}'; use {' or '.join(TUNED_INITS)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.init == "zero":  # tuned-lens's own start: keeps the identity of lenses trained before the choice
+            del out["init"]
+        return out
 
 
 @dataclass
@@ -218,6 +231,18 @@ def _step(lens: TunedLens, loss: TranslatorKL, batch: tuple, opt: Any, sched: An
     return per_level
 
 
+def _initial_lens(lm: Any, store: Any, config: TunedTrainConfig, train_src: _Source) -> TunedLens:
+    """The translators' start: zero (the logit lens), or each level's least-squares map to h^K in residual
+    form (``h @ M + c = h + h @ (M - I) + c``) fitted on the training rows only (not the held-out ones)."""
+    if config.init == "zero":
+        return TunedLens(lm)
+    from ..lenses.jtc import LinearJTC
+
+    W = LinearJTC.fit(store, rows=train_src.rows).W  # (K, H+1, H)
+    H = W.shape[2]
+    return TunedLens(lm, weight=(W[:, :H] - torch.eye(H)).transpose(1, 2), bias=W[:, H])
+
+
 def train_tuned_lens(store: Any, lm: Any, config: TunedTrainConfig | None = None, *,
                      device: str | torch.device | None = None, progress: bool = True,
                      targets: HeadTargets | None = None) -> tuple[TunedLens, TunedHistory]:
@@ -237,7 +262,7 @@ def train_tuned_lens(store: Any, lm: Any, config: TunedTrainConfig | None = None
     if targets is None or targets.top_k < config.kl_top_k:
         targets = head_targets(store, lm.adapter, top_k=config.kl_top_k, progress=progress)
     loss = TranslatorKL(lm.adapter, targets, negatives=config.kl_negatives, seed=config.seed, device=dev)
-    lens = TunedLens(lm).to(dev)
+    lens = _initial_lens(lm, store, config, train_src).to(dev)
     opt = torch.optim.SGD([lens.weight, lens.bias], lr=config.lr * (1 - config.momentum), momentum=config.momentum,
                           nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / config.num_steps))
