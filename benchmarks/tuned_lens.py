@@ -44,11 +44,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/demo")
     ap.add_argument("--steps", type=int, default=TunedTrainConfig().num_steps)
+    ap.add_argument("--init", choices=["jtc", "zero"], default=TunedTrainConfig().init,
+                    help="where the translators start (default: %(default)s)")
     ap.add_argument("--save-lens", default=None, help="also save the trained lens to this folder")
     args = ap.parse_args()
     run = Run(args.run, device="cpu", progress=False)
     store, lm = run.store(), run.lm()
-    config = TunedTrainConfig(num_steps=args.steps)
+    config = TunedTrainConfig(num_steps=args.steps, init=args.init)
     t0 = time.perf_counter()
     lens, hist = train_tuned_lens(store, lm, config, progress=True)
     seconds = time.perf_counter() - t0

@@ -124,9 +124,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="steps of the tuned lens's linear learning-rate decay, as in tuned-lens (default: "
                         "%(default)s, tuned-lens's); each level keeps its best held-out translator, checked every "
                         "50 steps, and training stops early once no level has improved for 3 checks")
-    p.add_argument("--tuned-init", choices=["zero", "jtc"], default="zero",
-                   help="where the tuned lens starts: zero (tuned-lens's: the logit lens) or jtc (each level's "
-                        "least-squares affine map to the last level, fitted on the same training rows) "
+    p.add_argument("--tuned-init", choices=["jtc", "zero"], default="jtc",
+                   help="where the tuned lens starts: jtc (each level's least-squares affine map to the last "
+                        "level, fitted on the same training rows) or zero (tuned-lens's own start, the logit "
+                        "lens; made for millions of tokens, it ends far from converged on a store of thousands) "
                         "(default: %(default)s)")
 
 

@@ -96,7 +96,7 @@ class Run(RunFolder):
 
     # ---- stage 2: train --------------------------------------------------------------------
     def train(self, config: Any, *, joint: bool = True, jtc: bool = True, tuned: bool = True,
-              rank_multiplier: int = 1, tuned_steps: int = 250, tuned_init: str = "zero") -> dict[str, Any]:
+              rank_multiplier: int = 1, tuned_steps: int = 250, tuned_init: str = "jtc") -> dict[str, Any]:
         """Train (or reuse) the per-level bank, the joint jump, the JTC maps and the tuned lens; returns their lenses.
 
         ``rank_multiplier`` (with ``config.rank`` unset) trains at ``rank_multiplier * floor(H/100)``;

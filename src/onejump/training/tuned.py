@@ -14,9 +14,12 @@ learning rate 1.0 in tuned-lens's parametrisation (PyTorch's momentum SGD effect
 the step by 1/(1-momentum), so the optimiser gets ``lr * (1 - momentum)``), weight decay 1e-3
 (towards the identity, since the translator is residual), gradient norm clipped to 1, and the
 learning rate decayed linearly to zero over a fixed number of steps (250 in the paper), no warm-up.
-The translators start at zero (the logit lens), as in tuned-lens; ``init="jtc"`` starts each level at
-its least-squares affine map to h^K instead (fitted in closed form on the same training rows), which
-the tuned-lens recipe, made for millions of tokens, then refines with KL on a store of thousands.
+Only the start differs by default: each level's translator starts at its least-squares affine map to
+h^K (JTC, fitted in closed form on the same training rows, never on the held-out ones) rather than at
+zero (the logit lens, tuned-lens's start, ``init="zero"``). tuned-lens's schedule was made for 65M
+tokens; a store holds thousands of rows, and from zero 250 steps end far from converged. On
+SmolLM2-135M (8,100 training rows), the held-out KL of the zero start is 2.24 nats after 250 steps
+(still falling); the least-squares start is at 1.82 before any step, and 250 steps take it to 1.43.
 Why these: the tuned lens is the field's reference baseline, so it is trained as its authors train
 it rather than re-tuned for onejump. Only the batch differs: the paper takes 2^18 tokens per step
 from the Pile; a onejump store has one position per sentence (9000 sentences by default), so a step
@@ -78,7 +81,7 @@ class TunedTrainConfig:
     kl_negatives: int = 2048
     eval_rows: int = 0
     buffer_samples: int = 16384
-    init: str = "zero"
+    init: str = "jtc"
 
     def validate(self) -> None:
         for name in ("lr", "clip_grad_norm"):
@@ -102,7 +105,7 @@ class TunedTrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if self.init == "zero":  # tuned-lens's own start: keeps the identity of lenses trained before the choice
+        if self.init == "zero":  # the start of lenses trained before the choice existed: their identity is kept
             del out["init"]
         return out
 
