@@ -5,6 +5,7 @@ import json
 import pytest
 
 from onejump.cli import main
+from onejump.errors import StoreError
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,9 @@ def test_sweep_trains_and_evaluates_the_conditioned_jump(run_dir, capsys):
     path = _save_best(run, {"objective": "kl-res-cond", "rank": r, "method": "joint", "holdout_precision@1": 0.5})
     best = Lens.load(path, run.lm())
     assert isinstance(best, CondJump) and best.num_parameters == 2 * 64 * r + 4 * 64 + 2 * r * K
+    with pytest.raises(StoreError, match="onejump evaluate"):  # the evaluation lacks the new best jump
+        run.report()
+    run.evaluate()
     run.simulate_exits()
     assert json.loads((run.report().parent / "results.json").read_text())["methods"]
 

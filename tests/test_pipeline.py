@@ -185,8 +185,15 @@ def test_sweep_adds_beyond_section_and_best_jump(run_dir, capsys):
     assert jump.rank == best["rank"]
     md = (run_dir / "report" / "report.md").read_text()
     assert "Beyond the paper" in md and "Best single jump" in md
-    for fig in ("beyond_pareto.png", "beyond_per_level.png"):
+    for fig in ("beyond_pareto.png", "beyond_per_level.png", "tuned_vs_single.png"):
         assert (run_dir / "report" / fig).stat().st_size > 1000
+    # the best jump joins the run's evaluation, and is measured against the tuned lens by the three-part bar
+    results = json.loads((run_dir / "report" / "results.json").read_text())
+    tb = results["tuned_bar"]
+    assert tb["single"] == "best" and len(tb["levels"]) == K and isinstance(tb["met"], bool)
+    assert tb["mean"]["single"] == pytest.approx(best["mean_precision@1"])
+    assert [lv["single"] for lv in tb["levels"]] == pytest.approx(best["precision@1"])
+    assert "### The bar: one jump against the tuned lens" in md and "tuned_vs_single.png" in md
     # a rerun reuses every configuration (cached summaries): nothing is rewritten
     summaries = sorted((run_dir / "sweep").glob("*/summary.json"))
     before = {p: p.stat().st_mtime_ns for p in summaries}

@@ -118,7 +118,7 @@ def make_figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
 
 METHOD_MARKERS = {"per-level": "s", "ojfa-paper": "o", "ojfa-head": "^", "joint": "D"}
 OBJECTIVE_COLORS = {"mse": "tab:blue", "kl": "tab:red", "kl-res": "black", "kl-res-cond": "tab:green",
-                    "kl-res-cond-warm": "tab:olive"}
+                    "kl-res-cond-warm": "tab:olive", "kl-res-warm": "tab:cyan"}
 
 
 def beyond_figures(beyond: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -221,3 +221,54 @@ def field_figure(results: dict[str, Any], out_dir: Path) -> Path | None:
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{results['model']['name']}: the field's metrics per level (test set)")
     return _save(fig, Path(out_dir) / "field_metrics.png", plt)
+
+
+def tuned_figure(results: dict[str, Any], out_dir: Path) -> Path | None:
+    """One jump against the tuned lens per level: precision@1, KL, and the jump's fraction of the tuned lens."""
+    methods = results["methods"]
+    tuned = methods.get("tuned")
+    if tuned is None:
+        return None
+    best = (results.get("beyond") or {}).get("best")
+    lenses = {"identity": methods["identity"], "tuned": tuned, "ojfa": methods["ojfa"]}
+    if best:
+        lenses["best"] = best
+    style = {"identity": ("tab:gray", "-", 1.2), "tuned": ("black", "-", 1.8), "ojfa": ("tab:red", "--", 1.2),
+             "best": ("tab:blue", "-", 2.2)}
+    label = {**PRETTY, "best": f"best single jump ({best['objective']}, r{best['rank']})" if best else ""}
+    levels = results["levels"]
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.4))
+    for ax, metric in ((axes[0], "precision@1"), (axes[1], "kl")):
+        for name, m in lenses.items():
+            if metric in m:
+                color, ls, lw = style[name]
+                ax.plot(levels, m[metric], color=color, linestyle=ls, linewidth=lw, label=label.get(name, name))
+        ax.set_xlabel("exit level k")
+        ax.set_ylabel(metric if metric == "precision@1" else "KL(p_final || p_lens), nats (log)")
+        ax.grid(alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    ax = axes[2]
+    t = np.asarray(tuned["precision@1"], dtype=np.float64)
+    for name in ("ojfa", "best"):
+        if name in lenses:
+            ratio = np.divide(np.asarray(lenses[name]["precision@1"]), t, out=np.full_like(t, np.nan), where=t > 0)
+            ax.plot(levels, ratio, color=style[name][0], linestyle=style[name][1], marker=".",
+                    label=label.get(name, name))
+    bar = results.get("tuned_bar")
+    if bar:
+        missed = [lv["level"] for lv in bar["levels"][1:] if not lv["held"]]
+        ratios = {lv["level"]: lv["ratio"] for lv in bar["levels"]}
+        ax.plot(missed, [ratios[k] for k in missed], "x", color="tab:red", markersize=8,
+                label="below the per-level bar")
+    ax.axhline(0.8, color="tab:red", linewidth=0.8, label="bar: 0.8x at every level 1..K-1")
+    ax.axhline(0.9, color="tab:red", linewidth=0.8, linestyle="--", label="bar: 0.9x of the mean")
+    ax.set_ylim(0, 1.2)
+    ax.set_xlabel("exit level k")
+    ax.set_ylabel("precision@1 / the tuned lens's")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.suptitle(f"{results['model']['name']}: one jump against the tuned lens "
+                 f"({tuned['parameters']:,} parameters" + (f" vs {best['parameters']:,}" if best else "") + ")")
+    return _save(fig, Path(out_dir) / "tuned_vs_single.png", plt)

@@ -34,7 +34,8 @@ import numpy as np
 
 from ..io import atomic_write_text
 from .exit_figures import exit_report_section
-from .figures import PRETTY, field_figure, make_figures
+from .figures import PRETTY, field_figure, make_figures, tuned_figure
+from .report_tuned import tuned_lines
 
 SCHEMA = "onejump-results/1"
 
@@ -187,6 +188,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     figures = make_figures(results, out_dir)
     extra = (field_figure(results, out_dir), out_dir / "trajectory.png")
     figures += [p for p in extra if p is not None and p.is_file()]
+    tuned_figure(results, out_dir)  # shown in its own section, not among the figures at the end
     sections: list[str] = []
     if results.get("early_exit"):
         sections, _ = exit_report_section(results["early_exit"], out_dir)
@@ -252,33 +254,6 @@ def _preset_line(results: dict[str, Any]) -> str:
     if cfg.get("joint_residual"):
         line += "; the joint jump is residual (h + BN(h) A B)"
     return line + "."
-
-
-def _tuned_lines(results: dict[str, Any]) -> list[str]:
-    """The single jumps against the tuned lens, per level, with the parameter ratio."""
-    methods = results["methods"]
-    tuned = methods.get("tuned")
-    if tuned is None:
-        return []
-    singles = {"ojfa": methods["ojfa"]}
-    best = (results.get("beyond") or {}).get("best")
-    if best:
-        singles["best"] = best
-    lines = ["", "## One jump against the tuned lens (precision@1, test set)", "",
-             f"The tuned lens holds {tuned['parameters']:,} numbers; " + "; ".join(
-                 f"{PRETTY.get(n, 'best single jump')} holds {m['parameters']:,} "
-                 f"({tuned['parameters'] / max(1, m['parameters']):,.0f}x fewer)" for n, m in singles.items()) + ".",
-             "", "| level | logit lens | tuned lens | " + " | ".join(
-                 f"{n} | {n} / tuned" for n in singles) + " |", "|---" * (3 + 2 * len(singles)) + "|"]
-    for k in results["levels"]:
-        t_k = tuned["precision@1"][k]
-        cells = [f"{m['precision@1'][k]:.3f} | {m['precision@1'][k] / t_k:.2f}" if t_k > 0 else
-                 f"{m['precision@1'][k]:.3f} | -" for m in singles.values()]
-        lines.append(f"| {k} | {methods['identity']['precision@1'][k]:.3f} | {t_k:.3f} | " + " | ".join(cells) + " |")
-    mean_t = float(np.mean(tuned["precision@1"]))
-    lines.append("| mean | " + f"{methods['identity']['mean_precision@1']:.3f} | {mean_t:.3f} | " + " | ".join(
-        f"{m['mean_precision@1']:.3f} | {m['mean_precision@1'] / mean_t:.2f}" for m in singles.values()) + " |")
-    return lines
 
 
 def _field_lines(results: dict[str, Any]) -> list[str]:
@@ -348,7 +323,7 @@ def render_markdown(results: dict[str, Any], figures: list[str], sections: list[
             f"{method['mean_surprisal']:.2f} | {_fmt_params(params) if params is not None else '-'} |"
         )
     lines += _field_lines(results)
-    lines += _tuned_lines(results)
+    lines += tuned_lines(results)
     tests = results.get("tests", {})
     if tests:
         lines += ["", "## Paired tests (per test sample, all exit levels pooled)", "",

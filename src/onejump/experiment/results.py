@@ -97,6 +97,11 @@ def build_results(run: Any, result: Any) -> dict[str, Any]:
             tests[f"ojfa_vs_{other}"] = {"mean_diff": float(t.mean_diff), "ci": [float(t.low), float(t.high)],
                                          "p_value": float(t.p_value), "method": t.test, "n": int(t.n)}
     train_cfg = per_level.extra.get("history") or {}
+    bar = None
+    if "tuned" in result.lens_names and "best" in result.lens_names:  # one jump against the tuned lens
+        from ..evaluation.tuned_bar import tuned_bar
+
+        bar = tuned_bar(result, "best")
     joint = run.lens("joint") if run.has_lens("joint") else None
     return {
         "model": {"name": lm.name, "fingerprint": lm.fingerprint, "num_blocks": K, "hidden_size": store.hidden_size,
@@ -113,4 +118,5 @@ def build_results(run: Any, result: Any) -> dict[str, Any]:
         "final_surprisal": result.final_surprisal,
         "final_cross_entropy": result.final_cross_entropy,
         "tests": tests,
+        **({"tuned_bar": bar} if bar is not None else {}),
     }

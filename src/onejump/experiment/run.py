@@ -203,6 +203,9 @@ class Run(RunFolder):
         (``absent``: stage outputs taken as missing, to recognise a result from before they existed)."""
         inputs = {name: None if name in absent else self.identity(name)
                   for name in ("store", "nnjtc", "joint", "jtc", "ojfa", "tuned", "selection")}
+        best = None if "best" in absent else self.identity("best")
+        if best is not None:  # the sweep's best jump; a run without one keeps the key it always had
+            inputs["best"] = best
         return stage_key(inputs, "eval", 2)
 
     def lens_key(self, name: str, stage: str) -> str:
@@ -230,15 +233,17 @@ class Run(RunFolder):
         self._timed(folder.name, t0)
         return result
 
-    def evaluate(self):
-        """Evaluate every lens of the run, and the reuse matrix, on the test split (each cached on its own)."""
+    def evaluate(self, best: bool = True):
+        """Evaluate every lens of the run (with the sweep's best jump unless ``best=False``), and the reuse
+        matrix, on the test split (each lens cached on its own)."""
         from ..evaluation.metrics import evaluate, reuse_matrix
         from ..evaluation.result import EvalResult
         from .lens_cache import cached_by_lens
 
         chosen = self.select_result()["chosen"]
         store = self.store()
-        lenses = self.run_lenses(best=False)
+        lenses = self.run_lenses(best=best)
+        absent = frozenset() if best else frozenset({"best"})
         started: list[float] = []
 
         def compute(names: list[str]) -> dict[str, EvalResult]:
@@ -252,9 +257,10 @@ class Run(RunFolder):
             return out
 
         result, computed = cached_by_lens(
-            self.folder / "evaluation", self.evaluation_key(), {n: self.lens_key(n, "eval") for n in lenses},
-            key_without=self.evaluation_key, names_of=lambda r: r.lens_names, compute=compute,
-            load=EvalResult.load, save=lambda r, p: r.save(p), split=lambda r, n: r.only([n]), combine=combine)
+            self.folder / "evaluation", self.evaluation_key(absent), {n: self.lens_key(n, "eval") for n in lenses},
+            key_without=lambda a: self.evaluation_key(set(a) | absent), names_of=lambda r: r.lens_names,
+            compute=compute, load=EvalResult.load, save=lambda r, p: r.save(p), split=lambda r, n: r.only([n]),
+            combine=combine)
         if computed:
             self._timed("evaluation", started[0])
         else:

@@ -162,7 +162,7 @@ def _train_joint_variant(run: Any, variant: str, config: TrainConfig, folder: Pa
 
 def _references(run: Any) -> dict[str, Any]:
     """Logit lens and JTC per level, from the run's own evaluation (the run must be evaluated)."""
-    result = run.evaluate()
+    result = run.evaluate(best=False)  # the best jump of an earlier sweep may be replaced by this one
     refs = {}
     for name, params in (("identity", 0), ("jtc", None)):
         if name not in result.methods:

@@ -1,0 +1,79 @@
+"""The report's section on one jump against the tuned lens: per level, and the three-part bar."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .figures import PRETTY
+
+
+def tuned_lines(results: dict[str, Any]) -> list[str]:
+    """The single jumps against the tuned lens, per level, with the parameter ratio."""
+    methods = results["methods"]
+    tuned = methods.get("tuned")
+    if tuned is None:
+        return []
+    singles = {"ojfa": methods["ojfa"]}
+    best = (results.get("beyond") or {}).get("best")
+    if best:
+        singles["best"] = best
+    lines = ["", "## One jump against the tuned lens (precision@1, test set)", "",
+             f"The tuned lens holds {tuned['parameters']:,} numbers; " + "; ".join(
+                 f"{PRETTY.get(n, 'best single jump')} holds {m['parameters']:,} "
+                 f"({tuned['parameters'] / max(1, m['parameters']):,.0f}x fewer)" for n, m in singles.items()) + ".",
+             "", "| level | logit lens | tuned lens | " + " | ".join(
+                 f"{n} | {n} / tuned" for n in singles) + " |", "|---" * (3 + 2 * len(singles)) + "|"]
+    for k in results["levels"]:
+        t_k = tuned["precision@1"][k]
+        cells = [f"{m['precision@1'][k]:.3f} | {m['precision@1'][k] / t_k:.2f}" if t_k > 0 else
+                 f"{m['precision@1'][k]:.3f} | -" for m in singles.values()]
+        lines.append(f"| {k} | {methods['identity']['precision@1'][k]:.3f} | {t_k:.3f} | " + " | ".join(cells) + " |")
+    mean_t = float(np.mean(tuned["precision@1"]))
+    lines.append("| mean | " + f"{methods['identity']['mean_precision@1']:.3f} | {mean_t:.3f} | " + " | ".join(
+        f"{m['mean_precision@1']:.3f} | {m['mean_precision@1'] / mean_t:.2f}" for m in singles.values()) + " |")
+    lines += ["", "![tuned_vs_single](tuned_vs_single.png)"]
+    return lines + _bar_lines(results.get("tuned_bar"))
+
+
+def _ci(part: dict[str, Any], digits: int = 3) -> str:
+    lo, hi = part["ci"]
+    return f"{part['margin']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def _bar_lines(bar: dict[str, Any] | None) -> list[str]:
+    """The three-part bar of the best single jump against the tuned lens, each part with its paired test."""
+    if not bar:
+        return []
+    mean, every = bar["mean"], bar["every_level"]
+    lines = ["", "### The bar: one jump against the tuned lens (pre-registered, checked once on test)", "",
+             "Each part is tested on paired per-sample differences (single jump minus the bar's share of the tuned "
+             "lens; for KL, the bar's share of the tuned lens's KL minus the jump's): the margin, its 95% bootstrap "
+             "CI and the sign-flip permutation p-value. A part holds when the margin is >= 0; a CI straddling 0 "
+             "is too close to call.", "",
+             "| part | single jump | tuned lens | ratio | bar | margin [95% CI] | p | verdict |", "|---" * 8 + "|",
+             f"| mean precision@1 over exit levels | {mean['single']:.3f} | {mean['tuned']:.3f} | "
+             f"{mean['ratio']:.2f} | >= {bar['mean_ratio']:.2f} | {_ci(mean)} | {mean['p_value']:.3g} | "
+             f"{'**held**' if mean['held'] else 'not held'} ({mean['verdict']}) |"]
+    not_held = every["levels_not_held"]
+    lowest = every["lowest_ratio"]
+    where = "every level" if not not_held else "below at levels " + ", ".join(map(str, not_held))
+    lines.append(f"| precision@1 at every exit level 1..K-1 | lowest ratio {lowest:.2f} | | | "
+                 f">= {bar['level_ratio']:.2f} each | per level below | | "
+                 f"{'**held**' if every['held'] else 'not held'} ({where}) |")
+    if "kl" in bar:
+        kl = bar["kl"]
+        lines.append(f"| mean KL(p_final \\|\\| p_lens), nats | {kl['single']:.3f} | {kl['tuned']:.3f} | "
+                     f"{kl['ratio']:.2f} | <= {bar['kl_ratio']:.2f} | {_ci(kl)} | {kl['p_value']:.3g} | "
+                     f"{'**held**' if kl['held'] else 'not held'} ({kl['verdict']}) |")
+    lines += ["", f"Bar {'**met**' if bar['met'] else '**not met**'}.", "",
+              f"| level | single jump | tuned lens | ratio | margin vs {bar['level_ratio']:.1f}x [95% CI] | p "
+              "| verdict |",
+              "|---" * 7 + "|"]
+    for lv in bar["levels"]:
+        ratio = f"{lv['ratio']:.2f}" if lv["ratio"] is not None else "-"
+        note = " (level 0: not in the bar)" if lv["level"] == 0 else ""
+        lines.append(f"| {lv['level']} | {lv['single']:.3f} | {lv['tuned']:.3f} | {ratio} | {_ci(lv)} | "
+                     f"{lv['p_value']:.3g} | {lv['verdict']}{note} |")
+    return lines
