@@ -215,3 +215,15 @@ def test_a_report_older_than_its_runs_evaluation_is_refused(capsys, sources, tmp
         assert not out.exists()
     os.utime(report, ns=(redone.stat().st_mtime_ns + 10**9,) * 2)  # report rebuilt: accepted
     assert main(["-q", "compare", str(run), "--out", str(tmp_path / "ok")]) == 0
+
+
+def test_bar_summary_names_each_part():
+    from onejump.experiment.compare import bar_summary
+
+    assert bar_summary(None) is None
+    bar = {"met": False, "mean": {"ratio": 0.86, "verdict": "not held"},
+           "every_level": {"held": False, "lowest_ratio": 0.78, "levels_not_held": [2, 3]},
+           "kl": {"ratio": 1.05, "verdict": "held"}}
+    line = bar_summary(bar)
+    assert line.startswith("not met: ") and "mean 0.86x (not held)" in line and "2 levels below 0.8x" in line
+    assert "KL 1.05x (held)" in line

@@ -181,6 +181,19 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def bar_summary(bar: dict[str, Any] | None) -> str | None:
+    """One line for the three-part bar against the tuned lens (``results["tuned_bar"]``), or None."""
+    if not bar:
+        return None
+    mean, every = bar["mean"], bar["every_level"]
+    parts = [f"mean {mean['ratio']:.2f}x ({mean['verdict']})",
+             f"lowest level {every['lowest_ratio']:.2f}x" + ("" if every["held"] else
+                                                              f", {len(every['levels_not_held'])} levels below 0.8x")]
+    if "kl" in bar:
+        parts.append(f"KL {bar['kl']['ratio']:.2f}x ({bar['kl']['verdict']})")
+    return ("met: " if bar["met"] else "not met: ") + "; ".join(parts)
+
+
 def single_jump(results: dict[str, Any]) -> dict[str, Any]:
     """The sweep's best single jump against the logit lens and the tuned lens (None where a run lacks one)."""
     methods, K = results["methods"], len(results["levels"])
@@ -199,6 +212,7 @@ def single_jump(results: dict[str, Any]) -> dict[str, Any]:
     if best and tuned is not None:
         bp, tp = np.asarray(best["precision@1"][:K]), np.asarray(tuned["precision@1"][:K])
         keep_up = float(np.mean(bp >= KEEP_UP * tp))
+    out["bar"] = bar_summary(results.get("tuned_bar"))
     out["ratios"] = {
         "best_over_logit_lens": _ratio(b, out["logit_lens"]["mean_precision@1"]),
         "best_over_tuned_lens": _ratio(b, t),

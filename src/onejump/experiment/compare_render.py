@@ -58,6 +58,8 @@ def _single_rows(models: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
         ("best single jump / tuned lens", col(lambda s: _num(s["ratios"]["best_over_tuned_lens"], "{:.2f}x"))),
         ("exit levels where the best single jump reaches 0.8x the tuned lens",
          col(lambda s: _num(s["ratios"]["levels_best_keeps_up_with_tuned"], "{:.0%}"))),
+        ("the bar (mean >= 0.9x, every level 1..K-1 >= 0.8x, KL <= 1.25x; paired tests)",
+         col(lambda s: s.get("bar") or NA)),
         ("logit lens: mean KL (nats)", col(lambda s: _num(s["logit_lens"]["mean_kl"]))),
         ("tuned lens: mean KL (nats)", col(lambda s: _num(s["tuned_lens"] and s["tuned_lens"]["mean_kl"]))),
         ("best single jump: mean KL (nats)", col(lambda s: _num(s["best"] and s["best"]["mean_kl"]))),
