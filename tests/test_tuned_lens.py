@@ -120,7 +120,7 @@ def test_jtc_start_is_the_least_squares_map_of_the_training_rows(lm, store):
     from onejump.training.tuned import _initial_lens, _sources
 
     config = TunedTrainConfig(batch_size=16, num_steps=1, init="jtc")
-    train_src, _ = _sources(store, config)
+    train_src, val_src = _sources(store, config)
     rows = _train_rows(store)
     tr, va = _split(len(rows), config.val_fraction, config.seed)
     assert sorted(train_src.rows.tolist()) == sorted(rows[tr.numpy()].tolist()) and len(va) > 0
@@ -136,7 +136,9 @@ def test_jtc_start_is_the_least_squares_map_of_the_training_rows(lm, store):
                                                               init="jtc"), progress=False)
     assert all(best <= first for best, first in zip(hist.best_val_kl, hist.val_kl[0]))
     # the zero start keeps the stage identity of lenses trained before the choice existed
-    assert "init" not in TunedTrainConfig(init="zero").to_dict() and TunedTrainConfig().to_dict()["init"] == "jtc"
+    old = TunedTrainConfig(init="zero", val_rows=0).to_dict()
+    assert "init" not in old and "val_rows" not in old
+    assert TunedTrainConfig().to_dict()["init"] == "jtc" and TunedTrainConfig(init="zero").to_dict()["val_rows"] == 256
 
 
 @pytest.mark.parametrize("bad", [dict(lr=0), dict(momentum=1.0), dict(num_steps=0), dict(val_fraction=1.0),
@@ -329,3 +331,20 @@ def test_aggregate_metrics_of_an_evaluation(lm, store, tmp_path):
             assert [flat[f"{lens}.{metric}.layer_{k}"] for k in range(K)] == pytest.approx(
                 result.metric(lens, key).tolist())
     assert flat["baseline.ce.final"] == pytest.approx(result.final_cross_entropy)
+
+
+def test_validation_scores_a_seeded_subset_of_the_held_out_rows(store):
+    from onejump.training.reader import _split, _train_rows
+    from onejump.training.tuned import _sources
+
+    rows = _train_rows(store)
+    _, va = _split(len(rows), 0.5, 0)
+    held_out = set(rows[va.numpy()].tolist())
+    train_src, val_src = _sources(store, TunedTrainConfig(val_fraction=0.5, val_rows=5, batch_size=4))
+    picked = val_src.rows.tolist()
+    assert len(picked) == 5 and set(picked) <= held_out and not set(picked) & set(train_src.rows.tolist())
+    assert len(train_src.rows) == len(rows) - len(held_out)  # the unscored held-out rows stay out of training
+    _, again = _sources(store, TunedTrainConfig(val_fraction=0.5, val_rows=5, batch_size=4))
+    assert again.rows.tolist() == picked
+    _, every = _sources(store, TunedTrainConfig(val_fraction=0.5, val_rows=0, batch_size=4))
+    assert set(every.rows.tolist()) == held_out
