@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, NumericalError, StoreError
 from ..io import atomic_write_text, save_safetensors
+from .exit_costs import block_macs, head_macs
 
 MEASURES = ("max_prob", "margin")
 AGREEMENTS = (0.9, 0.95, 0.99)
@@ -54,31 +55,6 @@ def default_lambdas() -> list[float]:
     grid = np.concatenate([np.linspace(0.0, 0.1, 11), np.linspace(0.1, 0.9, 33), np.linspace(0.91, 0.99, 9),
                            1.0 - np.array([5e-3, 2e-3, 1e-3, 5e-4, 2e-4, 1e-4]), [1.0]])
     return sorted({round(float(x), 6) for x in grid})
-
-
-# --------------------------------------------------------------------------------------------------
-# Costs
-# --------------------------------------------------------------------------------------------------
-
-
-def block_macs(lm: Any) -> int:
-    """Multiply-adds per token of one transformer block: the entries of its weight matrices (mean over blocks).
-
-    Every matrix entry is used once per token; vectors (norms, biases) and attention over the
-    context are left out. Mixture-of-experts blocks would be over-counted (all experts).
-    """
-    blocks = lm.adapter.blocks
-    total = sum(p.numel() for block in blocks for p in block.parameters() if p.dim() >= 2)
-    return max(1, round(total / len(blocks)))
-
-
-def head_macs(lm: Any) -> int:
-    """Multiply-adds per token of the model's own head: the unembedding (and an output projection)."""
-    macs = lm.adapter.unembedding_matrix().numel()
-    project_out = getattr(lm.adapter, "project_out", None)
-    if project_out is not None:
-        macs += sum(p.numel() for p in project_out.parameters() if p.dim() >= 2)
-    return int(macs)
 
 
 # --------------------------------------------------------------------------------------------------

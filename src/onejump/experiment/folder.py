@@ -154,6 +154,36 @@ class RunFolder:
                         folder / "config.json")
         return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
 
+    # ---- what the evaluation stages are computed from ----------------------------------------
+    def evaluation_key(self, absent: set[str] = frozenset()) -> str:
+        """What the evaluation of the lenses is computed from: the store, every lens, the selection
+        (``absent``: stage outputs taken as missing, to recognise a result from before they existed)."""
+        inputs = {name: None if name in absent else self.identity(name)
+                  for name in ("store", "nnjtc", "joint", "jtc", "ojfa", "tuned", "selection")}
+        best = None if "best" in absent else self.identity("best")
+        if best is not None:  # the sweep's best jump; a run without one keeps the key it always had
+            inputs["best"] = best
+        return stage_key(inputs, "eval", 2)
+
+    def lens_key(self, name: str, stage: str) -> str:
+        """What one lens's part of a stage (``eval`` or ``exits``) is computed from: the store and that lens."""
+        from .lens_cache import LENS_KINDS
+
+        kind = LENS_KINDS[name]
+        return stage_key({"store": self.identity("store"), "lens": name,
+                          "identity": self.identity(kind) if kind is not None else None}, stage, "lens", 1)
+
+    def reuse_key(self) -> str:
+        """What the K x K reuse matrix is computed from: the store and the per-level jumps."""
+        return stage_key(self.identity("store"), self.identity("nnjtc"), "reuse", 1)
+
+    def exits_key(self, absent: set[str] = frozenset()) -> str:
+        best = self.lens_path("best") / "config.json"
+        has_best = best.is_file() and "best" not in absent
+        best_id = hashlib.sha256(best.read_bytes()).hexdigest()[:16] if has_best else None
+        return stage_key(self.evaluation_key(absent), None if "tuned" in absent else self.identity("tuned"), best_id,
+                         "exits", 1)
+
     def has_lens(self, kind: str) -> bool:
         return self.identity(kind) is not None
 
