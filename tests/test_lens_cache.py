@@ -1,6 +1,7 @@
 """Evaluation and exit simulation are cached per lens: a lens added later is the only one read again,
 and the combined numbers equal those of one pass over every lens."""
 
+import json
 import shutil
 
 import pytest
@@ -53,6 +54,8 @@ def test_a_lens_added_later_is_the_only_one_evaluated(tmp_path, tiny_dir, corpus
     assert main(_args(tiny_dir, corpus, out)) == 0  # now with the tuned lens
     assert spies["eval"] == [["tuned"]]
     assert spies["exits"] == [["tuned"]]
+    timings = json.loads((out / "timings.json").read_text())  # the whole stages' times are kept
+    assert {"evaluation", "exits", "evaluation: tuned", "exits: tuned"} <= set(timings)
 
     run = Run(out, device="cpu", progress=False)
     combined = EvalResult.load(out / "evaluation")

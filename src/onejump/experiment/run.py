@@ -239,7 +239,7 @@ class Run(RunFolder):
             compute=compute, load=EvalResult.load, save=lambda r, p: r.save(p), split=lambda r, n: r.only([n]),
             combine=combine)
         if computed:
-            self._timed("evaluation", started[0])
+            self._timed(_stage_name("evaluation", computed, lenses), started[0])
         else:
             self.state.reused.append("evaluation")
         pairs = self._cached_result(self.folder / "reuse", self.reuse_key(),
@@ -283,7 +283,7 @@ class Run(RunFolder):
             names_of=lambda s: list(s.lenses), compute=compute, load=ExitSimulation.load,
             save=lambda s, p: s.save(p), split=lambda s, n: s.only([n]), combine=ExitSimulation.combine)
         if computed:
-            self._timed("exits", started[0])
+            self._timed(_stage_name("exits", computed, lenses), started[0])
         else:
             self.state.reused.append("exits")
         return sim
@@ -380,3 +380,8 @@ class Run(RunFolder):
         trajs = trajectories([lens.to(lm.device) for lens in lenses], lm, prompt, names=["logit lens", single])
         save_trajectories(trajs, out / "trajectory.png", title=f"{lm.name}: what each level predicts")
 
+
+def _stage_name(stage: str, computed: list[str], lenses: dict[str, Any]) -> str:
+    """A stage's name in timings.json: itself when every lens was read, else what was added (``evaluation:
+    tuned``), so that the time of the whole stage recorded earlier is kept beside the increment."""
+    return stage if set(computed) >= set(lenses) else f"{stage}: {', '.join(computed)}"
