@@ -42,6 +42,13 @@ def _ci(part: dict[str, Any], digits: int = 3) -> str:
     return f"{part['margin']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
+def _verdict(part: dict[str, Any]) -> str:
+    """held beyond noise (CI above 0), not held (CI below 0), or too close to call (the sign of the margin)."""
+    if part["verdict"] == "too close to call":
+        return f"too close to call ({'held' if part['held'] else 'not held'} on the point estimate)"
+    return "**held**" if part["verdict"] == "held" else "not held"
+
+
 def _bar_lines(bar: dict[str, Any] | None) -> list[str]:
     """The three-part bar of the best single jump against the tuned lens, each part with its paired test."""
     if not bar:
@@ -55,7 +62,7 @@ def _bar_lines(bar: dict[str, Any] | None) -> list[str]:
              "| part | single jump | tuned lens | ratio | bar | margin [95% CI] | p | verdict |", "|---" * 8 + "|",
              f"| mean precision@1 over exit levels | {mean['single']:.3f} | {mean['tuned']:.3f} | "
              f"{mean['ratio']:.2f} | >= {bar['mean_ratio']:.2f} | {_ci(mean)} | {mean['p_value']:.3g} | "
-             f"{'**held**' if mean['held'] else 'not held'} ({mean['verdict']}) |"]
+             f"{_verdict(mean)} |"]
     not_held = every["levels_not_held"]
     lowest = every["lowest_ratio"]
     where = "every level" if not not_held else "below at levels " + ", ".join(map(str, not_held))
@@ -66,7 +73,7 @@ def _bar_lines(bar: dict[str, Any] | None) -> list[str]:
         kl = bar["kl"]
         lines.append(f"| mean KL(p_final \\|\\| p_lens), nats | {kl['single']:.3f} | {kl['tuned']:.3f} | "
                      f"{kl['ratio']:.2f} | <= {bar['kl_ratio']:.2f} | {_ci(kl)} | {kl['p_value']:.3g} | "
-                     f"{'**held**' if kl['held'] else 'not held'} ({kl['verdict']}) |")
+                     f"{_verdict(kl)} |")
     lines += ["", f"Bar {'**met**' if bar['met'] else '**not met**'}.", "",
               f"| level | single jump | tuned lens | ratio | margin vs {bar['level_ratio']:.1f}x [95% CI] | p "
               "| verdict |",
