@@ -246,7 +246,8 @@ def _add_sweep_args(p: Any) -> None:
                    help="more single-jump variants, comma-separated: kl-res-cond (the residual KL joint jump with "
                         "a gain and a shift per exit level in its rank-r code, 2r numbers per level), "
                         "kl-res-cond-warm (the same, started from the kl-res joint jump of its rank), "
-                        "kl-res-warm (its control: the kl-res joint jump trained on as long, unconditioned) "
+                        "kl-res-warm (its control: the kl-res joint jump trained on as long, unconditioned), "
+                        "kl-res-8 (the kl-res joint jump trained for up to 8 epochs in one go) "
                         "(default: none)")
     p.add_argument("--variant-multipliers", default="2",
                    help="rank multipliers of the --variants (default: %(default)s: then a conditioned jump holds "

@@ -36,7 +36,8 @@ SINGLE = ("ojfa-paper", "ojfa-head", "joint")
 #: code (:class:`onejump.lenses.CondJump`, 2r more numbers per level), trained like ``kl-res``;
 #: ``kl-res-cond-warm`` starts it from the ``kl-res`` joint jump of the same rank (trained first if
 #: the sweep has not trained it yet); ``kl-res-warm`` is its control, the ``kl-res`` joint jump trained on
-#: for the same further epochs without the conditioning.
+#: for the same further epochs without the conditioning; ``kl-res-8`` the residual joint jump trained in one go
+#: for up to 8 epochs (as many as the warm-started variants in all).
 VARIANTS: dict[str, dict[str, Any]] = {
     "mse": {"train": {"objective": "mse"}, "kinds": ("nnjtc", "joint")},
     "kl": {"train": {"objective": "kl", "batch_size": 64, "lr": 1e-2, "max_epochs": 8, "patience": 3},
@@ -47,6 +48,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                               "residual": True}, "kinds": ("joint-cond",)},
     "kl-res-cond-warm": {"train": {"objective": "kl", "batch_size": 64, "lr": 3e-3, "max_epochs": 4, "patience": 2,
                                    "residual": True}, "kinds": ("joint-cond",), "warm_start": "kl-res"},
+    "kl-res-8": {"train": {"objective": "kl", "batch_size": 64, "lr": 3e-3, "max_epochs": 8, "patience": 2,
+                           "residual": True}, "kinds": ("joint",)},
     "kl-res-warm": {"train": {"objective": "kl", "batch_size": 64, "lr": 3e-3, "max_epochs": 4, "patience": 2,
                               "residual": True}, "kinds": ("joint",), "warm_start": "kl-res"},
 }
