@@ -65,10 +65,10 @@ def _memory(probe: PeakProbe) -> dict:
             "peak_method": "stage peak" if probe.exact else "process peak so far"}
 
 
-def measure(store, lm, device: str = "cpu", progress: bool = True) -> dict:
+def measure(store, lm, device: str = "cpu", progress: bool = True, tuned_init: str = "jtc") -> dict:
     """Train both lenses on ``store`` for ``lm``; their costs and the ratios tuned / single."""
     H = store.hidden_size
-    tuned_cfg = TunedTrainConfig()
+    tuned_cfg = TunedTrainConfig(init=tuned_init)
     single_cfg = objective_config("kl-res", 2 * default_rank(H))
     top_k = max(tuned_cfg.kl_top_k, single_cfg.kl_top_k)
     targets, t_targets, p_targets = _measure(lambda: head_targets(store, lm.adapter, top_k=top_k, progress=progress))
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", help="the model's dtype, as the run was extracted with")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--tuned-init", choices=["jtc", "zero"], default="jtc", help="the tuned lens's start")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
                "hidden_size": store.hidden_size, "vocab_size": lm.adapter.vocab_size,
                "model_mib": round(module_mib(lm.model), 1), "rows_limit": args.rows,
                "sweep_best": _sweep_best(run.folder),
-               **measure(store, lm, args.device, progress=not args.quiet)}
+               **measure(store, lm, args.device, progress=not args.quiet, tuned_init=args.tuned_init)}
     print(table(payload))
     save(result_name("train-time", args.device, model, args.dtype), payload)
     return payload
