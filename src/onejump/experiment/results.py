@@ -35,10 +35,24 @@ def _selection_summary(selection: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _ojfa_tests(result: Any) -> dict[str, Any]:
+    """Paired tests of OJFA against full N-NJTC and the joint jump (per-sample precision@1 over levels)."""
+    from ..evaluation.statistics import paired_test
+
+    tests = {}
+    ojfa = result.samples("ojfa", "precision@1").numpy().astype(np.float64).mean(0)
+    for other, key in (("full_nnjtc", "full"), ("joint", "joint")):
+        if key in result.methods:
+            b = result.samples(key, "precision@1").numpy().astype(np.float64).mean(0)
+            t = paired_test(ojfa, b)
+            tests[f"ojfa_vs_{other}"] = {"mean_diff": float(t.mean_diff), "ci": [float(t.low), float(t.high)],
+                                         "p_value": float(t.p_value), "method": t.test, "n": int(t.n)}
+    return tests
+
+
 def build_results(run: Any, result: Any) -> dict[str, Any]:
     """The ``results.json`` dictionary (schema in :mod:`onejump.reporting`)."""
     from ..evaluation.metrics import parameter_counts
-    from ..evaluation.statistics import paired_test
 
     args = run.data_args()
     store = run.store()
@@ -88,14 +102,7 @@ def build_results(run: Any, result: Any) -> dict[str, Any]:
         entry["mean_precision@1"] = float(np.mean(entry["precision@1"]))
         entry["mean_precision@5"] = float(np.mean(entry["precision@5"]))
         entry["mean_surprisal"] = float(np.mean(entry["surprisal"]))
-    tests = {}
-    ojfa = result.samples("ojfa", "precision@1").numpy().astype(np.float64).mean(0)
-    for other, key in (("full_nnjtc", "full"), ("joint", "joint")):
-        if key in result.methods:
-            b = result.samples(key, "precision@1").numpy().astype(np.float64).mean(0)
-            t = paired_test(ojfa, b)
-            tests[f"ojfa_vs_{other}"] = {"mean_diff": float(t.mean_diff), "ci": [float(t.low), float(t.high)],
-                                         "p_value": float(t.p_value), "method": t.test, "n": int(t.n)}
+    tests = _ojfa_tests(result)
     train_cfg = per_level.extra.get("history") or {}
     bar = None
     if "tuned" in result.lens_names and "best" in result.lens_names:  # one jump against the tuned lens
