@@ -30,8 +30,8 @@ def _fake_wide(smol):
 
 @pytest.fixture
 def sources(tmp_path):
-    """A run folder (SmolLM2), a report folder (Gemma, the older schema) and a results.json (a fake wide model)."""
-    smol, gemma = _real("smollm2-135m"), _real("gemma3-270m")
+    """A run folder (SmolLM2), a report folder (Gemma 3000/1000, older schema) and a results.json (a fake wide one)."""
+    smol, gemma = _real("smollm2-135m"), _real("gemma3-270m-3000")
     run = tmp_path / "smol-run"
     (run / "report").mkdir(parents=True)
     (run / "run.json").write_text("{}")
@@ -191,7 +191,7 @@ def test_sixty_percent_claim():
 
 
 def test_compare_accepts_an_older_results_without_tuned_or_early_exit():
-    summary = compare([DOCS / "gemma3-270m"])
+    summary = compare([DOCS / "gemma3-270m-3000"])
     (gemma,) = summary["models"]
     assert gemma["claims"]["low_rank_below_60"]["verdict"] in ("held", "not held")
     assert gemma["single_jump"]["tuned_lens"] is None and gemma["single_jump"]["best"] is not None
