@@ -219,13 +219,13 @@ class Run(RunFolder):
 
         chosen = self.select_result()["chosen"]
         store = self.store()
-        lenses = self.run_lenses(best=best)
+        lenses = self.run_lens_names(best)  # loaded only when some must be read again
         absent = frozenset() if best else frozenset({"best"})
         started: list[float] = []
 
         def compute(names: list[str]) -> dict[str, EvalResult]:
             started.append(self._start())
-            part = evaluate(store, {n: lenses[n] for n in names}, chosen=chosen, progress=self.progress)
+            part = evaluate(store, self.run_lenses(names=names), chosen=chosen, progress=self.progress)
             return {n: part.only([n]) for n in names}
 
         def combine(parts: list[EvalResult]) -> EvalResult:
@@ -243,21 +243,24 @@ class Run(RunFolder):
         else:
             self.state.reused.append("evaluation")
         pairs = self._cached_result(self.folder / "reuse", self.reuse_key(),
-                                    lambda: reuse_matrix(store, lenses["full"], progress=self.progress))
+                                    lambda: reuse_matrix(store, self.lens("nnjtc"), progress=self.progress))
         pairs.chosen = chosen
         return result.merge(pairs)
 
-    def run_lenses(self, best: bool = True) -> dict[str, Any]:
-        """The run's lenses by report name: the logit lens, full N-NJTC, OJFA, and whichever of the
+    def run_lens_names(self, best: bool = True) -> list[str]:
+        """The report names of the run's lenses: the logit lens, full N-NJTC, OJFA, and whichever of the
         joint jump, JTC, the tuned lens and the sweep's best single jump exist."""
+        names = ["identity", "full", "ojfa"] + [kind for kind in ("joint", "jtc", "tuned") if self.has_lens(kind)]
+        return names + (["best"] if best and (self.lens_path("best") / "config.json").is_file() else [])
+
+    def run_lenses(self, best: bool = True, names: list[str] | None = None) -> dict[str, Any]:
+        """The run's lenses by report name (:meth:`run_lens_names`, or only ``names``), loaded."""
         from ..lenses.base import Lens, LogitLens
 
         lm = self.lm()
-        lenses: dict[str, Any] = {"identity": LogitLens(lm), "full": self.lens("nnjtc"), "ojfa": self.lens("ojfa")}
-        lenses.update({kind: self.lens(kind) for kind in ("joint", "jtc", "tuned") if self.has_lens(kind)})
-        if best and (self.lens_path("best") / "config.json").is_file():
-            lenses["best"] = Lens.load(self.lens_path("best"), lm)
-        return lenses
+        load = {"identity": lambda: LogitLens(lm), "full": lambda: self.lens("nnjtc"),
+                "best": lambda: Lens.load(self.lens_path("best"), lm)}
+        return {n: load.get(n, lambda n=n: self.lens(n))() for n in (names or self.run_lens_names(best))}
 
     def simulate_exits(self):
         """Confidence early exit simulated on the test store for every lens of the run (cached per lens)."""
@@ -266,16 +269,12 @@ class Run(RunFolder):
 
         self.select_result()
         folder, key = self.folder / "early_exit", self.exits_key()
-        if (folder / "key.txt").is_file() and (folder / "key.txt").read_text() == key \
-                and (folder / "lenses").is_dir():
-            self.state.reused.append("exits")
-            return ExitSimulation.load(folder)
-        lenses = self.run_lenses()
+        lenses = self.run_lens_names()  # loaded only when some must be read again
         started: list[float] = []
 
         def compute(names: list[str]) -> dict[str, ExitSimulation]:
             started.append(self._start())
-            sim = simulate_exits(self.store(), {n: lenses[n] for n in names}, progress=self.progress)
+            sim = simulate_exits(self.store(), self.run_lenses(names=names), progress=self.progress)
             return {n: sim.only([n]) for n in names}
 
         sim, computed = cached_by_lens(
@@ -381,7 +380,7 @@ class Run(RunFolder):
         save_trajectories(trajs, out / "trajectory.png", title=f"{lm.name}: what each level predicts")
 
 
-def _stage_name(stage: str, computed: list[str], lenses: dict[str, Any]) -> str:
+def _stage_name(stage: str, computed: list[str], lenses: list[str]) -> str:
     """A stage's name in timings.json: itself when every lens was read, else what was added (``evaluation:
     tuned``), so that the time of the whole stage recorded earlier is kept beside the increment."""
     return stage if set(computed) >= set(lenses) else f"{stage}: {', '.join(computed)}"

@@ -105,10 +105,14 @@ def _chunks(store: Any, split: str, rows: Sequence[int] | None, chunk_size: int,
         yield from store.iter_chunks(split, chunk_size=chunk_size, levels=levels)
         return
     rows = np.sort(np.asarray(rows, dtype=np.int64))
+    if hasattr(store, "read_rows"):
+        read = store.read_rows
+    else:  # an in-memory store (tests): its hidden states are read once
+        everything = store.hidden(None)
+        read = lambda part: everything[torch.from_numpy(part)]  # noqa: E731
     for start in range(0, len(rows), chunk_size):
         part = rows[start:start + chunk_size]
-        yield part, store.read_rows(part)[:, levels] if hasattr(store, "read_rows") else \
-            store.hidden(None)[torch.from_numpy(part)][:, levels]
+        yield part, read(part)[:, levels]
 
 
 def _check_finite_chunk(chunk: torch.Tensor, rows: Iterable[int], levels: Sequence[int]) -> None:
