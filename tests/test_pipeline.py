@@ -224,11 +224,18 @@ def test_preset_best_trains_kl_and_a_residual_joint_jump(tmp_path, tiny_dir, cor
     joint = Lens.load(out / "shortcuts" / "joint", lm)
     assert per_level.extra["history"]["config"]["objective"] == "kl"
     assert joint.residual
+    # the joint jump was trained, then trained on from itself (the sweep's kl-res-warm)
+    start = Lens.load(out / "shortcuts" / "joint-start", lm)
+    assert joint.extra["history"]["kind"] == "joint-warm" and start.extra["history"]["kind"] != "joint-warm"
+    assert start.extra["key"] != joint.extra["key"]
+    timings = json.loads((out / "timings.json").read_text())
+    assert "train:joint-start" in timings and "train:joint" in timings
     base = max(1, per_level.hidden_size // 100)
     assert per_level.rank == 2 * base
     results = json.loads((out / "report" / "results.json").read_text())
     assert results["selection"]["rule"] == "head" and results["config"]["joint_residual"] is True
     assert "Preset `best`" in (out / "report" / "report.md").read_text()
+    assert "trained on from where it stopped" in (out / "report" / "report.md").read_text()
     sel = json.loads((out / "selection.json").read_text())
     assert sel["rule"] == "head" and "paper_chosen" in sel
 

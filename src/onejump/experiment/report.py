@@ -253,6 +253,8 @@ def _preset_line(results: dict[str, Any]) -> str:
             f"{train.get('batch_size')}, at most {train.get('max_epochs')} epochs (patience {train.get('patience')})")
     if cfg.get("joint_residual"):
         line += "; the joint jump is residual (h + BN(h) A B)"
+    if (cfg.get("preset") or {}).get("joint_warm"):
+        line += ", trained, then trained on from where it stopped for as long again"
     return line + "."
 
 

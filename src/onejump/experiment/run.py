@@ -82,16 +82,19 @@ class Run(RunFolder):
             try:
                 lens = Lens.load(folder, self.lm())
                 if lens.extra.get("key") == key:
-                    self.state.reused.append(f"train:{kind}")
+                    self.state.reused.append(self._train_label(kind, folder))
                     return lens
             except ShortcutError:
                 pass  # a damaged or foreign file: train again and replace it
         t0 = self._start()
         self._fit(kind, self.store(), config, {} if targets_cache is None else targets_cache, key, init).save(folder)
-        # the sweep trains into its own folders: its stages are named apart from the run's own
-        own = folder.resolve() == self.shortcut_dir(kind).resolve()
-        self._timed(f"train:{kind}" if own else f"train:{kind} ({folder.parent.name})", t0)
+        self._timed(self._train_label(kind, folder), t0)
         return Lens.load(folder, self.lm())
+
+    def _train_label(self, kind: str, folder: Path) -> str:
+        """``train:joint`` for the run's own lens folders; the sweep's apart: ``train:joint (kl-res-r10)``."""
+        own = folder.parent.resolve() == self.shortcut_dir(kind).parent.resolve()
+        return f"train:{folder.name}" if own else f"train:{kind} ({folder.parent.name})"
 
     # ---- stage 2: train --------------------------------------------------------------------
     def train(self, config: Any, *, joint: bool = True, jtc: bool = True, tuned: bool = True,
@@ -114,7 +117,13 @@ class Run(RunFolder):
 
         jobs = [("nnjtc", config)] + ([("joint", joint_config)] if joint else []) + ([("jtc", None)] if jtc else [])
         jobs += [("tuned", TunedTrainConfig(num_steps=tuned_steps, init=tuned_init))] if tuned else []
-        return {kind: self.train_or_reuse(kind, cfg, self.shortcut_dir(kind), targets_cache) for kind, cfg in jobs}
+        lenses = {}
+        for kind, cfg in jobs:
+            init = None
+            if kind == "joint" and self.preset().get("joint_warm"):  # trained, then trained on from itself
+                init = self.train_or_reuse(kind, cfg, self.shortcut_dir("joint-start"), targets_cache)
+            lenses[kind] = self.train_or_reuse(kind, cfg, self.shortcut_dir(kind), targets_cache, init=init)
+        return lenses
 
     def _fit(self, kind: str, store: HiddenStateStore, config: Any, targets_cache: dict, key: str, init: Any = None):
         from ..lenses.jtc import JTCLens, LinearJTC
