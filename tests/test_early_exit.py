@@ -77,6 +77,43 @@ def test_records_match_the_lens_and_do_not_depend_on_chunks(setup):
     assert torch.equal(a.lenses["logit"].top1, b.lenses["logit"].top1)
 
 
+@pytest.mark.parametrize("field_metrics", [True, False])
+def test_evaluation_keeps_what_the_simulation_reads(setup, field_metrics, monkeypatch):
+    """Records kept by an evaluation (each lens's own fast path) give the simulation of a pass of its own."""
+    import onejump.evaluation.early_exit as ee
+    from onejump.evaluation.metrics import evaluate
+    lm, store = setup
+    K = store.num_blocks
+    bank = random_bank(K, store.hidden_size, 4, seed=5)
+    lenses = {"logit": LogitLens(lm), "bank": PerLevelLens(lm, bank), "one": PerLevelLens(lm, bank).jump(2)}
+    passed = simulate_exits(store, lenses, progress=False)
+    result = evaluate(store, lenses, field_metrics=field_metrics, block_rows=3, progress=False)
+    records = {name: result.exit_records(name) for name in lenses}
+    monkeypatch.setattr(ee, "_read_lenses", lambda *a, **k: pytest.fail("the store was read again"))
+    kept = simulate_exits(store, lenses, records=records, progress=False)
+    for name in lenses:
+        assert torch.equal(kept.lenses[name].top1, passed.lenses[name].top1)
+        for m in kept.measures:
+            torch.testing.assert_close(kept.lenses[name].confidence[m], passed.lenses[name].confidence[m],
+                                       rtol=1e-5, atol=1e-6)
+        assert kept.lenses[name].check_macs == passed.lenses[name].check_macs
+    part = simulate_exits(store, lenses, records=records, levels=[0, 2], progress=False)
+    assert torch.equal(part.lenses["bank"].top1, passed.lenses["bank"].top1[[0, 2]])
+    with pytest.raises(ConfigError, match="not \\(K, N\\)"):
+        simulate_exits(store, lenses, records={"logit": (records["logit"][0][:1], records["logit"][1])},
+                       progress=False)
+
+
+def test_an_evaluation_without_records_gives_none(setup):
+    from onejump.evaluation.metrics import evaluate
+
+    lm, store = setup
+    result = evaluate(store, {"logit": LogitLens(lm)}, progress=False)
+    old = result.only(["logit"])
+    old.per_sample = {k: v for k, v in old.per_sample.items() if not k.endswith(("/top1", "/margin"))}
+    assert old.exit_records("logit") is None and result.exit_records("logit") is not None
+
+
 def test_always_confident_lens_exits_at_level_zero(setup):
     lm, store = setup
     sim = simulate_exits(store, {"sharp": SharpLens(lm)}, lambdas=[0.5, 1.0], progress=False)

@@ -277,10 +277,14 @@ def test_compile_kernel_source_equals_eager_reductions():
     logits = torch.randn(13, 300, generator=gen) * 4
     target = torch.randint(0, 300, (13,), generator=gen)
     target[0] = int(logits[0].argmax())
-    a = _reduce_logits(logits.clone(), target)
-    b = _reduce_inplace(logits.clone(), target)
-    for x, y in zip(a, b):
-        torch.testing.assert_close(x.to(y.dtype), y)
+    for second in (False, True):
+        a = _reduce_logits(logits.clone(), target, second)
+        b = _reduce_inplace(logits.clone(), target, second)
+        assert (a[-1] is None) == (b[-1] is None) == (not second)
+        for x, y in zip(a, b):
+            if x is not None:
+                torch.testing.assert_close(x.to(y.dtype), y)
+    assert torch.equal(b[-1], logits.topk(2, 1).values[:, 1])
 
 
 @pytest.mark.skipif(not os.environ.get("ONEJUMP_TEST_COMPILE"),

@@ -24,8 +24,8 @@ def _args(tiny_dir, corpus, out):
 
 @pytest.fixture()
 def spies(monkeypatch):
-    seen = {"eval": [], "exits": []}
-    real_eval, real_exits = metrics.evaluate, early_exit.simulate_exits
+    seen = {"eval": [], "exits": [], "read": []}
+    real_eval, real_exits, real_read = metrics.evaluate, early_exit.simulate_exits, early_exit._read_lenses
 
     def spy_eval(store, lenses, **kw):
         seen["eval"].append(sorted(lenses))
@@ -35,7 +35,12 @@ def spies(monkeypatch):
         seen["exits"].append(sorted(lenses))
         return real_exits(store, lenses, **kw)
 
+    def spy_read(store, split, lenses, *a, **kw):
+        seen["read"].append(sorted(lenses))
+        return real_read(store, split, lenses, *a, **kw)
+
     monkeypatch.setattr(metrics, "evaluate", spy_eval)
+    monkeypatch.setattr(early_exit, "_read_lenses", spy_read)
     monkeypatch.setattr(early_exit, "simulate_exits", spy_exits)
     return seen
 
@@ -46,6 +51,7 @@ def test_a_lens_added_later_is_the_only_one_evaluated(tmp_path, tiny_dir, corpus
     assert main(_args(tiny_dir, corpus, out) + ["--no-tuned"]) == 0
     assert spies["eval"] == [["full", "identity", "joint", "jtc", "ojfa"]]
     assert "tuned" not in spies["exits"][0]
+    assert spies["read"] == []  # the evaluation kept what the exit simulation reads
     if old_layout:  # a run folder written before per-lens caches: its combined results are adopted
         shutil.rmtree(out / "evaluation" / "lenses")
         shutil.rmtree(out / "early_exit" / "lenses")
@@ -73,6 +79,28 @@ def test_a_lens_added_later_is_the_only_one_evaluated(tmp_path, tiny_dir, corpus
     assert main(["-q", "evaluate", "--out", str(out), *COMMON]) == 0
     assert spies["eval"] == [] and spies["exits"] == []
     assert main(["-q", "report", "--out", str(out), *COMMON]) == 0
+
+
+def test_exits_read_the_store_for_lenses_whose_evaluation_kept_no_records(tmp_path, tiny_dir, corpus, spies):
+    """An evaluation written before it kept exit records: the exit simulation reads those lenses itself."""
+    from onejump.io import save_safetensors
+
+    out = tmp_path / "r"
+    assert main(_args(tiny_dir, corpus, out) + ["--no-tuned"]) == 0
+    part = out / "evaluation" / "lenses" / "joint"
+    old = EvalResult.load(part)
+    old.per_sample = {k: v for k, v in old.per_sample.items() if not k.endswith(("/top1", "/max_prob", "/margin"))}
+    tensors = {k: (v.to(torch.uint8) if v.dtype == torch.bool else v) for k, v in old.per_sample.items()}
+    save_safetensors(tensors, part / "per_sample.safetensors", metadata={"bool_keys": json.dumps(
+        [k for k, v in old.per_sample.items() if v.dtype == torch.bool])})
+    before = ExitSimulation.load(out / "early_exit")
+    shutil.rmtree(out / "early_exit")
+    spies["read"].clear()
+    run = Run(out, device="cpu", progress=False)
+    sim = run.simulate_exits()
+    assert spies["read"] == [["joint"]]
+    for name in before.lenses:
+        assert torch.equal(sim.lenses[name].top1, before.lenses[name].top1), name
 
 
 def test_a_damaged_part_is_computed_again(tmp_path, tiny_dir, corpus, spies):

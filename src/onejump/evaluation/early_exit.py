@@ -328,7 +328,8 @@ def _default_block_rows(vocab: int, device: torch.device) -> int:
 def simulate_exits(store: Any, lenses: Mapping[str, Any], *, lambdas: Sequence[float] | None = None,
                    measures: Sequence[str] = MEASURES, split: str = "test", levels: Sequence[int] | None = None,
                    chunk_size: int = 256, block_rows: int | None = None, block_cost: int | None = None,
-                   head_cost: int | None = None, progress: bool = True) -> ExitSimulation:
+                   head_cost: int | None = None, records: Mapping[str, tuple] | None = None,
+                   progress: bool = True) -> ExitSimulation:
     """Simulate confidence-based early exit for every lens on a store split (see the module doc).
 
     ``lenses`` maps a display name to a :class:`~onejump.lenses.base.Lens` (``forward(h, level)``
@@ -338,7 +339,9 @@ def simulate_exits(store: Any, lenses: Mapping[str, Any], *, lambdas: Sequence[f
     about 64 MiB of them on CPU, 256 MiB on a GPU); the records kept are 3 numbers per lens, level
     and token. ``block_cost`` / ``head_cost`` override the
     multiply-adds per token of one block / of the model's head (default: from the first lens's
-    model, :func:`block_macs` and :func:`head_macs`).
+    model, :func:`block_macs` and :func:`head_macs`). ``records``: for some lenses, their top-1 tokens and
+    confidences at every level 0..K-1 already measured on this split (``EvalResult.exit_records``);
+    those lenses are not read again.
     """
     if not lenses:
         raise ConfigError("simulate_exits needs at least one lens")
@@ -363,12 +366,47 @@ def simulate_exits(store: Any, lenses: Mapping[str, Any], *, lambdas: Sequence[f
     if N == 0:
         raise StoreError(f"store split '{split}' is empty; nothing to simulate")
 
-    records = {name: LensExits(str(getattr(lens, "kind", type(lens).__name__)), int(lens.logits_cost()),
-                               int(getattr(lens, "num_parameters", 0)), torch.zeros(L, N, dtype=torch.int64),
-                               {m: torch.zeros(L, N) for m in measures}) for name, lens in lenses.items()}
+    t0 = time.perf_counter()
+    known = _known_records(records or {}, lenses, checked, measures, K, N)
+    out = {name: known.get(name) or LensExits(_kind(lens), int(lens.logits_cost()),
+                                                int(getattr(lens, "num_parameters", 0)),
+                                                torch.zeros(L, N, dtype=torch.int64),
+                                                {m: torch.zeros(L, N) for m in measures})
+           for name, lens in lenses.items()}
+    todo = {name: lens for name, lens in lenses.items() if name not in known}
+    if todo:
+        _read_lenses(store, split, todo, out, checked, chunk_size, block_rows, lm, N, progress)
+    return ExitSimulation(K, split, checked, grid, list(measures),
+                          int(block_cost) if block_cost else block_macs(lm),
+                          int(head_cost) if head_cost is not None else head_macs(lm), targets, out,
+                          seconds=time.perf_counter() - t0, model=str(getattr(lm, "name", "")))
+
+
+def _kind(lens: Any) -> str:
+    return str(getattr(lens, "kind", type(lens).__name__))
+
+
+def _known_records(records: Mapping[str, tuple], lenses: Mapping[str, Any], checked: list[int],
+                   measures: Sequence[str], K: int, N: int) -> dict[str, LensExits]:
+    """The lenses whose per-row records were measured already, at the checked levels."""
+    known = {}
+    for name, (top1, conf) in records.items():
+        if name not in lenses:
+            continue
+        if tuple(top1.shape) != (K, N) or any(tuple(conf[m].shape) != (K, N) for m in measures):
+            raise ConfigError(f"the records given for lens '{name}' are not (K, N) = ({K}, {N})")
+        lens = lenses[name]
+        known[name] = LensExits(_kind(lens), int(lens.logits_cost()), int(getattr(lens, "num_parameters", 0)),
+                                top1[checked].clone(), {m: conf[m][checked].clone() for m in measures})
+    return known
+
+
+def _read_lenses(store: Any, split: str, lenses: Mapping[str, Any], records: dict[str, LensExits],
+                 checked: list[int], chunk_size: int, block_rows: int | None, lm: Any, N: int,
+                 progress: bool) -> None:
+    """One pass over the split: every lens's top-1 token and confidences at the checked levels."""
     device = lm.adapter.unembedding_matrix().device
     rows_per_call = block_rows or _default_block_rows(int(lm.adapter.unembedding_matrix().shape[0]), device)
-    t0 = time.perf_counter()
     bar = tqdm(total=N * len(lenses), desc="exit simulation", unit="sample", disable=not progress)
     offset = 0
     for _rows, chunk in store.iter_chunks(split, chunk_size=chunk_size, levels=checked):
@@ -391,7 +429,3 @@ def simulate_exits(store: Any, lenses: Mapping[str, Any], *, lambdas: Sequence[f
             bar.update(n)
         offset += n
     bar.close()
-    return ExitSimulation(K, split, checked, grid, list(measures),
-                          int(block_cost) if block_cost else block_macs(lm),
-                          int(head_cost) if head_cost is not None else head_macs(lm), targets, records,
-                          seconds=time.perf_counter() - t0, model=str(getattr(lm, "name", "")))

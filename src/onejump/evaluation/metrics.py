@@ -57,7 +57,7 @@ class _Pass:
     """One pass over a store split: the chunks, their references, and the per-sample sinks."""
 
     def __init__(self, store: Any, lm: Any, split: str, chunk_size: int, block_rows: int | None,
-                 extras: bool, use_compile: bool):
+                 extras: bool, use_compile: bool, exits: bool = False):
         if chunk_size < 1:
             raise ConfigError("chunk_size must be >= 1")
         if block_rows is not None and block_rows < 1:
@@ -74,7 +74,7 @@ class _Pass:
         self.N = int(self.targets.shape[0])
         if self.N == 0:
             raise StoreError(f"store split '{split}' is empty; nothing to evaluate")
-        self.extras = extras
+        self.extras, self.exits = extras, exits
         self.next_tokens = _next_tokens(store, split) if extras else None
         self.reducer = Reducer(use_compile)
         self.final = {"surprisal": torch.zeros(self.N)}
@@ -102,13 +102,13 @@ class _Pass:
         final_logp = torch.log_softmax(self.full_head(h[:, self.K]), -1)
         self.final["surprisal"][offset:offset + n] = -final_logp.gather(1, target[:, None])[:, 0].cpu()
         if not self.extras:
-            return Reference(target, final_logp)
+            return Reference(target, final_logp, exits=self.exits)
         negent = (final_logp.exp() * final_logp).sum(1)
         nxt = self.next_tokens[offset:offset + n].to(self.device) if self.next_tokens is not None else None
         if nxt is not None:
             ce = -final_logp.gather(1, nxt.clamp_min(0)[:, None])[:, 0]
             self.final["ce"][offset:offset + n] = torch.where(nxt >= 0, ce, float("nan")).cpu()
-        return Reference(target, final_logp, negent, nxt)
+        return Reference(target, final_logp, negent, nxt, exits=self.exits)
 
     def result(self, sinks: dict[str, Sink], **kw: Any) -> EvalResult:
         per_sample: dict[str, torch.Tensor] = {}
@@ -193,7 +193,9 @@ def evaluate(store: Any, lenses: Mapping[str, Lens], *, split: str = "test", chu
     ``chosen`` records the OJFA jump in the result. Memory is bounded by ``chunk_size`` samples and
     ``block_rows`` rows of logits; results do not depend on either. Everything runs where the model's
     unembedding is. ``compile=True`` fuses the precision/surprisal reductions with ``torch.compile``
-    (only without the field's metrics).
+    (only without the field's metrics). Each lens's top-1 token and its two confidences are kept as
+    well (``<name>/top1``, ``max_prob``, ``margin``), from which an early-exit simulation needs no
+    pass of its own (:meth:`EvalResult.exit_records`).
     """
     lm = _common_model(lenses)
     for name, lens in lenses.items():
@@ -201,8 +203,8 @@ def evaluate(store: Any, lenses: Mapping[str, Lens], *, split: str = "test", chu
             raise ConfigError(f"'{name}' cannot name a lens (reserved)")
         if lens.lm.fingerprint != store.fingerprint:
             raise ConfigError(f"lens '{name}' is for another model than the store's")
-    p = _Pass(store, lm, split, chunk_size, block_rows, field_metrics, compile and not field_metrics)
-    sinks = {name: Sink((), p.K, p.N, field_metrics) for name in lenses}
+    p = _Pass(store, lm, split, chunk_size, block_rows, field_metrics, compile and not field_metrics, exits=True)
+    sinks = {name: Sink((), p.K, p.N, field_metrics, exits=True) for name in lenses}
     timings = dict.fromkeys(lenses, 0.0)
     t_start = time.perf_counter()
     for offset, h, ref in p.chunks(progress, "evaluate"):

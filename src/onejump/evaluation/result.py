@@ -97,6 +97,15 @@ class EvalResult:
             return pairs[self._row(int(method.split(":", 1)[1]))]
         raise ConfigError(f"unknown method '{method}'; evaluated: {', '.join(self.methods)}")
 
+    def exit_records(self, name: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        """Lens ``name``'s top-1 token (K, N) and its confidences ``max_prob`` and ``margin`` (K, N) at
+        every level, as an early-exit simulation records them; None when this evaluation did not keep them."""
+        keys = [f"{name}/{q}" for q in ("top1", "max_prob", "margin")]
+        if not all(k in self.per_sample for k in keys):
+            return None
+        top1, max_prob, margin = (self.per_sample[k] for k in keys)
+        return top1.long(), {"max_prob": max_prob.float(), "margin": margin.float()}
+
     def _row(self, jump: int) -> int:
         try:
             return self.jumps.index(jump)

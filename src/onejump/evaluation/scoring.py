@@ -20,6 +20,9 @@ TOP_K = 5
 # Per-sample quantities; the last three are the field's metrics (computed when asked for).
 BASIC = ("correct1", "correct5", "surprisal", "reverse_surprisal")
 EXTRA = ("kl", "entropy", "ce")
+# What an early-exit simulation needs of each row (evaluation keeps them, so exits need no pass of their own):
+# the lens's top-1 token, its probability, and top-1 minus top-2 probability.
+EXIT = ("top1", "max_prob", "margin")
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Reference:
     final_logp: torch.Tensor  # (n, V) log p_final
     final_negent: torch.Tensor | None = None  # (n,) sum p_final log p_final (for the KL)
     next_token: torch.Tensor | None = None  # (n,) the sentence's real next token, -1 where there is none
+    exits: bool = False  # also score EXIT
 
     @property
     def extras(self) -> bool:
@@ -43,26 +47,39 @@ def require_finite(h: torch.Tensor, rows: Any) -> None:
         raise NumericalError(f"non-finite hidden state in the store at level {level}, sample row {int(rows[i])}")
 
 
-def _reduce_inplace(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Eager reductions over the vocabulary: (max, sum exp(logits - max), argmax, #logits > logit[t*], logit[t*]).
+def _top2(logits: torch.Tensor, second: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(max, argmax, second largest or None) per row, in one pass (the second is -inf for a one-token
+    vocabulary). Without ``second``, a plain max (cheaper on small blocks)."""
+    if not second:
+        mx, am = logits.max(1)
+        return mx, am, None
+    top = logits.topk(min(2, logits.shape[1]), 1)
+    second = top.values[:, 1] if top.values.shape[1] > 1 else torch.full_like(top.values[:, 0], float("-inf"))
+    return top.values[:, 0], top.indices[:, 0], second
+
+
+def _reduce_inplace(logits: torch.Tensor, target: torch.Tensor, second: bool = False) -> tuple[torch.Tensor, ...]:
+    """Eager reductions over the vocabulary: (max, sum exp(logits - max), argmax, #logits > logit[t*], logit[t*],
+    second largest logit or None).
 
     Overwrites ``logits`` (the exp is taken in place to spare a (rows, V) temporary).
     """
-    mx, am = logits.max(1)
+    mx, am, top2 = _top2(logits, second)
     tl = logits.gather(1, target[:, None])
     above = torch.gt(logits, tl).sum(1, dtype=torch.int32)
     sumexp = logits.sub_(mx[:, None]).exp_().sum(1)
-    return mx, sumexp, am, above, tl[:, 0]
+    return mx, sumexp, am, above, tl[:, 0], top2
 
 
-def _reduce_logits(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _reduce_logits(logits: torch.Tensor, target: torch.Tensor, second: bool = False) -> tuple[torch.Tensor, ...]:
     """The same reductions written for ``torch.compile`` (fused into about two passes over the logits)."""
     tl = logits.gather(1, target[:, None])
     mx = logits.amax(1, keepdim=True)
     sumexp = (logits - mx).exp().sum(1)
     am = logits.argmax(1)
     above = (logits > tl).sum(1)
-    return mx[:, 0], sumexp, am, above, tl[:, 0]
+    top2 = logits.topk(2, 1).values[:, 1] if second else None
+    return mx[:, 0], sumexp, am, above, tl[:, 0], top2
 
 
 class Reducer:
@@ -73,17 +90,17 @@ class Reducer:
     def __init__(self, use_compile: bool = False):
         self.use_compile = use_compile
 
-    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor, second: bool = False) -> tuple[torch.Tensor, ...]:
         if self.use_compile:
             try:
                 if Reducer._compiled is None:
                     Reducer._compiled = torch.compile(_reduce_logits)
-                return Reducer._compiled(logits, target)
+                return Reducer._compiled(logits, target, second)
             except Exception as exc:  # no C++ compiler, unsupported platform, ...
                 warnings.warn(f"torch.compile of the evaluation kernel failed ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}); using eager mode", stacklevel=2)
                 self.use_compile = False
-        return _reduce_inplace(logits, target)
+        return _reduce_inplace(logits, target, second)
 
 
 def _extras(logits: torch.Tensor, ref: Reference, sample: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -94,7 +111,7 @@ def _extras(logits: torch.Tensor, ref: Reference, sample: torch.Tensor) -> tuple
     logsumexp(l) - l[next] (NaN where the sentence has no next token).
     """
     target = ref.target[sample]
-    mx, am = logits.max(1)
+    mx, am, second = _top2(logits, ref.exits)
     tl = logits.gather(1, target[:, None])[:, 0]
     above = torch.gt(logits, tl[:, None]).sum(1, dtype=torch.int32)
     nxt = ref.next_token[sample] if ref.next_token is not None else None
@@ -110,24 +127,31 @@ def _extras(logits: torch.Tensor, ref: Reference, sample: torch.Tensor) -> tuple
         ce = torch.full_like(lse, float("nan"))
     else:
         ce = torch.where(nxt >= 0, mx + lse - nl, torch.full_like(lse, float("nan")))
-    return mx, sumexp, am, above, tl, kl.clamp_min(0), entropy, ce
+    return mx, sumexp, am, above, tl, second, kl.clamp_min(0), entropy, ce
 
 
 def score_block(logits: torch.Tensor, ref: Reference, sample: torch.Tensor,
                 reducer: Callable | None = None) -> tuple[torch.Tensor, ...]:
-    """Per-row quantities (BASIC, then EXTRA when ``ref.extras``) of ``logits`` (which is overwritten).
+    """Per-row quantities (BASIC, then EXTRA when ``ref.extras``, then EXIT when ``ref.exits``) of ``logits``
+    (which is overwritten).
 
     Row i of ``logits`` belongs to sample ``sample[i]`` of the chunk.
     """
     logits = logits.float()
     if ref.extras:
-        mx, sumexp, am, above, tl, kl, entropy, ce = _extras(logits, ref, sample)
+        mx, sumexp, am, above, tl, second, kl, entropy, ce = _extras(logits, ref, sample)
     else:
-        mx, sumexp, am, above, tl = (reducer or _reduce_inplace)(logits, ref.target[sample])
+        mx, sumexp, am, above, tl, second = (reducer or _reduce_inplace)(logits, ref.target[sample], ref.exits)
     surprisal = mx + sumexp.log() - tl
     reverse = -ref.final_logp[sample, am]
-    basic = (am == ref.target[sample], above < TOP_K, surprisal, reverse)
-    return basic + (kl, entropy, ce) if ref.extras else basic
+    out = (am == ref.target[sample], above < TOP_K, surprisal, reverse)
+    if ref.extras:
+        out += (kl, entropy, ce)
+    if ref.exits:  # as early exit computes them: exp(top-k logit - logsumexp)
+        lse = mx + sumexp.log()
+        p1 = (mx - lse).exp()
+        out += (am, p1, p1 - (second - lse).exp())
+    return out
 
 
 def score_rows(to_logits: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, ref: Reference,
@@ -143,10 +167,10 @@ def score_rows(to_logits: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
 class Sink:
     """Per-sample arrays of one method: shape (*lead, K, N)."""
 
-    def __init__(self, lead: tuple[int, ...], K: int, N: int, extras: bool):
-        self.names = BASIC + (EXTRA if extras else ())
-        self.values = {name: torch.zeros(*lead, K, N, dtype=torch.bool if name.startswith("correct") else
-                                         torch.float32) for name in self.names}
+    def __init__(self, lead: tuple[int, ...], K: int, N: int, extras: bool, exits: bool = False):
+        self.names = BASIC + (EXTRA if extras else ()) + (EXIT if exits else ())
+        dtypes = {"correct1": torch.bool, "correct5": torch.bool, "top1": torch.int64}
+        self.values = {name: torch.zeros(*lead, K, N, dtype=dtypes.get(name, torch.float32)) for name in self.names}
 
     def put_rows(self, idx: tuple, values: tuple[torch.Tensor, ...], n: int, K: int, offset: int) -> None:
         """Store the results of n*K rows; row r is (sample r // K, level r % K)."""

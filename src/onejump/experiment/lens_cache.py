@@ -55,6 +55,25 @@ def per_lens(folder: Path, keys: Mapping[str, str], compute: Callable[[list[str]
     return {name: parts[name] for name in keys}, todo
 
 
+def exit_records(folder: Path, keys: Mapping[str, str]) -> dict[str, tuple]:
+    """The top-1 tokens and confidences kept by each lens's evaluation part in ``folder`` (an evaluation
+    folder) whose key still matches ``keys[name]``: an exit simulation takes them instead of a pass."""
+    from ..evaluation.result import EvalResult
+
+    out = {}
+    for name, key in keys.items():
+        sub = _part_folder(folder, name)
+        if _saved_key(sub) != key:
+            continue
+        try:
+            records = EvalResult.load(sub).exit_records(name)
+        except StoreError:
+            continue
+        if records is not None:
+            out[name] = records
+    return out
+
+
 def store_part(folder: Path, name: str, part: Any, key: str, save: Callable[[Any, Path], Any]) -> None:
     """Save one lens's part with its key (the key last, so a part cut short is never taken for done)."""
     sub = _part_folder(folder, name)

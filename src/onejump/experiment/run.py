@@ -274,7 +274,7 @@ class Run(RunFolder):
     def simulate_exits(self):
         """Confidence early exit simulated on the test store for every lens of the run (cached per lens)."""
         from ..evaluation.early_exit import ExitSimulation, simulate_exits
-        from .lens_cache import cached_by_lens
+        from .lens_cache import cached_by_lens, exit_records
 
         self.select_result()
         folder, key = self.folder / "early_exit", self.exits_key()
@@ -283,7 +283,9 @@ class Run(RunFolder):
 
         def compute(names: list[str]) -> dict[str, ExitSimulation]:
             started.append(self._start())
-            sim = simulate_exits(self.store(), self.run_lenses(names=names), progress=self.progress)
+            # a lens's current evaluation kept what the simulation reads: only the others are read again
+            records = exit_records(self.folder / "evaluation", {n: self.lens_key(n, "eval") for n in names})
+            sim = simulate_exits(self.store(), self.run_lenses(names=names), records=records, progress=self.progress)
             return {n: sim.only([n]) for n in names}
 
         sim, computed = cached_by_lens(
