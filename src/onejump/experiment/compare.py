@@ -186,9 +186,10 @@ def bar_summary(bar: dict[str, Any] | None) -> str | None:
     if not bar:
         return None
     mean, every = bar["mean"], bar["every_level"]
+    below = every["levels_not_held"]
     parts = [f"mean {mean['ratio']:.2f}x ({mean['verdict']})",
              f"lowest level {every['lowest_ratio']:.2f}x" + ("" if every["held"] else
-                                                              f", {len(every['levels_not_held'])} levels below 0.8x")]
+                                                              f", {_count(len(below), 'level')} below 0.8x")]
     if "kl" in bar:
         parts.append(f"KL {bar['kl']['ratio']:.2f}x ({bar['kl']['verdict']})")
     return ("met: " if bar["met"] else "not met: ") + "; ".join(parts)
@@ -281,3 +282,7 @@ def write_compare(sources: list[str | Path], out_dir: str | Path) -> dict[str, A
 
 __all__ = ["COMPARE_SCHEMA", "ROWS", "claim_numbers", "compare", "load_results", "load_sources", "model_summary",
            "ojfa_gaps", "resolve_source", "single_jump", "write_compare"]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
