@@ -60,3 +60,17 @@ def test_a_close_call_is_too_close_to_call():
 def test_a_lens_not_evaluated_is_refused():
     with pytest.raises(ConfigError, match="ojfa"):
         tuned_bar(_result([0.1] * 4, [0.5] * 4, 1.0, 1.0), "ojfa")
+
+
+def test_training_line_adds_the_warm_start_source():
+    from onejump.experiment.report_tuned import _training_lines
+
+    timings = {"train:tuned": 1663.0, "train:joint (kl-res-r16)": 1600.0, "train:joint (kl-res-warm-r16)": 1285.0,
+               "train:joint (mse-r8)": 100.0}
+    best = {"objective": "kl-res-warm", "rank": 16}
+    line = _training_lines({"timings": timings}, best)[-1]
+    assert "the tuned lens 1,663 s" in line and "the best single jump 2,885 s" in line and "kl-res jump" in line
+    plain = _training_lines({"timings": {**timings, "train:joint (kl-res-r8)": 50.0}},
+                            {"objective": "kl-res", "rank": 8})
+    assert "best single jump 50 s." in plain[-1]
+    assert _training_lines({"timings": {}}, best) == []

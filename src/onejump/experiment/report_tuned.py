@@ -33,8 +33,30 @@ def tuned_lines(results: dict[str, Any]) -> list[str]:
     mean_t = float(np.mean(tuned["precision@1"]))
     lines.append("| mean | " + f"{methods['identity']['mean_precision@1']:.3f} | {mean_t:.3f} | " + " | ".join(
         f"{m['mean_precision@1']:.3f} | {m['mean_precision@1'] / mean_t:.2f}" for m in singles.values()) + " |")
-    lines += ["", "![tuned_vs_single](tuned_vs_single.png)"]
+    lines += ["", "![tuned_vs_single](tuned_vs_single.png)"] + _training_lines(results, best)
     return lines + _bar_lines(results.get("tuned_bar"))
+
+
+def _training_lines(results: dict[str, Any], best: dict[str, Any] | None) -> list[str]:
+    """Training time of the tuned lens and of the best single jump (with the jump it was warm-started from)."""
+    from .presets import VARIANTS
+
+    timings = results.get("timings") or {}
+    tuned = timings.get("train:tuned")
+    if tuned is None:
+        return []
+    line = f"Training, on this run's machine and threads: the tuned lens {tuned:,.0f} s"
+    if best:
+        configs = [f"{best['objective']}-r{best['rank']}"]
+        warm = VARIANTS.get(best["objective"], {}).get("warm_start")
+        if warm:
+            configs.append(f"{warm}-r{best['rank']}")
+        ends = tuple(f"({c})" for c in configs)
+        seconds = [v for k, v in timings.items() if k.startswith("train:") and k.endswith(ends)]
+        if seconds:
+            line += f"; the best single jump {sum(seconds):,.0f} s" + (
+                f" (including the {warm} jump it was trained on from)" if warm else "")
+    return ["", line + "."]
 
 
 def _ci(part: dict[str, Any], digits: int = 3) -> str:
