@@ -30,7 +30,7 @@ from onejump.extract import collate, extract, plan_batches, sample_positions
 from onejump.memory import PeakProbe, module_mib
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=600, help="sentences (default 600)")
     ap.add_argument("--model", default="smollm2-135m")
@@ -42,14 +42,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3, help="passes of bare forward and onejump each; the best counts")
     ap.add_argument("--no-naive", action="store_true", help="skip the slow one-sentence-at-a-time baseline")
     ap.add_argument("--corpus", default="wikipedia-offline", help="sentences from this corpus (name or file)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parser().parse_args(argv)
 
     lm = load_for_benchmark(args.model, args.device, args.random_init, dtype=args.dtype)
     sentences = real_sentences(args.n, corpus=args.corpus)
     samples = sample_positions(lm.tokenizer, sentences, [0] * len(sentences), seed=0)
     batches = plan_batches(samples, tokens_per_batch=args.tokens_per_batch)
-    prefix_tokens = sum(len(s.tokens) for s in samples)
-    full_tokens = sum(len(lm.tokenizer(s)["input_ids"]) for s in sentences)
     pad = lm.tokenizer.pad_token_id or 0
     sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
 
@@ -103,7 +105,16 @@ def main(argv: list[str] | None = None) -> dict:
         t_bare = min(t_bare, probed("bare_forward", bare))
         t_one = min(t_one, probed("onejump", onejump))
     t_naive = None if args.no_naive else probed("naive", naive)
-    payload = {
+    payload = _payload(args, lm, sentences, samples, batches, t_one, t_bare, t_naive, peaks)
+    save(result_name("extract", args.device, args.model, args.dtype), payload)
+    return payload
+
+
+def _payload(args, lm, sentences, samples, batches, t_one: float, t_bare: float, t_naive: float | None,
+             peaks: dict) -> dict:
+    prefix_tokens = sum(len(s.tokens) for s in samples)
+    full_tokens = sum(len(lm.tokenizer(s)["input_ids"]) for s in sentences)
+    return {
         "benchmark": "extract",
         "model": lm.name,
         "device": str(lm.device),
@@ -127,8 +138,6 @@ def main(argv: list[str] | None = None) -> dict:
         "model_mib": round(module_mib(lm.model), 1),
         "peak_rss_by_variant_mib": peaks,
     }
-    save(result_name("extract", args.device, args.model, args.dtype), payload)
-    return payload
 
 
 if __name__ == "__main__":

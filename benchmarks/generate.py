@@ -154,7 +154,7 @@ def merge_previous(results: dict, path) -> dict:
     return previous
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--lenses", default="logit", help="lenses to draft with, comma-separated: logit, jump (--jump), "
@@ -172,7 +172,11 @@ def main() -> None:
     ap.add_argument("--dynamic", default="0.5:6", help="dynamic draft length as THRESHOLD:MAX_LEN, or 'none'")
     ap.add_argument("--lambdas", default="0.9,0.99", help="confidence-exit thresholds (default: %(default)s)")
     ap.add_argument("--no-reuse", action="store_true", help="also time verification without cache reuse")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = _parser().parse_args()
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -229,6 +233,11 @@ def main() -> None:
     results["peak_rss_mib"] = round(peak_rss_mib(), 1)
     results["target"] = "speculative: achieved >= 0.9 of the bound, identical output"
     save(name, {**(previous or {}), **results})
+    _print_table(results)
+
+
+def _print_table(results: dict) -> None:
+    """The configurations as a markdown table: bound, achieved, and their ratio."""
     print("| mode | lens | E | g | a | c | v | bound | achieved | of bound | vs model.generate | identical |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results["configurations"]:
@@ -241,6 +250,7 @@ def main() -> None:
         print(f"| {mode} | {r['lens']} | {r.get('draft_level', '')} | {g} | {r.get('acceptance', '')} | "
               f"{r.get('c', '')} | {r.get('v', '')} | {r['bound']:.2f} | {r['achieved']:.2f} | "
               f"{r['achieved_of_bound']:.2f} | {r['achieved_vs_generate']:.2f} | {r.get('identical', '')} |")
+
 
 
 if __name__ == "__main__":
