@@ -142,13 +142,13 @@ def score_block(logits: torch.Tensor, ref: Reference, sample: torch.Tensor,
         mx, sumexp, am, above, tl, second, kl, entropy, ce = _extras(logits, ref, sample)
     else:
         mx, sumexp, am, above, tl, second = (reducer or _reduce_inplace)(logits, ref.target[sample], ref.exits)
-    surprisal = mx + sumexp.log() - tl
+    lse = mx + sumexp.log()
+    surprisal = lse - tl
     reverse = -ref.final_logp[sample, am]
     out = (am == ref.target[sample], above < TOP_K, surprisal, reverse)
     if ref.extras:
         out += (kl, entropy, ce)
     if ref.exits:  # as early exit computes them: exp(top-k logit - logsumexp)
-        lse = mx + sumexp.log()
         p1 = (mx - lse).exp()
         out += (am, p1, p1 - (second - lse).exp())
     return out
