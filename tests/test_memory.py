@@ -14,14 +14,34 @@ def _allocate(mib: int) -> np.ndarray:
     return np.ones(mib * 2**20 // 8)  # np.ones writes every page, so all of it is resident
 
 
+def _file_backed_mib() -> float:
+    """Resident file-backed pages (code, mapped files): the kernel may drop them under pressure."""
+    for line in open("/proc/self/status").read().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def _allocate_counting_reclaim(mib: int) -> float:
+    """Allocate and free ``mib`` MiB; the file-backed MiB the kernel reclaimed meanwhile.
+
+    On a machine short of memory the kernel can drop mapped library pages while the array is
+    written, so the RSS grows by less than the array; the tests allow for exactly that much.
+    """
+    before = _file_backed_mib()
+    a = _allocate(mib)
+    lost = max(0.0, before - _file_backed_mib())
+    del a
+    return lost
+
+
 def test_peak_of_a_block_holds_its_allocation():
     with PeakProbe() as probe:
-        a = _allocate(SIZE_MIB)
-        del a
+        lost = _allocate_counting_reclaim(SIZE_MIB)
     if not probe.exact:
         pytest.skip("this system cannot reset the RSS high-water mark")
     grew = probe.peak_mib - probe.start_mib
-    assert SIZE_MIB * 0.9 <= grew <= SIZE_MIB * 1.3, grew
+    assert SIZE_MIB * 0.9 - lost <= grew <= SIZE_MIB * 1.3, (grew, lost)
 
 
 def test_a_later_block_does_not_inherit_an_earlier_peak():
@@ -41,13 +61,12 @@ def test_a_later_block_does_not_inherit_an_earlier_peak():
 def test_outer_block_keeps_the_peak_of_an_inner_one():
     with PeakProbe() as outer:
         with PeakProbe() as inner:
-            a = _allocate(SIZE_MIB)
-            del a
+            lost = _allocate_counting_reclaim(SIZE_MIB)
         with PeakProbe():
             pass  # an inner reset after the peak must not lower the outer's
     assert outer.peak_mib >= inner.peak_mib
     if outer.exact:
-        assert outer.peak_mib - outer.start_mib >= SIZE_MIB * 0.9
+        assert outer.peak_mib - outer.start_mib >= SIZE_MIB * 0.9 - lost
 
 
 def test_fallback_is_the_process_peak_so_far(monkeypatch):
