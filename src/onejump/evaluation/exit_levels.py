@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import ConfigError
-from .early_exit import ExitSimulation, SavedAt
+from .exit_simulation import ExitSimulation, SavedAt
 
 
 class LevelChoice(NamedTuple):

@@ -1,6 +1,6 @@
 """Early exit in the report: the blocks-saved table and the frontier figure of an exit simulation.
 
-Both take an :class:`~onejump.evaluation.early_exit.ExitSimulation` or its ``to_dict()`` (as kept in
+Both take an :class:`~onejump.evaluation.exit_simulation.ExitSimulation` or its ``to_dict()`` (as kept in
 ``results.json``), so a report can be rendered again without the per-token records.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluation.early_exit import AGREEMENTS, ExitSimulation
+from ..evaluation.exit_simulation import AGREEMENTS, ExitSimulation
 
 MEASURE_NAMES = {"max_prob": "max probability", "margin": "top-1 minus top-2"}
 
@@ -123,7 +123,7 @@ def exit_report_section(sim: ExitSimulation | dict[str, Any], out_dir: str | Pat
     """The report's early-exit section (markdown lines) and the figure it links (written to ``out_dir``).
 
     ``level_choices`` (default: the dict's ``"level_choices"`` entry, if any): results of
-    :func:`~onejump.evaluation.early_exit.choose_exit_levels`, shown as a second table.
+    :func:`~onejump.evaluation.exit_levels.choose_exit_levels`, shown as a second table.
     """
     fig = plot_exit_frontier(sim, Path(out_dir) / figure_name)
     if level_choices is None and isinstance(sim, dict):
@@ -150,9 +150,9 @@ def _ranges(levels: Sequence[int]) -> str:
 
 
 def render_level_choices(choices: Sequence[Any]) -> list[str]:
-    """Markdown lines: the exit levels :func:`~onejump.evaluation.early_exit.choose_exit_levels` kept.
+    """Markdown lines: the exit levels :func:`~onejump.evaluation.exit_levels.choose_exit_levels` kept.
 
-    ``choices``: :class:`~onejump.evaluation.early_exit.LevelChoice` objects or their ``to_dict()``.
+    ``choices``: :class:`~onejump.evaluation.exit_levels.LevelChoice` objects or their ``to_dict()``.
     """
     lines = ["| lens | confidence | agreement floor | checks counted | levels checked | saved, every level | "
              "saved, these levels | λ |", "|" + "---|" * 8]

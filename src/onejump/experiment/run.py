@@ -300,7 +300,7 @@ class Run(RunFolder):
 
     def exits(self):
         """The saved exit simulation (None if never run), refused when its lenses changed after it."""
-        from ..evaluation.early_exit import ExitSimulation
+        from ..evaluation.exit_simulation import ExitSimulation
 
         folder = self.folder / "early_exit"
         if not (folder / "key.txt").is_file():
