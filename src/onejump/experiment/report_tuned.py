@@ -87,7 +87,8 @@ def _bar_lines(bar: dict[str, Any] | None) -> list[str]:
              f"{_verdict(mean)} |"]
     not_held = every["levels_not_held"]
     lowest = every["lowest_ratio"]
-    where = "every level" if not not_held else "below at levels " + ", ".join(map(str, not_held))
+    where = "every level" if not not_held else \
+        ("below at level " if len(not_held) == 1 else "below at levels ") + ", ".join(map(str, not_held))
     lines.append(f"| precision@1 at every exit level 1..K-1 | lowest ratio {lowest:.2f} | | | "
                  f">= {bar['level_ratio']:.2f} each | per level below | | "
                  f"{'**held**' if every['held'] else 'not held'} ({where}) |")
