@@ -269,6 +269,9 @@ def _field_lines(results: dict[str, Any]) -> list[str]:
              "next token" + (f" (the model's own: {floor:.3f} nats, the floor of every lens)" if floor is not None
                              else " (not available: the store predates next-token recording)") + ".", "",
              "| lens | mean KL (nats) | mean cross-entropy (nats) | mean entropy (nats) |", "|---|---|---|---|"]
+    best = (results.get("beyond") or {}).get("best") or {}
+    if "mean_kl" in best:  # the sweep's best single jump, evaluated on the same test split
+        methods["best single jump"] = best
     for name, m in methods.items():
         ce = f"{m['mean_cross_entropy']:.3f}" if "mean_cross_entropy" in m else "-"
         entropy = m.get("mean_entropy", float("nan"))
