@@ -252,6 +252,5 @@ def _print_table(results: dict) -> None:
               f"{r['achieved_of_bound']:.2f} | {r['achieved_vs_generate']:.2f} | {r.get('identical', '')} |")
 
 
-
 if __name__ == "__main__":
     main()

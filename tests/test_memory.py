@@ -16,10 +16,7 @@ def _allocate(mib: int) -> np.ndarray:
 
 def _file_backed_mib() -> float:
     """Resident file-backed pages (code, mapped files): the kernel may drop them under pressure."""
-    for line in open("/proc/self/status").read().splitlines():
-        if line.startswith("RssFile:"):
-            return int(line.split()[1]) / 1024.0
-    return 0.0
+    return memory._status_mib("RssFile") or 0.0
 
 
 def _allocate_counting_reclaim(mib: int) -> float:

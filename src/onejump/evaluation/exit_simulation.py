@@ -1,7 +1,8 @@
 """What an early-exit simulation measured, and the measures the field reads from it (mat, CALM).
 
-For every lens and checked exit level k, one pass over the store's split records the lens's top-1
-token at level k and its confidence under two measures: ``max_prob`` (the largest softmax
+For every lens, checked exit level k and test token, the simulation holds the lens's top-1 token at
+level k and its confidence under two measures (gathered by
+:func:`~onejump.evaluation.early_exit.simulate_exits`): ``max_prob`` (the largest softmax
 probability) and ``margin`` (top-1 minus top-2 probability). The exit rule, for a threshold
 lambda: exit at the first checked level whose confidence is >= lambda and predict the lens's top-1
 there; a token that never exits runs the full model, whose prediction is t* by definition.

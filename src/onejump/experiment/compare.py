@@ -28,6 +28,7 @@ from ..errors import ConfigError
 from ..io import atomic_write_text
 from .folder import RunFolder
 from .report import MATCH_TOLERANCE, SCHEMA, early_levels, evaluate_claims
+from .report_tuned import counted
 
 COMPARE_SCHEMA = "onejump-compare/1"
 
@@ -189,7 +190,7 @@ def bar_summary(bar: dict[str, Any] | None) -> str | None:
     below = every["levels_not_held"]
     parts = [f"mean {mean['ratio']:.2f}x ({mean['verdict']})",
              f"lowest level {every['lowest_ratio']:.2f}x" + ("" if every["held"] else
-                                                              f", {_count(len(below), 'level')} below 0.8x")]
+                                                              f", {counted(len(below), 'level')} below 0.8x")]
     if "kl" in bar:
         parts.append(f"KL {bar['kl']['ratio']:.2f}x ({bar['kl']['verdict']})")
     return ("met: " if bar["met"] else "not met: ") + "; ".join(parts)
@@ -282,7 +283,3 @@ def write_compare(sources: list[str | Path], out_dir: str | Path) -> dict[str, A
 
 __all__ = ["COMPARE_SCHEMA", "ROWS", "claim_numbers", "compare", "load_results", "load_sources", "model_summary",
            "ojfa_gaps", "resolve_source", "single_jump", "write_compare"]
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")

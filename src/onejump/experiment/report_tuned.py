@@ -59,6 +59,16 @@ def _training_lines(results: dict[str, Any], best: dict[str, Any] | None) -> lis
     return ["", line + "."]
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and the noun, plural unless n is 1: "1 level", "6 levels"."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def levels_text(levels: list[int]) -> str:
+    """"level 27" or "levels 2, 24, 26"."""
+    return ("level " if len(levels) == 1 else "levels ") + ", ".join(map(str, levels))
+
+
 def _ci(part: dict[str, Any], digits: int = 3) -> str:
     lo, hi = part["ci"]
     return f"{part['margin']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
@@ -87,8 +97,7 @@ def _bar_lines(bar: dict[str, Any] | None) -> list[str]:
              f"{_verdict(mean)} |"]
     not_held = every["levels_not_held"]
     lowest = every["lowest_ratio"]
-    where = "every level" if not not_held else \
-        ("below at level " if len(not_held) == 1 else "below at levels ") + ", ".join(map(str, not_held))
+    where = "every level" if not not_held else "below at " + levels_text(not_held)
     lines.append(f"| precision@1 at every exit level 1..K-1 | lowest ratio {lowest:.2f} | | | "
                  f">= {bar['level_ratio']:.2f} each | per level below | | "
                  f"{'**held**' if every['held'] else 'not held'} ({where}) |")
