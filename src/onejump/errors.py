@@ -19,6 +19,10 @@ class UnsupportedArchitectureError(ModelLoadError):
     """The architecture adapter could not find a part of the model it needs."""
 
 
+class ArchitectureMismatchError(UnsupportedArchitectureError):
+    """The adapter's parts do not reproduce the model's own logits or levels on the load-time probe."""
+
+
 class ChecksumError(ModelLoadError):
     """A downloaded or assembled model file does not have its pinned size or sha256."""
 

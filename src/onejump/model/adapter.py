@@ -1,6 +1,7 @@
-"""The architecture adapter: an explicit per-architecture table of where the blocks, the final norm
-and the unembedding are, the exact head (final norm, unembedding, logit scaling / soft-capping),
-the final norm's parameters for the rank-r head, and hooks that capture every level.
+"""The architecture adapter: where the blocks, the final norm and the unembedding are (an explicit
+per-architecture table, else discovery from the module tree and config), the exact head (final norm,
+unembedding, logit scaling / soft-capping), the final norm's parameters for the rank-r head, and
+hooks that capture every level. Every adapter proves itself on a probe input before it is used.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UnsupportedArchitectureError
+from ..errors import ArchitectureMismatchError, UnsupportedArchitectureError
+from .discovery import Parts, discover, logit_finish, text_config
+from .probe import Mismatch, head_difference, run_probe
 
 
 def _get(obj: Any, dotted: str) -> Any:
@@ -77,6 +80,24 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 
 
+def _table_parts(model: nn.Module, model_type: str, spec: ArchSpec) -> Parts:
+    base = _get(model, spec.base)
+    blocks = _get(model, spec.blocks)
+    unembed = _get(model, spec.unembed)
+    missing = [
+        name for name, part in (("base model", base), ("block list", blocks), ("unembedding", unembed)) if part is None
+    ]
+    if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+        missing.append(f"block list at '{spec.blocks}'")
+    if missing:
+        raise UnsupportedArchitectureError(
+            f"could not find {', '.join(missing)} in {type(model).__name__} (model_type '{model_type}')"
+        )
+    final_norm = _get(model, spec.final_norm) if spec.final_norm else None
+    project_out = _get(model, spec.project_out) if spec.project_out else None
+    return Parts(base, blocks, spec.blocks, (final_norm,), unembed, project_out)
+
+
 @dataclass
 class NormParams:
     """The final norm written out, so that the head can be applied in low-rank form.
@@ -103,55 +124,54 @@ class ArchitectureAdapter:
     project_out: nn.Module | None = None
     logit_softcap: float | None = None
     logit_scale: float | None = None  # multiply (Cohere) ; Granite divides: stored as 1/x
+    width: int | None = None  # H as the probe saw it (a composite model's config may not say)
     _norm_params: NormParams | None = field(default=None, repr=False)
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> ArchitectureAdapter:
-        """Find the parts of ``model``; raise :class:`UnsupportedArchitectureError` naming what is missing."""
+    def from_model(cls, model: nn.Module, *, verify: bool = True) -> ArchitectureAdapter:
+        """Find the parts of ``model`` (the table, else discovery) and prove them on a probe input.
+
+        Raises :class:`UnsupportedArchitectureError` naming what is missing, or
+        :class:`ArchitectureMismatchError` naming what differed on the probe
+        (:mod:`onejump.model.probe`). ``verify=False`` skips the probe (the first proposal is used).
+        """
         config = getattr(model, "config", None)
         model_type = getattr(config, "model_type", None)
         if model_type is None:
             raise UnsupportedArchitectureError("model has no config.model_type; is it a transformers causal LM?")
+        who = f"architecture '{model_type}' ({type(model).__name__})"
         spec = ARCHITECTURES.get(model_type)
-        if spec is None:
-            known = ", ".join(sorted(ARCHITECTURES))
-            raise UnsupportedArchitectureError(
-                f"architecture '{model_type}' ({type(model).__name__}) is not known to onejump's adapter; "
-                f"known: {known}"
-            )
-        base = _get(model, spec.base)
-        blocks = _get(model, spec.blocks)
-        unembed = _get(model, spec.unembed)
-        final_norm = _get(model, spec.final_norm) if spec.final_norm else None
-        project_out = _get(model, spec.project_out) if spec.project_out else None
-        missing = [
-            name
-            for name, part in (("base model", base), ("block list", blocks), ("unembedding", unembed))
-            if part is None
-        ]
-        if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
-            missing.append(f"block list at '{spec.blocks}'")
-        if missing:
-            raise UnsupportedArchitectureError(
-                f"could not find {', '.join(missing)} in {type(model).__name__} (model_type '{model_type}')"
-            )
-        softcap = getattr(config, "final_logit_softcapping", None)
-        scale = None
-        if model_type == "cohere":
-            scale = float(config.logit_scale)
-        elif model_type == "granite":
-            scale = 1.0 / float(config.logits_scaling)
-        return cls(
-            model=model,
-            model_type=model_type,
-            base=base,
-            blocks=blocks,
-            final_norm=final_norm,
-            unembed=unembed,
-            project_out=project_out,
-            logit_softcap=float(softcap) if softcap else None,
-            logit_scale=scale,
-        )
+        if spec is not None:
+            proposals = [_table_parts(model, model_type, spec)]
+        else:
+            proposals, why = discover(model)
+            if not proposals:
+                raise UnsupportedArchitectureError(f"{who} is not in onejump's table and discovery found {why}")
+        scale, softcap = logit_finish(model)
+
+        def build(parts: Parts, norm: nn.Module | None) -> ArchitectureAdapter:
+            return cls(model=model, model_type=model_type, base=parts.base, blocks=parts.blocks, final_norm=norm,
+                       unembed=parts.unembed, project_out=parts.project_out, logit_softcap=softcap,
+                       logit_scale=scale)
+
+        if not verify:
+            return build(proposals[0], proposals[0].norms[0])
+        failures = []
+        for parts in proposals:
+            first = build(parts, parts.norms[0])
+            try:
+                levels, logits = run_probe(first)
+            except Mismatch as exc:
+                failures.append(f"blocks at '{parts.blocks_path}': {exc}")
+                continue
+            for norm in parts.norms:
+                adapter = build(parts, norm)
+                differs = head_difference(adapter, levels[-1], logits)
+                if differs is None:
+                    adapter.width = int(levels[-1].shape[-1])
+                    return adapter
+            failures.append(f"blocks at '{parts.blocks_path}': {head_difference(first, levels[-1], logits)}")
+        raise ArchitectureMismatchError(f"{who} refused: {failures[0]}")
 
     # ---- sizes -------------------------------------------------------------------------------
     @property
@@ -162,7 +182,9 @@ class ArchitectureAdapter:
     @property
     def hidden_size(self) -> int:
         """H, the width of the residual stream."""
-        return int(self.model.config.hidden_size)
+        if self.width is not None:
+            return self.width
+        return int(text_config(self.model).hidden_size)
 
     @property
     def vocab_size(self) -> int:
@@ -219,17 +241,24 @@ class ArchitectureAdapter:
                 kind = "rmsnorm"
             else:
                 raise UnsupportedArchitectureError(f"final norm {type(norm).__name__} is not a known norm")
-            if weight is not None and self.model_type.startswith("gemma"):
-                weight = 1.0 + weight.float()  # Gemma's (1 + w) RMSNorm
-            params = NormParams(kind, weight.detach().float() if weight is not None else None,
-                                bias.detach().float() if bias is not None else None, float(eps))
-        self._verify_norm(params)
+            plain = weight.detach().float() if weight is not None else None
+            # Gemma-style norms scale by (1 + w); which form the module uses is decided numerically
+            forms = [plain] if plain is None else [1.0 + plain, plain]
+            if not self.model_type.startswith("gemma"):
+                forms.reverse()
+            bias = bias.detach().float() if bias is not None else None
+            for form in forms:
+                params = NormParams(kind, form, bias, float(eps))
+                if self._norm_matches(params):
+                    break
+            else:
+                raise UnsupportedArchitectureError(
+                    f"final norm {type(norm).__name__} does not behave like a {kind}"
+                )
         self._norm_params = params
         return params
 
-    def _verify_norm(self, params: NormParams) -> None:
-        if self.final_norm is None:
-            return
+    def _norm_matches(self, params: NormParams) -> bool:
         ref_param = next(self.final_norm.parameters(), None)
         device = ref_param.device if ref_param is not None else torch.device("cpu")
         gen = torch.Generator().manual_seed(0)
@@ -238,10 +267,7 @@ class ArchitectureAdapter:
         with torch.no_grad():
             expected = self.final_norm(x.to(dtype)).float()
             got = apply_norm_params(params, x.to(dtype).float())
-        if not torch.allclose(expected, got, rtol=1e-2 if dtype != torch.float32 else 1e-4, atol=1e-3):
-            raise UnsupportedArchitectureError(
-                f"final norm {type(self.final_norm).__name__} does not behave like a {params.kind}"
-            )
+        return torch.allclose(expected, got, rtol=1e-2 if dtype != torch.float32 else 1e-4, atol=1e-3)
 
     # ---- capture --------------------------------------------------------------------------------
     def level_hooks(self, sink: Callable[[int, torch.Tensor], None]) -> list[torch.utils.hooks.RemovableHandle]:
