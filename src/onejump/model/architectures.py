@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,9 +101,7 @@ def _cell(text: str) -> str:
 def render(outcomes: list[Outcome], transformers_version: str) -> str:
     """``docs/architectures.md``."""
     counts = {s: sum(o.status == s for o in outcomes) for s in STATUSES}
-    lines = [
-        "# Architectures",
-        "",
+    intro = (
         f"Every model type in transformers {transformers_version}'s causal-LM auto mapping "
         f"(`MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`), built as a tiny random-init model from its config "
         "(no download) and given to onejump's adapter. **Verified**: the adapter's load-time probe found "
@@ -110,12 +109,17 @@ def render(outcomes: list[Outcome], transformers_version: str) -> str:
         "(`onejump.model.probe`); **refused**: `load_model` raises `ArchitectureMismatchError` or "
         "`UnsupportedArchitectureError` with the reason shown; **skipped**: the tiny model cannot be "
         "built or run on token ids alone offline. The adapter's table covers "
-        f"{len(ARCHITECTURES)} types; the rest are discovered from the module tree and config.",
+        f"{len(ARCHITECTURES)} types; the rest are discovered from the module tree and config."
+    )
+    lines = [
+        "# Architectures",
+        "",
+        *textwrap.wrap(intro, 100),
         "",
         f"Tried {len(outcomes)}: **{counts['verified']} verified**, {counts['refused']} refused, "
         f"{counts['skipped']} skipped.",
         "",
-        "Regenerate with `python -m onejump.model.architectures --out docs/architectures.md`; "
+        "Regenerate with `python -m onejump.model.architectures --out docs/architectures.md`;",
         "`tests/test_architectures.py` checks every row against the installed transformers.",
         "",
         "| model type | result | how / why |",
