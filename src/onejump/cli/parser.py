@@ -83,9 +83,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="token budget of one extraction batch (default: %(default)s)")
     p.add_argument("--shard-size", type=_positive(), default=DEFAULTS.SHARD_SIZE,
                    help="about this many samples per store shard file: a shard holds whole extraction batches "
-                        "(up to 64 samples each), so it ends at the first batch that reaches this size, and the "
-                        "last shard holds the rest; a shard is what an interrupted extraction keeps and what "
-                        "torchrun ranks share out (default: %(default)s)")
+                        "(up to 64 sentences each, with all their kept positions), so it ends at the first batch "
+                        "that reaches this size, and the last shard holds the rest; a shard is what an interrupted "
+                        "extraction keeps and what torchrun ranks share out (default: %(default)s)")
     p.add_argument("--train-positions", type=_positions, default="one",
                    help="positions kept per train sentence: one (the paper's protocol), all (every position "
                         "1..n-1, from one forward of the sentence) or N (N distinct, seeded) (default: %(default)s)")
