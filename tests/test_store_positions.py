@@ -225,3 +225,25 @@ def test_cli_positions_and_torchrun_equal_single(tmp_path, capsys):
     assert multi.returncode == 0, multi.stderr[-2000:]
     assert len(single.manifest["shards"]) > 2
     assert _files(tmp_path / "single" / "store") == _files(tmp_path / "multi" / "store")
+
+
+def test_out_of_core_training_holds_out_whole_sentences(lm, all_store):
+    from onejump.evaluation.selection import holdout_rows
+    from onejump.training.config import TrainConfig
+    from onejump.training.fit import _prepare, train_joint, train_jumps
+    from onejump.training.tuned import TunedTrainConfig, _sources
+
+    cfg = TrainConfig(rank=2, max_epochs=2, patience=2, batch_size=16, lr=1e-2, buffer_samples=48)
+    _, train, val, _ = _prepare(all_store, cfg, "cpu")
+    assert not train.resident and len(train.blocks) > 1  # streamed through the buffer, shard by shard
+    kept, held = holdout_split(all_store, cfg.val_fraction, cfg.seed)
+    assert np.array_equal(train.rows, kept) and np.array_equal(val.rows, held)
+    sid = all_store.meta("sample_id")
+    assert not set(sid[train.rows]) & set(sid[val.rows])
+    tuned_train, tuned_val = _sources(all_store, TunedTrainConfig(buffer_samples=48, val_rows=0))
+    assert np.array_equal(tuned_train.rows, kept) and np.array_equal(tuned_val.rows, held)
+    assert set(holdout_rows(all_store, cfg.val_fraction, cfg.seed, max_rows=5)) <= set(held.tolist())
+    bank, hist = train_jumps(all_store, cfg, progress=False)
+    assert np.isfinite(hist.val_loss).all() and hist.n_train == len(kept) and hist.n_val == len(held)
+    _, joint = train_joint(all_store, cfg, progress=False)
+    assert np.isfinite(joint.val_loss).all()
