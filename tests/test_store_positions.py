@@ -247,3 +247,16 @@ def test_out_of_core_training_holds_out_whole_sentences(lm, all_store):
     assert np.isfinite(hist.val_loss).all() and hist.n_train == len(kept) and hist.n_val == len(held)
     _, joint = train_joint(all_store, cfg, progress=False)
     assert np.isfinite(joint.val_loss).all()
+
+
+def test_run_trains_and_reports_on_a_store_of_several_positions(tiny_dir, corpus, tmp_path):
+    from onejump.cli import main
+
+    out = tmp_path / "r"
+    code = main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "30", "--n-test", "12",
+                 "--device", "cpu", "--max-epochs", "1", "--tuned-steps", "2", "--train-positions", "3",
+                 "--out", str(out)])
+    assert code == 0
+    store = HiddenStateStore.open(out / "store")
+    assert store.positions == {"train": 3, "test": "one"} and store.manifest["n_train"] == 90
+    assert store.manifest["n_test"] == 12 and (out / "report" / "results.json").is_file()
