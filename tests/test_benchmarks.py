@@ -104,3 +104,14 @@ def test_extract_benchmark_without_the_naive_baseline(bench, tiny_dir, corpus, t
     assert saved["seconds"]["onejump"] > 0 and saved["ratio_vs_bare_forward"] > 0 and saved["sentences"] == 20
     assert set(saved["peak_rss_by_variant_mib"]) >= {"onejump", "bare_forward"}
     assert "naive" not in saved["peak_rss_by_variant_mib"] and out["model_mib"] > 0
+
+
+def test_extract_benchmark_with_every_position(bench, tiny_dir, corpus, tmp_path):
+    bench("extract").main(["--model", str(tiny_dir), "--corpus", str(corpus), "--n", "12", "--repeats", "1",
+                           "--positions", "all"])
+    saved = json.loads((tmp_path / "results" / f"extract-cpu-{tiny_dir.name}-positions-all.json").read_text())
+    versus = saved["all_vs_one"]
+    assert saved["positions"] == "all" and saved["rows"] == versus["rows"]["positions"] > 12
+    assert versus["rows"]["one"] == 12 and versus["seconds"]["one"] > 0 and versus["rows_ratio"] > 1
+    assert saved["seconds"]["naive"] > 0
+    assert {"onejump", "onejump_one", "naive"} <= set(saved["peak_rss_by_variant_mib"])

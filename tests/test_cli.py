@@ -1,6 +1,7 @@
 """The command line: happy path on a tiny local model, and one clear line + non-zero exit for bad input."""
 
 import contextlib
+import importlib
 import json
 import os
 import re
@@ -182,12 +183,18 @@ def test_read_only_folders(capsys, tiny_run, tiny_dir, corpus, tmp_path):
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
 
 
-def test_disk_full_during_extraction(capsys, tiny_dir, corpus, tmp_path):
+def test_disk_full_during_extraction(capsys, tiny_dir, corpus, tmp_path, monkeypatch):
     argv = ["extract", "--model", tiny_dir, *_fmt(TINY_DATA, corpus=corpus), "--shard-size", 4,
             "--tokens-per-batch", 64]
     with small_disk(tmp_path / "disk") as disk:
         fill_disk(disk, leave=40_000)  # room for a few shards of the ~70 kB store
         code, _, err = _run(capsys, *argv, "--out", disk / "r")
+        _one_line_error(code, err, "the store needs")  # refused before any forward
+        assert not (disk / "r" / "store").exists()
+        # the disk filling up after that check (another writer) is met while writing
+        monkeypatch.setattr(importlib.import_module("onejump.extract"), "check_disk", lambda *a, **k: None)
+        code, _, err = _run(capsys, *argv, "--out", disk / "r")
+        monkeypatch.undo()
         _one_line_error(code, err, "disk full while writing")
         store = disk / "r" / "store"
         assert not (store / "manifest.json").exists()

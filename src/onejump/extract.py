@@ -1,19 +1,21 @@
 """Extraction of hidden states at all levels into a :class:`~onejump.store.HiddenStateStore`.
 
-One random position per sentence (uniform over 1..n-1, never position 0 or a BOS token); only the
-prefix up to that position is run; prefixes are bucketed by length into batches with a token
-budget; hooks capture levels 0..K (level K before the final norm) at the last prefix position
-only; t* = argmax head(h^K). Work is planned deterministically up front and written in shards, so
-an interrupted run resumes where it stopped and ends byte-identical to an uninterrupted one.
+The positions kept per sentence are set per split (:mod:`onejump.extract_plan`): one random
+position (uniform over 1..n-1, never position 0 or a BOS token; the paper's protocol and the
+default), every position, or N of them. Each sentence is run once, up to its last kept position;
+forwards are bucketed by length into batches with a token budget; hooks capture levels 0..K
+(level K before the final norm) at the kept positions only; t* = argmax head(h^K). Work is planned
+deterministically up front (and refused when the store would not fit the disk) and written in
+shards, so an interrupted run resumes where it stopped and ends byte-identical to an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,112 +24,37 @@ import torch
 from tqdm.auto import tqdm
 
 from .defaults import SHARD_SIZE, TOKENS_PER_BATCH
-from .errors import ConfigError, CorpusError, StoreError
+from .errors import ConfigError, StoreError
+from .extract_plan import (
+    SPLIT_NAMES,
+    Sample,
+    check_disk,
+    collate,
+    forward_tokens,
+    plan_batches,
+    plan_shards,
+    positions_per_split,
+    sample_positions,
+    store_bytes,
+)
 from .io import atomic_write_text
 from .model.loading import LoadedModel
 from .store import FORMAT, STORE_DTYPES, VERSION, HiddenStateStore, finished_shard, shard_name, write_shard
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One sampled position: sentence ``sample_id``, prefix token ids ending at ``position``, and the
-    sentence's real next token after it (-1 when ``position`` is its last token)."""
-
-    sample_id: int
-    split: int
-    position: int
-    tokens: tuple[int, ...]
-    next_token: int = -1
-
-
-def sample_positions(tokenizer: Any, sentences: Sequence[str], splits: Sequence[int], seed: int) -> list[Sample]:
-    """Tokenize every sentence and draw one position uniformly from 1..n-1 (seeded, in sentence order)."""
-    if len(sentences) == 0:
-        raise CorpusError("no sentences to extract")
-    encoded = tokenizer(list(sentences), add_special_tokens=True)["input_ids"]
-    bos = tokenizer.bos_token_id
-    rng = np.random.default_rng(seed)
-    samples = []
-    for i, ids in enumerate(encoded):
-        n = len(ids)
-        real = n - (1 if n and bos is not None and ids[0] == bos else 0)
-        if n < 2 or real < 1:
-            raise CorpusError(
-                f"sentence {i} has fewer than 2 tokens ({sentences[i][:60]!r}); filter such sentences out"
-            )
-        pos = int(rng.integers(1, n))
-        samples.append(Sample(i, int(splits[i]), pos, tuple(int(t) for t in ids[: pos + 1]),
-                              int(ids[pos + 1]) if pos + 1 < n else -1))
-    return samples
-
-
-def plan_batches(samples: Sequence[Sample], tokens_per_batch: int = TOKENS_PER_BATCH,
-                 max_batch_size: int = 64) -> list[list[int]]:
-    """Group samples (indices into ``samples``) into length-bucketed batches within a token budget.
-
-    Sorting by prefix length keeps padding small; a batch holds at most ``max_batch_size`` rows and
-    ``rows * longest`` stays within ``tokens_per_batch``.
-    """
-    if tokens_per_batch < 1 or max_batch_size < 1:
-        raise ConfigError("the token budget and the batch size of extraction must be >= 1")
-    order = sorted(range(len(samples)), key=lambda i: (len(samples[i].tokens), i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        length = len(samples[i].tokens)
-        if current and (len(current) + 1 > max_batch_size or (len(current) + 1) * length > tokens_per_batch):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def plan_shards(batches: list[list[int]], shard_size: int = SHARD_SIZE) -> list[list[list[int]]]:
-    """Group consecutive batches into shards of about ``shard_size`` samples."""
-    shards: list[list[list[int]]] = []
-    current: list[list[int]] = []
-    count = 0
-    for batch in batches:
-        current.append(batch)
-        count += len(batch)
-        if count >= shard_size:
-            shards.append(current)
-            current, count = [], 0
-    if current:
-        shards.append(current)
-    return shards
-
-
-def collate(samples: Sequence[Sample], batch: Sequence[int], pad_id: int,
-            device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and the index of each row's last real token."""
-    lengths = [len(samples[i].tokens) for i in batch]
-    longest = max(lengths)
-    ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), longest), dtype=torch.long)
-    for row, i in enumerate(batch):
-        toks = samples[i].tokens
-        ids[row, : len(toks)] = torch.tensor(toks)
-        mask[row, : len(toks)] = 1
-    last = torch.tensor(lengths) - 1
-    return ids.to(device), mask.to(device), last.to(device)
-
-
 class LevelCapture:
-    """Hooks that keep, for each row, the hidden state at its last real position at every level."""
+    """Hooks that keep the hidden states at the kept positions (forward row, position) at every level."""
 
     def __init__(self, lm: LoadedModel):
         self.lm = lm
         self.buffer: torch.Tensor | None = None
-        self.last: torch.Tensor | None = None
+        self.at: torch.Tensor | None = None
         self._handles: list = []
 
     def _sink(self, level: int, hidden: torch.Tensor) -> None:
-        assert self.buffer is not None and self.last is not None
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        self.buffer[:, level] = hidden[rows, self.last.to(hidden.device)].to(self.buffer.device, torch.float32)
+        assert self.buffer is not None and self.at is not None
+        at = self.at.to(hidden.device)
+        self.buffer[:, level] = hidden[at[:, 0], at[:, 1]].to(self.buffer.device, torch.float32)
 
     def __enter__(self) -> LevelCapture:
         self._handles = self.lm.adapter.level_hooks(self._sink)
@@ -139,19 +66,22 @@ class LevelCapture:
         self._handles = []
 
     @torch.no_grad()
-    def run(self, ids: torch.Tensor, mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        """Forward the base model (no unembedding over all positions); return (B, K+1, H) float32."""
+    def run(self, ids: torch.Tensor, mask: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """Forward the base model (no unembedding over all positions); return (S, K+1, H) float32
+        at the S (forward row, position) pairs of ``at`` (a (B,) tensor of positions: one per row)."""
         adapter = self.lm.adapter
-        self.buffer = torch.empty(ids.shape[0], adapter.num_blocks + 1, adapter.hidden_size,
+        if at.dim() == 1:
+            at = torch.stack([torch.arange(len(at), device=at.device), at], 1)
+        self.buffer = torch.empty(at.shape[0], adapter.num_blocks + 1, adapter.hidden_size,
                                   device=ids.device, dtype=torch.float32)
-        self.last = last
+        self.at = at
         adapter.base(input_ids=ids, attention_mask=mask, use_cache=False)
         out, self.buffer = self.buffer, None
         return out
 
 
 def _plan_key(lm: LoadedModel, samples: Sequence[Sample], seed: int, dtype: str,
-              shards: list[list[list[int]]]) -> dict[str, Any]:
+              shards: list[list[list[int]]], positions: dict[str, str | int]) -> dict[str, Any]:
     digest = hashlib.sha256()
     for s in samples:
         digest.update(f"{s.sample_id},{s.split},{s.position}:".encode())
@@ -166,6 +96,8 @@ def _plan_key(lm: LoadedModel, samples: Sequence[Sample], seed: int, dtype: str,
         "samples_sha256": digest.hexdigest()[:16],
         "layout": layout,
         "next_token": True,  # the shards record each sample's real next token (stores before this did not)
+        # one position per sentence everywhere leaves the key as it was, so such stores still resume and reopen
+        **({"positions": positions} if any(v != "one" for v in positions.values()) else {}),
     }
 
 
@@ -233,39 +165,47 @@ def extract(
     tokens_per_batch: int = TOKENS_PER_BATCH,
     max_batch_size: int = 64,
     shard_size: int = SHARD_SIZE,
+    positions: Mapping[str, str | int] | str | int | None = None,
     progress: bool = True,
     extra: dict[str, Any] | None = None,
     on_shard: Callable[[int, int], None] | None = None,
 ) -> HiddenStateStore:
-    """Extract levels 0..K at one sampled position per sentence into a store at ``out_dir``.
+    """Extract levels 0..K at the kept positions of every sentence into a store at ``out_dir``.
 
-    ``splits`` labels each sentence 0 (train) or 1 (test); by default all are train. Re-running
-    with the same arguments resumes an interrupted run (finished shards are kept) or returns the
-    finished store; a folder holding another model's or seed's store is refused.
+    ``splits`` labels each sentence 0 (train) or 1 (test); by default all are train.
+    ``positions``: ``"one"`` (default), ``"all"`` or N per sentence, for every split or per split
+    (``{"train": "all", "test": "one"}``). Re-running with the same arguments resumes an
+    interrupted run (finished shards are kept) or returns the finished store; a folder holding
+    another model's or seed's store is refused, and so is a store that would not fit the disk
+    (before any forward).
     """
     if store_dtype not in STORE_DTYPES:
         raise ConfigError(f"unknown store dtype '{store_dtype}'; use {', '.join(STORE_DTYPES)}")
     out = Path(out_dir)
+    settings = positions_per_split(positions)
     samples, shards, key = _plan(lm, sentences, splits, seed, store_dtype, tokens_per_batch, max_batch_size,
-                                 shard_size)
+                                 shard_size, settings)
+    if not (out / "manifest.json").is_file():
+        check_disk(out, store_bytes(samples, lm.num_blocks + 1, lm.hidden_size, STORE_DTYPES[store_dtype]),
+                   rows=len(samples), num_levels=lm.num_blocks + 1, hidden=lm.hidden_size, dtype_name=store_dtype)
     rank, world = _start_store(out, key)
     if (out / "manifest.json").is_file():
         return HiddenStateStore.open(out, fingerprint=lm.fingerprint)
     infos = _extract_shards(lm, samples, shards, out, STORE_DTYPES[store_dtype], rank=rank, world=world,
                             progress=progress, on_shard=on_shard)
-    return _finish_store(lm, out, key, samples, len(shards), infos, extra, rank=rank, world=world)
+    return _finish_store(lm, out, key, samples, len(shards), infos, extra, settings, rank=rank, world=world)
 
 
 def _plan(lm: LoadedModel, sentences: Sequence[str], splits: Sequence[int] | None, seed: int, store_dtype: str,
-          tokens_per_batch: int, max_batch_size: int,
-          shard_size: int) -> tuple[list[Sample], list[list[list[int]]], dict[str, Any]]:
+          tokens_per_batch: int, max_batch_size: int, shard_size: int,
+          positions: dict[str, str | int]) -> tuple[list[Sample], list[list[list[int]]], dict[str, Any]]:
     """The samples, their shards of batches, and the plan key that a resumed run must match."""
     splits = list(splits) if splits is not None else [0] * len(sentences)
     if len(splits) != len(sentences):
         raise ConfigError("splits must label every sentence")
-    samples = sample_positions(lm.tokenizer, sentences, splits, seed)
+    samples = sample_positions(lm.tokenizer, sentences, splits, seed, positions)
     shards = plan_shards(plan_batches(samples, tokens_per_batch, max_batch_size), shard_size)
-    return samples, shards, _plan_key(lm, samples, seed, store_dtype, shards)
+    return samples, shards, _plan_key(lm, samples, seed, store_dtype, shards, positions)
 
 
 def _start_store(out: Path, key: dict[str, Any]) -> tuple[int, int]:
@@ -288,7 +228,7 @@ def _extract_shards(lm: LoadedModel, samples: Sequence[Sample], shards: list[lis
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     infos: list[dict[str, Any]] = []
     mine = [i for index, shard in enumerate(shards) if index % world == rank for batch in shard for i in batch]
-    bar = tqdm(total=sum(len(samples[i].tokens) for i in mine), unit="tok", desc="extract",
+    bar = tqdm(total=forward_tokens(samples, mine), unit="tok", desc="extract",
                disable=not progress or rank != 0, unit_scale=True)
     # Shards are written (safetensors, fsync, sha256) by one background thread while the model
     # computes the next shard; at most one write is pending, and results are collected in order.
@@ -310,7 +250,7 @@ def _extract_shards(lm: LoadedModel, samples: Sequence[Sample], shards: list[lis
             if done is not None and done.get("count") == len(shard_samples):
                 collect()
                 infos.append(done)
-                bar.update(sum(len(samples[i].tokens) for i in shard_samples))
+                bar.update(forward_tokens(samples, shard_samples))
                 continue
             tensors = _shard_tensors(lm, capture, samples, shard, pad_id, device, dtype, bar)
             collect()
@@ -326,8 +266,8 @@ def _shard_tensors(lm: LoadedModel, capture: LevelCapture, samples: Sequence[Sam
     shard_samples = [i for batch in shard for i in batch]
     hidden_parts, targets = [], []
     for batch in shard:
-        ids, mask, last = collate(samples, batch, pad_id, device)
-        hidden = capture.run(ids, mask, last)
+        ids, mask, at = collate(samples, batch, pad_id, device)
+        hidden = capture.run(ids, mask, at)
         with torch.no_grad():
             logits = lm.adapter.head(hidden[:, -1].to(next(lm.model.parameters()).dtype))
         targets.append(logits.argmax(-1).cpu())
@@ -348,8 +288,8 @@ def _shard_tensors(lm: LoadedModel, capture: LevelCapture, samples: Sequence[Sam
 
 
 def _finish_store(lm: LoadedModel, out: Path, key: dict[str, Any], samples: Sequence[Sample], num_shards: int,
-                  infos: list[dict[str, Any]], extra: dict[str, Any] | None, *, rank: int,
-                  world: int) -> HiddenStateStore:
+                  infos: list[dict[str, Any]], extra: dict[str, Any] | None, positions: dict[str, str | int], *,
+                  rank: int, world: int) -> HiddenStateStore:
     """Write the manifest (rank 0, once every rank's shards exist) and open the finished store."""
     _barrier(world)
     if world > 1:
@@ -370,6 +310,10 @@ def _finish_store(lm: LoadedModel, out: Path, key: dict[str, Any], samples: Sequ
         "n_test": int(sum(1 for s in samples if s.split == 1)),
         "total_prefix_tokens": int(sum(len(s.tokens) for s in samples)),
         "n_without_next_token": int(sum(1 for s in samples if s.next_token < 0)),
+        "positions": positions,
+        **{f"n_{name}_sentences": len({s.sample_id for s in samples if s.split == split})
+           for split, name in enumerate(SPLIT_NAMES)},
+        "forward_tokens": forward_tokens(samples, range(len(samples))),
         "shards": infos,
         **({"extra": extra} if extra else {}),
     }

@@ -6,13 +6,16 @@ Layout of a store folder::
     shard-00000.safetensors, shard-00000.json, ...   one shard = a fixed group of samples
     manifest.json        written last: the store is complete only when it exists
 
-Each shard holds ``hidden`` (n, K+1, H) in the store dtype and, per sample, ``sample_id`` (index of
-the sentence), ``split`` (0 train, 1 test), ``position`` (token index of the sampled position),
+Each shard holds ``hidden`` (n, K+1, H) in the store dtype and, per sample (a row: one position of
+one sentence), ``sample_id`` (index of the sentence: the rows of one sentence share it),
+``split`` (0 train, 1 test), ``position`` (token index of the kept position),
 ``target`` (t*, the model's final top-1 token), ``next_token`` (the sentence's real next token
 after the sampled position, -1 where that position is the sentence's last token; absent from
 stores written before it was recorded), and the prefix token ids (``tokens`` flat with
-``token_offsets``). Every file is written to a temporary name and renamed, so a killed run never
-leaves a file that looks complete. Nothing here unpickles anything.
+``token_offsets``). The manifest's ``positions`` records each split's setting (``one``, ``all`` or
+N per sentence; stores without it hold one position per sentence). Every file is written to a
+temporary name and renamed, so a killed run never leaves a file that looks complete. Nothing
+here unpickles anything.
 
 Every reading method verifies the store's bytes before its first use in a process
 (:meth:`HiddenStateStore.verify`): a full sha256 of every shard against the hashes recorded at
@@ -237,6 +240,16 @@ class HiddenStateStore:
     def targets(self, split: str | None = None) -> torch.Tensor:
         """t*, the model's final top-1 token, per sample."""
         return torch.from_numpy(self.meta("target", split).astype(np.int64))
+
+    @property
+    def positions(self) -> dict[str, str | int]:
+        """Each split's positions per sentence: ``"one"``, ``"all"`` or N (``"one"`` for older stores)."""
+        recorded = self.manifest.get("positions") or {}
+        return {name: recorded.get(name, "one") for name in SPLITS}
+
+    def sentence_ids(self, split: str | None = None) -> np.ndarray:
+        """The sentence of each row of a split (several rows share one where a split keeps several positions)."""
+        return self.meta("sample_id", split)
 
     @property
     def has_next_tokens(self) -> bool:

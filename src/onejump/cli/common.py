@@ -20,7 +20,8 @@ def _data_args(args: argparse.Namespace):
 
     return DataArgs(model=args.model, corpus=args.corpus, hf_config=args.hf_config, text_field=args.text_field,
                     max_documents=args.max_documents, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
-                    store_dtype=args.store_dtype, tokens_per_batch=args.tokens_per_batch, shard_size=args.shard_size)
+                    store_dtype=args.store_dtype, tokens_per_batch=args.tokens_per_batch, shard_size=args.shard_size,
+                    train_positions=args.train_positions, test_positions=args.test_positions)
 
 
 def _lock(folder: Path):

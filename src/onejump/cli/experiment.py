@@ -46,6 +46,9 @@ def _print_store(store) -> None:
     print(f"store {store.path}: model {m['model']} (weights {m['fingerprint']}), K={m['num_blocks']} "
           f"H={m['hidden_size']}, {m['n_train']} train + {m['n_test']} test samples, {m['dtype']}, "
           f"{m['total_prefix_tokens']} prefix tokens, seed {m['seed']}, identity {store.identity}")
+    if any(v != "one" for v in store.positions.values()):
+        print(f"positions per sentence: train {store.positions['train']}, test {store.positions['test']} "
+              f"({m['n_train_sentences']} train + {m['n_test_sentences']} test sentences)")
     if store.has_next_tokens:
         print(f"next tokens recorded ({m.get('n_without_next_token', 0)} samples end their sentence and have none)")
     else:

@@ -57,6 +57,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="'auto' to spread a model too big for one device over several (accelerate)")
 
 
+def _positions(text: str) -> str:
+    """one, all or a positive integer: positions kept per sentence of a split."""
+    word = text.strip().lower()
+    if word in ("one", "all") or (word.isdigit() and int(word) >= 1):
+        return word
+    raise argparse.ArgumentTypeError(f"expected one, all or a positive integer, got {text!r}")
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", default=DEFAULTS.DEFAULT_CORPUS,
                    help="wikipedia-offline (default), a .txt/.jsonl file, or hf:DATASET (online)")
@@ -75,9 +83,15 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="token budget of one extraction batch (default: %(default)s)")
     p.add_argument("--shard-size", type=_positive(), default=DEFAULTS.SHARD_SIZE,
                    help="about this many samples per store shard file: a shard holds whole extraction batches "
-                        "(up to 64 samples each), so it ends at the first batch that reaches this size, and the "
-                        "last shard holds the rest; a shard is what an interrupted extraction keeps and what "
-                        "torchrun ranks share out (default: %(default)s)")
+                        "(up to 64 sentences each, with all their kept positions), so it ends at the first batch "
+                        "that reaches this size, and the last shard holds the rest; a shard is what an interrupted "
+                        "extraction keeps and what torchrun ranks share out (default: %(default)s)")
+    p.add_argument("--train-positions", type=_positions, default="one",
+                   help="positions kept per train sentence: one (the paper's protocol), all (every position "
+                        "1..n-1, from one forward of the sentence) or N (N distinct, seeded) (default: %(default)s)")
+    p.add_argument("--test-positions", type=_positions, default="one",
+                   help="positions kept per test sentence: one (the paper's test protocol) or all for a token-level "
+                        "test split, or N (default: %(default)s)")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:

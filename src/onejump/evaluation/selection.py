@@ -102,13 +102,12 @@ def holdout_rows(store: Any, val_fraction: float = 0.1, seed: int = 0,
     """Store rows of the validation part of the train split, exactly as training holds them out
     (a seeded subset of ``max_rows`` of them when there are more: the K x K head scores cost
     K^2 V per row)."""
-    from ..training.reader import _split
+    from ..training.reader import holdout_split
 
     rows = store.indices("train")
     if len(rows) < 3:
         raise StoreError(f"store has {len(rows)} train samples; a held-out part needs >= 3")
-    _, va = _split(len(rows), val_fraction if val_fraction > 0 else 0.1, seed)
-    held = rows[va.numpy()]
+    _, held = holdout_split(store, val_fraction if val_fraction > 0 else 0.1, seed)
     if max_rows is not None and len(held) > max_rows:
         keep = np.random.default_rng(seed + 31).choice(len(held), size=max_rows, replace=False)
         held = held[np.sort(keep)]

@@ -73,3 +73,5 @@ class DataArgs:
     store_dtype: str = "float32"
     tokens_per_batch: int = TOKENS_PER_BATCH
     shard_size: int = SHARD_SIZE
+    train_positions: str = "one"  # positions per train sentence: one, all or N (onejump.extract_plan)
+    test_positions: str = "one"

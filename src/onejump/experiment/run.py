@@ -61,6 +61,7 @@ class Run(RunFolder):
         store = extract(self.lm(), texts, self.store_dir, splits=labels, seed=args.seed,
                         store_dtype=args.store_dtype, tokens_per_batch=args.tokens_per_batch,
                         shard_size=args.shard_size, progress=self.progress,
+                        positions={"train": args.train_positions, "test": args.test_positions},
                         extra={"corpus": args.corpus, "n_train": args.n_train, "n_test": args.n_test})
         self._timed("extract", t0)
         return store

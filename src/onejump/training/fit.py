@@ -38,7 +38,7 @@ from ..errors import ConfigError, NumericalError
 from ..lenses.jumps import JumpBank
 from .config import TrainConfig, TrainHistory
 from .objectives import LossFn, mse_loss
-from .reader import _Reader, _Source, _split, _Task, _train_rows
+from .reader import _Reader, _Source, _Task, holdout_split
 
 """``loss_fn(bank, inp, tgt, rows) -> (J,)``: the loss of each jump on a batch, averaged over it.
 
@@ -168,10 +168,8 @@ def _prepare(store: Any, config: TrainConfig | None, device: str | torch.device)
     """Validated config, the training and validation sources (validation None when empty), device."""
     config = config or TrainConfig()
     config.validate()
-    rows = _train_rows(store)
-    tr, va = _split(len(rows), config.val_fraction, config.seed)
-    tr_rows, va_rows = rows[tr.numpy()], rows[va.numpy()]
-    resident = len(rows) <= config.buffer_samples
+    tr_rows, va_rows = holdout_split(store, config.val_fraction, config.seed)
+    resident = len(tr_rows) + len(va_rows) <= config.buffer_samples
     reader = _Reader(store, min(config.buffer_samples, max(len(tr_rows), len(va_rows))))
     train = _Source(reader, tr_rows, config.buffer_samples, resident)
     val = _Source(reader, va_rows, config.buffer_samples, resident) if len(va_rows) else None

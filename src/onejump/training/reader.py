@@ -20,12 +20,45 @@ def _train_rows(store: Any) -> np.ndarray:
 
 
 def _split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded split of ``n`` units into (kept, held out), each ascending."""
     gen = torch.Generator().manual_seed(seed + 7919)
     perm = torch.randperm(n, generator=gen)
     n_val = int(round(n * val_fraction)) if val_fraction > 0 else 0
     if val_fraction > 0:
-        n_val = min(max(n_val, 1), n - 2)
+        n_val = max(0, min(max(n_val, 1), n - 2))
     return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def _sentence_units(store: Any, rows: np.ndarray) -> np.ndarray:
+    """Each row's sentence, numbered 0.. in the order of the sentences' first rows in ``rows``.
+
+    A store-like object without sentence ids (the tests' in-memory stores) counts each row as a
+    sentence of its own.
+    """
+    sentence_ids = getattr(store, "sentence_ids", None)
+    if sentence_ids is None:
+        return np.arange(len(rows))
+    ids = np.asarray(sentence_ids(None))[rows]
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    number = np.empty(len(first), dtype=np.int64)
+    number[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return number[inverse.reshape(-1)]
+
+
+def holdout_split(store: Any, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Store rows of the train split: (trained on, held out), each ascending; the one split every
+    consumer (training, the tuned lens, the held-out selection) draws.
+
+    Whole sentences are held out: a seeded ``val_fraction`` of the train split's sentences, with
+    every row of each. Sentences are numbered in store order of their first row, so in a store of
+    one position per sentence a sentence is a row and the split is the seeded split of the rows.
+    """
+    rows = _train_rows(store)
+    unit = _sentence_units(store, rows)
+    _, held_units = _split(int(unit.max()) + 1, val_fraction, seed)
+    held = np.zeros(int(unit.max()) + 1, dtype=bool)
+    held[held_units.numpy()] = True
+    return rows[~held[unit]], rows[held[unit]]
 
 
 def _check_finite(x: torch.Tensor, rows: np.ndarray, chunk: int = 256) -> None:

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, NumericalError
 from ..lenses.tuned import TunedLens
 from .objectives import HeadKL, HeadTargets, head_targets
-from .reader import _Reader, _Source, _split, _Task, _train_rows
+from .reader import _Reader, _Source, _Task, holdout_split
 
 #: Where the translators start: ``zero`` (tuned-lens's: the logit lens) or ``jtc`` (the least-squares
 #: affine map of each level to h^K, fitted on the same training rows: JTC, Din et al. 2023).
@@ -161,13 +161,12 @@ def _validate(lens: TunedLens, task: _Task, loss: TranslatorKL, device: torch.de
 
 
 def _sources(store: Any, config: TunedTrainConfig) -> tuple[_Source, _Source | None]:
-    rows = _train_rows(store)
-    tr, va = _split(len(rows), config.val_fraction, config.seed)
-    tr_rows, va_rows = rows[tr.numpy()], rows[va.numpy()]
+    tr_rows, va_rows = holdout_split(store, config.val_fraction, config.seed)
+    n_rows = len(tr_rows) + len(va_rows)
     if 0 < config.val_rows < len(va_rows):  # a seeded subset scores the validations; the rest stays held out
         pick = torch.randperm(len(va_rows), generator=torch.Generator().manual_seed(config.seed + 31337))
         va_rows = np.sort(va_rows[pick[:config.val_rows].numpy()])
-    resident = len(rows) <= config.buffer_samples
+    resident = n_rows <= config.buffer_samples
     reader = _Reader(store, min(config.buffer_samples, max(len(tr_rows), len(va_rows))))
     train = _Source(reader, tr_rows, config.buffer_samples, resident)
     return train, (_Source(reader, va_rows, config.buffer_samples, resident) if len(va_rows) else None)
