@@ -178,3 +178,25 @@ def test_the_package_ships_its_lens_files():
             assert any(path.relative_to(pretrained.ROOT).match(p) for p in patterns), (path, patterns)
         assert s.config["fingerprint"] and read_evaluation(s.config) is not None
         assert (s.path / "weights.safetensors").stat().st_size < 1_000_000
+
+
+def test_lens_command_draws_the_shipped_lens(capsys, tiny_dir, tmp_path, monkeypatch):
+    from onejump.cli.main import main
+    from onejump.model.loading import load_model
+
+    lm = load_model(str(tiny_dir))
+    jump(lm).save_pretrained(tmp_path / "pretrained" / "tiny" / "best")
+    monkeypatch.setattr(pretrained, "ROOT", tmp_path / "pretrained")
+    out = tmp_path / "grid.png"
+    code = main(["--threads", "1", "lens", "--model", str(tiny_dir), "--lens", "pretrained", "--compare", "logit",
+                 "--prompt", "The tower is", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert out.read_bytes()[:4] == b"\x89PNG" and "pretrained vs logit" in captured.out
+    other = tmp_path / "other"
+    from_pretrained_model(tiny_model("llama", seed=3), tiny_tokenizer(), name="x").model.save_pretrained(other)
+    tiny_tokenizer().save_pretrained(other)
+    code = main(["--threads", "1", "lens", "--model", str(other), "--lens", "pretrained", "--prompt", "The tower",
+                 "--out", str(tmp_path / "g2.png")])
+    err = capsys.readouterr().err
+    assert code != 0 and "no lens ships for the model" in err and "Traceback" not in err
