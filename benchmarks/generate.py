@@ -12,6 +12,12 @@ Wikipedia prompts and number of new tokens, batch size 1, in one process:
 - ``achieved_vs_generate``: end-to-end speed-up over ``model.generate`` (prompt included);
 - ``identical``: output equal to ``model.generate`` token for token.
 
+``generate+assistant`` rows run transformers' own ``model.generate`` with the lens as its assistant
+model (:class:`onejump.generation.assistant.LensAssistant`) at each lens's best speculative
+configuration: the assistant keeps its own KV cache for blocks 1..E and verification runs all K
+blocks, so its bound is lower than cache reuse's at the same acceptance; its first round counts as
+the prefill.
+
 Each speculative configuration is timed right after a greedy run on the same prompts (paired), so
 machine load drifts cancel. Confidence exits get the same keys, with a bound from measured unit
 prices: blocks computed per token at the greedy loop's price per block, lens checks at their
@@ -22,6 +28,7 @@ says where the remaining time goes.
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/generate.py [--model smollm2-135m] [--prompts 3]
        [--new-tokens 20] [--levels 20,25,28] [--draft-lens 1,3] [--dynamic 0.5:6] [--jump FOLDER] [--no-reuse]
+       [--no-assisted]
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import torch
 from common import RESULTS, peak_rss_mib, real_sentences, save
 
 from onejump.generation import generate_confidence, generate_greedy, generate_reference, generate_speculative
+from onejump.generation.assistant import generate_assisted
 from onejump.generation.auto import warm_up
 from onejump.generation.bound import greedy_step_seconds, speculative_costs
 from onejump.lenses.base import Lens, LogitLens
@@ -53,9 +61,11 @@ def load_lenses(lm, names: list[str], jump: str | None, bank: str | None) -> dic
             lenses[name] = Lens.load(jump, lm)
         elif name == "bank" and bank:
             lenses[name] = Lens.load(bank, lm)
+        elif name == "pretrained":  # the lens shipped with onejump for this model
+            lenses[name] = Lens.load("pretrained", lm)
         else:
             raise SystemExit(f"lens '{name}' needs --{name} FOLDER" if name in ("jump", "bank") else
-                             f"unknown lens '{name}' (logit, jump, bank)")
+                             f"unknown lens '{name}' (logit, jump, bank, pretrained)")
     return lenses
 
 
@@ -83,6 +93,19 @@ def speculative_row(lm, lens, prompts, n, refs, E, g, threshold, reuse=True):
     t_ref = sum(r.seconds for r in refs)
     row.update({"draft_level": E, "draft_len": g, "draft_threshold": threshold, "reuse_cache": reuse,
                 "achieved_vs_generate": round(t_ref / sum(o.seconds for o in outs), 4),
+                "identical": all(o.tokens == r.tokens for o, r in zip(outs, refs)),
+                "greedy_step_ms": round(step * 1e3, 2)})
+    return row
+
+
+def assisted_row(lm, lens, prompts, n, refs, E, g, threshold):
+    """transformers' own ``model.generate`` drafting with the lens (a :class:`LensAssistant`): its own KV
+    cache for blocks 1..E, verification through all K blocks; same keys as a speculative row."""
+    step, outs = paired(lm, prompts, n, lambda p, k: generate_assisted(
+        lm, lens, p, k, draft_level=E, draft_len=g, draft_threshold=threshold))
+    row = speculative_costs(outs, step, None if threshold is not None else g)
+    row.update({"draft_level": E, "draft_len": g, "draft_threshold": threshold, "reuse_cache": False,
+                "achieved_vs_generate": round(sum(r.seconds for r in refs) / sum(o.seconds for o in outs), 4),
                 "identical": all(o.tokens == r.tokens for o, r in zip(outs, refs)),
                 "greedy_step_ms": round(step * 1e3, 2)})
     return row
@@ -158,7 +181,8 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--lenses", default="logit", help="lenses to draft with, comma-separated: logit, jump (--jump), "
-                                                      "bank (--bank) (default: %(default)s)")
+                                                      "bank (--bank), pretrained (the shipped lens) (default: "
+                                                      "%(default)s)")
     ap.add_argument("--jump", default=None, help="a lens or jump folder, e.g. RUN/shortcuts/ojfa (for --lenses jump)")
     ap.add_argument("--bank", default=None, help="a per-level jump bank folder, e.g. RUN/shortcuts/nnjtc (for "
                                                  "--lenses bank); jump lenses read through their rank-r head")
@@ -172,6 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--dynamic", default="0.5:6", help="dynamic draft length as THRESHOLD:MAX_LEN, or 'none'")
     ap.add_argument("--lambdas", default="0.9,0.99", help="confidence-exit thresholds (default: %(default)s)")
     ap.add_argument("--no-reuse", action="store_true", help="also time verification without cache reuse")
+    ap.add_argument("--no-assisted", action="store_true",
+                    help="skip transformers' generate with the lens as assistant model (each lens's best E, g)")
     return ap
 
 
@@ -226,6 +252,14 @@ def main() -> None:
                                  best["draft_threshold"], reuse=False)}
         results["configurations"].append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
+    if not args.no_assisted:  # each lens's best configuration, driven by transformers' generate itself
+        for lens_name, lens in lenses.items():
+            own = max((r for r in spec if r["lens"] == lens_name), key=lambda r: r["achieved"])
+            row = {"mode": "generate+assistant", "lens": lens_name,
+                   **assisted_row(lm, lens, prompts, n, refs, own["draft_level"], own["draft_len"],
+                                  own["draft_threshold"])}
+            results["configurations"].append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
     suffix = name.removeprefix("generate-cpu")
     results[f"best_{'_'.join(lenses)}"] = best
     results[f"best_{'_'.join(lenses)}_time_split"] = profile(lm, lenses[best["lens"]], prompts[0], n, best, suffix)

@@ -316,8 +316,9 @@ def _add_lens_commands(sub: Any) -> None:
                                    "beside the first. An .html output shows the top-5 tokens on hover.")
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--lens", default="logit",
-                   help="logit; ojfa, best or tuned (lenses of --run); a lens folder, a tuned-lens folder "
-                        "(config.json + params.pt) or a Hugging Face hub id (default: %(default)s)")
+                   help="logit; ojfa, best or tuned (lenses of --run); pretrained (the lens shipped with onejump "
+                        "for --model); a lens folder, a tuned-lens folder (config.json + params.pt) or a Hugging "
+                        "Face hub id, owner/name or owner/name/subfolder (default: %(default)s)")
     p.add_argument("--compare", default=None, metavar="LENS2", help="a second lens, drawn beside the first")
     p.add_argument("--run", default=None, help="run folder whose ojfa/best/tuned lenses --lens may name")
     p.add_argument("--statistic", choices=["probs", "kl", "entropy"], default="probs",

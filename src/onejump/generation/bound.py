@@ -37,7 +37,7 @@ def greedy_step_seconds(greedy: GenerationResult) -> float:
 
 
 def decode_seconds_per_token(res: GenerationResult) -> float:
-    return res.decode_seconds / max(1, len(res.tokens) - 1)
+    return res.decode_seconds / max(1, len(res.tokens) - res.prefill_tokens)
 
 
 def speculative_costs(runs: list[GenerationResult], step: float, draft_len: int | None) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def speculative_costs(runs: list[GenerationResult], step: float, draft_len: int 
     rounds = sum(r.rounds for r in runs)
     tested = sum(r.tested for r in runs)
     accepted = sum(r.accepted for r in runs)
-    emitted = sum(len(r.tokens) - 1 for r in runs)  # after the prompt's token
+    emitted = sum(len(r.tokens) - r.prefill_tokens for r in runs)  # after the prefill's token(s)
     checks = sum(r.checks for r in runs)
     draft_s = sum(r.draft_seconds for r in runs)
     verify_s = sum(r.verify_seconds for r in runs)

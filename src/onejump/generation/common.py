@@ -38,6 +38,7 @@ class GenerationResult:
     verify_seconds: float = 0.0
     lens_seconds: float = 0.0  # inside draft_seconds (speculative) or the forwards (confidence)
     checks: int = 0  # lens evaluations
+    prefill_tokens: int = 1  # tokens emitted by the prefill (the prompt's forward gives one)
 
     @property
     def tokens_per_second(self) -> float:
@@ -88,13 +89,15 @@ class GenerationInterrupted(KeyboardInterrupt):
         self.result = result
 
 
-def new_cache(lm: Any) -> Any:
+def new_cache(lm: Any, cache_class: type | None = None) -> Any:
+    """An empty KV cache for ``lm`` (a ``DynamicCache``, or the subclass ``cache_class``)."""
     from transformers import DynamicCache
 
+    cache_class = cache_class or DynamicCache
     try:
-        cache = DynamicCache(config=lm.model.config)
+        cache = cache_class(config=lm.model.config)
     except TypeError:  # older transformers
-        cache = DynamicCache()
+        cache = cache_class()
     if CAN_RECORD_PAST:
         for layer in getattr(cache, "layers", []):
             if hasattr(layer, "activate_past_recording"):

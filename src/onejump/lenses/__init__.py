@@ -13,7 +13,7 @@
 
 from types import SimpleNamespace
 
-from . import files, hub
+from . import card, files, hub
 from .base import Lens, LogitLens
 from .cond import CondJump, CondJumpBank
 from .jtc import JTCLens, LinearJTC
@@ -24,4 +24,5 @@ from .tuned import TunedLens
 __all__ = ["CondJump", "CondJumpBank", "JTCLens", "JumpBank", "Lens", "LinearJTC", "LogitLens", "OneJump",
            "PerLevelLens", "TunedLens", "default_rank"]
 
-Lens.io = SimpleNamespace(load=files.load_lens, push=hub.push_to_hub)
+Lens.io = SimpleNamespace(load=files.load_lens, push=hub.push_to_hub, card_info=card.card_info,
+                          write_card=card.write_card)

@@ -6,8 +6,8 @@ head (its estimate of h^K); ``forward`` may take an exact shortcut through the h
 head of a low-rank jump) but always equals ``head(transform(h, level))`` up to float rounding.
 
 Saved form: a folder with ``config.json`` (kind, model, fingerprint, shapes) next to
-``weights.safetensors``; :meth:`Lens.load` checks the model's fingerprint and builds the right
-class from the config's ``kind``.
+``weights.safetensors`` and a ``README.md`` model card; :meth:`Lens.load` checks the model's
+fingerprint and builds the right class from the config's ``kind``.
 """
 
 from __future__ import annotations
@@ -107,10 +107,14 @@ class Lens(nn.Module):
     def from_config(cls, lm: Any, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Lens:
         return cls(lm)
 
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``config.json`` + ``weights.safetensors`` to ``folder`` (created), atomically per file."""
+    def save_pretrained(self, folder: str | Path, *, card: dict[str, Any] | None = None) -> Path:
+        """Write ``config.json`` + ``weights.safetensors`` + a ``README.md`` model card to ``folder`` (created),
+        atomically per file. ``card`` adds card information (see :mod:`onejump.lenses.card`: base model,
+        licence, training data, recipe, command, evaluation); it is kept in ``extra["card"]``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        if card:
+            self.extra = {**self.extra, "card": Lens.io.card_info(self, card)}
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
         (folder / CONFIG_NAME).unlink(missing_ok=True)  # a folder without its config is never taken for a lens
         save_safetensors(tensors, folder / WEIGHTS_NAME)
@@ -121,17 +125,21 @@ class Lens(nn.Module):
                   "weights": WEIGHTS_NAME, "sha256": sha256_file(folder / WEIGHTS_NAME),
                   "tensors": {k: list(v.shape) for k, v in tensors.items()}}
         atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=1))
+        Lens.io.write_card(self, folder)
         return folder
 
     save = save_pretrained
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, lm: Any, *, revision: str | None = None) -> Lens:
-        """Load a lens for the model ``lm`` (its fingerprint must match the file's) from a folder or a
-        Hugging Face hub id (``owner/name``, ``revision`` optional); a tuned-lens folder
-        (``config.json`` + ``params.pt``) is imported as a :class:`~onejump.lenses.tuned.TunedLens`;
+    def from_pretrained(cls, source: str | Path, lm: Any = None, *, revision: str | None = None,
+                        subfolder: str | None = None) -> Lens:
+        """Load a lens for the model ``lm`` (its fingerprint must match the file's) from a folder; a lens
+        shipped with onejump (``"pretrained"``: the one for ``lm``; ``"smollm2-135m"``: that model's, whose
+        model is loaded when ``lm`` is omitted); or a Hugging Face hub id (``owner/name``, or
+        ``owner/name/subfolder`` for one of a repository's lenses; ``revision`` optional). A tuned-lens
+        folder (``config.json`` + ``params.pt``) is imported as a :class:`~onejump.lenses.tuned.TunedLens`;
         the shortcut folders of older run folders load too."""
-        return Lens.io.load(cls, folder, lm, revision=revision)
+        return Lens.io.load(cls, source, lm, revision=revision, subfolder=subfolder)
 
     load = from_pretrained
 

@@ -219,11 +219,26 @@ def legacy_lens(folder: Path, lm: Any):
     return OneJump(lm, module, trained_at=trained_at, extra=extra)
 
 
-def load_lens(cls: type, folder: str | Path, lm: Any, *, revision: str | None = None) -> Any:
-    """Load a lens for the model ``lm`` (its fingerprint must match the file's) from a folder or a
-    Hugging Face hub id (``owner/name``, ``revision`` optional); a tuned-lens folder
-    (``config.json`` + ``params.pt``) is imported as a :class:`~onejump.lenses.tuned.TunedLens`."""
-    folder = resolve_pretrained(folder, revision=revision)
+def load_lens(cls: type, folder: str | Path, lm: Any = None, *, revision: str | None = None,
+              subfolder: str | None = None) -> Any:
+    """Load a lens for the model ``lm`` (its fingerprint must match the file's) from a folder, a lens
+    shipped with the package (``pretrained``, ``<model alias>`` or ``<alias>/<name>``; without ``lm`` the
+    alias's model is loaded) or a Hugging Face hub id (``owner/name``, ``owner/name/subfolder``,
+    ``revision`` optional); a tuned-lens folder (``config.json`` + ``params.pt``) is imported as a
+    :class:`~onejump.lenses.tuned.TunedLens`."""
+    from .. import pretrained
+
+    if not Path(folder).exists() and pretrained.is_shipped_id(str(folder)):
+        found = pretrained.find(str(folder), lm)
+        if lm is None:
+            from ..model.loading import load_model
+
+            lm = load_model(found.model)
+        folder = found.path
+    elif lm is None:
+        raise ShortcutError(f"loading '{folder}' needs the model it reads (Lens.from_pretrained(source, lm)); only "
+                            "a shipped lens's id loads its model itself")
+    folder = resolve_pretrained(folder, revision=revision, subfolder=subfolder)
     if is_tuned_lens_folder(folder):
         lens = import_tuned_lens(folder, lm)
         if not isinstance(lens, cls):

@@ -1,0 +1,79 @@
+"""Make a shipped lens from a run folder: the lens, its card, its test-split evaluation measured here.
+
+``python -m onejump.pretrained.build RUN [--lens joint] [--name best] [--command "..."]`` loads the
+run's model and store, evaluates the lens on the store's test split (every level, precision@1 and
+KL), and writes ``onejump/pretrained/<model alias>/<name>/`` (config.json, weights.safetensors,
+README.md) with card information from the run: its corpus and sample, its training rows and prefix
+tokens, its preset, and the command that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from . import ROOT
+
+
+def run_card_info(run: Path, store: Any, command: str | None) -> dict[str, Any]:
+    """Card information a run folder records: corpus, sample sizes, training rows and tokens, preset."""
+    data = json.loads((run / "run.json").read_text())["data"]
+    info: dict[str, Any] = {
+        "corpus": f"{data['corpus']} (English Wikipedia sentences of 8 to 60 words; {data['n_train']} train / "
+                  f"{data['n_test']} test, disjoint, seed {data['seed']}, one token position per sentence)",
+        "train_rows": int(len(store.indices("train"))),
+        "train_tokens": int((store.meta("position", "train") + 1).sum()),
+    }
+    if str(data["corpus"]).startswith("hf:"):
+        info["datasets"] = [str(data["corpus"])[3:]]
+    preset = run / "preset.json"
+    if preset.is_file():
+        info["recipe"] = {k: json.dumps(v) if isinstance(v, dict) else v
+                          for k, v in json.loads(preset.read_text()).items()}
+    if command:
+        info["command"] = command
+    return info
+
+
+def ship(run: str | Path, lens: str = "joint", name: str = "best", *, command: str | None = None,
+         root: Path | None = None, progress: bool = True) -> Path:
+    """Evaluate lens ``lens`` of run folder ``run`` on its test split and write it, with its card, as a shipped lens."""
+    from ..evaluation.metrics import evaluate
+    from ..lenses.base import Lens
+    from ..lenses.card import evaluation_card
+    from ..model.loading import load_model
+    from ..store import HiddenStateStore
+
+    run = Path(run)
+    data = json.loads((run / "run.json").read_text())["data"]
+    lm = load_model(data["model"])
+    store = HiddenStateStore.open(run / "store", fingerprint=lm.fingerprint)
+    folder = run / "shortcuts" / lens
+    if not folder.is_dir():
+        raise ConfigError(f"{run} has no lens '{lens}' (expected {folder})")
+    chosen = Lens.from_pretrained(folder, lm)
+    result = evaluate(store, {name: chosen}, split="test", progress=progress)
+    ev = evaluation_card(result, name)
+    ev["sample"] = {k: data[k] for k in ("corpus", "n_train", "n_test", "seed")}
+    info = {**run_card_info(run, store, command), "evaluation": ev}
+    dest = (root or ROOT) / data["model"] / name
+    chosen.save_pretrained(dest, card=info)
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m onejump.pretrained.build", description=__doc__.splitlines()[0])
+    p.add_argument("run", help="a run folder (run.json, store/, shortcuts/)")
+    p.add_argument("--lens", default="joint", help="the run's lens folder under shortcuts/ (default: %(default)s)")
+    p.add_argument("--name", default="best", help="the shipped lens's name (default: %(default)s)")
+    p.add_argument("--command", default=None, help="the command that made the run, for the card")
+    args = p.parse_args(argv)
+    print(ship(args.run, args.lens, args.name, command=args.command))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
