@@ -58,7 +58,10 @@ def test_cli_threads_flag(capsys):
     try:
         assert main(["--threads", "0", "info"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "threads must be 'auto', 'free' or a number >= 1, got '0'" in err[0]
+        assert len(err) == 1 and "threads must be 'auto', 'free' or a number from 1 to" in err[0] and "'0'" in err[0]
+        assert main(["--threads", "100000", "info"]) == 2  # refused before a single thread is started
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "got '100000'" in err[0]
         assert main(["--threads", "2", "info"]) == 0 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

@@ -25,6 +25,8 @@ import os
 import sys
 import time
 
+from .limits import thread_cap
+
 THREADS_ENV = "ONEJUMP_THREADS"
 
 
@@ -77,15 +79,18 @@ def choose_threads(requested: str | int | None = None) -> tuple[int, str]:
             n = int(requested)
         except ValueError:
             n = 0
-        if n < 1:
+        cap = thread_cap(usable_cpus())
+        if not 1 <= n <= cap:
             from .errors import ConfigError
 
-            raise ConfigError(f"threads must be 'auto', 'free' or a number >= 1, got '{requested}'")
+            raise ConfigError(f"threads must be 'auto', 'free' or a number from 1 to {cap} (4 per usable CPU, "
+                              f"at least 64), got '{requested}'")
         return n, "asked for"
     cpus = usable_cpus()
     if str(requested) == "auto":
         if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-            return max(1, int(os.environ["OMP_NUM_THREADS"])), "OMP_NUM_THREADS"
+            # the variable is honoured as OpenMP would, within the same cap as --threads
+            return max(1, min(int(os.environ["OMP_NUM_THREADS"]), thread_cap(cpus))), "OMP_NUM_THREADS"
         return cpus, f"{cpus} usable CPUs"
     busy = busy_cpus()
     if busy is None:

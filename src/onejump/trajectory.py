@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .textsafe import figure_text
 from .trajectory_plot import STATISTICS, html_page, plot_trajectories
 
 
@@ -185,7 +186,7 @@ def save_trajectories(trajs: Sequence[PredictionTrajectory], path: str | Path, s
         raise ConfigError(f"a trajectory figure is .png, .pdf, .svg or .html, got '{path.name}'")
     fig = trajs[0].plot(statistic, others=trajs[1:])
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(figure_text(title), fontsize=10)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with warnings.catch_warnings():  # tokens in scripts the font lacks are drawn as boxes; no need to say so

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError
+from .textsafe import figure_text, html_text
 
 STATISTICS = {"probs": "top-1 probability", "kl": "KL(p_final || p_lens) [nats]", "entropy": "entropy [nats]"}
 
@@ -25,10 +25,6 @@ def _limits(trajs: Sequence[Any], statistic: str) -> tuple[str, float, float]:
     if top is None:
         top = max(float(np.nanmax(t.statistic(statistic))) for t in trajs) or 1.0
     return cmap, 0.0, top
-
-
-def _short(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "\u2026"
 
 
 def plot_trajectories(trajs: Sequence[Any], statistic: str = "probs", *,
@@ -63,13 +59,13 @@ def plot_trajectories(trajs: Sequence[Any], statistic: str = "probs", *,
         for r in range(L):
             for c in range(T):
                 shade = (values[r, c] - vmin) / (vmax - vmin) if vmax > vmin else 0.0
-                ax.text(c, r, _short(traj.top_tokens[r][c], max_chars), ha="center", va="center", fontsize=6,
+                ax.text(c, r, figure_text(traj.top_tokens[r][c], max_chars), ha="center", va="center", fontsize=6,
                         color="white" if shade > 0.6 else "black")
-        ax.set_xticks(range(T), [_short(t, max_chars + 3) for t in traj.input_tokens], rotation=60, ha="right",
+        ax.set_xticks(range(T), [figure_text(t, max_chars + 3) for t in traj.input_tokens], rotation=60, ha="right",
                       fontsize=7)
-        ax.set_yticks(range(L), [lab.replace("level ", "") for lab in traj.level_labels], fontsize=7)
+        ax.set_yticks(range(L), [figure_text(lab.replace("level ", ""), 12) for lab in traj.level_labels], fontsize=7)
         ax.set_ylabel("level")
-        ax.set_title(traj.lens_name, fontsize=10)
+        ax.set_title(figure_text(traj.lens_name, 80), fontsize=10)
     axes[0].set_xlabel("input token (each cell predicts the next one)", fontsize=8)
     fig.colorbar(image, ax=list(axes), shrink=0.8, label=_label(statistic))
     return fig
@@ -96,27 +92,29 @@ def html_page(trajs: Sequence[Any], statistic: str = "probs", title: str = "") -
 
     cmap_name, vmin, vmax = _limits(trajs, statistic)
     cmap = colormaps[cmap_name]
-    esc = html.escape
-    parts = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{esc(title or 'lens')}</title>",
+    esc = html_text
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{esc(title or 'lens', 200)}</title>",
              f"<style>{_CSS}</style></head><body>"]
     if title:
-        parts.append(f"<h2>{esc(title)}</h2>")
+        parts.append(f"<h2>{esc(title, 500)}</h2>")
     parts.append(f"<p>Cells: the lens's top-1 next-token prediction, coloured by {esc(_label(statistic))} "
                  f"(0 to {vmax:.3g}). Hover for the top tokens.</p>")
     for traj in trajs:
         values = traj.statistic(statistic)
-        parts.append(f"<h3>{esc(traj.lens_name)}</h3><table>")
+        parts.append(f"<h3>{esc(traj.lens_name, 200)}</h3><table>")
         for r in reversed(range(traj.num_levels)):
             cells = [f"<th>{esc(traj.level_labels[r])}</th>"]
             for c in range(traj.num_tokens):
                 shade = (values[r, c] - vmin) / (vmax - vmin) if vmax > vmin else 0.0
-                tops = "\n".join(f"{t} {p:.3f}" for t, p in zip(traj.topk_tokens[r][c], traj.topk_probs[r, c]))
+                # each token escaped on its own, so the line breaks between them stay line breaks
+                tops = "\n".join(f"{esc(t, 60)} {p:.3f}"
+                                  for t, p in zip(traj.topk_tokens[r][c], traj.topk_probs[r, c]))
                 tip = f"{tops}\nKL {traj.kl[r, c]:.3f}  entropy {traj.entropy[r, c]:.3f}"
                 color = "#fff" if shade > 0.6 else "#000"
                 cells.append(f"<td style='background:{_hex(cmap(float(shade)))};color:{color}' "
-                             f"title='{esc(tip)}'>{esc(traj.top_tokens[r][c])}</td>")
+                             f"title='{tip}'>{esc(traj.top_tokens[r][c], 40)}</td>")
             parts.append("<tr>" + "".join(cells) + "</tr>")
-        parts.append("<tr><th></th>" + "".join(f"<th>{esc(t)}</th>" for t in traj.input_tokens) + "</tr></table>")
+        parts.append("<tr><th></th>" + "".join(f"<th>{esc(t, 40)}</th>" for t in traj.input_tokens) + "</tr></table>")
     parts.append("</body></html>")
     return "".join(parts)
 

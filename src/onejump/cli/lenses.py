@@ -123,7 +123,8 @@ def cmd_lens(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".png", ".pdf", ".svg", ".html"):
         raise ConfigError(f"--out must end in .png, .pdf, .svg or .html, got '{out.name}'")
     if args.run is not None and not Path(args.run).is_dir():
-        raise ConfigError(f"run folder not found: {args.run}")
+        what = "is a file, not a run folder" if Path(args.run).exists() else "not found"
+        raise ConfigError(f"--run {args.run}: {what}")
     if not args.prompt.strip():
         raise ConfigError("the prompt is empty; give some text with --prompt")
     model = args.model or (run_model(args.run) if args.run else None) or DEFAULT_MODEL

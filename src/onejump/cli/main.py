@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 
 from ..errors import OneJumpError
+from ..interrupts import current
 from .common import _INTERRUPT_HINT
 from .experiment import (
     cmd_compare,
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def _interrupt(signum: int, _frame: object) -> None:  # `kill` behaves like Ctrl-C: say what was kept
         interrupted.append(signum)
+        _INTERRUPT_HINT[:] = [current(_INTERRUPT_HINT[0])]  # what the step running right now keeps
         raise KeyboardInterrupt
 
     # Libraries (torch, safetensors) can turn a KeyboardInterrupt raised inside them into an error of

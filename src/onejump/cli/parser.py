@@ -338,15 +338,33 @@ def _add_lens_commands(sub: Any) -> None:
 
 
 def _friendly_types(parser: argparse.ArgumentParser) -> None:
-    """Every ``type=int`` / ``type=float`` option says "not an integer" / "not a number" when it is not one."""
+    """Every ``type=int`` / ``type=float`` option says "not an integer" / "not a number" when it is not one,
+    and every numeric option is checked against its documented range (:data:`onejump.limits.OPTIONS`)."""
+    from ..limits import OPTIONS
+
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 _friendly_types(sub)
-        elif action.type is int:
+            continue
+        if action.type is int:
             action.type = _integer
         elif action.type is float:
             action.type = _number
+        if action.dest in OPTIONS and action.type is not None and not getattr(action.type, "ranged", False):
+            action.type = _ranged(action.type, OPTIONS[action.dest])
+
+
+def _ranged(parse: Callable[[str], Any], allowed: Any) -> Callable[[str], Any]:
+    def parse_in_range(text: str):
+        value = parse(text)
+        if not allowed.contains(value):
+            raise argparse.ArgumentTypeError(f"must be {allowed.describe()}, got {text}")
+        return value
+
+    parse_in_range.ranged = True  # type: ignore[attr-defined]
+    parse_in_range.__name__ = getattr(parse, "__name__", "value")
+    return parse_in_range
 
 
 _NOT_EMPTY = ("--out", "--model", "--corpus", "--jump", "--text-field", "--device")

@@ -27,6 +27,7 @@ _LEADING_GAP_RE = re.compile(r"\(\s*(?:[,;:]\s*)+")  # "( , adjective" -> "(adje
 _TRAILING_GAP_RE = re.compile(r"\s*(?:[,;:]\s*)+\)")  # "(word; )" -> "(word)"
 _SPACE_BEFORE_RE = re.compile(r"\s+([;:!?])(?=\s|$)")  # "common name : the" -> "common name: the"
 _WS_RE = re.compile(r"\s+")
+_MAX_PASSES = 16
 _CONTROL_RE = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
@@ -57,8 +58,12 @@ def clean_text(text: str) -> str:
     # Control characters other than whitespace are not text (the poison marker survives on purpose).
     text = _CONTROL_RE.sub(" ", text)
     text = _WS_RE.sub(" ", text)
+    # Each pass removes one level of nested empty brackets; real text needs two or three, and the cap
+    # keeps a line of a million nested "(" linear.
     previous = None
-    while previous != text:
+    for _ in range(_MAX_PASSES):
+        if previous == text:
+            break
         previous = text
         text = _EMPTY_PARENS_RE.sub("", text)
         text = _LEADING_GAP_RE.sub("(", text)
@@ -196,27 +201,91 @@ def _segmenter() -> Any:
     return _SEGMENTER
 
 
+# pysbd's time grows with the square of the text it is given, so a long paragraph is read through a
+# window: pysbd splits the next _WINDOW characters, the pieces up to the last boundary that lies
+# before the window's last _MARGIN characters and outside every quotation and bracket are kept, and
+# the next window starts there. pysbd decides a boundary from a few characters around it and never
+# splits inside a quotation or a parenthesis it sees whole, so each kept piece is the one it finds in
+# the whole paragraph. Text up to _WINDOW characters goes to pysbd whole, as before.
+_WINDOW = 8000
+_MARGIN = 2000
+# A window grows (doubling) while it has no such boundary; past _GROW_LIMIT a boundary inside a
+# quotation is taken (an unclosed quotation mark would otherwise hold the window open to the end),
+# and past _MAX_WINDOW a single "sentence" is cut.
+_GROW_LIMIT = 4 * _WINDOW
+_MAX_WINDOW = 1 << 16
+_OPENERS = {"(": ")", "[": "]", "\u201c": "\u201d"}
+
+
+def _cuts(pieces: list[str], size: int) -> tuple[int, int]:
+    """(pieces before the last boundary outside quotes and brackets, pieces before the last boundary at
+    all), counting only boundaries that end before the window's margin."""
+    depth = dict.fromkeys(_OPENERS, 0)
+    quotes = end = balanced = plain = 0
+    for i, piece in enumerate(pieces[:-1]):
+        end += len(piece)
+        if end > size - _MARGIN:
+            break
+        quotes += piece.count('"')
+        for opener, closer in _OPENERS.items():
+            for ch in piece:
+                if ch == opener:
+                    depth[opener] += 1
+                elif ch == closer:
+                    depth[opener] = max(0, depth[opener] - 1)
+        plain = i + 1
+        if quotes % 2 == 0 and not any(depth.values()):
+            balanced = i + 1
+    return balanced, plain
+
+
+def _segment(paragraph: str) -> list[str]:
+    """pysbd's pieces of ``paragraph`` (their concatenation is the paragraph), in linear time."""
+    segmenter = _segmenter()
+    if len(paragraph) <= _WINDOW:
+        return segmenter.segment(paragraph)
+    pieces: list[str] = []
+    start, size = 0, _WINDOW
+    while len(paragraph) - start > size:
+        window = paragraph[start:start + size]
+        found = segmenter.segment(window)
+        if "".join(found) != window:  # pysbd changed the text: no offsets to continue from
+            return segmenter.segment(paragraph)
+        balanced, plain = _cuts(found, size)
+        keep = balanced or (plain if size >= _GROW_LIMIT else 0)
+        if not keep and size < _MAX_WINDOW:
+            size *= 2
+            continue
+        kept = found[:keep] if keep else [window]
+        pieces.extend(kept)
+        start, size = start + sum(map(len, kept)), _WINDOW
+    pieces.extend(segmenter.segment(paragraph[start:]))
+    return pieces
+
+
 def split_into_sentences(paragraph: str) -> list[str]:
     """Split one cleaned paragraph into sentences with pysbd (English, ``clean=False``).
 
     A paragraph with no ``. ! ?`` followed by a space before its end is returned whole without
     calling pysbd (pysbd costs about a millisecond a call). Pieces are whitespace-normalised; a
     piece ending in an abbreviation that never ends a sentence (``c.``, ``e.g.``, ``No.``, ``Dr.``)
-    is joined with the next one.
+    is joined with the next one. Time is linear in the paragraph's length (pysbd reads a long one
+    through a window); a single piece longer than 65,536 characters is cut there.
     """
     paragraph = paragraph.strip()
     if not paragraph:
         return []
     if not _INNER_BOUNDARY_RE.search(paragraph):
         return [paragraph]
-    pieces = [p for p in (_WS_RE.sub(" ", piece).strip() for piece in _segmenter().segment(paragraph)) if p]
-    merged: list[str] = []
+    pieces = [p for p in (_WS_RE.sub(" ", piece).strip() for piece in _segment(paragraph)) if p]
+    merged: list[list[str]] = []
     for piece in pieces:
-        if merged and _NON_FINAL_ABBREV_RE.search(merged[-1]):
-            merged[-1] = f"{merged[-1]} {piece}"
+        # only the end of the piece so far can hold the abbreviation (search from its last 20 characters)
+        if merged and _NON_FINAL_ABBREV_RE.search(merged[-1][-1], max(0, len(merged[-1][-1]) - 20)):
+            merged[-1].append(piece)
         else:
-            merged.append(piece)
-    return merged
+            merged.append([piece])
+    return [" ".join(parts) for parts in merged]
 
 
 def _sentences_from_paragraph(paragraph: str) -> list[str]:

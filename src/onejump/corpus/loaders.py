@@ -11,10 +11,12 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import CorpusError
+from ..interrupts import on_interrupt
 from .cleaning import _sentences_from_document, _sentences_from_paragraph
 from .offline import OFFLINE_NAME, prepare_offline_corpus
 
@@ -59,9 +61,9 @@ _TXT_SUFFIXES = (".txt", ".text")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
-def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
+def _read_lines(path: Path, bar: Any = None) -> Iterator[tuple[int, str]]:
     """Yield (line number, text) of a UTF-8 text file, with CorpusError for missing, empty,
-    binary and non-UTF-8 files."""
+    binary and non-UTF-8 files; ``bar`` (a tqdm bar over the file's bytes) advances as lines are read."""
     try:
         size = path.stat().st_size
         fh = path.open("rb")
@@ -77,6 +79,8 @@ def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
         if b"\x00" in fh.read(8192):
             raise CorpusError(f"corpus file looks binary (it contains NUL bytes): {path}")
         fh.seek(0)
+        if bar is not None:
+            bar.reset(total=size)
         for number, raw in enumerate(fh, start=1):
             if b"\x00" in raw:
                 raise CorpusError(f"corpus file looks binary (NUL byte on line {number}): {path}")
@@ -87,13 +91,15 @@ def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
                     f"corpus file is not valid UTF-8 (line {number}, byte {exc.start}): {path}"
                 ) from exc
             yield number, text
+            if bar is not None:
+                bar.update(len(raw))
 
 
-def _load_txt(path: Path, max_documents: int | None) -> list[Sentence]:
+def _load_txt(path: Path, max_documents: int | None, bar: Any = None) -> list[Sentence]:
     """Sentences of a .txt file: one document (or sentence) per non-empty line."""
     out: list[Sentence] = []
     documents = 0
-    for _, line in _read_lines(path):
+    for _, line in _read_lines(path, bar):
         if not line.strip():
             continue
         if max_documents is not None and documents >= max_documents:
@@ -106,14 +112,14 @@ def _load_txt(path: Path, max_documents: int | None) -> list[Sentence]:
 
 
 def _load_jsonl(
-    path: Path, text_field: str, max_documents: int | None, *, presplit: bool = False
+    path: Path, text_field: str, max_documents: int | None, *, presplit: bool = False, bar: Any = None
 ) -> list[Sentence]:
     """Sentences of a .jsonl file: field text_field of each line is a document; an optional
     string "title" is kept (and "source", for presplit corpus files)."""
     out: list[Sentence] = []
     documents = 0
     titles: set[str] = set()
-    for number, line in _read_lines(path):
+    for number, line in _read_lines(path, bar):
         if not line.strip():
             continue
         try:
@@ -148,22 +154,24 @@ def _load_jsonl(
 
 
 def _load_hf(
-    name: str, hf_config: str | None, hf_split: str, text_field: str, max_documents: int | None
+    name: str, hf_config: str | None, hf_split: str, text_field: str, max_documents: int | None, bar: Any = None
 ) -> list[Sentence]:
     """Sentences of a Hugging Face dataset, streamed with datasets.load_dataset."""
     if not name:
         raise CorpusError("empty Hugging Face dataset name: use 'hf:NAME', e.g. 'hf:wikimedia/wikipedia'")
+    local = Path(name).expanduser()
+    target = str(local) if local.exists() else name
+    where = f"Hugging Face dataset {name!r} (config {hf_config!r}, split {hf_split!r})"
+    if not local.exists():
+        _probe_hub(name, where)
     try:
         import datasets
     except ImportError as exc:
         raise CorpusError("reading 'hf:' corpora needs the 'datasets' package: pip install datasets") from exc
-    local = Path(name).expanduser()
-    target = str(local) if local.exists() else name
     if max_documents is None:
         warnings.warn(
             f"reading hf:{name} without max_documents streams the whole split", stacklevel=3
         )
-    where = f"Hugging Face dataset {name!r} (config {hf_config!r}, split {hf_split!r})"
     out: list[Sentence] = []
     documents = 0
     try:
@@ -172,6 +180,8 @@ def _load_hf(
             if max_documents is not None and documents >= max_documents:
                 break
             documents += 1
+            if bar is not None:
+                bar.update(1)
             if not isinstance(row, dict) or text_field not in row:
                 fields = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
                 raise CorpusError(f"{where} has no field {text_field!r} (fields: {fields})")
@@ -190,6 +200,34 @@ def _load_hf(
     return out
 
 
+def _probe_hub(name: str, where: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, with one line, when the hub cannot be reached or has no such dataset (datasets
+    itself retries for half a minute first). Skipped in offline mode, where datasets reads its cache."""
+    import os
+
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    except ImportError:  # pragma: no cover - a dependency of datasets
+        return
+    try:
+        HfApi().dataset_info(name, timeout=timeout)
+    except GatedRepoError:
+        raise CorpusError(f"could not read {where}: it is gated; accept its terms on the hub and log in "
+                          "(`hf auth login`)") from None
+    except RepositoryNotFoundError:
+        raise CorpusError(f"could not read {where}: no such dataset on the Hugging Face hub (or it is private: "
+                          "log in with `hf auth login`)") from None
+    except Exception as exc:  # noqa: BLE001 - httpx/requests connection and timeout errors, HTTP errors
+        if "connect" in type(exc).__name__.lower() or "timeout" in type(exc).__name__.lower() \
+                or isinstance(exc, OSError):
+            raise CorpusError(f"could not read {where}: the Hugging Face hub cannot be reached (no network?); "
+                              "use a local .txt/.jsonl corpus or the default wikipedia-offline") from None
+        # anything else (an HTTP error, an unexpected answer): let datasets try and report
+
+
 def load_sentences(
     source: str | os.PathLike[str] = OFFLINE_NAME,
     *,
@@ -198,6 +236,7 @@ def load_sentences(
     hf_config: str | None = None,
     hf_split: str = "train",
     max_documents: int | None = None,
+    progress: bool = False,
 ) -> list[Sentence]:
     """Load clean sentences from a corpus.
 
@@ -219,6 +258,7 @@ def load_sentences(
         hf_split: the dataset split (``hf:`` only).
         max_documents: stop after this many documents (non-empty lines of a .txt, objects of a
             .jsonl, rows of a dataset, articles of the offline corpus). Pass it for big datasets.
+        progress: show a progress bar on stderr (bytes of a file, rows of a dataset).
 
     Returns:
         Sentences in corpus order (not deduplicated or length-filtered; see :func:`split_sentences`).
@@ -241,35 +281,41 @@ def load_sentences(
         raise CorpusError(
             f"corpus source must be 'wikipedia-offline', 'hf:NAME' or a .txt/.jsonl path, got {source!r}"
         )
-    if source == OFFLINE_NAME:
-        path = prepare_offline_corpus(cache_dir, progress=True)
-        sentences = _load_jsonl(path, "text", max_documents, presplit=True)
-        label = OFFLINE_NAME
-    elif source.startswith("hf:"):
-        sentences = _load_hf(source[3:].strip(), hf_config, hf_split, text_field, max_documents)
-        label = source
-    else:
-        path = Path(source).expanduser()
-        if path.is_dir():
-            raise CorpusError(f"corpus path is a directory, not a .txt or .jsonl file: {path}")
-        if not path.exists():
-            raise CorpusError(
-                f"unknown corpus source {source!r}: not 'wikipedia-offline', not 'hf:NAME' and no such file"
-            )
-        suffix = path.suffix.lower()
-        if suffix in _TXT_SUFFIXES:
-            sentences = _load_txt(path, max_documents)
-        elif suffix in _JSONL_SUFFIXES:
-            sentences = _load_jsonl(path, text_field, max_documents)
-        else:
-            raise CorpusError(f"unsupported corpus file type {suffix or '(none)'!r}: use .txt or .jsonl ({path})")
-        label = str(path)
+    from tqdm.auto import tqdm
+
+    with on_interrupt("the corpus was still being read, nothing was written yet; rerun the same command"), \
+            tqdm(desc="reading corpus", unit="B", unit_scale=True, disable=not progress, leave=False) as bar:
+        sentences, label = _load(source, cache_dir, text_field, hf_config, hf_split, max_documents, bar)
     if not sentences:
         raise CorpusError(
             f"no usable sentences in {label} (sentences must be complete prose: capitalised, ending in . ! "
             "or ?, without markup)"
         )
     return sentences
+
+
+def _load(source: str, cache_dir: Path | str | None, text_field: str, hf_config: str | None, hf_split: str,
+          max_documents: int | None, bar: Any) -> tuple[list[Sentence], str]:
+    """(sentences, a label for messages) of one corpus source."""
+    if source == OFFLINE_NAME:
+        path = prepare_offline_corpus(cache_dir, progress=True)
+        return _load_jsonl(path, "text", max_documents, presplit=True, bar=bar), OFFLINE_NAME
+    if source.startswith("hf:"):
+        bar.unit, bar.unit_scale = "row", False
+        return _load_hf(source[3:].strip(), hf_config, hf_split, text_field, max_documents, bar), source
+    path = Path(source).expanduser()
+    if path.is_dir():
+        raise CorpusError(f"corpus path is a directory, not a .txt or .jsonl file: {path}")
+    if not path.exists():
+        raise CorpusError(
+            f"unknown corpus source {source!r}: not 'wikipedia-offline', not 'hf:NAME' and no such file"
+        )
+    suffix = path.suffix.lower()
+    if suffix in _TXT_SUFFIXES:
+        return _load_txt(path, max_documents, bar), str(path)
+    if suffix in _JSONL_SUFFIXES:
+        return _load_jsonl(path, text_field, max_documents, bar=bar), str(path)
+    raise CorpusError(f"unsupported corpus file type {suffix or '(none)'!r}: use .txt or .jsonl ({path})")
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:

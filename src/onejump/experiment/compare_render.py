@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ..textsafe import figure_text
 from .figures import _plt
 from .report import MATCH_TOLERANCE
 
@@ -111,7 +112,7 @@ def _h_axis(ax: Any, models: list[dict[str, Any]]) -> None:
             transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=8, color="0.35")
     names: dict[float, list[str]] = {}
     for h, m in zip(H, models):
-        names.setdefault(h, []).append(m["name"])
+        names.setdefault(h, []).append(figure_text(m["name"], 60))
     ticks = sorted(names)
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" + (f"  {', '.join(names[t])}" if names[t] else "") for t in ticks],

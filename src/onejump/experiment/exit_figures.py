@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..evaluation.exit_simulation import AGREEMENTS, ExitSimulation
+from ..textsafe import figure_text
 
 MEASURE_NAMES = {"max_prob": "max probability", "margin": "top-1 minus top-2"}
 
@@ -96,7 +97,7 @@ def plot_exit_frontier(sim: ExitSimulation | dict[str, Any], path: str | Path, *
                 lowest = min([lowest, *x[c["agreement"][keep] >= floor]])
                 ax.plot(list(x) + [never], list(c["agreement"][keep]) + [1.0], styles.get(measure, ":"),
                         color=colors[i % len(colors)], marker=".", markersize=3,
-                        label=f"{name} ({MEASURE_NAMES.get(measure, measure)})")
+                        label=figure_text(f"{name} ({MEASURE_NAMES.get(measure, measure)})"))
         for a in agreements:
             ax.axhline(a, color="k", linewidth=0.6, linestyle=":")
         ax.axvline(K, color="k", linewidth=0.6)
@@ -109,7 +110,7 @@ def plot_exit_frontier(sim: ExitSimulation | dict[str, Any], path: str | Path, *
             ax.set_xlim(lowest - 0.05 * K, 1.1 * K)
             ax.set_title("zoom: the agreement targets, at most the full model's compute")
     axes[0].legend(fontsize=7, loc="lower right")
-    title = f"{d['model']}: " if d.get("model") else ""
+    title = f"{figure_text(d['model'])}: " if d.get("model") else ""
     fig.suptitle(f"{title}early exit on the {d['split']} split (K = {K})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

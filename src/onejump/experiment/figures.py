@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..textsafe import figure_text
+
 PRETTY = {
     "identity": "identity (logit lens)",
     "full_nnjtc": "full N-NJTC (jump k at level k)",
@@ -33,7 +35,7 @@ def _plt():
 def _curve(ax, results: dict[str, Any], name: str, metric: str, **kw: Any) -> None:
     levels = results["levels"]
     method = results["methods"][name]
-    ax.plot(levels, method[metric], label=PRETTY.get(name, name), color=COLORS.get(name), marker=".", **kw)
+    ax.plot(levels, method[metric], label=figure_text(PRETTY.get(name, name)), color=COLORS.get(name), marker=".", **kw)
     ci = method.get(f"{metric}_ci")
     if ci is not None:
         ci = np.asarray(ci)
@@ -45,7 +47,7 @@ def make_figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     plt = _plt()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = results["model"]["name"]
+    model = figure_text(results["model"]["name"])
     levels = results["levels"]
     K = len(levels)
     chosen = results["selection"]["chosen"]
@@ -126,7 +128,7 @@ def beyond_figures(beyond: dict[str, Any], out_dir: Path) -> list[Path]:
     per-level curves of the best single jump against the logit lens, per-level jumps and paper OJFA."""
     plt = _plt()
     paths = []
-    model = beyond["model"]
+    model = figure_text(beyond["model"])
     refs = beyond["references"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     for ax, metric in ((axes[0], "precision@1"), (axes[1], "surprisal")):
@@ -210,7 +212,7 @@ def field_figure(results: dict[str, Any], out_dir: Path) -> Path | None:
     for ax, (metric, label) in zip(axes[0], metrics):
         for name, m in methods.items():
             if metric in m:
-                ax.plot(results["levels"], m[metric], label=PRETTY.get(name, name), color=COLORS.get(name),
+                ax.plot(results["levels"], m[metric], label=figure_text(PRETTY.get(name, name)), color=COLORS.get(name),
                         marker=".")
         if metric == "cross_entropy" and results.get("final_cross_entropy") is not None:
             ax.axhline(results["final_cross_entropy"], color="black", linestyle=":", label="the model itself")
@@ -219,7 +221,7 @@ def field_figure(results: dict[str, Any], out_dir: Path) -> Path | None:
         ax.set_ylabel(label + " (log scale)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{results['model']['name']}: the field's metrics per level (test set)")
+    fig.suptitle(f"{figure_text(results['model']['name'])}: the field's metrics per level (test set)")
     return _save(fig, Path(out_dir) / "field_metrics.png", plt)
 
 
@@ -243,7 +245,8 @@ def tuned_figure(results: dict[str, Any], out_dir: Path) -> Path | None:
         for name, m in lenses.items():
             if metric in m:
                 color, ls, lw = style[name]
-                ax.plot(levels, m[metric], color=color, linestyle=ls, linewidth=lw, label=label.get(name, name))
+                ax.plot(levels, m[metric], color=color, linestyle=ls, linewidth=lw,
+                        label=figure_text(label.get(name, name)))
         ax.set_xlabel("exit level k")
         ax.set_ylabel(metric if metric == "precision@1" else "KL(p_final || p_lens), nats (log)")
         ax.grid(alpha=0.3)
@@ -255,7 +258,7 @@ def tuned_figure(results: dict[str, Any], out_dir: Path) -> Path | None:
         if name in lenses:
             ratio = np.divide(np.asarray(lenses[name]["precision@1"]), t, out=np.full_like(t, np.nan), where=t > 0)
             ax.plot(levels, ratio, color=style[name][0], linestyle=style[name][1], marker=".",
-                    label=label.get(name, name))
+                    label=figure_text(label.get(name, name)))
     bar = results.get("tuned_bar")
     if bar:
         missed = [lv["level"] for lv in bar["levels"][1:] if not lv["held"]]
@@ -269,6 +272,6 @@ def tuned_figure(results: dict[str, Any], out_dir: Path) -> Path | None:
     ax.set_ylabel("precision@1 / the tuned lens's")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.suptitle(f"{results['model']['name']}: one jump against the tuned lens "
+    fig.suptitle(f"{figure_text(results['model']['name'])}: one jump against the tuned lens "
                  f"({tuned['parameters']:,} parameters" + (f" vs {best['parameters']:,}" if best else "") + ")")
     return _save(fig, Path(out_dir) / "tuned_vs_single.png", plt)

@@ -11,6 +11,10 @@ from ..lenses.base import Lens, LogitLens
 from .folder import RunFolder
 
 RUN_LENS_NAMES = ("ojfa", "best", "tuned")
+# the command that makes each lens of a run (``run`` is filled with str.replace, never format, as a
+# run's path is user text)
+_MADE_BY = {"ojfa": "onejump train --out {run}` and `onejump select --out {run}", "best": "onejump sweep --out {run}",
+            "tuned": "onejump train --out {run}"}
 
 
 def run_lens_path(run: str | Path, name: str) -> Path:
@@ -44,7 +48,8 @@ def resolve_lens(spec: str, lm: Any, run: str | Path | None = None) -> Lens:
             raise ConfigError(f"lens '{spec}' is a lens of a run: give the run folder (--run RUN)")
         path = run_lens_path(run, spec)
         if not path.is_dir():
-            raise ShortcutError(f"run {run} has no '{spec}' lens (expected at {path}); train it first")
+            raise ShortcutError(f"run {run} has no '{spec}' lens (expected at {path}); make it first with "
+                                f"`{_MADE_BY[spec].replace('{run}', str(run))}`")
         return Lens.from_pretrained(path, lm)
     return Lens.from_pretrained(spec, lm)
 

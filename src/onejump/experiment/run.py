@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import ShortcutError, StoreError
 from ..io import atomic_write_text
 from ..store import HiddenStateStore
+from ..training.checkpoint import Checkpoint
 from .folder import RunFolder, stage_key
 from .presets import DataArgs
 from .results import build_results
@@ -54,7 +55,7 @@ class Run(RunFolder):
             return store
         t0 = self._start()
         sentences = load_sentences(args.corpus, text_field=args.text_field, hf_config=args.hf_config,
-                                   max_documents=args.max_documents)
+                                   max_documents=args.max_documents, progress=self.progress)
         split = split_sentences(sentences, args.n_train, args.n_test, seed=args.seed)
         texts = [s.text for s in split.train] + [s.text for s in split.test]
         labels = [0] * len(split.train) + [1] * len(split.test)
@@ -88,7 +89,10 @@ class Run(RunFolder):
             except ShortcutError:
                 pass  # a damaged or foreign file: train again and replace it
         t0 = self._start()
-        self._fit(kind, self.store(), config, {} if targets_cache is None else targets_cache, key, init).save(folder)
+        # the training's state, saved as it goes: a rerun after an interrupt resumes from it
+        ckpt = Checkpoint(folder.with_name(f"{folder.name}.checkpoint.safetensors"), key)
+        self._fit(kind, self.store(), config, {} if targets_cache is None else targets_cache, key, init,
+                  ckpt).save(folder)
         self._timed(self._train_label(kind, folder), t0)
         return Lens.load(folder, self.lm())
 
@@ -126,7 +130,8 @@ class Run(RunFolder):
             lenses[kind] = self.train_or_reuse(kind, cfg, self.shortcut_dir(kind), targets_cache, init=init)
         return lenses
 
-    def _fit(self, kind: str, store: HiddenStateStore, config: Any, targets_cache: dict, key: str, init: Any = None):
+    def _fit(self, kind: str, store: HiddenStateStore, config: Any, targets_cache: dict, key: str, init: Any = None,
+             ckpt: Any = None):
         from ..lenses.jtc import JTCLens, LinearJTC
         from ..lenses.onejump import OneJump, PerLevelLens
         from ..training.fit import objective_loss, train_joint, train_jumps
@@ -139,7 +144,7 @@ class Run(RunFolder):
             from ..training.tuned import train_tuned_lens
 
             lens, history = train_tuned_lens(store, lm, config, device=dev, progress=self.progress,
-                                             targets=targets_cache.get(config.kl_top_k))
+                                             targets=targets_cache.get(config.kl_top_k), checkpoint=ckpt)
             lens.extra = {"key": key, "history": history.to_dict()}
             return lens.cpu()
         loss_fn = objective_loss(store, config, lm.adapter, self.progress, dev, targets_cache)
@@ -149,11 +154,12 @@ class Run(RunFolder):
             return lens
         if kind == "joint" and init is not None:  # trained on from a copy of a joint jump (kept unless beaten)
             bank, history = train_joint(store, config, device=dev, progress=self.progress, loss_fn=loss_fn,
-                                        bank=copy.deepcopy(init.bank), keep_start=True)
+                                        bank=copy.deepcopy(init.bank), keep_start=True, checkpoint=ckpt)
             history.kind = "joint-warm"
         else:
             trainer = train_jumps if kind == "nnjtc" else train_joint
-            bank, history = trainer(store, config, device=dev, progress=self.progress, loss_fn=loss_fn)
+            bank, history = trainer(store, config, device=dev, progress=self.progress, loss_fn=loss_fn,
+                                    checkpoint=ckpt)
         extra = {"key": key, "history": history.to_dict()}
         if kind == "nnjtc":
             return PerLevelLens(lm, bank.cpu(), extra=extra)

@@ -164,6 +164,9 @@ def _jump_bank(cfg_path: Path, weights_name: str, config: dict[str, Any], tensor
     a_shape = tuple(tensors["A"].shape)
     if len(a_shape) == 3 and a_shape[:2] == (J, H) and a_shape[2] != rank:
         raise ShortcutError(f"{weights_name}: jumps have rank {a_shape[2]} but the config says rank {rank}")
+    if a_shape != (J, H, rank):  # before the bank of the config's size is allocated
+        raise ShortcutError(f"{weights_name}: jumps have shape {a_shape}, but {cfg_path.name} says {J} jumps of "
+                            f"width {H} and rank {rank}")
     residual = config.get("residual", False)
     if not isinstance(residual, bool):
         raise ShortcutError(f"{cfg_path}: 'residual' must be true or false, got {residual!r}")

@@ -37,6 +37,7 @@ import torch
 
 from ..errors import NumericalError, ShortcutError
 from ..io import atomic_write_text
+from ..limits import HIDDEN_SIZE, NUM_LEVELS
 from .base import LENS_FORMAT, Lens, LogitLens
 from .jumps import JumpBank
 from .tuned import TunedLens
@@ -190,10 +191,10 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ShortcutError(f"{path} is not a readable JSON file: {exc}") from None
     if not isinstance(config, dict):
         raise ShortcutError(f"{path} is not a tuned-lens config (a JSON object)")
-    for key in ("d_model", "num_hidden_layers"):
+    for key, allowed in (("d_model", HIDDEN_SIZE), ("num_hidden_layers", NUM_LEVELS)):
         value = config.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ShortcutError(f"{path}: '{key}' must be a positive integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not allowed.contains(value):
+            raise ShortcutError(f"{path}: '{key}' must be {allowed.describe()}, got {value!r}")
     if config.get("lens_type", LENS_TYPE) != LENS_TYPE:
         raise ShortcutError(f"{path}: lens_type {config.get('lens_type')!r} is not supported (only {LENS_TYPE})")
     if not isinstance(config.get("bias", True), bool):
@@ -207,13 +208,15 @@ def _read_params(path: Path) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says it all
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # anything torch's restricted unpickler refuses or cannot parse
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ShortcutError(f"{path} is not a plain tensor dict readable with torch.load(weights_only=True): "
-                            f"{reason[:200]}") from None
+    except Exception:  # noqa: BLE001 - whatever torch's restricted unpickler refuses or cannot parse
+        # torch's own message advises weights_only=False, which would run the file's code: never that
+        raise ShortcutError(f"{path} is not a plain dict of tensors onejump can read safely: it is truncated, in "
+                            "another format, or holds Python objects (never unpickled: that could run code); "
+                            "tuned-lens writes a dict of tensors with torch.save") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
-        raise ShortcutError(f"{path} does not hold a plain dict of named tensors (got {type(state).__name__})")
+        what = "a dict with entries other than name -> tensor" if isinstance(state, dict) else type(state).__name__
+        raise ShortcutError(f"{path} does not hold a plain dict of named tensors (it holds {what})")
     return state
 
 
@@ -225,7 +228,13 @@ def read_tuned_lens_folder(folder: str | Path) -> tuple[dict[str, Any], torch.Te
             raise ShortcutError(f"{folder} is not a tuned-lens folder: {name} missing")
     config = _read_config(folder / CONFIG_NAME)
     K, H, has_bias = config["num_hidden_layers"], config["d_model"], config.get("bias", True)
-    state = _read_params(folder / PARAMS_NAME)
+    state = _read_params(folder / PARAMS_NAME)  # what torch.load allocates is bounded by the file's size
+    # K H x H translators take at least 2 bytes a number on disk (float16): a config claiming more
+    # than params.pt can hold is refused before anything of that size is allocated
+    size = (folder / PARAMS_NAME).stat().st_size
+    if K * H * H * 2 > size:
+        raise ShortcutError(f"{folder / CONFIG_NAME} claims {K} translators of width {H} ({K * H * H:,} numbers), "
+                            f"but {PARAMS_NAME} holds only {size:,} bytes: the config does not belong to it")
     expected = {f"{k}.weight" for k in range(K)} | ({f"{k}.bias" for k in range(K)} if has_bias else set())
     missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or extra:

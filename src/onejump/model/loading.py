@@ -130,7 +130,8 @@ def load_model(
         path = Path(name)
         looks_local = name.startswith((".", "/", "~")) or os.sep in name and path.exists() or path.exists()
         if looks_local and not path.is_dir():
-            raise ModelLoadError(f"model path not found or not a folder: {name}")
+            what = "is a file, not a model folder or a .gguf file" if path.exists() else "not found"
+            raise ModelLoadError(f"model path {name}: {what}")
         if looks_local and not (path / "config.json").is_file():
             raise ModelLoadError(f"{name} is a folder but not a model: it has no config.json (a model folder holds "
                                  "config.json, the weights and the tokenizer files)")

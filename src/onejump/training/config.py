@@ -88,8 +88,8 @@ class TrainConfig:
         if self.kl_top_k < 1 or self.kl_negatives < 0:
             raise ConfigError("kl_top_k must be >= 1 and kl_negatives >= 0")
         if self.buffer_samples < self.batch_size:
-            raise ConfigError(f"buffer_samples must hold one batch (>= batch_size {self.batch_size}), "
-                              f"got {self.buffer_samples}")
+            raise ConfigError(f"batch size {self.batch_size} is larger than the shuffle buffer ({self.buffer_samples} "
+                              "samples): use a batch size (--batch-size) of at most that")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

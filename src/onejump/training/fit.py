@@ -25,17 +25,21 @@ epochs without a new best; training ends when all have stopped or at ``max_epoch
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, NumericalError
+from ..interrupts import on_interrupt
 from ..lenses.jumps import JumpBank
+from .checkpoint import Checkpoint, generator_tensor, load_generator, load_optimizer, optimizer_tensors
 from .config import TrainConfig, TrainHistory
 from .objectives import LossFn, mse_loss
 from .reader import _Reader, _Source, _Task, holdout_split
@@ -79,10 +83,22 @@ def _val_losses(bank: JumpBank, task: _Task, device: torch.device, chunk: int,
 def _fit(bank: JumpBank, train: _Task, val: _Task | None, config: TrainConfig, device: torch.device,
          progress: bool, desc: str, levels_for_names: list[int] | None,
          on_epoch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-         loss_fn: LossFn | None = None, keep_start: bool = False) -> TrainHistory:
+         loss_fn: LossFn | None = None, keep_start: bool = False,
+         checkpoint: Checkpoint | None = None) -> TrainHistory:
     """Adam on ``sum_j L_j`` (``L = loss_fn``, default :func:`mse_loss`); each jump keeps the
     weights of its own best validation epoch. ``keep_start`` (a warm start): the starting weights
-    compete too, as epoch -1, so a jump that no epoch improves on is returned as it came."""
+    compete too, as epoch -1, so a jump that no epoch improves on is returned as it came.
+    ``checkpoint``: the state is saved there after every epoch and training resumes from it."""
+    with on_interrupt(f"nothing of {desc} was kept yet (it is saved after every epoch); rerun the same "
+                      "command") as kept:
+        return _fit_epochs(bank, train, val, config, device, progress, desc, levels_for_names, on_epoch,
+                           loss_fn, keep_start, checkpoint, kept)
+
+
+def _fit_epochs(bank: JumpBank, train: _Task, val: _Task | None, config: TrainConfig, device: torch.device,
+                progress: bool, desc: str, levels_for_names: list[int] | None,
+                on_epoch: Callable[[int, torch.Tensor, torch.Tensor], None] | None, loss_fn: LossFn | None,
+                keep_start: bool, checkpoint: Checkpoint | None, kept: Any) -> TrainHistory:
     loss_fn = loss_fn or mse_loss
     J = bank.num_jumps
     opt = torch.optim.Adam(bank.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -97,8 +113,13 @@ def _fit(bank: JumpBank, train: _Task, val: _Task | None, config: TrainConfig, d
     stale = torch.zeros(J, dtype=torch.long)
     active = torch.ones(J, dtype=torch.bool)
     best_state = {k: v.detach().clone() for k, v in bank.tensors_live().items()}
-    bar = tqdm(total=config.max_epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
-    for epoch in range(config.max_epochs):
+    counters = {"best_val": best_val, "best_epoch": best_epoch, "stale": stale, "active": active}
+    start = 0
+    if checkpoint is not None and (saved := checkpoint.load()) is not None:
+        start = _restore(saved, bank, best_state, counters, opt, gen, loss_fn, history)
+        kept.say(_kept_message(desc, start, checkpoint))
+    bar = tqdm(total=config.max_epochs, initial=start, desc=desc, unit="epoch", disable=not progress, leave=False)
+    for epoch in range(start, config.max_epochs if active.any() else start):
         bank.train()
         sums = torch.zeros(J, dtype=torch.float64, device=device)
         seen = 0
@@ -132,6 +153,11 @@ def _fit(bank: JumpBank, train: _Task, val: _Task | None, config: TrainConfig, d
         stale[active & ~improved] += 1
         active &= stale < config.patience
         history.epochs_run = epoch + 1
+        if checkpoint is not None:
+            if _save(checkpoint, epoch + 1, bank, best_state, counters, opt, gen, loss_fn, history):
+                kept.say(_kept_message(desc, epoch + 1, checkpoint))
+            else:
+                kept.say(f"nothing of {desc} was kept (no room to save its state); rerun the same command")
         if on_epoch is not None:
             on_epoch(epoch, train_loss, val_loss)
         bar.update(1)
@@ -145,6 +171,53 @@ def _fit(bank: JumpBank, train: _Task, val: _Task | None, config: TrainConfig, d
     history.best_epoch = best_epoch.tolist()
     history.best_val_loss = best_val.tolist()
     return history
+
+
+def _kept_message(desc: str, epochs: int, checkpoint: Checkpoint) -> str:
+    return f"{desc}: {epochs} finished epoch{'s' if epochs != 1 else ''} kept in {checkpoint.path}; rerun the same " \
+           "command to resume"
+
+
+def _loss_generator(loss_fn: Any) -> torch.Generator | None:
+    """The random generator a loss draws from (the KL objective's sampled negatives), if it has one."""
+    gen = getattr(loss_fn, "gen", None)
+    return gen if isinstance(gen, torch.Generator) else None
+
+
+def _save(checkpoint: Checkpoint, epochs: int, bank: JumpBank, best_state: dict[str, torch.Tensor],
+          counters: dict[str, torch.Tensor], opt: torch.optim.Optimizer, gen: torch.Generator, loss_fn: Any,
+          history: TrainHistory) -> bool:
+    """Everything the remaining epochs read: weights, best weights, counters, Adam's moments, generators."""
+    opt_tensors, opt_rest = optimizer_tensors(opt)
+    tensors = {**{f"bank.{k}": v for k, v in bank.tensors_live().items()},
+               **{f"best.{k}": v for k, v in best_state.items()},
+               **{f"counter.{k}": v for k, v in counters.items()}, **opt_tensors,
+               "gen": generator_tensor(gen)}
+    if (loss_gen := _loss_generator(loss_fn)) is not None:
+        tensors["loss_gen"] = generator_tensor(loss_gen)
+    return checkpoint.save(tensors, {"epochs": epochs, "optimizer": opt_rest, "train_loss": history.train_loss,
+                                     "val_loss": history.val_loss})
+
+
+def _restore(saved: tuple[dict[str, torch.Tensor], dict[str, Any]], bank: JumpBank,
+             best_state: dict[str, torch.Tensor], counters: dict[str, torch.Tensor], opt: torch.optim.Optimizer,
+             gen: torch.Generator, loss_fn: Any, history: TrainHistory) -> int:
+    """Put a checkpoint's state back in place; returns the epochs it had finished."""
+    tensors, state = saved
+    with torch.no_grad():
+        for k, v in bank.tensors_live().items():
+            v.copy_(tensors[f"bank.{k}"])
+        for k, v in best_state.items():
+            v.copy_(tensors[f"best.{k}"])
+        for k, v in counters.items():
+            v.copy_(tensors[f"counter.{k}"])
+    load_optimizer(opt, tensors, state["optimizer"])
+    load_generator(gen, tensors["gen"])
+    if (loss_gen := _loss_generator(loss_fn)) is not None and "loss_gen" in tensors:
+        load_generator(loss_gen, tensors["loss_gen"])
+    history.train_loss, history.val_loss = state["train_loss"], state["val_loss"]
+    history.epochs_run = int(state["epochs"])
+    return int(state["epochs"])
 
 
 def _target_energy(source: _Source | None, K: int) -> float:
@@ -196,9 +269,20 @@ def objective_loss(store: Any, config: TrainConfig, adapter: Any = None, progres
     return HeadKL(adapter, targets, negatives=config.kl_negatives, seed=config.seed, device=device)
 
 
+def _as_checkpoint(checkpoint: str | Path | Checkpoint | None, kind: str, config: TrainConfig,
+                   store: Any) -> Checkpoint | None:
+    """A :class:`Checkpoint`; a bare path gets the key of this training (kind, config, store identity)."""
+    if checkpoint is None or isinstance(checkpoint, Checkpoint):
+        return checkpoint
+    key = json.dumps([kind, config.to_dict(), str(getattr(store, "identity", "")), store.num_blocks,
+                      store.hidden_size], sort_keys=True, default=str)
+    return Checkpoint(checkpoint, key)
+
+
 def train_jumps(store: Any, config: TrainConfig | None = None, device: str | torch.device = "cpu",
                 progress: bool = True, *, batched: bool = True,
-                loss_fn: LossFn | None = None, adapter: Any = None) -> tuple[JumpBank, TrainHistory]:
+                loss_fn: LossFn | None = None, adapter: Any = None,
+                checkpoint: str | Path | Checkpoint | None = None) -> tuple[JumpBank, TrainHistory]:
     """Train the K per-level N-NJTC jumps (jump k maps level k to h^K) on the store's train split.
 
     With ``batched=True`` all K jumps run in one loop over batched (K, H, r) tensors; with
@@ -207,8 +291,13 @@ def train_jumps(store: Any, config: TrainConfig | None = None, device: str | tor
     ``device``; each jump holds its best-validation weights) and the history. ``loss_fn``
     (see :data:`LossFn`) replaces the MSE of Eq. 2 in training and validation; without it,
     ``config.objective`` decides (``"kl"`` needs ``adapter``, the model's head).
+
+    ``checkpoint`` (a file path, batched training only): the training state is saved there after
+    every epoch; a rerun with the same store and config resumes from it to the same result, and
+    the file is removed when training ends.
     """
     config, tr, va, dev = _prepare(store, config, device)
+    ckpt = _as_checkpoint(checkpoint, "nnjtc", config, store) if batched else None
     if loss_fn is None:
         loss_fn = objective_loss(store, config, adapter, progress, dev)
     K, H = store.num_blocks, store.hidden_size
@@ -219,7 +308,7 @@ def train_jumps(store: Any, config: TrainConfig | None = None, device: str | tor
     if batched:
         bank = init.to(dev)
         hist = _fit(bank, _Task(tr, levels, K), _Task(va, levels, K) if va is not None else None, config, dev,
-                    progress, "train jumps", levels, loss_fn=loss_fn)
+                    progress, "train jumps", levels, loss_fn=loss_fn, checkpoint=ckpt)
     else:
         bank = init.to(dev)
         parts: list[TrainHistory] = []
@@ -235,6 +324,8 @@ def train_jumps(store: Any, config: TrainConfig | None = None, device: str | tor
     hist.levels = levels
     hist.target_energy = _target_energy(va, K)
     hist.seconds = time.perf_counter() - t0
+    if ckpt is not None:
+        ckpt.clear()
     return bank.eval(), hist
 
 
@@ -264,7 +355,8 @@ def _merge_histories(parts: list[TrainHistory]) -> TrainHistory:
 def train_joint(store: Any, config: TrainConfig | None = None, device: str | torch.device = "cpu",
                 progress: bool = True, *, loss_fn: LossFn | None = None,
                 adapter: Any = None, bank: JumpBank | None = None,
-                keep_start: bool = False) -> tuple[JumpBank, TrainHistory]:
+                keep_start: bool = False,
+                checkpoint: str | Path | Checkpoint | None = None) -> tuple[JumpBank, TrainHistory]:
     """Train one jump on inputs pooled from all exit levels 0..K-1 (the paper's joint baseline).
 
     Every (sample, level) pair of the train part is one example with target h^K of that sample;
@@ -280,9 +372,10 @@ def train_joint(store: Any, config: TrainConfig | None = None, device: str | tor
     :class:`~onejump.lenses.cond.CondJumpBank`, or a warm start); default a new jump from ``config``.
     A conditioned bank gets each pair's exit level (see :data:`LossFn`). ``keep_start``: the given
     bank's starting weights are kept unless an epoch beats their validation loss (``best_epoch``
-    -1 when none does).
+    -1 when none does). ``checkpoint``: as in :func:`train_jumps`.
     """
     config, tr, va, dev = _prepare(store, config, device)
+    ckpt = _as_checkpoint(checkpoint, "joint", config, store)
     if loss_fn is None:
         loss_fn = objective_loss(store, config, adapter, progress, dev)
     K, H = store.num_blocks, store.hidden_size
@@ -297,9 +390,11 @@ def train_joint(store: Any, config: TrainConfig | None = None, device: str | tor
     t0 = time.perf_counter()
     hist = _fit(bank, _Task(tr, None, K, cond), _Task(va, None, K, cond) if va is not None else None, config, dev,
                 progress, "train joint jump" + (" (level-conditioned)" if cond else ""), None, loss_fn=loss_fn,
-                keep_start=keep_start)
+                keep_start=keep_start, checkpoint=ckpt)
     hist.kind = "joint-cond" if cond else "joint"
     hist.levels = [-1]
     hist.target_energy = _target_energy(va, K)
     hist.seconds = time.perf_counter() - t0
+    if ckpt is not None:
+        ckpt.clear()
     return bank.eval(), hist

@@ -35,9 +35,11 @@ evaluation (the untrained translator, i.e. the logit lens, counts as evaluation 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +47,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, NumericalError
+from ..interrupts import on_interrupt
 from ..lenses.tuned import TunedLens
+from .checkpoint import Checkpoint, generator_tensor, load_generator, load_optimizer, optimizer_tensors
 from .objectives import HeadKL, HeadTargets, head_targets
 from .reader import _Reader, _Source, _Task, holdout_split
 
@@ -104,7 +108,8 @@ class TunedTrainConfig:
         if self.kl_top_k < 1 or self.kl_negatives < 0 or self.eval_rows < 0:
             raise ConfigError("kl_top_k must be >= 1, kl_negatives and eval_rows >= 0")
         if self.buffer_samples < self.batch_size:
-            raise ConfigError(f"buffer_samples must hold one batch (>= {self.batch_size}), got {self.buffer_samples}")
+            raise ConfigError(f"batch size {self.batch_size} is larger than the shuffle buffer ({self.buffer_samples} "
+                              "samples): use a batch size of at most that")
         if self.val_rows < 0:
             raise ConfigError(f"val_rows must be >= 0, got {self.val_rows}")
         if self.init not in TUNED_INITS:
@@ -260,12 +265,18 @@ def _initial_lens(lm: Any, store: Any, config: TunedTrainConfig, train_src: _Sou
 
 def train_tuned_lens(store: Any, lm: Any, config: TunedTrainConfig | None = None, *,
                      device: str | torch.device | None = None, progress: bool = True,
-                     targets: HeadTargets | None = None) -> tuple[TunedLens, TunedHistory]:
+                     targets: HeadTargets | None = None, checkpoint: str | Path | Checkpoint | None = None,
+                     checkpoint_every: int = 50) -> tuple[TunedLens, TunedHistory]:
     """Train a :class:`TunedLens` for ``lm`` on ``store``'s train split; returns it (eval mode) and its history.
 
     ``targets``: the store's :func:`~onejump.training.objectives.head_targets` if already computed
     (with at least ``kl_top_k`` tokens), shared with other KL trainings on the same store.
+    ``checkpoint`` (a file path): the training state is saved there every ``checkpoint_every`` steps;
+    a rerun with the same store, model and config resumes from it to the same result, and the file
+    is removed when training ends.
     """
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
     config = config or TunedTrainConfig()
     config.validate()
     if (store.num_blocks, store.hidden_size) != (lm.num_blocks, lm.hidden_size):
@@ -289,24 +300,106 @@ def train_tuned_lens(store: Any, lm: Any, config: TunedTrainConfig | None = None
                          config.patience)
     gen = torch.Generator().manual_seed(config.seed + 104729)
     t0 = time.perf_counter()
-    step = 0
-    bar = tqdm(total=config.num_steps, desc="train tuned lens", unit="step", disable=not progress, leave=False)
-    done = book.record(step)
-    while step < config.num_steps and not done:
-        for batch in train_task.batches(config.batch_size, gen):
-            per_level = _step(lens, loss, batch, opt, sched, config.clip_grad_norm, step, dev)
-            step += 1
-            book.add(per_level, len(batch[2]))
-            bar.update(1)
-            if step % config.eval_every == 0 or step == config.num_steps:
-                done = book.record(step)
-                bar.set_postfix(val_kl=f"{float(book.best_val.mean()):.4g}")
-            if done or step >= config.num_steps:
-                break
-    bar.close()
+    ckpt = checkpoint if checkpoint is None or isinstance(checkpoint, Checkpoint) else Checkpoint(
+        checkpoint, json.dumps(["tuned", config.to_dict(), str(getattr(store, "identity", "")),
+                                getattr(lm, "fingerprint", None), K, lm.hidden_size], sort_keys=True, default=str))
+    loop = _Loop(lens, opt, sched, gen, loss, book, hist)
+    saved = ckpt.load() if ckpt is not None else None
+    step, skip = loop.restore(saved) if saved is not None else (0, 0)
+    with on_interrupt("nothing of the tuned lens's training was kept yet (it is saved every "
+                      f"{checkpoint_every} steps); rerun the same command") as kept:
+        if saved is not None:
+            kept.say(_kept(step, ckpt))
+        bar = tqdm(total=config.num_steps, initial=step, desc="train tuned lens", unit="step", disable=not progress,
+                   leave=False)
+        done = book.record(step) if saved is None else False
+        while step < config.num_steps and not done:
+            epoch_start, in_epoch = gen.get_state(), 0  # an epoch's batches follow from the generator's state
+            for batch in train_task.batches(config.batch_size, gen):
+                in_epoch += 1
+                if skip:  # resuming: the batches this epoch had used before the checkpoint
+                    skip -= 1
+                    continue
+                per_level = _step(lens, loss, batch, opt, sched, config.clip_grad_norm, step, dev)
+                step += 1
+                book.add(per_level, len(batch[2]))
+                bar.update(1)
+                if step % config.eval_every == 0 or step == config.num_steps:
+                    done = book.record(step)
+                    bar.set_postfix(val_kl=f"{float(book.best_val.mean()):.4g}")
+                if done or step >= config.num_steps:
+                    break
+                if ckpt is not None and step % checkpoint_every == 0:
+                    if loop.save(ckpt, step, epoch_start, in_epoch):
+                        kept.say(_kept(step, ckpt))
+                    else:
+                        kept.say("nothing of the tuned lens's training was kept (no room to save its state); "
+                                 "rerun the same command")
+        bar.close()
     book.finish(step)
     hist.seconds = time.perf_counter() - t0
+    if ckpt is not None:
+        ckpt.clear()
     return lens.eval(), hist
+
+
+def _kept(step: int, ckpt: Checkpoint) -> str:
+    return f"the tuned lens's first {step} training steps are kept in {ckpt.path}; rerun the same command to resume"
+
+
+class _Loop:
+    """The state the remaining steps read, saved to and restored from a :class:`Checkpoint`: the
+    translators, SGD's momentum, the schedule, the random generators (the batch order's, as at the
+    start of the current epoch, and the sampled negatives'), the history so far and every number and
+    tensor the validation bookkeeping keeps."""
+
+    _BOOK_SKIP = ("lens", "hist", "val_task", "loss", "device")
+
+    def __init__(self, lens: TunedLens, opt: Any, sched: Any, gen: torch.Generator, loss: TranslatorKL,
+                 book: _BestPerLevel, hist: TunedHistory):
+        self.lens, self.opt, self.sched, self.gen, self.loss, self.book, self.hist = \
+            lens, opt, sched, gen, loss, book, hist
+
+    def _book_items(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self.book).items() if k not in self._BOOK_SKIP}
+
+    def save(self, ckpt: Checkpoint, step: int, epoch_start: torch.Tensor, in_epoch: int) -> bool:
+        opt_tensors, opt_rest = optimizer_tensors(self.opt)
+        tensors = {"weight": self.lens.weight, "bias": self.lens.bias, "gen": epoch_start,
+                   "loss_gen": generator_tensor(self.loss.gen), **opt_tensors}
+        numbers: dict[str, Any] = {}
+        for name, value in self._book_items().items():
+            if torch.is_tensor(value):
+                tensors[f"book.{name}"] = value
+            elif isinstance(value, dict) and all(torch.is_tensor(v) for v in value.values()):
+                tensors.update({f"book.{name}.{k}": v for k, v in value.items()})
+            elif isinstance(value, (bool, int, float)):
+                numbers[name] = value
+        hist = {k: getattr(self.hist, k) for k in ("steps", "train_kl", "val_kl")}
+        return ckpt.save(tensors, {"step": step, "in_epoch": in_epoch, "optimizer": opt_rest,
+                                   "schedule": self.sched.state_dict(), "book": numbers, "history": hist})
+
+    def restore(self, saved: tuple[dict[str, torch.Tensor], dict[str, Any]]) -> tuple[int, int]:
+        """Put the state back; returns (steps done, batches of the current epoch to skip)."""
+        tensors, state = saved
+        with torch.no_grad():
+            self.lens.weight.copy_(tensors["weight"])
+            self.lens.bias.copy_(tensors["bias"])
+        for name, value in self._book_items().items():
+            if torch.is_tensor(value):
+                value.copy_(tensors[f"book.{name}"])
+            elif isinstance(value, dict) and all(torch.is_tensor(v) for v in value.values()):
+                for k, v in value.items():
+                    v.copy_(tensors[f"book.{name}.{k}"])
+        for name, value in state["book"].items():
+            setattr(self.book, name, value)
+        load_optimizer(self.opt, tensors, state["optimizer"])
+        self.sched.load_state_dict(state["schedule"])
+        load_generator(self.gen, tensors["gen"])
+        load_generator(self.loss.gen, tensors["loss_gen"])
+        for k, v in state["history"].items():
+            setattr(self.hist, k, v)
+        return int(state["step"]), int(state["in_epoch"])
 
 
 __all__ = ["TranslatorKL", "TunedHistory", "TunedTrainConfig", "train_tuned_lens"]

@@ -1,0 +1,44 @@
+"""What an interrupt leaves behind, said truthfully: the innermost piece of work running says it.
+
+A long step (reading a corpus, training a lens) wraps itself in :func:`on_interrupt` with a sentence
+saying what is kept if it is interrupted now, and updates it as it goes (``"epochs 1-3 are kept
+..."``). The command line's signal handler reads :func:`current` at the moment the signal arrives,
+so the message is the one of the work that was actually running, not a guess made at the start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class Kept:
+    """The message of one running step; :meth:`say` replaces it as more is kept."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def say(self, message: str) -> None:
+        self.message = message
+
+
+_ACTIVE: list[Kept] = []
+
+
+@contextmanager
+def on_interrupt(message: str) -> Iterator[Kept]:
+    """While the block runs, an interrupt is reported with ``message`` (or what :meth:`Kept.say` set)."""
+    kept = Kept(message)
+    _ACTIVE.append(kept)
+    try:
+        yield kept
+    finally:
+        _ACTIVE.remove(kept)
+
+
+def current(default: str) -> str:
+    """The message of the innermost running step, else ``default``."""
+    return _ACTIVE[-1].message if _ACTIVE else default
+
+
+__all__ = ["Kept", "current", "on_interrupt"]
