@@ -54,14 +54,20 @@ def expected_blocks(model: nn.Module) -> int | None:
 
 
 def base_model(model: nn.Module) -> nn.Module | None:
-    """The module that maps token ids to the last hidden state: the decoder of a composite model."""
+    """The module that maps token ids to the last hidden state: the decoder of a composite model.
+
+    ``get_decoder()`` first; it can name an output layer (``decoder``), so a candidate must hold a
+    module list.
+    """
     try:
         found = model.get_decoder()
     except (AttributeError, TypeError, NotImplementedError):
         found = None
     candidates = [found, getattr(model, "base_model", None),
                   *(getattr(model, name, None) for name in ("model", "transformer", "decoder"))]
-    return next((m for m in candidates if isinstance(m, nn.Module) and m is not model), None)
+    modules = [m for m in candidates if isinstance(m, nn.Module) and m is not model]
+    holding = [m for m in modules if any(isinstance(sub, nn.ModuleList) for sub in m.modules())]
+    return (holding or modules or [None])[0]
 
 
 def _size(module: nn.Module) -> int:

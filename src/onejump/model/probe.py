@@ -100,9 +100,11 @@ def _one_each(adapter: Any, levels: dict) -> list[torch.Tensor]:
     found = [levels[k][0] for k in range(K + 1)]
     first = found[0]
     for k, h in enumerate(found):
-        if not torch.is_tensor(h) or h.dim() != 3 or h.shape[:2] != first.shape[:2] or h.shape[-1] != first.shape[-1]:
+        if not torch.is_tensor(h) or h.dim() != 3:
             shape = tuple(h.shape) if torch.is_tensor(h) else type(h).__name__
-            raise Mismatch(f"level {k} has shape {shape}, not (batch, positions, hidden) like level 0")
+            raise Mismatch(f"level {k} has shape {shape}, not (batch, positions, hidden)")
+        if h.shape != first.shape:
+            raise Mismatch(f"level {k} has shape {tuple(h.shape)}, level 0 {tuple(first.shape)}")
     return found
 
 

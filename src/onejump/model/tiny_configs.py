@@ -19,6 +19,7 @@ SIZES: dict[str, Any] = dict(
     vocab_size=VOCAB, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
     head_dim=16, intermediate_size=128, moe_intermediate_size=32, shared_expert_intermediate_size=32,
     num_experts=4, n_routed_experts=4, num_local_experts=4, num_experts_per_tok=2, n_shared_experts=1,
+    n_group=1, topk_group=1,
     # encoder-decoder families whose causal LM is the decoder alone
     d_model=64, decoder_layers=3, encoder_layers=1, decoder_attention_heads=4, encoder_attention_heads=4,
     decoder_ffn_dim=128, encoder_ffn_dim=128,
@@ -45,6 +46,8 @@ PER_TYPE: dict[str, dict[str, Any]] = {
     "dots3_note_text": dict(num_key_value_heads=4),
     "zaya": dict(num_experts_per_tok=1),
     "prophetnet": dict(num_decoder_layers=3, num_encoder_layers=1),
+    "gemma3n_text": dict(num_kv_shared_layers=0),
+    "lfm2_moe": dict(layer_types=["conv", "full_attention", "conv"]),
     "blt": dict(encoder_hash_byte_group_vocab=64, hidden_size_global=64),
 }
 
