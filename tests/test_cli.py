@@ -273,7 +273,7 @@ def test_shard_size_does_what_its_help_says(capsys, tiny_dir, corpus, tmp_path):
     from onejump.cli import build_parser
 
     text = build_parser()._subparsers._group_actions[0].choices["extract"].format_help()
-    assert "up to 64 samples each" in " ".join(text.split())
+    assert "up to 64 sentences each" in " ".join(text.split())
     code, _, err = _run(capsys, "extract", "--model", tiny_dir, *_fmt(TINY_DATA, corpus=corpus), "--shard-size", 7,
                         "--out", tmp_path / "r")
     assert code == 0, err
@@ -288,7 +288,7 @@ HOSTILE = {
                 ["--n-train", "-1"], ["--n-train", "x"], ["--n-test", "99999999999999999999"], ["--seed", "-3"],
                 ["--max-documents", "0"], ["--tokens-per-batch", "0"], ["--shard-size", "1e3"], ["--device", "nope"],
                 ["--device", "cuda:7"], ["--dtype", "int8"], ["--store-dtype", "float8"], ["--text-field", ""],
-                ["--out", "{file}/below"]],
+                ["--out", "{file}/below"], ["--train-positions", "0"], ["--test-positions", "every"]],
     "train": [["--out", "{file}"], ["--out", "{nothing}"], ["--out", "{ro}"], ["--rank", "0"], ["--rank", "-2"],
               ["--rank", "100000"], ["--rank", "x"], ["--lr", "-1"], ["--lr", "inf"], ["--batch-size", "0"],
               ["--max-epochs", "0"], ["--patience", "-1"], ["--val-fraction", "2"], ["--val-fraction", "-0.5"],
