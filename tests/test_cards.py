@@ -200,3 +200,31 @@ def test_lens_command_draws_the_shipped_lens(capsys, tiny_dir, tmp_path, monkeyp
                  "--out", str(tmp_path / "g2.png")])
     err = capsys.readouterr().err
     assert code != 0 and "no lens ships for the model" in err and "Traceback" not in err
+
+
+def test_ship_a_lens_from_a_run_folder(tiny_dir, tmp_path):
+    from onejump.model.loading import load_model
+    from onejump.pretrained.build import ship
+
+    lm = load_model(str(tiny_dir))
+    run = tmp_path / "run"
+    n = 60
+    extract(lm, random_sentences(n, seed=7), run / "store", splits=[0] * 40 + [1] * 20, seed=0, shard_size=32,
+            progress=False)
+    data = {"model": str(tiny_dir), "corpus": "words.txt", "n_train": 40, "n_test": 20, "seed": 0}
+    (run / "run.json").write_text(json.dumps({"data": data}))
+    (run / "preset.json").write_text(json.dumps({"name": "best", "train": {"objective": "kl"}}))
+    lens = jump(lm)
+    lens.save_pretrained(run / "shortcuts" / "joint")
+    dest = ship(run, command="onejump run --preset best", note="a test lens", root=tmp_path / "shipped",
+                progress=False)
+    assert dest == tmp_path / "shipped" / tiny_dir.name / "best"  # a path's last part, never the path itself
+    config = json.loads((dest / "config.json").read_text())
+    ev = read_evaluation(config)
+    assert ev["sentences"] == 20 and ev["sample"] == {k: data[k] for k in ("corpus", "n_train", "n_test", "seed")}
+    card = config["extra"]["card"]
+    assert card["train_rows"] == 40 and card["train_tokens"] > 40 and card["recipe"]["note"] == "a test lens"
+    text = (dest / "README.md").read_text()
+    assert "onejump run --preset best" in text and "training prefix tokens" in text and "a test lens" in text
+    with pytest.raises(ConfigError, match="has no lens 'nope'"):
+        ship(run, lens="nope", root=tmp_path / "shipped", progress=False)

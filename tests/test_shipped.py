@@ -51,6 +51,8 @@ def test_shipped_lenses_refuse_other_weights(shipped):
     from onejump.model.loading import from_pretrained_model
 
     lm = _installed(shipped.model)
+    alone = Lens.from_pretrained(shipped.model if shipped.name == pretrained.DEFAULT_NAME else shipped.id)
+    assert alone.lm.fingerprint == shipped.fingerprint  # the id alone loads the model too
     with torch.no_grad():
         lm.model.get_output_embeddings().weight[0, 0] += 1.0
     try:

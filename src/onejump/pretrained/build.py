@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,12 @@ from ..errors import ConfigError
 from . import ROOT
 
 
-def run_card_info(run: Path, store: Any, command: str | None) -> dict[str, Any]:
+def model_folder_name(model: str) -> str:
+    """The folder a model's shipped lenses live in: its alias, or the last part of a path or hub id."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model).name) or "model"
+
+
+def run_card_info(run: Path, store: Any, command: str | None, note: str | None = None) -> dict[str, Any]:
     """Card information a run folder records: corpus, sample sizes, training rows and tokens, preset."""
     data = json.loads((run / "run.json").read_text())["data"]
     info: dict[str, Any] = {
@@ -33,13 +39,15 @@ def run_card_info(run: Path, store: Any, command: str | None) -> dict[str, Any]:
     if preset.is_file():
         info["recipe"] = {k: json.dumps(v) if isinstance(v, dict) else v
                           for k, v in json.loads(preset.read_text()).items()}
+    if note:
+        info["recipe"] = {**info.get("recipe", {}), "note": note}
     if command:
         info["command"] = command
     return info
 
 
 def ship(run: str | Path, lens: str = "joint", name: str = "best", *, command: str | None = None,
-         root: Path | None = None, progress: bool = True) -> Path:
+         note: str | None = None, root: Path | None = None, progress: bool = True) -> Path:
     """Evaluate lens ``lens`` of run folder ``run`` on its test split and write it, with its card, as a shipped lens."""
     from ..evaluation.metrics import evaluate
     from ..lenses.base import Lens
@@ -58,8 +66,8 @@ def ship(run: str | Path, lens: str = "joint", name: str = "best", *, command: s
     result = evaluate(store, {name: chosen}, split="test", progress=progress)
     ev = evaluation_card(result, name)
     ev["sample"] = {k: data[k] for k in ("corpus", "n_train", "n_test", "seed")}
-    info = {**run_card_info(run, store, command), "evaluation": ev}
-    dest = (root or ROOT) / data["model"] / name
+    info = {**run_card_info(run, store, command, note), "evaluation": ev}
+    dest = (root or ROOT) / model_folder_name(str(data["model"])) / name
     chosen.save_pretrained(dest, card=info)
     return dest
 
@@ -70,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lens", default="joint", help="the run's lens folder under shortcuts/ (default: %(default)s)")
     p.add_argument("--name", default="best", help="the shipped lens's name (default: %(default)s)")
     p.add_argument("--command", default=None, help="the command that made the run, for the card")
+    p.add_argument("--note", default=None, help="a line for the card's recipe (how this lens differs from it)")
     args = p.parse_args(argv)
-    print(ship(args.run, args.lens, args.name, command=args.command))
+    print(ship(args.run, args.lens, args.name, command=args.command, note=args.note))
     return 0
 
 
