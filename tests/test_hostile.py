@@ -330,3 +330,20 @@ def test_latex_prompt_draws(capsys, tiny_dir, tmp_path):
                             "In LaTeX you write $$x^2$$ for display math <b>%s{}</b>",
                             "--out", tmp_path / f"t.{suffix}")
         assert code == 0, err
+
+
+def test_warnings_are_one_line_and_silent_under_quiet(capsys, monkeypatch):
+    import importlib
+    import warnings
+
+    cli_main = importlib.import_module("onejump.cli.main")  # the module (the package exports the function)
+
+    def warn(args):
+        warnings.warn("a library warning\nover two lines", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setitem(cli_main.COMMANDS, "info", warn)
+    assert main(["info"]) == 0
+    err = capsys.readouterr().err
+    assert err.strip() == "onejump info: warning: a library warning over two lines"
+    assert main(["-q", "info"]) == 0 and capsys.readouterr().err == ""
