@@ -122,7 +122,7 @@ class HiddenStateStore:
                 raise ValueError
             for e in entries:
                 e["count"] = int(e.get("count", -1))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: "Infinity" for a size
             raise StoreError(f"{mpath} lacks num_levels, hidden_size, dtype or shards, or has bad values") from None
         shards: list[_Shard] = []
         root = folder.resolve()

@@ -97,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     # their own; remembering the signal lets an error that follows Ctrl-C be reported as the interrupt.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None))
                 if sig is not None}
+    import warnings
+
+    def _warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        if not args.quiet:  # one line of ours, never a raw UserWarning with its file and source line
+            print(f"onejump {args.command}: warning: {_one_line(message)}", file=sys.stderr)
+
+    shown = warnings.showwarning
+    warnings.showwarning = _warning
     try:
         _check_argv(argv)
         _quiet_libraries(args.quiet)
@@ -124,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
               "report it; ONEJUMP_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
     finally:
+        warnings.showwarning = shown
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
