@@ -115,3 +115,23 @@ def test_extract_benchmark_with_every_position(bench, tiny_dir, corpus, tmp_path
     assert versus["rows"]["one"] == 12 and versus["seconds"]["one"] > 0 and versus["rows_ratio"] > 1
     assert saved["seconds"]["naive"] > 0
     assert {"onejump", "onejump_one", "naive"} <= set(saved["peak_rss_by_variant_mib"])
+
+
+def test_roofline_runs_every_stage_on_a_tiny_store(bench, tiny_run, tmp_path, capsys):
+    out = bench("roofline").main(["--run", str(tiny_run), "--tuned-steps", "4", "--kl-epochs", "1",
+                                  "--max-epochs", "2", "--quiet", "--test-rows", "8"])
+    printed = capsys.readouterr().out
+    assert "bound (s)" in printed and "reuse matrix" in printed
+    saved = json.loads(next((tmp_path / "results").glob("roofline-cpu-*.json")).read_text())
+    assert saved["stages"] == out["stages"] and saved["n_test"] == 8 and saved["n_train"] == 48
+    stages = saved["stages"]
+    for name in ("per-level MSE jumps", "joint MSE jump", "JTC", "head targets", "tuned lens",
+                 "tuned lens: validation", "residual KL joint jump", "selection", "reuse matrix",
+                 "evaluation: identity", "evaluation: full", "evaluation: ojfa", "evaluation: tuned"):
+        r = stages[name]
+        assert r["bound_s"] > 0 and r["seconds"] > 0 and r["limited_by"] in ("compute", "exp", "bytes")
+        assert r["ratio"] == pytest.approx(r["seconds"] / r["bound_s"], rel=0.05, abs=0.02)
+    assert 1 <= stages["per-level MSE jumps"]["epochs"] <= 2 and stages["tuned lens"]["best_step"]
+    assert stages["tuned lens: validation"]["validations"] >= 2
+    assert all(v > 0 for v in saved["ceilings"]["gemm_flops_per_s"].values())
+    assert saved["ceilings"]["memory_gb_per_s"] > 0 and saved["ceilings"]["exp_per_s"] > 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,10 +34,17 @@ class Reference:
     final_negent: torch.Tensor | None = None  # (n,) sum p_final log p_final (for the KL)
     next_token: torch.Tensor | None = None  # (n,) the sentence's real next token, -1 where there is none
     exits: bool = False  # also score EXIT
+    _final_probs: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def extras(self) -> bool:
         return self.final_negent is not None
+
+    def final_probs(self) -> torch.Tensor:
+        """p_final (n, V), taken once per chunk: every level's rows of a sample share it."""
+        if self._final_probs is None:
+            self._final_probs = self.final_logp.exp()
+        return self._final_probs
 
 
 def require_finite(h: torch.Tensor, rows: Any) -> None:
@@ -47,15 +54,33 @@ def require_finite(h: torch.Tensor, rows: Any) -> None:
         raise NumericalError(f"non-finite hidden state in the store at level {level}, sample row {int(rows[i])}")
 
 
+#: Logits per slice of a block that the reductions take at once (4 MiB of float32): the passes after the
+#: first read the slice from cache, whatever the block size the GEMM that wrote it wanted.
+SLICE_ELEMENTS = 1 << 20
+
+
 def _top2(logits: torch.Tensor, second: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(max, argmax, second largest or None) per row, in one pass (the second is -inf for a one-token
-    vocabulary). Without ``second``, a plain max (cheaper on small blocks)."""
+    """(max, first argmax, second largest or None) per row (the second is -inf for a one-token vocabulary).
+
+    The second largest is the maximum once the argmax is masked (in place, then put back): a plain max
+    costs a fraction of ``topk``. A tie at the top gives second == max, as ``topk`` does."""
+    mx, am = logits.max(1)
     if not second:
-        mx, am = logits.max(1)
         return mx, am, None
-    top = logits.topk(min(2, logits.shape[1]), 1)
-    second = top.values[:, 1] if top.values.shape[1] > 1 else torch.full_like(top.values[:, 0], float("-inf"))
-    return top.values[:, 0], top.indices[:, 0], second
+    if logits.shape[1] < 2:
+        return mx, am, torch.full_like(mx, float("-inf"))
+    idx = am[:, None]
+    logits.scatter_(1, idx, float("-inf"))
+    top2 = logits.amax(1)
+    logits.scatter_(1, idx, mx[:, None])
+    return mx, am, top2
+
+
+def _count_above(logits: torch.Tensor, level: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """How many logits of each row are strictly above ``level`` (n, 1), as floats (exact below 2^24).
+
+    A comparison written as floats into ``buf`` and summed vectorises; a boolean sum does not."""
+    return torch.gt(logits, level, out=buf).sum(1)
 
 
 def _reduce_inplace(logits: torch.Tensor, target: torch.Tensor, second: bool = False) -> tuple[torch.Tensor, ...]:
@@ -66,7 +91,7 @@ def _reduce_inplace(logits: torch.Tensor, target: torch.Tensor, second: bool = F
     """
     mx, am, top2 = _top2(logits, second)
     tl = logits.gather(1, target[:, None])
-    above = torch.gt(logits, tl).sum(1, dtype=torch.int32)
+    above = _count_above(logits, tl, torch.empty_like(logits))
     sumexp = logits.sub_(mx[:, None]).exp_().sum(1)
     return mx, sumexp, am, above, tl[:, 0], top2
 
@@ -108,20 +133,23 @@ def _extras(logits: torch.Tensor, ref: Reference, sample: torch.Tensor) -> tuple
 
     KL(p_final || p_lens) = sum p_f log p_f - sum p_f l + logsumexp(l); the lens's entropy is
     logsumexp(l) - sum softmax(l) l; the cross-entropy against the real next token is
-    logsumexp(l) - l[next] (NaN where the sentence has no next token).
+    logsumexp(l) - l[next] (NaN where the sentence has no next token). One temporary the size of
+    the block serves every pass (p_final's rows, then the exp).
     """
     target = ref.target[sample]
     mx, am, second = _top2(logits, ref.exits)
     tl = logits.gather(1, target[:, None])[:, 0]
-    above = torch.gt(logits, tl[:, None]).sum(1, dtype=torch.int32)
+    buf = torch.empty_like(logits)
+    above = _count_above(logits, tl[:, None], buf)
     nxt = ref.next_token[sample] if ref.next_token is not None else None
     nl = logits.gather(1, nxt.clamp_min(0)[:, None])[:, 0] if nxt is not None else None
     shifted = logits.sub_(mx[:, None])
-    dot_final = torch.linalg.vecdot(ref.final_logp[sample].exp(), shifted)
-    e = shifted.exp()
+    torch.index_select(ref.final_probs(), 0, sample, out=buf)
+    dot_final = buf.mul_(shifted).sum(1)
+    e = torch.exp(shifted, out=buf)
     sumexp = e.sum(1)
     lse = sumexp.log()
-    entropy = lse - torch.linalg.vecdot(e, shifted) / sumexp
+    entropy = lse - e.mul_(shifted).sum(1) / sumexp
     kl = ref.final_negent[sample] - dot_final + lse
     if nl is None:
         ce = torch.full_like(lse, float("nan"))
@@ -135,9 +163,20 @@ def score_block(logits: torch.Tensor, ref: Reference, sample: torch.Tensor,
     """Per-row quantities (BASIC, then EXTRA when ``ref.extras``, then EXIT when ``ref.exits``) of ``logits``
     (which is overwritten).
 
-    Row i of ``logits`` belongs to sample ``sample[i]`` of the chunk.
+    Row i of ``logits`` belongs to sample ``sample[i]`` of the chunk. A block larger than the caches is
+    reduced slice by slice (:data:`SLICE_ELEMENTS`); results do not depend on it.
     """
     logits = logits.float()
+    step = max(1, SLICE_ELEMENTS // max(logits.shape[1], 1))
+    if logits.shape[0] <= step:
+        return _score_slice(logits, ref, sample, reducer)
+    parts = [_score_slice(logits[i:i + step], ref, sample[i:i + step], reducer)
+             for i in range(0, logits.shape[0], step)]
+    return tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
+
+
+def _score_slice(logits: torch.Tensor, ref: Reference, sample: torch.Tensor,
+                 reducer: Callable | None) -> tuple[torch.Tensor, ...]:
     if ref.extras:
         mx, sumexp, am, above, tl, second, kl, entropy, ce = _extras(logits, ref, sample)
     else:

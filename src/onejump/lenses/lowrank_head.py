@@ -23,8 +23,8 @@ class LowRankHead:
 
     ``c = bias @ W_U^T + unembedding bias`` (when present), then the architecture's logit
     scaling / soft-capping (``adapter.finish_logits``). ``M`` and ``G`` are precomputed per jump
-    (in float64, stored in float32). Raises ``UnsupportedArchitectureError`` (from the adapter)
-    when the final norm cannot be written out.
+    (in float64, a block of vocabulary rows at a time, stored in float32). Raises
+    ``UnsupportedArchitectureError`` (from the adapter) when the final norm cannot be written out.
     """
 
     def __init__(self, adapter: Any, bank: JumpBank, device: str | torch.device | None = None):
@@ -47,11 +47,19 @@ class LowRankHead:
         self.gram = (b @ b.transpose(1, 2) / H).float()  # (J, r, r)
         if params.weight is not None:
             b = b * params.weight.to(dev, torch.float64)
-        w64 = w_u.to(dev, torch.float64)
-        self.M = torch.einsum("jrh,vh->jrv", b, w64).float().contiguous()  # (J, r, V)
-        const = None
-        if params.bias is not None:
-            const = w64 @ params.bias.to(dev, torch.float64)
+        J, r = b.shape[:2]
+        V = int(w_u.shape[0])
+        bias = params.bias.to(dev, torch.float64) if params.bias is not None else None
+        self.M = torch.empty(J, r, V, dtype=torch.float32, device=dev)
+        const = torch.zeros(V, dtype=torch.float64, device=dev) if bias is not None else None
+        # W_U goes to float64 a block of rows at a time: a whole float64 copy is twice the model's
+        # unembedding (1.3 GB at V = 262,144), for a product whose every column only needs its own row
+        step = max(1, (1 << 24) // max(H, 1))
+        for v0 in range(0, V, step):
+            w64 = w_u[v0:v0 + step].to(dev, torch.float64)
+            self.M[:, :, v0:v0 + step] = torch.einsum("jrh,vh->jrv", b, w64)
+            if bias is not None:
+                const[v0:v0 + step] = w64 @ bias
         ub = adapter.unembedding_bias()
         if ub is not None:
             const = ub.detach().to(dev, torch.float64) + (const if const is not None else 0)

@@ -141,8 +141,9 @@ class HeadKL:
         """Logits (J, B, C) of the head of every jump's output on vocabulary columns ``cols`` (None: all).
 
         ``levels`` (B,): the exit level of each input, for a level-conditioned bank."""
-        if bank.residual:
-            return self._residual_logits(bank, inp, cols, levels)
+        y = self._outputs(bank, inp, levels)
+        if y is not None:
+            return self.full_rank_logits(y, cols)
         z = bank.codes(inp, levels)  # (J, B, r)
         b = bank.B
         if self.kind == "layernorm":
@@ -158,22 +159,51 @@ class HeadKL:
             logits = logits + (self.const if cols is None else self.const[cols])
         return self.adapter.finish_logits(logits)
 
-    def _residual_logits(self, bank: JumpBank, inp: torch.Tensor, cols: torch.Tensor | None,
-                         levels: torch.Tensor | None = None) -> torch.Tensor:
-        """A residual jump's output ``h + correction`` is full-rank: the head costs O(H) per column."""
-        return self.full_rank_logits(bank(inp.to(bank.A.dtype), levels).transpose(0, 1), cols)  # (J, B, H)
+    def _outputs(self, bank: JumpBank, inp: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The jumps' full-rank outputs (J, B, H), or None when the rank-r head form applies.
 
-    def full_rank_logits(self, y: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
-        """The head on full-rank estimates of h^K, restricted to the vocabulary columns ``cols``."""
+        A residual jump's output ``h + correction`` is full-rank: the head costs O(H) per column."""
+        if not bank.residual:
+            return None
+        return bank(inp.to(bank.A.dtype), levels).transpose(0, 1)
+
+    def _normed(self, y: torch.Tensor) -> torch.Tensor:
+        """The final norm of ``y`` without its weight (folded into ``W``)."""
         if self.kind == "layernorm":
             y = y - y.mean(-1, keepdim=True)
         if self.kind != "identity":
             y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+        return y
+
+    def full_rank_logits(self, y: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+        """The head on full-rank estimates of h^K, restricted to the vocabulary columns ``cols``."""
+        y = self._normed(y)
         W = self.W if cols is None else self.W[cols]
         logits = y @ W.T
         if self.const is not None:
             logits = logits + (self.const if cols is None else self.const[cols])
         return self.adapter.finish_logits(logits)
+
+    def _exact_parts(self, bank: Any, inp: torch.Tensor, token: torch.Tensor,
+                     levels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log-partition (J, B), logits of the target tokens (J, B, k))`` over the whole vocabulary.
+
+        Without autograd a full-rank head never holds a (J B, V) array: the log-partition is
+        accumulated over cache-sized blocks of rows x columns (one GEMM, one max and one exp per
+        logit, the block still in cache), and the target tokens' logits are dot products."""
+        by_level = () if levels is None else (levels,)
+        y = self._outputs(bank, inp, *by_level) if not torch.is_grad_enabled() else None
+        if y is None:
+            logits = self._logits(bank, inp, None, *by_level)
+            chosen = logits.gather(-1, token.unsqueeze(0).expand(logits.shape[0], -1, -1))
+            return torch.logsumexp(logits, -1), chosen
+        u = self._normed(y.float())
+        J, B, H = u.shape
+        chosen = torch.einsum("jbh,bkh->jbk", u, self.W[token])
+        if self.const is not None:
+            chosen = chosen + self.const[token]
+        return _blocked_logsumexp(u.reshape(J * B, H), self.W, self.const, self.adapter).view(J, B), \
+            self.adapter.finish_logits(chosen)
 
     def __call__(self, bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor, rows: torch.Tensor,
                  levels: torch.Tensor | None = None) -> torch.Tensor:
@@ -186,15 +216,15 @@ class HeadKL:
             cols = torch.cat([cand, neg])
             logits = self._logits(bank, inp, cols, *by_level)
             c = len(cand)
-            in_cand = torch.isin(neg, cand)
-            neg_logits = logits[..., c:] + math.log(max(self.V - c, 1) / self.negatives)
-            neg_logits = neg_logits.masked_fill(in_cand, -math.inf)
-            lse = torch.logsumexp(torch.cat([logits[..., :c], neg_logits], -1), -1)  # (J, B)
-            chosen = logits[..., :c].gather(-1, inverse.unsqueeze(0).expand(logits.shape[0], -1, -1))
+            # log importance weight of each column: 0 for the targets, log((V - c) / negatives) for a sampled
+            # column, -inf for a sampled column that is also a target (it is counted once, as a target)
+            weight = torch.zeros(len(cols), dtype=logits.dtype, device=logits.device)
+            weight[c:] = math.log(max(self.V - c, 1) / self.negatives)
+            weight[c:].masked_fill_(torch.isin(neg, cand), -math.inf)
+            lse = _WeightedLogSumExp.apply(logits, weight)  # (J, B)
+            chosen = logits.gather(-1, inverse.unsqueeze(0).expand(logits.shape[0], -1, -1))  # targets come first
         else:
-            logits = self._logits(bank, inp, None, *by_level)
-            lse = torch.logsumexp(logits, -1)
-            chosen = logits.gather(-1, token.unsqueeze(0).expand(logits.shape[0], -1, -1))
+            lse, chosen = self._exact_parts(bank, inp, token, levels)
         logq = chosen - lse.unsqueeze(-1)  # (J, B, k)
         p = logp.exp()
         p_rest = (1 - p.sum(-1)).clamp_min(0)  # (B,)
@@ -203,6 +233,54 @@ class HeadKL:
         kl_top = (p * (logp - logq)).sum(-1)  # (J, B)
         rest = torch.where(p_rest > 0, p_rest * (torch.log(p_rest.clamp_min(1e-30)) - logq_rest), 0.0)
         return (kl_top + rest).mean(-1)
+
+
+class _WeightedLogSumExp(torch.autograd.Function):
+    """``logsumexp(logits + weight, -1)`` whose backward is one in-place pass over the saved sum.
+
+    The same operations as autograd's (``exp(z - lse) * grad``, so the same gradients to the bit), without
+    its slices, concatenation and zero-filled temporaries the size of the logits."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        z = logits + weight
+        lse = torch.logsumexp(z, -1)
+        ctx.save_for_backward(z, lse)
+        return lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        z, lse = ctx.saved_tensors
+        return z.sub_(lse.unsqueeze(-1)).exp_().mul_(grad.unsqueeze(-1)), None
+
+
+#: Logits held at once by an exact pass over the vocabulary (rows x columns): 8 MiB, so that the max and
+#: exp passes over a block read it from cache right after the GEMM that wrote it.
+EXACT_BLOCK = 1 << 21
+EXACT_ROWS = 512
+
+
+def _blocked_logsumexp(u: torch.Tensor, W: torch.Tensor, const: torch.Tensor | None, adapter: Any) -> torch.Tensor:
+    """``logsumexp(finish(u @ W.T + const), -1)`` for ``u`` (R, H), blocked over rows and vocabulary columns
+    (an online log-sum-exp: the running sum is rescaled when a block raises the row's maximum)."""
+    R, V = u.shape[0], W.shape[0]
+    rows = min(R, EXACT_ROWS)
+    width = max(256, EXACT_BLOCK // max(rows, 1))
+    out = torch.empty(R, dtype=torch.float32, device=u.device)
+    for r0 in range(0, R, rows):
+        ub = u[r0:r0 + rows]
+        mx = torch.full((ub.shape[0],), -math.inf, dtype=torch.float32, device=u.device)
+        total = torch.zeros_like(mx)
+        for v0 in range(0, V, width):
+            w = W[v0:v0 + width]
+            blk = ub @ w.T if const is None else torch.addmm(const[v0:v0 + width], ub, w.T)
+            blk = adapter.finish_logits(blk)
+            new = torch.maximum(mx, blk.amax(1))
+            total.mul_(torch.exp(mx - new)).add_(blk.sub_(new[:, None]).exp_().sum(1))
+            mx = new
+        out[r0:r0 + rows] = mx + total.log()
+    return out
 
 
 LossFn = Callable[..., torch.Tensor]  # (bank, inp, tgt, rows[, levels]) -> (J,): see onejump.training.fit

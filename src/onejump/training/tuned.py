@@ -70,7 +70,8 @@ class TunedTrainConfig:
     steps between validations; the rows held out stay out of training all the same; ``patience=3``
     evaluations without a new best before a level counts as stopped; ``kl_top_k`` / ``kl_negatives``
     the loss's target summary and sampled normaliser (as for the KL-trained jumps); ``eval_rows=0``: validation rows per
-    exact-head chunk chosen to keep a chunk's logits near 64 MiB; ``buffer_samples`` the shuffle
+    chunk chosen to keep a chunk's translated states near 16 MiB (the exact head itself runs over
+    cache-sized blocks of the vocabulary, whatever the chunk); ``buffer_samples`` the shuffle
     buffer of the streaming reader.
     """
 
@@ -150,8 +151,8 @@ class TunedHistory:
 class TranslatorKL(HeadKL):
     """:class:`HeadKL` for a :class:`TunedLens`: ``loss(lens, inp (B, K, H), tgt, rows) -> (K,)``."""
 
-    def _logits(self, lens: TunedLens, inp: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
-        return self.full_rank_logits(lens.translate(inp).transpose(0, 1), cols)  # (K, B, H): full rank
+    def _outputs(self, lens: TunedLens, inp: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:
+        return lens.translate(inp).transpose(0, 1)  # (K, B, H): full rank
 
 
 @torch.no_grad()
@@ -283,7 +284,7 @@ def train_tuned_lens(store: Any, lm: Any, config: TunedTrainConfig | None = None
         raise ConfigError(f"the store holds K={store.num_blocks}, H={store.hidden_size}; the model has "
                           f"K={lm.num_blocks}, H={lm.hidden_size}")
     dev = torch.device(device) if device is not None else lm.device
-    K, V = lm.num_blocks, lm.adapter.vocab_size
+    K, H = lm.num_blocks, lm.hidden_size
     train_src, val_src = _sources(store, config)
     if targets is None or targets.top_k < config.kl_top_k:
         targets = head_targets(store, lm.adapter, top_k=config.kl_top_k, progress=progress)
@@ -296,7 +297,7 @@ def train_tuned_lens(store: Any, lm: Any, config: TunedTrainConfig | None = None
     val_task = _Task(val_src, list(range(K)), K) if val_src is not None else None
     hist = TunedHistory(levels=list(range(K)), n_train=len(train_src), n_val=len(val_src) if val_src else 0,
                         config=config.to_dict())
-    book = _BestPerLevel(lens, hist, val_task, loss, dev, config.eval_rows or max(1, (1 << 24) // (K * V)),
+    book = _BestPerLevel(lens, hist, val_task, loss, dev, config.eval_rows or max(1, (1 << 22) // (K * H)),
                          config.patience)
     gen = torch.Generator().manual_seed(config.seed + 104729)
     t0 = time.perf_counter()
