@@ -78,18 +78,33 @@ class Run(RunFolder):
         if init is not None:
             parts.append({"init": init.extra.get("key")})
         key = stage_key(*parts)
+        held = self._held_out(config)
         if (folder / "config.json").is_file() or (folder / "shortcuts.json").is_file():
             try:
                 lens = Lens.load(folder, self.lm())
-                if lens.extra.get("key") == key:
+                # a lens that does not record the rows its training held out (or recorded others) is
+                # trained again: what it never saw cannot be told otherwise
+                if lens.extra.get("key") == key and lens.extra.get("held_out") == held:
                     self.state.reused.append(self._train_label(kind, folder))
                     return lens
             except ShortcutError:
                 pass  # a damaged or foreign file: train again and replace it
         t0 = self._start()
-        self._fit(kind, self.store(), config, {} if targets_cache is None else targets_cache, key, init).save(folder)
+        lens = self._fit(kind, self.store(), config, {} if targets_cache is None else targets_cache, key, init)
+        if held is not None:
+            lens.extra["held_out"] = held
+        lens.save(folder)
         self._timed(self._train_label(kind, folder), t0)
         return Lens.load(folder, self.lm())
+
+    def _held_out(self, config: Any) -> dict[str, Any] | None:
+        """The record of the train-split rows a training with ``config`` holds out (None: it holds none
+        out by design, as JTC's least squares on the whole train split)."""
+        from ..evaluation.selection import held_out_record
+
+        if config is None or not hasattr(config, "val_fraction"):
+            return None
+        return held_out_record(self.store(), config.val_fraction, config.seed)
 
     def _train_label(self, kind: str, folder: Path) -> str:
         """``train:joint`` for the run's own lens folders; the sweep's apart: ``train:joint (kl-res-r10)``."""
@@ -172,7 +187,7 @@ class Run(RunFolder):
         ``rule``: ``paper`` (D_m, Eq. 5) or ``head`` (held-out precision@1 through the head);
         default: the run's preset's rule.
         """
-        from ..evaluation.selection import select_ojfa
+        from ..evaluation.selection import select_ojfa, trained_holdout
 
         rule = rule or self.preset().get("select_rule", "paper")
         per_level = self.lens("nnjtc")
@@ -183,12 +198,21 @@ class Run(RunFolder):
             if saved.get("key") == key and self.lens("ojfa").extra.get("selection_key") == key:
                 self.state.reused.append("select")
                 return saved
+        holdout = None
+        if rule == "head":  # the rows the per-level jumps' training held out, as their own config records
+            try:
+                holdout = trained_holdout(self.store(), per_level.extra.get("held_out"))
+            except ShortcutError as exc:
+                raise ShortcutError(f"{self.shortcut_dir('nnjtc')}: {exc} (`onejump train --out {self.folder}`)") \
+                    from None
         t0 = self._start()
         selection = select_ojfa(self.store(), per_level, device=self.compute_device, progress=self.progress,
-                                rule=rule)
+                                rule=rule, holdout=holdout)
         result = {"key": key, **selection.to_dict()}
         jump = selection.lens
         jump.extra = {"selection_key": key, "D": result["scores"][selection.chosen]}
+        if "held_out" in per_level.extra:  # one jump of the bank: trained on the rows the bank was
+            jump.extra["held_out"] = per_level.extra["held_out"]
         jump.save(self.shortcut_dir("ojfa"))
         atomic_write_text(path, json.dumps(result, indent=1))
         self._timed("select", t0)

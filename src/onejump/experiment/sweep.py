@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..evaluation.metrics import evaluate
-from ..evaluation.selection import head_scores, holdout_rows, lens_scores, select_ojfa
+from ..evaluation.selection import head_scores, lens_scores, select_ojfa, trained_holdout
 from ..evaluation.statistics import bootstrap_ci, paired_test
 from ..io import atomic_write_text
 from ..lenses.jumps import default_rank
@@ -105,13 +105,14 @@ def run_config(run: Any, objective: str, rank: int, *, val_fraction: float | Non
         lenses["joint"] = _train_joint_variant(run, objective, config, folder, targets_cache)
     timings["train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rows = holdout_rows(store, config.val_fraction, config.seed)
+    # each lens is scored on the rows its own training held out (its config records them)
+    rows = {kind: trained_holdout(store, lens.extra.get("held_out")) for kind, lens in lenses.items()}
     chosen: dict[str, int] = {}
     selection: dict[str, Any] = {}
     held: dict[str, float] = {}
     to_eval = {}
     if "nnjtc" in lenses:
-        sel = select_ojfa(store, lenses["nnjtc"], device=run.compute_device, rule="head", holdout=rows,
+        sel = select_ojfa(store, lenses["nnjtc"], device=run.compute_device, rule="head", holdout=rows["nnjtc"],
                           progress=progress)
         matrix = sel.matrix.double()
         chosen = {"ojfa-paper": int(sel.others["paper_chosen"]), "ojfa-head": int(sel.chosen)}
@@ -125,9 +126,10 @@ def run_config(run: Any, objective: str, rank: int, *, val_fraction: float | Non
     if "joint" in lenses:
         to_eval["joint"] = lenses["joint"]
         if isinstance(lenses["joint"], OneJump):
-            held["joint"] = float(head_scores(store, lm.adapter, lenses["joint"].bank, rows)["precision@1"].mean())
+            scores = head_scores(store, lm.adapter, lenses["joint"].bank, rows["joint"])
+            held["joint"] = float(scores["precision@1"].mean())
         else:
-            held["joint"] = float(lens_scores(store, lenses["joint"], rows).mean())
+            held["joint"] = float(lens_scores(store, lenses["joint"], rows["joint"]).mean())
     timings["select"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = evaluate(store, to_eval, progress=progress)
