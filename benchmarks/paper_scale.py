@@ -19,7 +19,7 @@ import time
 import torch
 from common import real_sentences, save
 
-from onejump.evaluation.metrics import parameter_counts
+from onejump.evaluation.evaluator import parameter_counts
 from onejump.extract import extract
 from onejump.lenses.jumps import default_rank
 from onejump.model.loading import from_pretrained_model

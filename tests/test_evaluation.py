@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onejump.errors import ConfigError, NumericalError
-from onejump.evaluation.metrics import evaluate, parameter_counts, reuse_matrix
+from onejump.evaluation.evaluator import evaluate, parameter_counts, reuse_matrix
 from onejump.evaluation.result import EvalResult
 from onejump.evaluation.scoring import Reference, _reduce_inplace, _reduce_logits, score_block
 from onejump.evaluation.statistics import bootstrap_ci, paired_test

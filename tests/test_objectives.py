@@ -247,7 +247,7 @@ def test_residual_kl_matches_full_head(llama):
 
 
 def test_residual_evaluation_selection_and_generation(llama):
-    from onejump.evaluation.metrics import evaluate
+    from onejump.evaluation.evaluator import evaluate
     from onejump.evaluation.selection import reuse_scores
     from onejump.lenses.lowrank_head import LowRankHead
     from onejump.lenses.onejump import OneJump, PerLevelLens

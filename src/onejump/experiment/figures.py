@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluation.metrics import metrics as registered
+
 PRETTY = {
     "identity": "identity (logit lens)",
     "full_nnjtc": "full N-NJTC (jump k at level k)",
@@ -203,20 +205,18 @@ def field_figure(results: dict[str, Any], out_dir: Path) -> Path | None:
     if not methods:
         return None
     plt = _plt()
-    metrics = [("kl", "KL(p_final || p_lens), nats")]
-    if any("cross_entropy" in m for m in methods.values()):
-        metrics.append(("cross_entropy", "cross-entropy vs the next token, nats"))
+    metrics = [m for m in registered(figure=True) if any(m.name in e for e in methods.values())]
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2), squeeze=False)
-    for ax, (metric, label) in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics):
         for name, m in methods.items():
-            if metric in m:
-                ax.plot(results["levels"], m[metric], label=PRETTY.get(name, name), color=COLORS.get(name),
+            if metric.name in m:
+                ax.plot(results["levels"], m[metric.name], label=PRETTY.get(name, name), color=COLORS.get(name),
                         marker=".")
-        if metric == "cross_entropy" and results.get("final_cross_entropy") is not None:
-            ax.axhline(results["final_cross_entropy"], color="black", linestyle=":", label="the model itself")
+        if metric.floor is not None and results.get(metric.floor) is not None:
+            ax.axhline(results[metric.floor], color="black", linestyle=":", label="the model itself")
         ax.set_yscale("log")
         ax.set_xlabel("exit level k")
-        ax.set_ylabel(label + " (log scale)")
+        ax.set_ylabel(metric.label + " (log scale)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{results['model']['name']}: the field's metrics per level (test set)")

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluation.metrics import metrics as registered
 from ..io import atomic_write_text
 from .exit_figures import exit_report_section
 from .figures import PRETTY, field_figure, make_figures, tuned_figure
@@ -268,15 +269,24 @@ def _field_lines(results: dict[str, Any]) -> list[str]:
              "KL(p_final || p_lens) is tuned-lens's headline metric; cross-entropy is against the sentence's real "
              "next token" + (f" (the model's own: {floor:.3f} nats, the floor of every lens)" if floor is not None
                              else " (not available: the store predates next-token recording)") + ".", "",
-             "| lens | mean KL (nats) | mean cross-entropy (nats) | mean entropy (nats) |", "|---|---|---|---|"]
+             *_table_head("lens", registered(table="field"))]
     best = (results.get("beyond") or {}).get("best") or {}
     if "mean_kl" in best:  # the sweep's best single jump, evaluated on the same test split
         methods["best single jump"] = best
     for name, m in methods.items():
-        ce = f"{m['mean_cross_entropy']:.3f}" if "mean_cross_entropy" in m else "-"
-        entropy = m.get("mean_entropy", float("nan"))
-        lines.append(f"| {PRETTY.get(name, name)} | {m['mean_kl']:.3f} | {ce} | {entropy:.3f} |")
+        lines.append(f"| {PRETTY.get(name, name)} | {_table_cells(m, registered(table='field'))} |")
     return lines
+
+
+def _table_head(first: str, columns: list, *more: str) -> list[str]:
+    """A markdown table's header: ``first``, one column per metric (its registry header), then ``more``."""
+    names = [first, *(m.header for m in columns), *more]
+    return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+
+
+def _table_cells(entry: dict[str, Any], columns: list) -> str:
+    """One row's metric cells: ``mean_<metric>`` in the metric's format, ``-`` where it is absent."""
+    return " | ".join(f"{entry[f'mean_{m.name}']:{m.fmt}}" if f"mean_{m.name}" in entry else "-" for m in columns)
 
 
 def _yes(flag: bool) -> str:
@@ -318,15 +328,12 @@ def render_markdown(results: dict[str, Any], figures: list[str], sections: list[
         "",
         "## Summary over exit levels 0..K-1 (test set)",
         "",
-        "| method | mean precision@1 | mean precision@5 | mean surprisal (nats) | shortcut parameters |",
-        "|---|---|---|---|---|",
+        *_table_head("method", registered(table="main"), "shortcut parameters"),
     ]
     for name, method in results["methods"].items():
         params = method.get("parameters")
-        lines.append(
-            f"| {PRETTY.get(name, name)} | {method['mean_precision@1']:.3f} | {method['mean_precision@5']:.3f} | "
-            f"{method['mean_surprisal']:.2f} | {_fmt_params(params) if params is not None else '-'} |"
-        )
+        lines.append(f"| {PRETTY.get(name, name)} | {_table_cells(method, registered(table='main'))} | "
+                     f"{_fmt_params(params) if params is not None else '-'} |")
     lines += _field_lines(results)
     lines += tuned_lines(results)
     tests = results.get("tests", {})

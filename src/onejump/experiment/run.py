@@ -246,7 +246,7 @@ class Run(RunFolder):
     def evaluate(self, best: bool = True):
         """Evaluate every lens of the run (with the sweep's best jump unless ``best=False``), and the reuse
         matrix, on the test split (each lens cached on its own)."""
-        from ..evaluation.metrics import evaluate, reuse_matrix
+        from ..evaluation.evaluator import evaluate, reuse_matrix
         from ..evaluation.result import EvalResult
         from .lens_cache import cached_by_lens
 

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..evaluation.metrics import evaluate
+from ..evaluation.evaluator import evaluate
+from ..evaluation.metrics import metrics as registered
 from ..evaluation.selection import head_scores, lens_scores, select_ojfa, trained_holdout
 from ..evaluation.statistics import bootstrap_ci, paired_test
 from ..io import atomic_write_text
@@ -43,8 +44,10 @@ from ..lenses.onejump import OneJump
 from ..training.config import OBJECTIVES, TrainConfig
 from .presets import MULTIPLIERS, SINGLE, VARIANTS
 
-#: The field's metrics a sweep records for every lens it evaluates (names as in results.json).
-FIELD_METRICS = ("kl", "entropy", "cross_entropy")
+
+def _field_metrics() -> list[str]:
+    """The field's metrics a sweep records for every lens it evaluates (the registry's field metrics)."""
+    return [m.name for m in registered(field=True)]
 
 
 def objective_config(variant: str, rank: int, base: TrainConfig | None = None) -> TrainConfig:
@@ -66,7 +69,7 @@ def _summary(result: Any, name: str, params: int, holdout: float | None) -> dict
            "mean_surprisal": ci_s.mean, "mean_surprisal_ci": [ci_s.low, ci_s.high],
            "parameters": int(params), "holdout_precision@1": holdout,
            "sample_precision@1": p1.mean(0).tolist()}
-    for metric in FIELD_METRICS:
+    for metric in _field_metrics():
         values = result.metric(name, metric).double().numpy() if result.has(name, metric) else None
         if values is not None and not np.isnan(values).all():  # cross-entropy needs the store's next tokens
             out[metric] = values.tolist()
@@ -237,7 +240,7 @@ def sweep(run: Any, *, multipliers: tuple[int, ...] = MULTIPLIERS, objectives: t
             bm = cfg["methods"][best["method"]]
             best.update({k: bm[k] for k in ("precision@1", "surprisal", "mean_precision@1", "mean_precision@1_ci",
                                             "mean_surprisal", "mean_surprisal_ci", "parameters")})
-            best.update({k: v for k, v in bm.items() if k.split("mean_")[-1] in FIELD_METRICS})
+            best.update({k: v for k, v in bm.items() if k.split("mean_")[-1] in _field_metrics()})
             test = paired_test(np.asarray(bm["sample_precision@1"]), np.asarray(p_ojfa["sample_precision@1"]))
             lens = refs.get("identity", {}).get("precision@1")
             upto = K - 5
