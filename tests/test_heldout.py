@@ -8,26 +8,32 @@ from onejump.cli import main
 
 @pytest.fixture()
 def spy(monkeypatch):
-    """Records the train-split rows every jump training trains on and the rows every head-aware score reads."""
-    import onejump.evaluation.selection as selection
+    """Records the train-split rows every jump training trains on and the rows every held-out score reads."""
+    import onejump.evaluation.evaluator as evaluator
     import onejump.experiment.sweep as sweep
     import onejump.training.fit as fit
 
     seen = {"trained": [], "scored": []}
-    prepare, head_scores = fit._prepare, selection.head_scores
+    prepare, reuse_matrix, evaluate = fit._prepare, evaluator.reuse_matrix, sweep.evaluate
 
     def spy_prepare(store, config, device):
         config, train, val, dev = prepare(store, config, device)
         seen["trained"].append(np.asarray(train.rows))
         return config, train, val, dev
 
-    def spy_scores(store, adapter, bank, rows, *args, **kwargs):
-        seen["scored"].append(np.asarray(rows))
-        return head_scores(store, adapter, bank, rows, *args, **kwargs)
+    def spy_reuse(store, lens, **kwargs):
+        if kwargs.get("rows") is not None:
+            seen["scored"].append(np.asarray(kwargs["rows"]))
+        return reuse_matrix(store, lens, **kwargs)
+
+    def spy_evaluate(store, lenses, **kwargs):
+        if kwargs.get("rows") is not None:
+            seen["scored"].append(np.asarray(kwargs["rows"]))
+        return evaluate(store, lenses, **kwargs)
 
     monkeypatch.setattr(fit, "_prepare", spy_prepare)
-    monkeypatch.setattr(selection, "head_scores", spy_scores)
-    monkeypatch.setattr(sweep, "head_scores", spy_scores)
+    monkeypatch.setattr(evaluator, "reuse_matrix", spy_reuse)
+    monkeypatch.setattr(sweep, "evaluate", spy_evaluate)
     return seen
 
 
@@ -51,7 +57,7 @@ def test_selection_scores_exactly_the_rows_training_held_out(tmp_path, tiny_dir,
     assert len(never) > 0 and np.array_equal(np.sort(scored), never)
     # the bug this guards against: the default fraction and seed hold out other rows
     assert not np.array_equal(np.sort(holdout_rows(store)), never)
-    per_level = Run(out).lens("nnjtc")
+    per_level = Run(out).lens("full")
     assert per_level.extra["held_out"]["val_fraction"] == 0.3 and per_level.extra["held_out"]["seed"] == 3
     assert Run(out).lens("ojfa").extra["held_out"] == per_level.extra["held_out"]
 

@@ -1,39 +1,30 @@
 """Evaluation of lenses at every exit level through the model head (Section 5-6).
 
-Metrics, per exit level k = 0..K-1, on the test split, with t* the model's own top-1 token:
-
-- ``precision@1``: ``argmax lens(h^k, k) == t*``; ``precision@5``: t* among the 5 largest logits
-  (fewer than 5 logits strictly larger than the logit of t*);
-- ``surprisal`` (the paper's): ``-log softmax(lens(h^k, k))[t*]``;
-- ``reverse_surprisal`` (the ``mat`` code's): ``-log p_final(argmax lens(h^k, k))``;
-- the field's metrics (tuned-lens): ``kl`` = KL(p_final || p_lens) in nats, the lens's
-  ``entropy``, and ``cross_entropy`` against the sentence's real next token (the model's own is
-  the floor; rows whose position ends the sentence have no next token and are left out).
-
-:func:`evaluate` reads every named lens at every level; :func:`reuse_matrix` reads every jump of a
-per-level bank at every level (the K x K matrix behind OJFA: row m is "jump m everywhere", the
-diagonal is full N-NJTC; tuned-lens calls this ``--layer_transfer``). Low-rank jumps go through
-the exact rank-r head, so a (rows x r) @ (r x V) product replaces the (rows x H) @ (H x V) one.
-Per-sample results are kept, so means, confidence intervals and paired tests are computed
-afterwards and do not depend on chunk sizes.
+:func:`evaluate` reads every named lens at every level of a store split, or of any store rows (the
+rows a training held out, say); :func:`reuse_matrix` reads every jump of a per-level bank at every
+level the same way (the K x K matrix behind OJFA: row m is "jump m everywhere", the diagonal is full
+N-NJTC; tuned-lens calls this ``--layer_transfer``). The metrics are those of the registry
+(:mod:`onejump.evaluation.metrics`), computed per sample by :mod:`onejump.evaluation.scoring`.
+Each lens says how its logits are read (:meth:`~onejump.lenses.Lens.level_logits`): low-rank
+jumps go through the exact rank-r head, so a (rows x r) @ (r x V) product replaces the
+(rows x H) @ (H x V) one. Per-sample results are kept, so means, confidence intervals and paired
+tests are computed afterwards and do not depend on chunk sizes.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, NumericalError, StoreError
-from ..lenses.base import Lens, LogitLens
-from ..lenses.jtc import JTCLens
+from ..lenses.base import Lens
 from ..lenses.jumps import jump_parameter_count
-from ..lenses.onejump import OneJump, PerLevelLens
+from ..lenses.onejump import PerLevelLens
 from .metrics import METRICS
 from .result import EvalResult
 from .scoring import Reducer, Reference, Sink, require_finite, score_rows
@@ -58,7 +49,7 @@ class _Pass:
     """One pass over a store split: the chunks, their references, and the per-sample sinks."""
 
     def __init__(self, store: Any, lm: Any, split: str, chunk_size: int, block_rows: int | None,
-                 extras: bool, use_compile: bool, exits: bool = False):
+                 extras: bool, use_compile: bool, exits: bool = False, rows: Any = None):
         if chunk_size < 1:
             raise ConfigError("chunk_size must be >= 1")
         if block_rows is not None and block_rows < 1:
@@ -71,12 +62,17 @@ class _Pass:
         self.device, self.dtype, self.V = w_u.device, w_u.dtype, int(w_u.shape[0])
         self.full_block, self.low_block = (block_rows, block_rows) if block_rows else _default_blocks(self.V,
                                                                                                       self.device)
-        self.targets = store.targets(split)
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        if self.rows is None:
+            self.targets = store.targets(split)
+        else:
+            self.split = split = "rows"
+            self.targets = torch.from_numpy(store.meta("target")[self.rows].astype(np.int64))
         self.N = int(self.targets.shape[0])
         if self.N == 0:
             raise StoreError(f"store split '{split}' is empty; nothing to evaluate")
         self.extras, self.exits = extras, exits
-        self.next_tokens = _next_tokens(store, split) if extras else None
+        self.next_tokens = _next_tokens(store, split, self.rows) if extras else None
         self.reducer = Reducer(use_compile)
         self.final = {"surprisal": torch.zeros(self.N)}
         if extras:
@@ -89,7 +85,7 @@ class _Pass:
         """Yield (offset, h (n, K+1, H) on the head's device, Reference) per chunk."""
         offset = 0
         bar = tqdm(total=self.N, desc=desc, unit="sample", disable=not progress)
-        for rows, chunk in self.store.iter_chunks(self.split, chunk_size=self.chunk_size):
+        for rows, chunk in self._iter_chunks():
             n = chunk.shape[0]
             h = chunk.to(self.device, torch.float32)
             require_finite(h, rows)
@@ -97,6 +93,14 @@ class _Pass:
             offset += n
             bar.update(n)
         bar.close()
+
+    def _iter_chunks(self):
+        if self.rows is None:
+            yield from self.store.iter_chunks(self.split, chunk_size=self.chunk_size)
+            return
+        for start in range(0, len(self.rows), self.chunk_size):
+            part = self.rows[start:start + self.chunk_size]
+            yield part, self.store.read_rows(part)
 
     def _reference(self, h: torch.Tensor, offset: int, n: int) -> Reference:
         target = self.targets[offset:offset + n].to(self.device)
@@ -126,53 +130,31 @@ class _Pass:
                           per_sample=per_sample, hidden_size=self.H, **kw)
 
 
-def _next_tokens(store: Any, split: str) -> torch.Tensor | None:
-    """The sentences' real next tokens, or None for a store written before they were recorded."""
+def _next_tokens(store: Any, split: str, rows: np.ndarray | None = None) -> torch.Tensor | None:
+    """The sentences' real next tokens (of ``rows`` when given), or None for a store written before
+    they were recorded."""
     getter = getattr(store, "next_tokens", None)
     if getter is None:
         return None
     try:
-        return getter(split)
+        return getter(split) if rows is None else getter(None)[torch.from_numpy(rows)]
     except StoreError:
         return None
 
 
 def _score_lens(p: _Pass, lens: Lens, h: torch.Tensor, ref: Reference, sink: Sink, offset: int) -> None:
-    """Score one lens at every level of a chunk, through the cheapest exact path it has."""
-    n, K, H = h.shape[0], p.K, p.H
-    levels_h = h[:, :K].reshape(n * K, H)
-    rows_sample = torch.arange(n, device=p.device).repeat_interleave(K)
-    level_sample = torch.arange(n, device=p.device)
-
-    def all_levels(to_logits, x, block):
-        sink.put_rows((), score_rows(to_logits, x, ref, rows_sample, block, p.reducer), n, K, offset)
-
-    def per_level(to_logits_at, x_at, block):
-        for k in range(K):
-            sink.put_level((), k, score_rows(to_logits_at(k), x_at(k), ref, level_sample, block, p.reducer), offset)
-
-    if isinstance(lens, LogitLens):
-        all_levels(p.full_head, levels_h, p.full_block)
-    elif isinstance(lens, JTCLens):
-        all_levels(p.full_head, lens.jtc.to(p.device).apply_all(h[:, :K]).reshape(n * K, H), p.full_block)
-    elif isinstance(lens, OneJump | PerLevelLens) and lens.residual:
-        bank = lens.bank.to(p.device)
-        if isinstance(lens, OneJump):
-            all_levels(p.full_head, bank.apply(levels_h, 0), p.full_block)
+    """Score one lens at every level of a chunk, through the path the lens gives
+    (:meth:`~onejump.lenses.Lens.level_logits`)."""
+    n, K = h.shape[0], p.K
+    for part in lens.level_logits(h[:, :K], p.full_head):
+        block = p.low_block if part.lowrank else p.full_block
+        if part.level is None:
+            rows_sample = torch.arange(n, device=p.device).repeat_interleave(K)
+            sink.put_rows((), score_rows(part.to_logits, part.x, ref, rows_sample, block, p.reducer), n, K, offset)
         else:
-            per_level(lambda k: p.full_head, lambda k: bank.apply(h[:, k], k), p.full_block)
-    elif isinstance(lens, OneJump | PerLevelLens):
-        head = lens.lowrank_head()
-        z = head.project_all(levels_h)  # (n*K, J, r): the BatchNorm folded, one GEMM for all jumps
-        if isinstance(lens, OneJump):
-            all_levels(functools.partial(head.logits_from_scaled, jump=0), head.scaled_codes(z[:, 0], 0),
-                       p.low_block)
-        else:
-            z = z.view(n, K, -1, z.shape[-1])
-            per_level(lambda k: functools.partial(head.logits_from_scaled, jump=k),
-                      lambda k: head.scaled_codes(z[:, k, k], k).contiguous(), p.low_block)
-    else:  # any other lens: its own call, level by level
-        per_level(lambda k: (lambda x: lens(x, k).float()), lambda k: h[:, k], p.full_block)
+            level_sample = torch.arange(n, device=p.device)
+            sink.put_level((), part.level, score_rows(part.to_logits, part.x, ref, level_sample, block, p.reducer),
+                           offset)
 
 
 def _common_model(lenses: Mapping[str, Lens]) -> Any:
@@ -185,10 +167,11 @@ def _common_model(lenses: Mapping[str, Lens]) -> Any:
 
 
 @torch.no_grad()
-def evaluate(store: Any, lenses: Mapping[str, Lens], *, split: str = "test", chunk_size: int = 128,
-             block_rows: int | None = None, field_metrics: bool = True, compile: bool = False,
-             chosen: int | None = None, progress: bool = True) -> EvalResult:
-    """Read every lens in ``lenses`` (name -> lens) at every exit level of a store split.
+def evaluate(store: Any, lenses: Mapping[str, Lens], *, split: str = "test", rows: Any = None,
+             chunk_size: int = 128, block_rows: int | None = None, field_metrics: bool = True,
+             compile: bool = False, chosen: int | None = None, progress: bool = True) -> EvalResult:
+    """Read every lens in ``lenses`` (name -> lens) at every exit level of a store split, or of the store
+    ``rows`` given (any rows of any split, in that order: the rows a training held out, say).
 
     ``field_metrics`` adds KL, entropy and cross-entropy (one more pass over each block of logits).
     ``chosen`` records the OJFA jump in the result. Memory is bounded by ``chunk_size`` samples and
@@ -204,7 +187,8 @@ def evaluate(store: Any, lenses: Mapping[str, Lens], *, split: str = "test", chu
             raise ConfigError(f"'{name}' cannot name a lens (reserved)")
         if lens.lm.fingerprint != store.fingerprint:
             raise ConfigError(f"lens '{name}' is for another model than the store's")
-    p = _Pass(store, lm, split, chunk_size, block_rows, field_metrics, compile and not field_metrics, exits=True)
+    p = _Pass(store, lm, split, chunk_size, block_rows, field_metrics, compile and not field_metrics, exits=True,
+              rows=rows)
     sinks = {name: Sink((), p.K, p.N, field_metrics, exits=True) for name in lenses}
     timings = dict.fromkeys(lenses, 0.0)
     t_start = time.perf_counter()
@@ -219,9 +203,10 @@ def evaluate(store: Any, lenses: Mapping[str, Lens], *, split: str = "test", chu
 
 @torch.no_grad()
 def reuse_matrix(store: Any, lens: PerLevelLens, *, jumps: Sequence[int] | None = None, split: str = "test",
-                 chosen: int | None = None, chunk_size: int = 128, block_rows: int | None = None,
+                 rows: Any = None, chosen: int | None = None, chunk_size: int = 128, block_rows: int | None = None,
                  compile: bool = False, progress: bool = True) -> EvalResult:
-    """Every jump of a per-level bank (or those in ``jumps``) at every exit level: ``pairs/*`` (J, K, N).
+    """Every jump of a per-level bank (or those in ``jumps``) at every exit level: ``pairs/*`` (J, K, N),
+    the evaluation's own scoring over jump x level, on a store ``split`` or on store ``rows`` (any split).
 
     The precision and surprisal metrics only (K^2 N rows: the field's extra passes would double
     the cost). ``result.metric("ojfa", ...)`` reads the row of ``chosen``; ``"full"`` the diagonal.
@@ -232,23 +217,15 @@ def reuse_matrix(store: Any, lens: PerLevelLens, *, jumps: Sequence[int] | None 
     jump_list = list(range(K)) if jumps is None else [int(m) for m in jumps]
     if not jump_list or any(not 0 <= m < K for m in jump_list):
         raise ConfigError(f"jumps must be in 0..{K - 1}")
-    p = _Pass(store, lens.lm, split, chunk_size, block_rows, False, compile)
+    p = _Pass(store, lens.lm, split, chunk_size, block_rows, False, compile, rows=rows)
     sink = Sink((len(jump_list),), p.K, p.N, False)
-    head = None if lens.residual else lens.lowrank_head()
-    bank = copy.deepcopy(lens.bank).to(p.device) if lens.residual else None
     t_start = time.perf_counter()
     for offset, h, ref in p.chunks(progress, "reuse matrix"):
         n = h.shape[0]
-        levels_h = h[:, :K].reshape(n * K, p.H)
         rows_sample = torch.arange(n, device=p.device).repeat_interleave(K)
-        z = head.project_all(levels_h) if head is not None else None
-        for i, m in enumerate(jump_list):
-            if head is None:
-                to_logits, x, block = p.full_head, bank.apply(levels_h, m), p.full_block
-            else:
-                to_logits = functools.partial(head.logits_from_scaled, jump=m)
-                x, block = head.scaled_codes(z[:, m], m).contiguous(), p.low_block
-            sink.put_rows((i,), score_rows(to_logits, x, ref, rows_sample, block, p.reducer), n, K, offset)
+        for i, part in enumerate(lens.jump_logits(h[:, :K], jump_list, p.full_head)):
+            block = p.low_block if part.lowrank else p.full_block
+            sink.put_rows((i,), score_rows(part.to_logits, part.x, ref, rows_sample, block, p.reducer), n, K, offset)
     seconds = time.perf_counter() - t_start
     return p.result({"pairs": sink}, jumps=jump_list, chosen=chosen, rank=lens.rank, seconds=seconds,
                     timings={"pairs": seconds})
@@ -264,7 +241,7 @@ def parameter_counts(num_blocks: int, hidden_size: int, rank: int) -> dict[str, 
     full = num_blocks * per_jump
     return {
         "identity": 0,
-        "full_nnjtc": full,
+        "full": full,
         "ojfa": per_jump,
         "joint": per_jump,
         "jtc": num_blocks * (hidden_size * hidden_size + hidden_size),

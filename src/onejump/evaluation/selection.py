@@ -214,33 +214,6 @@ def head_scores(store: Any, adapter: Any, bank: JumpBank, rows: np.ndarray,
     return out
 
 
-@torch.no_grad()
-def lens_scores(store: Any, lens: Any, rows: np.ndarray, chunk_size: int | None = None) -> torch.Tensor:
-    """Precision@1 (K,) of any lens at every exit level on store ``rows``.
-
-    The same score as one row of :func:`head_scores` (argmax of ``lens(h^k, k)`` against the model's
-    own top-1 token), through the lens's own call, so it serves lenses that are not a jump bank
-    (e.g. a level-conditioned jump).
-    """
-    K = store.num_blocks
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) == 0:
-        raise StoreError("no store rows to compute lens scores on")
-    dev = lens.lm.adapter.unembedding_matrix().device
-    if chunk_size is None:  # about 2^24 logits (64 MiB) per (chunk, vocabulary) block
-        chunk_size = max(1, (1 << 24) // lens.vocab_size)
-    targets = torch.from_numpy(store.meta("target")[rows].astype(np.int64)).to(dev)
-    correct = torch.zeros(K, dtype=torch.float64)
-    for start in range(0, len(rows), chunk_size):
-        part = rows[start:start + chunk_size]
-        h = store.read_rows(part).to(dev)
-        require_finite(h, part)
-        top1 = targets[start:start + len(part)]
-        for k in range(K):
-            correct[k] += float((lens(h[:, k], k).argmax(-1) == top1).sum())
-    return correct / len(rows)
-
-
 def _softmax(scores: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(scores.double() / temperature, dim=0)
 
@@ -330,7 +303,7 @@ def select_ojfa(store: Any, jumps: Any, split: str = "train", chunk_size: int = 
         if lens is None:
             raise ConfigError("the head-aware rule scores the rows the jumps' training held out: pass holdout=rows")
         holdout = trained_holdout(store, lens.extra.get("held_out"))
-    sel = _select(store, bank, split, chunk_size, temperature, device, progress, rule, adapter, holdout)
+    sel = _select(store, bank, split, chunk_size, temperature, device, progress, rule, adapter, holdout, lens)
     if lens is not None:
         sel.lens = lens.jump(sel.chosen)
     return sel
@@ -338,7 +311,7 @@ def select_ojfa(store: Any, jumps: Any, split: str = "train", chunk_size: int = 
 
 def _select(store: Any, bank: JumpBank, split: str, chunk_size: int, temperature: float,
             device: str | torch.device, progress: bool, rule: str, adapter: Any,
-            holdout: np.ndarray | None) -> Selection:
+            holdout: np.ndarray | None, lens: Any = None) -> Selection:
     if rule not in RULES:
         raise ConfigError(f"unknown selection rule '{rule}'; use one of {', '.join(RULES)}")
     matrix = reuse_scores(store, bank, split=split, chunk_size=chunk_size, device=device, progress=progress)
@@ -348,7 +321,12 @@ def _select(store: Any, bank: JumpBank, split: str, chunk_size: int, temperature
     if adapter is None:
         raise ConfigError("the head-aware selection rule needs the model (adapter)")
     rows = np.asarray(holdout, dtype=np.int64)
-    scores = head_scores(store, adapter, bank, rows, progress=progress)
+    if lens is not None and lens.kind == "per-level":  # the evaluation's own scoring, jump x level
+        from .evaluator import reuse_matrix
+
+        scores = {"precision@1": reuse_matrix(store, lens, rows=rows, progress=progress).pair_matrix("precision@1")}
+    else:  # a bare bank has no model to evaluate with: its head alone
+        scores = head_scores(store, adapter, bank, rows, progress=progress)
     paper = Selection.from_matrix(matrix, temperature=temperature, split=split, levels=list(bank.levels))
     sel = Selection.from_matrix(scores["precision@1"], temperature=temperature, split="train-holdout",
                                 num_samples=len(rows), levels=list(bank.levels), rule="head")

@@ -9,12 +9,14 @@ from typing import Any
 from ..errors import ConfigError, ShortcutError
 from ..lenses.base import Lens, LogitLens
 from .folder import RunFolder
+from .lens_table import LENSES
 
-RUN_LENS_NAMES = ("ojfa", "best", "tuned")
+#: The run's saved lenses (the lens table's ids that have a folder).
+RUN_LENS_NAMES = tuple(name for name, row in LENSES.items() if row.folder is not None)
 
 
 def run_lens_path(run: str | Path, name: str) -> Path:
-    """Where run folder ``run`` keeps lens ``name`` (``ojfa``, ``best`` or ``tuned``): the run owns its layout."""
+    """Where run folder ``run`` keeps lens ``name`` (one of :data:`RUN_LENS_NAMES`): the run owns its layout."""
     if name not in RUN_LENS_NAMES:
         raise ConfigError(f"a run names its lenses {', '.join(RUN_LENS_NAMES)}; got '{name}'")
     return RunFolder(run).lens_path(name)
@@ -34,7 +36,7 @@ def run_model(run: str | Path) -> str | None:
 
 
 def resolve_lens(spec: str, lm: Any, run: str | Path | None = None) -> Lens:
-    """The lens ``spec`` names: ``logit``; ``ojfa`` / ``best`` / ``tuned`` of the run folder ``run``;
+    """The lens ``spec`` names: ``logit``; a lens of the run folder ``run`` (:data:`RUN_LENS_NAMES`);
     or a lens folder (also an older run's shortcut folder), a tuned-lens folder or a hub id
     (:meth:`Lens.from_pretrained`)."""
     if spec == "logit":

@@ -1,7 +1,8 @@
 """The one table of a run's lenses: each lens's id, kind, folder, display name and colour.
 
 The id is the lens's only name: the evaluation's, results.json's, the report's, the figures', the
-early-exit simulation's and the command line's (``onejump lens --lens ojfa --run RUN``). The kind is
+early-exit simulation's and the command line's (``onejump lens --lens ojfa --run RUN``; ``logit``, the
+kind of the ``identity`` lens, names the model's own head for any model, without a run). The kind is
 the saved lens's class (:attr:`onejump.lenses.Lens.kind`), the folder where the run keeps it
 (relative to the run folder; None: nothing saved, the model's own head). ``arbitrary_mean`` is not
 a lens but a row of results.json (the reuse matrix's mean over jumps), drawn like one.
@@ -9,7 +10,7 @@ a lens but a row of results.json (the reuse matrix's mean over jumps), drawn lik
 Adding a lens to the run: a row here, its training (or selection) in the pipeline, and, when it
 needs its own figure or claim, the report.
 
-results.json written before the table used other names for two lenses; :data:`OLD_NAMES` maps
+results.json written before the table named the per-level lens ``full_nnjtc``; :data:`OLD_NAMES` maps
 them, and :func:`canonical_results` renames an old file's keys for its readers (report, compare).
 """
 
@@ -32,7 +33,7 @@ class RunLens:
 
 
 LENSES: dict[str, RunLens] = {lens.id: lens for lens in (
-    RunLens("logit", "logit", None, "identity (logit lens)", "tab:gray"),
+    RunLens("identity", "logit", None, "identity (logit lens)", "tab:gray"),
     RunLens("full", "per-level", "shortcuts/nnjtc", "full N-NJTC (jump k at level k)", "tab:blue", "train"),
     RunLens("ojfa", "jump", "shortcuts/ojfa", "OJFA (one jump)", "tab:red", "select"),
     RunLens("joint", "jump", "shortcuts/joint", "joint jump", "tab:green", "train"),
@@ -43,10 +44,10 @@ LENSES: dict[str, RunLens] = {lens.id: lens for lens in (
 )}
 
 #: The lenses a run's evaluation reads, in report order (those the run has).
-EVALUATED = ("logit", "full", "ojfa", "joint", "jtc", "tuned", "best")
+EVALUATED = ("identity", "full", "ojfa", "joint", "jtc", "tuned", "best")
 
-#: The names results.json files written before this table gave two lenses.
-OLD_NAMES = {"identity": "logit", "full_nnjtc": "full"}
+#: The name results.json files written before this table gave the per-level lens.
+OLD_NAMES = {"full_nnjtc": "full"}
 
 
 def run_lens(lens_id: str) -> RunLens:
@@ -80,8 +81,6 @@ def canonical_results(results: dict[str, Any]) -> dict[str, Any]:
     out["tests"] = {k.replace("full_nnjtc", "full"): v for k, v in results.get("tests", {}).items()}
     if out.get("beyond"):
         out["beyond"] = {**out["beyond"], "references": _renamed(out["beyond"].get("references", {}))}
-    if out.get("early_exit"):  # the simulation already named lenses as the evaluation did
-        out["early_exit"] = {**out["early_exit"]}
     return out
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..evaluation.metrics import metrics as registered
+from .lens_table import EVALUATED
 
 
 def _bootstrap_weights(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
@@ -43,9 +44,9 @@ def _ojfa_tests(result: Any) -> dict[str, Any]:
 
     tests = {}
     ojfa = result.samples("ojfa", "precision@1").numpy().astype(np.float64).mean(0)
-    for other, key in (("full_nnjtc", "full"), ("joint", "joint")):
-        if key in result.methods:
-            b = result.samples(key, "precision@1").numpy().astype(np.float64).mean(0)
+    for other in ("full", "joint"):
+        if other in result.methods:
+            b = result.samples(other, "precision@1").numpy().astype(np.float64).mean(0)
             t = paired_test(ojfa, b)
             tests[f"ojfa_vs_{other}"] = {"mean_diff": float(t.mean_diff), "ci": [float(t.low), float(t.high)],
                                          "p_value": float(t.p_value), "method": t.test, "n": int(t.n)}
@@ -85,17 +86,16 @@ def build_results(run: Any, result: Any) -> dict[str, Any]:
     lm = run.lm()
     selection = run.select_result()
     K = store.num_blocks
-    per_level = run.lens("nnjtc")
+    per_level = run.lens("full")
     rank = per_level.rank
     weights = _bootstrap_weights(result.num_samples)
-    names = {"identity": "identity", "full_nnjtc": "full", "ojfa": "ojfa", "joint": "joint", "jtc": "jtc",
-             "tuned": "tuned"}
+    names = [name for name in EVALUATED if name != "best"]  # the sweep's best jump: its own section
     params = parameter_counts(K, store.hidden_size, rank)
-    params.update({name: result.parameters[key] for name, key in names.items() if key in result.parameters})
+    params.update({name: result.parameters[name] for name in names if name in result.parameters})
     methods: dict[str, Any] = {}
-    for name, key in names.items():
-        if key in result.methods:
-            methods[name] = _method_entry(result, key, weights, params.get(name, 0))
+    for name in names:
+        if name in result.methods:
+            methods[name] = _method_entry(result, name, weights, params.get(name, 0))
     arbitrary: dict[str, Any] = {}
     for metric in registered(field=False):  # the reuse matrix has the metrics of the basic pass
         if result.has_pairs(metric.name):

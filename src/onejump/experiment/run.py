@@ -21,6 +21,7 @@ from ..errors import ShortcutError, StoreError
 from ..io import atomic_write_text
 from ..store import HiddenStateStore
 from .folder import RunFolder, stage_key
+from .lens_table import EVALUATED
 from .presets import DataArgs
 from .results import build_results
 
@@ -108,7 +109,7 @@ class Run(RunFolder):
 
     def _train_label(self, kind: str, folder: Path) -> str:
         """``train:joint`` for the run's own lens folders; the sweep's apart: ``train:joint (kl-res-r10)``."""
-        own = folder.parent.resolve() == self.shortcut_dir(kind).parent.resolve()
+        own = folder.parent.resolve() == self.lens_path("joint").parent.resolve()
         return f"train:{folder.name}" if own else f"train:{kind} ({folder.parent.name})"
 
     # ---- stage 2: train --------------------------------------------------------------------
@@ -130,14 +131,17 @@ class Run(RunFolder):
         targets_cache: dict[int, Any] = {}  # the KL objective's targets, shared by the bank and the joint jump
         from ..training.tuned import TunedTrainConfig
 
-        jobs = [("nnjtc", config)] + ([("joint", joint_config)] if joint else []) + ([("jtc", None)] if jtc else [])
-        jobs += [("tuned", TunedTrainConfig(num_steps=tuned_steps, init=tuned_init))] if tuned else []
+        # (lens id, how it is trained, its settings)
+        jobs = [("full", "nnjtc", config)] + ([("joint", "joint", joint_config)] if joint else [])
+        jobs += [("jtc", "jtc", None)] if jtc else []
+        jobs += [("tuned", "tuned", TunedTrainConfig(num_steps=tuned_steps, init=tuned_init))] if tuned else []
         lenses = {}
-        for kind, cfg in jobs:
+        for name, kind, cfg in jobs:
             init = None
             if kind == "joint" and self.preset().get("joint_warm"):  # trained, then trained on from itself
-                init = self.train_or_reuse(kind, cfg, self.shortcut_dir("joint-start"), targets_cache)
-            lenses[kind] = self.train_or_reuse(kind, cfg, self.shortcut_dir(kind), targets_cache, init=init)
+                start = self.lens_path("joint").parent / "joint-start"
+                init = self.train_or_reuse(kind, cfg, start, targets_cache)
+            lenses[name] = self.train_or_reuse(kind, cfg, self.lens_path(name), targets_cache, init=init)
         return lenses
 
     def _fit(self, kind: str, store: HiddenStateStore, config: Any, targets_cache: dict, key: str, init: Any = None):
@@ -178,8 +182,8 @@ class Run(RunFolder):
         from ..evaluation.selection import HOLDOUT_MAX
 
         if rule == "head":  # the held-out rows it scores on are part of what it is computed from
-            return stage_key(self.identity("nnjtc"), self.identity("store"), "select", rule, HOLDOUT_MAX)
-        return stage_key(self.identity("nnjtc"), self.identity("store"), "select", rule)
+            return stage_key(self.identity("full"), self.identity("store"), "select", rule, HOLDOUT_MAX)
+        return stage_key(self.identity("full"), self.identity("store"), "select", rule)
 
     def select(self, rule: str | None = None) -> dict[str, Any]:
         """Score every jump at every level, choose the single jump (OJFA), save it as shortcuts/ojfa.
@@ -190,7 +194,7 @@ class Run(RunFolder):
         from ..evaluation.selection import select_ojfa, trained_holdout
 
         rule = rule or self.preset().get("select_rule", "paper")
-        per_level = self.lens("nnjtc")
+        per_level = self.lens("full")
         key = self._select_key(rule)
         path = self.folder / "selection.json"
         if path.is_file() and self.has_lens("ojfa"):
@@ -203,7 +207,7 @@ class Run(RunFolder):
             try:
                 holdout = trained_holdout(self.store(), per_level.extra.get("held_out"))
             except ShortcutError as exc:
-                raise ShortcutError(f"{self.shortcut_dir('nnjtc')}: {exc} (`onejump train --out {self.folder}`)") \
+                raise ShortcutError(f"{self.lens_path('full')}: {exc} (`onejump train --out {self.folder}`)") \
                     from None
         t0 = self._start()
         selection = select_ojfa(self.store(), per_level, device=self.compute_device, progress=self.progress,
@@ -213,7 +217,7 @@ class Run(RunFolder):
         jump.extra = {"selection_key": key, "D": result["scores"][selection.chosen]}
         if "held_out" in per_level.extra:  # one jump of the bank: trained on the rows the bank was
             jump.extra["held_out"] = per_level.extra["held_out"]
-        jump.save(self.shortcut_dir("ojfa"))
+        jump.save(self.lens_path("ojfa"))
         atomic_write_text(path, json.dumps(result, indent=1))
         self._timed("select", t0)
         return result
@@ -276,24 +280,19 @@ class Run(RunFolder):
         else:
             self.state.reused.append("evaluation")
         pairs = self._cached_result(self.folder / "reuse", self.reuse_key(),
-                                    lambda: reuse_matrix(store, self.lens("nnjtc"), progress=self.progress))
+                                    lambda: reuse_matrix(store, self.lens("full"), progress=self.progress))
         pairs.chosen = chosen
         return result.merge(pairs)
 
     def run_lens_names(self, best: bool = True) -> list[str]:
         """The report names of the run's lenses: the logit lens, full N-NJTC, OJFA, and whichever of the
         joint jump, JTC, the tuned lens and the sweep's best single jump exist."""
-        names = ["identity", "full", "ojfa"] + [kind for kind in ("joint", "jtc", "tuned") if self.has_lens(kind)]
-        return names + (["best"] if best and (self.lens_path("best") / "config.json").is_file() else [])
+        always = ("identity", "full", "ojfa")  # a missing one is named when it is loaded
+        return [n for n in EVALUATED if n in always or (self.has_lens(n) and (best or n != "best"))]
 
     def run_lenses(self, best: bool = True, names: list[str] | None = None) -> dict[str, Any]:
-        """The run's lenses by report name (:meth:`run_lens_names`, or only ``names``), loaded."""
-        from ..lenses.base import Lens, LogitLens
-
-        lm = self.lm()
-        load = {"identity": lambda: LogitLens(lm), "full": lambda: self.lens("nnjtc"),
-                "best": lambda: Lens.load(self.lens_path("best"), lm)}
-        return {n: load.get(n, lambda n=n: self.lens(n))() for n in (names or self.run_lens_names(best))}
+        """The run's lenses by id (:meth:`run_lens_names`, or only ``names``), loaded."""
+        return {n: self.lens(n) for n in (names or self.run_lens_names(best))}
 
     def simulate_exits(self):
         """Confidence early exit simulated on the test store for every lens of the run (cached per lens)."""

@@ -36,11 +36,10 @@ import numpy as np
 from ..errors import ConfigError
 from ..evaluation.evaluator import evaluate
 from ..evaluation.metrics import metrics as registered
-from ..evaluation.selection import head_scores, lens_scores, select_ojfa, trained_holdout
+from ..evaluation.selection import select_ojfa, trained_holdout
 from ..evaluation.statistics import bootstrap_ci, paired_test
 from ..io import atomic_write_text
 from ..lenses.jumps import default_rank
-from ..lenses.onejump import OneJump
 from ..training.config import OBJECTIVES, TrainConfig
 from .presets import MULTIPLIERS, SINGLE, VARIANTS
 
@@ -126,13 +125,10 @@ def run_config(run: Any, objective: str, rank: int, *, val_fraction: float | Non
         for name, m in chosen.items():
             to_eval[name] = lenses["nnjtc"].jump(m)
             held[name] = float(matrix[m].mean())
-    if "joint" in lenses:
+    if "joint" in lenses:  # scored as the evaluation scores it, on the rows its training held out
         to_eval["joint"] = lenses["joint"]
-        if isinstance(lenses["joint"], OneJump):
-            scores = head_scores(store, lm.adapter, lenses["joint"].bank, rows["joint"])
-            held["joint"] = float(scores["precision@1"].mean())
-        else:
-            held["joint"] = float(lens_scores(store, lenses["joint"], rows["joint"]).mean())
+        on_rows = evaluate(store, {"joint": lenses["joint"]}, rows=rows["joint"], field_metrics=False, progress=False)
+        held["joint"] = float(on_rows.metric("joint", "precision@1").mean())
     timings["select"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = evaluate(store, to_eval, progress=progress)
