@@ -26,7 +26,7 @@ import torch
 from common import LimitedStore, peak_rss_mib, save
 
 from onejump.evaluation.early_exit import simulate_exits
-from onejump.evaluation.metrics import evaluate, reuse_matrix
+from onejump.evaluation.evaluator import evaluate, reuse_matrix
 from onejump.experiment.run import Run
 
 

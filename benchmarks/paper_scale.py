@@ -19,7 +19,7 @@ import time
 import torch
 from common import real_sentences, save
 
-from onejump.evaluation.metrics import parameter_counts
+from onejump.evaluation.evaluator import parameter_counts
 from onejump.extract import extract
 from onejump.lenses.jumps import default_rank
 from onejump.model.loading import from_pretrained_model
@@ -73,7 +73,7 @@ def main() -> None:
         K = config.num_hidden_layers
         r = default_rank(H)
         params = parameter_counts(K, H, r)
-        row = {"K": K, "H": H, "rank": r, "full_nnjtc_parameters": params["full_nnjtc"],
+        row = {"K": K, "H": H, "rank": r, "full_nnjtc_parameters": params["full"],
                "ojfa_parameters": params["ojfa"], "reduction_factor": params["reduction_factor"],
                "paper": {"full_nnjtc": PAPER_COUNTS[name][0], "ojfa": PAPER_COUNTS[name][1]},
                "store_gb_12k": {dt: round(store_nbytes(12000, K + 1, H, dt) / 1e9, 2)

@@ -255,9 +255,9 @@ def test_messages_tell_the_truth(capsys, tiny_run, tiny_dir, tmp_path):
     assert code == 0, err
     results = json.loads((run / "report" / "results.json").read_text())
     printed = {line.split(":")[0]: int(line.split()[1].replace(",", "")) for line in out.splitlines()}
-    for kind, name in (("nnjtc", "full_nnjtc"), ("joint", "joint"), ("jtc", "jtc")):
-        saved = json.loads((run / "shortcuts" / kind / "config.json").read_text())["parameters"]
-        assert printed[kind] == saved == results["parameters"][name]
+    for folder, name in (("nnjtc", "full"), ("joint", "joint"), ("jtc", "jtc")):
+        saved = json.loads((run / "shortcuts" / folder / "config.json").read_text())["parameters"]
+        assert printed[name] == saved == results["parameters"][name]
     code, out, err = _run(capsys, "info", run)  # a run folder: its store
     assert code == 0 and f"its store is {run / 'store'}" in out and "40 train + 20 test" in out, err
     code, out, err = _run(capsys, "report", "--out", run)  # the claims carry their sample size

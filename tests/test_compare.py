@@ -9,13 +9,15 @@ import pytest
 
 from onejump.cli import main
 from onejump.experiment.compare import compare, write_compare
+from onejump.experiment.lens_table import canonical_results
 from onejump.experiment.report import evaluate_claims
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 
 def _real(name):
-    return json.loads((DOCS / name / "results.json").read_text())
+    """A committed results.json, its lens names read as the lens table's ids."""
+    return canonical_results(json.loads((DOCS / name / "results.json").read_text()))
 
 
 def _fake_wide(smol):
@@ -23,7 +25,7 @@ def _fake_wide(smol):
     r = copy.deepcopy(smol)
     r["model"].update(name="fake-1536", fingerprint="feedfacecafe0000", hidden_size=1536)
     r["methods"]["ojfa"]["precision@1"][0] -= 0.10
-    r["tests"]["ojfa_vs_full_nnjtc"].update(ci=[-0.09, -0.02], p_value=0.2)
+    r["tests"]["ojfa_vs_full"].update(ci=[-0.09, -0.02], p_value=0.2)
     del r["beyond"]
     return r
 
@@ -37,7 +39,8 @@ def sources(tmp_path):
     (run / "run.json").write_text("{}")
     (run / "report" / "results.json").write_text(json.dumps(smol))
     (tmp_path / "gemma-report").mkdir()
-    (tmp_path / "gemma-report" / "results.json").write_text(json.dumps(gemma))
+    # as committed: a file that may still name the per-level lens full_nnjtc (read through the alias map)
+    (tmp_path / "gemma-report" / "results.json").write_text((DOCS / "gemma3-270m-3000" / "results.json").read_text())
     fake = tmp_path / "fake.json"
     fake.write_text(json.dumps(_fake_wide(smol)))
     # given out of H order on purpose: the columns come sorted by H
@@ -56,14 +59,14 @@ def _mean(r, name):
 
 
 def _expected_gap_cell(r):
-    gap = _mean(r, "full_nnjtc") - _mean(r, "ojfa")
-    p = r["tests"]["ojfa_vs_full_nnjtc"]["p_value"]
+    gap = _mean(r, "full") - _mean(r, "ojfa")
+    p = r["tests"]["ojfa_vs_full"]["p_value"]
     verdict = "held" if gap <= 0.03 else "**not held**" if p < 0.05 else "inconclusive"
     return f"{gap * 100:+.1f} pts, {verdict} (p = {p:.2g})"
 
 
 def _expected_ceiling_cell(r):
-    cands = [(max(r["methods"][n]["precision@1"]), n) for n in ("full_nnjtc", "ojfa", "joint")]
+    cands = [(max(r["methods"][n]["precision@1"]), n) for n in ("full", "ojfa", "joint")]
     top, name = max(cands)
     reuse = np.asarray(r["reuse"]["precision@1"])
     if reuse.max() > top:
@@ -72,7 +75,7 @@ def _expected_ceiling_cell(r):
     else:
         k = r["methods"][name]["precision@1"].index(top)
         lo, hi = r["methods"][name]["precision@1_ci"][k]
-        where = f"{ {'full_nnjtc': 'full N-NJTC', 'ojfa': 'OJFA', 'joint': 'joint jump'}[name]}, level {k}"
+        where = f"{ {'full': 'full N-NJTC', 'ojfa': 'OJFA', 'joint': 'joint jump'}[name]}, level {k}"
         ci = f" [{lo:.3f}, {hi:.3f}]"
     return f"{max(top, reuse.max()):.3f}{ci} ({where}), {'held' if max(top, reuse.max()) <= 0.6 else 'not held'}"
 
@@ -107,9 +110,9 @@ def test_tables_hold_the_runs_numbers(sources, tmp_path):
     assert single["best single jump / logit lens"][2] == "n/a"  # the fake run has no sweep
 
     saved = json.loads((tmp_path / "out" / "compare.json").read_text())
-    fake_gap = saved["models"][2]["ojfa_gap"]["full_nnjtc"]
+    fake_gap = saved["models"][2]["ojfa_gap"]["full"]
     assert fake_gap["ci_points"] == pytest.approx([2.0, 9.0])  # OJFA minus full, flipped, in points
-    assert fake_gap["gap_points"] == pytest.approx(100 * (_mean(fake, "full_nnjtc") - _mean(fake, "ojfa")))
+    assert fake_gap["gap_points"] == pytest.approx(100 * (_mean(fake, "full") - _mean(fake, "ojfa")))
     assert saved["models"][1]["claims"]["low_rank_below_60"]["ci"] is not None
     png = (tmp_path / "out" / "ojfa_gap_vs_h.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
@@ -167,7 +170,7 @@ def _levels_results(per_method, reuse=0.1, K=3):
     methods.update({n: {"precision@1": list(v), "precision@1_ci": [[x - 0.02, x + 0.02] for x in v]}
                     for n, v in per_method.items()})
     return {"methods": methods, "levels": list(range(K)), "data": {"n_test": 500},
-            "parameters": {"full_nnjtc": 30, "ojfa": 10, "reduction_factor": 3.0},
+            "parameters": {"full": 30, "ojfa": 10, "reduction_factor": 3.0},
             "reuse": {"precision@1": [[reuse] * K for _ in range(K)]},
             "selection": {"chosen": 0, "D": [1.0, 0.0, 0.0]}, "tests": {}}
 
@@ -177,16 +180,16 @@ def _ceiling(results):
 
 
 def test_sixty_percent_claim():
-    c = _ceiling(_levels_results({"full_nnjtc": [0.2, 0.65, 0.3], "ojfa": [0.1, 0.2, 0.3], "joint": [0.3] * 3}))
+    c = _ceiling(_levels_results({"full": [0.2, 0.65, 0.3], "ojfa": [0.1, 0.2, 0.3], "joint": [0.3] * 3}))
     assert not c["held"] and c["verdict"] == "not held"
-    assert (c["method"], c["level"], c["value"]) == ("full_nnjtc", 1, 0.65)
+    assert (c["method"], c["level"], c["value"]) == ("full", 1, 0.65)
     assert c["ci"] == pytest.approx([0.63, 0.67])
-    c = _ceiling(_levels_results({"full_nnjtc": [0.2, 0.5, 0.3], "ojfa": [0.1, 0.2, 0.59], "joint": [0.3] * 3}))
+    c = _ceiling(_levels_results({"full": [0.2, 0.5, 0.3], "ojfa": [0.1, 0.2, 0.59], "joint": [0.3] * 3}))
     assert c["held"] and c["verdict"] == "held" and (c["method"], c["level"]) == ("ojfa", 2)
     assert c["paper"] == "Sec. 7" and "0.590 [0.570, 0.610]" in c["ours"]
-    c = _ceiling(_levels_results({"full_nnjtc": [0.2] * 3, "ojfa": [0.1] * 3, "joint": [0.3] * 3}, reuse=0.61))
+    c = _ceiling(_levels_results({"full": [0.2] * 3, "ojfa": [0.1] * 3, "joint": [0.3] * 3}, reuse=0.61))
     assert not c["held"] and c["method"] == "jump 0" and c["ci"] is None  # an arbitrary jump over 60%
-    c = _ceiling(_levels_results({"full_nnjtc": [0.2, 0.6, 0.2], "ojfa": [0.1] * 3, "joint": [0.3] * 3}))
+    c = _ceiling(_levels_results({"full": [0.2, 0.6, 0.2], "ojfa": [0.1] * 3, "joint": [0.3] * 3}))
     assert c["held"]  # exactly 60% is not over it
 
 

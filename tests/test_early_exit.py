@@ -81,7 +81,7 @@ def test_records_match_the_lens_and_do_not_depend_on_chunks(setup):
 def test_evaluation_keeps_what_the_simulation_reads(setup, field_metrics, monkeypatch):
     """Records kept by an evaluation (each lens's own fast path) give the simulation of a pass of its own."""
     import onejump.evaluation.early_exit as ee
-    from onejump.evaluation.metrics import evaluate
+    from onejump.evaluation.evaluator import evaluate
     lm, store = setup
     K = store.num_blocks
     bank = random_bank(K, store.hidden_size, 4, seed=5)
@@ -105,7 +105,7 @@ def test_evaluation_keeps_what_the_simulation_reads(setup, field_metrics, monkey
 
 
 def test_an_evaluation_without_records_gives_none(setup):
-    from onejump.evaluation.metrics import evaluate
+    from onejump.evaluation.evaluator import evaluate
 
     lm, store = setup
     result = evaluate(store, {"logit": LogitLens(lm)}, progress=False)

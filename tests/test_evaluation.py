@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onejump.errors import ConfigError, NumericalError
-from onejump.evaluation.metrics import evaluate, parameter_counts, reuse_matrix
+from onejump.evaluation.evaluator import evaluate, parameter_counts, reuse_matrix
 from onejump.evaluation.result import EvalResult
 from onejump.evaluation.scoring import Reference, _reduce_inplace, _reduce_logits, score_block
 from onejump.evaluation.statistics import bootstrap_ci, paired_test
@@ -210,6 +210,25 @@ def test_results_do_not_depend_on_chunking(setup):
             torch.testing.assert_close(v, b.per_sample[k], atol=1e-4, rtol=1e-5, equal_nan=True)
 
 
+def test_any_rows_of_any_split_score_as_their_split_does(setup):
+    lm, store, bank, joint, jtc = setup
+    lenses = _lenses(lm, bank, joint, jtc)
+    test = store.indices("test")
+    whole = evaluate(store, lenses, progress=False).merge(reuse_matrix(store, bank, progress=False))
+    picked = test[[5, 0, 17, 3]]  # any order
+    part = evaluate(store, lenses, rows=picked, progress=False).merge(
+        reuse_matrix(store, bank, rows=picked, progress=False))
+    at = torch.as_tensor([5, 0, 17, 3])
+    for k, v in part.per_sample.items():
+        ref = whole.per_sample[k].index_select(-1, at)
+        if v.dtype == torch.bool or not v.is_floating_point():
+            assert torch.equal(v, ref), k
+        else:
+            torch.testing.assert_close(v, ref, atol=1e-5, rtol=1e-5, equal_nan=True)
+    train = evaluate(store, {"identity": LogitLens(lm)}, rows=store.indices("train"), progress=False)
+    assert train.num_samples == len(store.indices("train")) and train.split == "rows"
+
+
 def test_evaluate_checks_inputs(setup):
     lm, store, bank, _, _ = setup
     with pytest.raises(ConfigError):
@@ -266,9 +285,9 @@ def test_paired_test():
 
 def test_parameter_counts():
     p = parameter_counts(48, 1600, 16)
-    assert p["ojfa"] == p["joint"] == 57_600 and p["full_nnjtc"] == 2_764_800 and p["identity"] == 0
+    assert p["ojfa"] == p["joint"] == 57_600 and p["full"] == 2_764_800 and p["identity"] == 0
     assert p["reduction_factor"] == 48 and p["jtc"] == 48 * (1600 * 1600 + 1600)
-    assert parameter_counts(32, 4096, 40)["full_nnjtc"] == 11_010_048
+    assert parameter_counts(32, 4096, 40)["full"] == 11_010_048
 
 
 def test_compile_kernel_source_equals_eager_reductions():

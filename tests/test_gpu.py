@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from onejump.evaluation.metrics import evaluate, reuse_matrix
+from onejump.evaluation.evaluator import evaluate, reuse_matrix
 from onejump.evaluation.selection import select_ojfa
 from onejump.extract import extract
 from onejump.generation import generate_reference, generate_speculative

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import onejump.evaluation.early_exit as early_exit
-import onejump.evaluation.metrics as metrics
+import onejump.evaluation.evaluator as metrics
 from onejump.cli import main
 from onejump.evaluation.early_exit import ExitSimulation
 from onejump.evaluation.result import EvalResult

@@ -156,7 +156,7 @@ def test_head_rule_selection(llama):
     K, H = store.num_blocks, store.hidden_size
     bank = random_bank(K, H, 3, seed=9)
     paper = select_ojfa(store, bank)
-    head = select_ojfa(store, bank, rule="head", adapter=lm.adapter)
+    head = select_ojfa(store, bank, rule="head", adapter=lm.adapter, holdout=holdout_rows(store, 0.25, 0))
     assert head.rule == "head" and head.others["paper_chosen"] == paper.chosen
     assert head.chosen == int(head.scores.argmax())
     d = head.to_dict()
@@ -165,6 +165,21 @@ def test_head_rule_selection(llama):
         select_ojfa(store, bank, rule="head")
     with pytest.raises(ConfigError):
         select_ojfa(store, bank, rule="vibes", adapter=lm.adapter)
+
+
+def test_a_lens_without_held_out_rows_is_refused_by_the_head_rule(llama):
+    from onejump.errors import ShortcutError
+    from onejump.evaluation.selection import held_out_record, trained_holdout
+
+    lm, store = llama
+    with pytest.raises(ShortcutError, match="does not record"):
+        trained_holdout(store, None)
+    with pytest.raises(ShortcutError, match="held no rows out"):
+        trained_holdout(store, held_out_record(store, 0.0, 0))
+    record = held_out_record(store, 0.25, 1)
+    assert len(trained_holdout(store, record)) == record["num_rows"] > 0
+    with pytest.raises(ShortcutError, match="differ"):
+        trained_holdout(store, {**record, "rows_sha256": "0" * 16})
 
 
 # ---- residual jumps: h + BN(h) A B --------------------------------------------------------------
@@ -232,7 +247,7 @@ def test_residual_kl_matches_full_head(llama):
 
 
 def test_residual_evaluation_selection_and_generation(llama):
-    from onejump.evaluation.metrics import evaluate
+    from onejump.evaluation.evaluator import evaluate
     from onejump.evaluation.selection import reuse_scores
     from onejump.lenses.lowrank_head import LowRankHead
     from onejump.lenses.onejump import OneJump, PerLevelLens

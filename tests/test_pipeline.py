@@ -24,7 +24,10 @@ def test_run_writes_report(run_dir):
     assert results["schema"] == "onejump-results/1"
     K = results["model"]["num_blocks"]
     assert results["levels"] == list(range(K))
-    for name in ("identity", "full_nnjtc", "ojfa", "joint", "jtc", "arbitrary_mean"):
+    from onejump.experiment.lens_table import LENSES
+
+    assert set(results["methods"]) <= set(LENSES)  # one name per lens: the table's ids, no synonyms
+    for name in ("identity", "full", "ojfa", "joint", "jtc", "arbitrary_mean"):
         m = results["methods"][name]
         assert len(m["precision@1"]) == K and all(0 <= p <= 1 for p in m["precision@1"])
     assert len(results["selection"]["scores"]) == K and len(results["selection"]["scores"][0]) == K

@@ -6,12 +6,12 @@ from onejump.experiment.report import evaluate_claims
 def _results(ojfa, full, joint, p_full, p_joint, n_test=3000):
     K = 3
     per_level = {name: {"precision@1": [v] * K} for name, v in
-                 (("ojfa", ojfa), ("full_nnjtc", full), ("identity", 0.1), ("joint", joint), ("arbitrary_mean", 0.1))}
+                 (("ojfa", ojfa), ("full", full), ("identity", 0.1), ("joint", joint), ("arbitrary_mean", 0.1))}
     return {"methods": per_level, "levels": list(range(K)), "data": {"n_test": n_test},
-            "parameters": {"full_nnjtc": 30, "ojfa": 10, "reduction_factor": 3.0},
+            "parameters": {"full": 30, "ojfa": 10, "reduction_factor": 3.0},
             "reuse": {"precision@1": [[0.1] * K] * K},
             "selection": {"chosen": 0, "D": [1.0, 0.0, 0.0]},
-            "tests": {"ojfa_vs_full_nnjtc": {"p_value": p_full, "mean_diff": ojfa - full},
+            "tests": {"ojfa_vs_full": {"p_value": p_full, "mean_diff": ojfa - full},
                       "ojfa_vs_joint": {"p_value": p_joint, "mean_diff": ojfa - joint}}}
 
 

@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                         rank_multiplier=_rank_multiplier(args), tuned_steps=args.tuned_steps,
                         tuned_init=args.tuned_init)
     for kind, lens in out.items():  # counted as the files and the report count: weights and BatchNorm statistics
-        print(f"{kind}: {lens.num_parameters:,} parameters held at inference -> {run.shortcut_dir(kind)}")
+        print(f"{kind}: {lens.num_parameters:,} parameters held at inference -> {run.lens_path(kind)}")
     return 0
 
 
@@ -79,7 +79,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     score = "D" if sel.get("rule", "paper") == "paper" else "held-out precision@1"
     print(f"OJFA choice ({sel.get('rule', 'paper')} rule): jump {sel['chosen']} ({score} = "
           f"{sel['scores'][sel['chosen']]:.4f}); top 5 by {score}: {top}")
-    print(f"saved {run.shortcut_dir('ojfa')}")
+    print(f"saved {run.lens_path('ojfa')}")
     return 0
 
 

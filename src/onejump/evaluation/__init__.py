@@ -1,7 +1,8 @@
 """Evaluation: every lens at every exit level, the K x K reuse matrix, the OJFA selection, statistics."""
 
-from .metrics import evaluate, reuse_matrix
-from .result import METRICS, EvalResult
+from .evaluator import evaluate, reuse_matrix
+from .metrics import METRICS
+from .result import EvalResult
 from .selection import Selection, select_ojfa
 from .statistics import bootstrap_ci, paired_test
 

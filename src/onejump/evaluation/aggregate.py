@@ -28,8 +28,13 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..io import atomic_write_text
+from .metrics import metrics as registered
 
-METRICS = ("kl", "ce", "entropy")
+
+def tuned_lens_names() -> tuple[str, ...]:
+    """tuned-lens's names of the registry's metrics that have one (``kl``, ``ce``, ``entropy``)."""
+    return tuple(m.tuned_lens for m in registered() if m.tuned_lens is not None)
+
 TRANSFER_METRICS = ("kl", "ce")
 FILE_NAME = "aggregate_metrics.json"
 
@@ -65,8 +70,9 @@ def aggregate_metrics(metrics: Mapping[str, Mapping[str, Sequence[float]]], *,
             raise ConfigError("'baseline' is reserved for the model's own metrics; rename the lens")
         block: dict[str, Any] = {}
         for metric, values in per_metric.items():
-            if metric not in METRICS:
-                raise ConfigError(f"unknown metric {metric!r} for lens {lens!r}; tuned-lens's are {', '.join(METRICS)}")
+            if metric not in tuned_lens_names():
+                raise ConfigError(f"unknown metric {metric!r} for lens {lens!r}; tuned-lens's are "
+                                  f"{', '.join(tuned_lens_names())}")
             vals = _values(f"{lens}.{metric}", values)
             if levels is None:
                 levels = len(vals)
@@ -118,9 +124,6 @@ def write_aggregate_metrics(folder: str | Path, metrics: Mapping[str, Mapping[st
     return path
 
 
-_RESULT_METRICS = {"kl": "kl", "ce": "cross_entropy", "entropy": "entropy"}
-
-
 def metrics_of_result(result: Any, transfer_name: str = "jumps") -> dict[str, Any]:
     """The arguments of :func:`write_aggregate_metrics` from an :class:`~onejump.evaluation.result.EvalResult`.
 
@@ -131,16 +134,18 @@ def metrics_of_result(result: Any, transfer_name: str = "jumps") -> dict[str, An
     """
     metrics: dict[str, dict[str, Any]] = {}
     for method in result.methods:
-        block = {name: result.metric(method, key).tolist() for name, key in _RESULT_METRICS.items()
-                 if result.has(method, key)}
+        block = {m.tuned_lens: result.metric(method, m.name).tolist() for m in registered()
+                 if m.tuned_lens is not None and result.has(method, m.name)}
         if block:
             metrics[method] = block
     baseline = {"ce": result.final_cross_entropy} if result.final_cross_entropy is not None else None
     transfer: dict[str, dict[str, Any]] = {}
     if list(result.jumps) == list(range(result.num_blocks)):
-        for name, key in (("kl", "kl"), ("ce", "cross_entropy")):
+        for m in registered():
+            if m.tuned_lens not in TRANSFER_METRICS:
+                continue
             try:
-                transfer.setdefault(transfer_name, {})[name] = result.pair_matrix(key).tolist()
+                transfer.setdefault(transfer_name, {})[m.tuned_lens] = result.pair_matrix(m.name).tolist()
             except KeyError:
                 continue
     if transfer and transfer_name not in metrics:
@@ -148,5 +153,5 @@ def metrics_of_result(result: Any, transfer_name: str = "jumps") -> dict[str, An
     return {"metrics": metrics, "baseline": baseline, "layer_transfer": {k: v for k, v in transfer.items() if v}}
 
 
-__all__ = ["FILE_NAME", "METRICS", "aggregate_metrics", "flatten_metrics", "metrics_of_result",
-           "write_aggregate_metrics"]
+__all__ = ["FILE_NAME", "aggregate_metrics", "flatten_metrics", "metrics_of_result",
+           "tuned_lens_names", "write_aggregate_metrics"]

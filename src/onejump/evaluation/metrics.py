@@ -1,4 +1,13 @@
-"""Evaluation of lenses at every exit level through the model head (Section 5-6).
+"""The metric registry: every metric of an evaluation, defined once.
+
+A :class:`Metric` says where its per-sample values come from (a quantity the scoring kernel of
+:mod:`onejump.evaluation.scoring` writes, or a function of such quantities), how they are reduced
+over samples, which direction is better, its unit and its display name, and where it appears:
+results.json's per-method entries (with a bootstrap CI, with a ``mean_<name>`` over levels), the
+report's tables, the field-metrics figure, tuned-lens's ``aggregate_metrics.json``, the reuse
+matrix. Evaluation, aggregation, results.json, the sweep, the report and the figures iterate over
+:data:`METRICS`; adding a metric is one :func:`register` call (and, for a new per-sample quantity,
+its computation in the scoring kernel).
 
 Metrics, per exit level k = 0..K-1, on the test split, with t* the model's own top-1 token:
 
@@ -6,270 +15,107 @@ Metrics, per exit level k = 0..K-1, on the test split, with t* the model's own t
   (fewer than 5 logits strictly larger than the logit of t*);
 - ``surprisal`` (the paper's): ``-log softmax(lens(h^k, k))[t*]``;
 - ``reverse_surprisal`` (the ``mat`` code's): ``-log p_final(argmax lens(h^k, k))``;
-- the field's metrics (tuned-lens): ``kl`` = KL(p_final || p_lens) in nats, the lens's
-  ``entropy``, and ``cross_entropy`` against the sentence's real next token (the model's own is
-  the floor; rows whose position ends the sentence have no next token and are left out).
-
-:func:`evaluate` reads every named lens at every level; :func:`reuse_matrix` reads every jump of a
-per-level bank at every level (the K x K matrix behind OJFA: row m is "jump m everywhere", the
-diagonal is full N-NJTC; tuned-lens calls this ``--layer_transfer``). Low-rank jumps go through
-the exact rank-r head, so a (rows x r) @ (r x V) product replaces the (rows x H) @ (H x V) one.
-Per-sample results are kept, so means, confidence intervals and paired tests are computed
-afterwards and do not depend on chunk sizes.
+- the field's metrics (tuned-lens): ``kl`` = KL(p_final || p_lens) in nats, ``cross_entropy``
+  against the sentence's real next token (the model's own is the floor; rows whose position ends
+  the sentence have no next token and are left out), and the lens's ``entropy``.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import torch
-from tqdm.auto import tqdm
-
-from ..errors import ConfigError, NumericalError, StoreError
-from ..lenses.base import Lens, LogitLens
-from ..lenses.jtc import JTCLens
-from ..lenses.jumps import jump_parameter_count
-from ..lenses.onejump import OneJump, PerLevelLens
-from .result import METRICS, EvalResult
-from .scoring import Reducer, Reference, Sink, require_finite, score_rows
-
-__all__ = ["METRICS", "EvalResult", "evaluate", "parameter_counts", "reuse_matrix"]
+from ..errors import ConfigError
 
 
-def _default_blocks(vocab: int, device: torch.device) -> tuple[int, int]:
-    """Rows per logits block for (full-head lenses, low-rank jumps).
+@dataclass(frozen=True)
+class Metric:
+    """One metric.
 
-    On CPU the full head is GEMM-bound and wants large blocks (~64 MB of logits); the low-rank
-    head is bound by the passes over the logits and is faster when a block stays in cache (~4 MB).
-    On a GPU large blocks (fewer kernel launches) win for both.
+    ``quantity``: the per-sample tensor (K, N) of the scoring kernel it reads (``correct1``, ``kl``,
+    ...); or ``derive``: a function of ``get(quantity) -> (K, N) tensor`` giving its per-sample values.
+    ``reduce``: ``mean`` or ``nanmean`` over samples (NaN marks a sample without a value).
+    ``field``: computed only with the field's metrics (an extra pass), and left out where absent.
+    ``ci``: results.json carries its per-level 95% bootstrap CI (``<name>_ci``); ``headline``:
+    results.json carries ``mean_<name>`` (the mean over levels). ``table``: the report table it is a
+    column of (``main``, ``field`` or None). ``figure``: drawn in the field-metrics figure.
+    ``axis``: its axis label in figures (default: the display name); ``floor``: the results.json key of
+    the model's own value, drawn as a line. ``tuned_lens``: its name in tuned-lens's
+    ``aggregate_metrics.json`` (None: not there).
+    ``reuse``: results.json keeps its K x K reuse matrix.
     """
-    v = max(vocab, 1)
-    if device.type == "cuda":
-        return max(4, (1 << 26) // v), max(4, (1 << 26) // v)
-    return max(4, (1 << 24) // v), max(1, (1 << 20) // v)
+
+    name: str
+    display: str
+    better: str  # "higher" | "lower"
+    unit: str = ""
+    quantity: str | None = None
+    derive: Callable[[Callable[[str], Any]], Any] | None = None
+    reduce: str = "mean"
+    field: bool = False
+    ci: bool = False
+    headline: bool = False
+    table: str | None = None
+    fmt: str = ".3f"
+    figure: bool = False
+    axis: str | None = None
+    floor: str | None = None
+    tuned_lens: str | None = None
+    reuse: bool = False
+
+    @property
+    def label(self) -> str:
+        """Its axis label in figures: ``KL(p_final || p_lens), nats``."""
+        return (self.axis or self.display) + (f", {self.unit}" if self.unit else "")
+
+    @property
+    def header(self) -> str:
+        """Its column header in the report: ``mean KL (nats)``."""
+        return f"mean {self.display}" + (f" ({self.unit})" if self.unit else "")
 
 
-class _Pass:
-    """One pass over a store split: the chunks, their references, and the per-sample sinks."""
-
-    def __init__(self, store: Any, lm: Any, split: str, chunk_size: int, block_rows: int | None,
-                 extras: bool, use_compile: bool, exits: bool = False):
-        if chunk_size < 1:
-            raise ConfigError("chunk_size must be >= 1")
-        if block_rows is not None and block_rows < 1:
-            raise ConfigError("block_rows must be >= 1")
-        self.store, self.lm, self.split, self.chunk_size = store, lm, split, chunk_size
-        self.K, self.H = store.num_blocks, store.hidden_size
-        if (self.K, self.H) != (lm.num_blocks, lm.hidden_size):
-            raise ConfigError(f"the store has K={self.K}, H={self.H}; the model K={lm.num_blocks}, H={lm.hidden_size}")
-        w_u = lm.adapter.unembedding_matrix()
-        self.device, self.dtype, self.V = w_u.device, w_u.dtype, int(w_u.shape[0])
-        self.full_block, self.low_block = (block_rows, block_rows) if block_rows else _default_blocks(self.V,
-                                                                                                      self.device)
-        self.targets = store.targets(split)
-        self.N = int(self.targets.shape[0])
-        if self.N == 0:
-            raise StoreError(f"store split '{split}' is empty; nothing to evaluate")
-        self.extras, self.exits = extras, exits
-        self.next_tokens = _next_tokens(store, split) if extras else None
-        self.reducer = Reducer(use_compile)
-        self.final = {"surprisal": torch.zeros(self.N)}
-        if extras:
-            self.final["ce"] = torch.full((self.N,), float("nan"))
-
-    def full_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lm.adapter.head(x.to(self.dtype)).float()
-
-    def chunks(self, progress: bool, desc: str):
-        """Yield (offset, h (n, K+1, H) on the head's device, Reference) per chunk."""
-        offset = 0
-        bar = tqdm(total=self.N, desc=desc, unit="sample", disable=not progress)
-        for rows, chunk in self.store.iter_chunks(self.split, chunk_size=self.chunk_size):
-            n = chunk.shape[0]
-            h = chunk.to(self.device, torch.float32)
-            require_finite(h, rows)
-            yield offset, h, self._reference(h, offset, n)
-            offset += n
-            bar.update(n)
-        bar.close()
-
-    def _reference(self, h: torch.Tensor, offset: int, n: int) -> Reference:
-        target = self.targets[offset:offset + n].to(self.device)
-        final_logp = torch.log_softmax(self.full_head(h[:, self.K]), -1)
-        self.final["surprisal"][offset:offset + n] = -final_logp.gather(1, target[:, None])[:, 0].cpu()
-        if not self.extras:
-            return Reference(target, final_logp, exits=self.exits)
-        negent = (final_logp.exp() * final_logp).sum(1)
-        nxt = self.next_tokens[offset:offset + n].to(self.device) if self.next_tokens is not None else None
-        if nxt is not None:
-            ce = -final_logp.gather(1, nxt.clamp_min(0)[:, None])[:, 0]
-            self.final["ce"][offset:offset + n] = torch.where(nxt >= 0, ce, float("nan")).cpu()
-        return Reference(target, final_logp, negent, nxt, exits=self.exits)
-
-    def result(self, sinks: dict[str, Sink], **kw: Any) -> EvalResult:
-        per_sample: dict[str, torch.Tensor] = {}
-        for name, sink in sinks.items():
-            per_sample.update(sink.items(name))
-        per_sample.update({f"final/{k}": v for k, v in self.final.items()})
-        per_sample["targets"] = self.targets.clone()
-        for key, value in per_sample.items():
-            if key.endswith("/ce") or key == "final/ce":
-                continue  # NaN marks rows without a next token
-            if value.is_floating_point() and not torch.isfinite(value).all():
-                raise NumericalError(f"non-finite {key} in the evaluation (overflowing logits?)")
-        return EvalResult(num_blocks=self.K, num_samples=self.N, vocab_size=self.V, split=self.split,
-                          per_sample=per_sample, hidden_size=self.H, **kw)
+#: The registry, in report order.
+METRICS: dict[str, Metric] = {}
 
 
-def _next_tokens(store: Any, split: str) -> torch.Tensor | None:
-    """The sentences' real next tokens, or None for a store written before they were recorded."""
-    getter = getattr(store, "next_tokens", None)
-    if getter is None:
-        return None
+def register(metric: Metric) -> Metric:
+    """Add ``metric`` to the registry (its name must be new and name exactly one source)."""
+    if metric.name in METRICS:
+        raise ConfigError(f"metric '{metric.name}' is already registered")
+    if (metric.quantity is None) == (metric.derive is None):
+        raise ConfigError(f"metric '{metric.name}' needs exactly one of quantity= and derive=")
+    if metric.better not in ("higher", "lower") or metric.reduce not in ("mean", "nanmean"):
+        raise ConfigError(f"metric '{metric.name}': better is higher|lower, reduce mean|nanmean")
+    METRICS[metric.name] = metric
+    return metric
+
+
+def get_metric(name: str) -> Metric:
+    """The registered metric ``name`` (a clear error for an unknown one)."""
     try:
-        return getter(split)
-    except StoreError:
-        return None
+        return METRICS[name]
+    except KeyError:
+        raise ConfigError(f"unknown metric '{name}'; use one of {', '.join(METRICS)}") from None
 
 
-def _score_lens(p: _Pass, lens: Lens, h: torch.Tensor, ref: Reference, sink: Sink, offset: int) -> None:
-    """Score one lens at every level of a chunk, through the cheapest exact path it has."""
-    n, K, H = h.shape[0], p.K, p.H
-    levels_h = h[:, :K].reshape(n * K, H)
-    rows_sample = torch.arange(n, device=p.device).repeat_interleave(K)
-    level_sample = torch.arange(n, device=p.device)
-
-    def all_levels(to_logits, x, block):
-        sink.put_rows((), score_rows(to_logits, x, ref, rows_sample, block, p.reducer), n, K, offset)
-
-    def per_level(to_logits_at, x_at, block):
-        for k in range(K):
-            sink.put_level((), k, score_rows(to_logits_at(k), x_at(k), ref, level_sample, block, p.reducer), offset)
-
-    if isinstance(lens, LogitLens):
-        all_levels(p.full_head, levels_h, p.full_block)
-    elif isinstance(lens, JTCLens):
-        all_levels(p.full_head, lens.jtc.to(p.device).apply_all(h[:, :K]).reshape(n * K, H), p.full_block)
-    elif isinstance(lens, OneJump | PerLevelLens) and lens.residual:
-        bank = lens.bank.to(p.device)
-        if isinstance(lens, OneJump):
-            all_levels(p.full_head, bank.apply(levels_h, 0), p.full_block)
-        else:
-            per_level(lambda k: p.full_head, lambda k: bank.apply(h[:, k], k), p.full_block)
-    elif isinstance(lens, OneJump | PerLevelLens):
-        head = lens.lowrank_head()
-        z = head.project_all(levels_h)  # (n*K, J, r): the BatchNorm folded, one GEMM for all jumps
-        if isinstance(lens, OneJump):
-            all_levels(functools.partial(head.logits_from_scaled, jump=0), head.scaled_codes(z[:, 0], 0),
-                       p.low_block)
-        else:
-            z = z.view(n, K, -1, z.shape[-1])
-            per_level(lambda k: functools.partial(head.logits_from_scaled, jump=k),
-                      lambda k: head.scaled_codes(z[:, k, k], k).contiguous(), p.low_block)
-    else:  # any other lens: its own call, level by level
-        per_level(lambda k: (lambda x: lens(x, k).float()), lambda k: h[:, k], p.full_block)
+def metrics(**where: Any) -> list[Metric]:
+    """The registered metrics whose attributes equal ``where`` (``metrics(field=True)``), in order."""
+    return [m for m in METRICS.values() if all(getattr(m, k) == v for k, v in where.items())]
 
 
-def _common_model(lenses: Mapping[str, Lens]) -> Any:
-    if not lenses:
-        raise ConfigError("no lens to evaluate")
-    lms = {lens.lm.fingerprint for lens in lenses.values()}
-    if len(lms) != 1:
-        raise ConfigError("the lenses belong to different models")
-    return next(iter(lenses.values())).lm
+register(Metric("precision@1", "precision@1", "higher", quantity="correct1", ci=True, headline=True, table="main",
+                reuse=True))
+register(Metric("precision@5", "precision@5", "higher", quantity="correct5", headline=True, table="main"))
+register(Metric("surprisal", "surprisal", "lower", "nats", quantity="surprisal", ci=True, headline=True,
+                table="main", fmt=".2f", reuse=True))
+register(Metric("reverse_surprisal", "reverse surprisal", "lower", "nats", quantity="reverse_surprisal"))
+register(Metric("kl", "KL", "lower", "nats", quantity="kl", field=True, headline=True, table="field", figure=True,
+                axis="KL(p_final || p_lens)", tuned_lens="kl"))
+register(Metric("cross_entropy", "cross-entropy", "lower", "nats", quantity="ce", reduce="nanmean", field=True,
+                headline=True, table="field", figure=True, axis="cross-entropy vs the next token",
+                floor="final_cross_entropy", tuned_lens="ce"))
+register(Metric("entropy", "entropy", "lower", "nats", quantity="entropy", field=True, headline=True,
+                table="field", tuned_lens="entropy"))
 
-
-@torch.no_grad()
-def evaluate(store: Any, lenses: Mapping[str, Lens], *, split: str = "test", chunk_size: int = 128,
-             block_rows: int | None = None, field_metrics: bool = True, compile: bool = False,
-             chosen: int | None = None, progress: bool = True) -> EvalResult:
-    """Read every lens in ``lenses`` (name -> lens) at every exit level of a store split.
-
-    ``field_metrics`` adds KL, entropy and cross-entropy (one more pass over each block of logits).
-    ``chosen`` records the OJFA jump in the result. Memory is bounded by ``chunk_size`` samples and
-    ``block_rows`` rows of logits; results do not depend on either. Everything runs where the model's
-    unembedding is. ``compile=True`` fuses the precision/surprisal reductions with ``torch.compile``
-    (only without the field's metrics). Each lens's top-1 token and its two confidences are kept as
-    well (``<name>/top1``, ``max_prob``, ``margin``), from which an early-exit simulation needs no
-    pass of its own (:meth:`EvalResult.exit_records`).
-    """
-    lm = _common_model(lenses)
-    for name, lens in lenses.items():
-        if "/" in name or name in ("pairs", "final", "targets"):
-            raise ConfigError(f"'{name}' cannot name a lens (reserved)")
-        if lens.lm.fingerprint != store.fingerprint:
-            raise ConfigError(f"lens '{name}' is for another model than the store's")
-    p = _Pass(store, lm, split, chunk_size, block_rows, field_metrics, compile and not field_metrics, exits=True)
-    sinks = {name: Sink((), p.K, p.N, field_metrics, exits=True) for name in lenses}
-    timings = dict.fromkeys(lenses, 0.0)
-    t_start = time.perf_counter()
-    for offset, h, ref in p.chunks(progress, "evaluate"):
-        for name, lens in lenses.items():
-            t0 = time.perf_counter()
-            _score_lens(p, lens, h, ref, sinks[name], offset)
-            timings[name] += time.perf_counter() - t0
-    return p.result(sinks, jumps=[], chosen=chosen, seconds=time.perf_counter() - t_start, timings=timings,
-                    parameters={name: lens.num_parameters for name, lens in lenses.items()})
-
-
-@torch.no_grad()
-def reuse_matrix(store: Any, lens: PerLevelLens, *, jumps: Sequence[int] | None = None, split: str = "test",
-                 chosen: int | None = None, chunk_size: int = 128, block_rows: int | None = None,
-                 compile: bool = False, progress: bool = True) -> EvalResult:
-    """Every jump of a per-level bank (or those in ``jumps``) at every exit level: ``pairs/*`` (J, K, N).
-
-    The precision and surprisal metrics only (K^2 N rows: the field's extra passes would double
-    the cost). ``result.metric("ojfa", ...)`` reads the row of ``chosen``; ``"full"`` the diagonal.
-    """
-    if not isinstance(lens, PerLevelLens):
-        raise ConfigError("the reuse matrix needs a per-level lens (PerLevelLens)")
-    K = lens.num_blocks
-    jump_list = list(range(K)) if jumps is None else [int(m) for m in jumps]
-    if not jump_list or any(not 0 <= m < K for m in jump_list):
-        raise ConfigError(f"jumps must be in 0..{K - 1}")
-    p = _Pass(store, lens.lm, split, chunk_size, block_rows, False, compile)
-    sink = Sink((len(jump_list),), p.K, p.N, False)
-    head = None if lens.residual else lens.lowrank_head()
-    bank = copy.deepcopy(lens.bank).to(p.device) if lens.residual else None
-    t_start = time.perf_counter()
-    for offset, h, ref in p.chunks(progress, "reuse matrix"):
-        n = h.shape[0]
-        levels_h = h[:, :K].reshape(n * K, p.H)
-        rows_sample = torch.arange(n, device=p.device).repeat_interleave(K)
-        z = head.project_all(levels_h) if head is not None else None
-        for i, m in enumerate(jump_list):
-            if head is None:
-                to_logits, x, block = p.full_head, bank.apply(levels_h, m), p.full_block
-            else:
-                to_logits = functools.partial(head.logits_from_scaled, jump=m)
-                x, block = head.scaled_codes(z[:, m], m).contiguous(), p.low_block
-            sink.put_rows((i,), score_rows(to_logits, x, ref, rows_sample, block, p.reducer), n, K, offset)
-    seconds = time.perf_counter() - t_start
-    return p.result({"pairs": sink}, jumps=jump_list, chosen=chosen, rank=lens.rank, seconds=seconds,
-                    timings={"pairs": seconds})
-
-
-def parameter_counts(num_blocks: int, hidden_size: int, rank: int) -> dict[str, Any]:
-    """Shortcut parameters held at inference by each method, and the OJFA reduction factor.
-
-    identity 0; full N-NJTC ``K (2Hr + 4H)``; OJFA and joint ``2Hr + 4H``; JTC ``K (H^2 + H)``;
-    ``reduction_factor`` = full / OJFA = K.
-    """
-    per_jump = jump_parameter_count(hidden_size, rank)
-    full = num_blocks * per_jump
-    return {
-        "identity": 0,
-        "full_nnjtc": full,
-        "ojfa": per_jump,
-        "joint": per_jump,
-        "jtc": num_blocks * (hidden_size * hidden_size + hidden_size),
-        "per_jump": per_jump,
-        "reduction_factor": full / per_jump,
-        "num_blocks": num_blocks,
-        "hidden_size": hidden_size,
-        "rank": rank,
-    }
+__all__ = ["METRICS", "Metric", "get_metric", "metrics", "register"]

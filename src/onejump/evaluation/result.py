@@ -13,10 +13,8 @@ from safetensors import SafetensorError, safe_open
 
 from ..errors import ConfigError, StoreError
 from ..io import atomic_write_text, save_safetensors
+from .metrics import METRICS, get_metric
 
-METRICS = ("precision@1", "precision@5", "surprisal", "reverse_surprisal", "kl", "entropy", "cross_entropy")
-SAMPLE_KEYS = {"precision@1": "correct1", "precision@5": "correct5", "surprisal": "surprisal",
-               "reverse_surprisal": "reverse_surprisal", "kl": "kl", "entropy": "entropy", "cross_entropy": "ce"}
 _RESERVED = ("pairs", "final", "targets")
 
 
@@ -77,10 +75,13 @@ class EvalResult:
         return True
 
     def samples(self, method: str, metric: str) -> torch.Tensor:
-        """Per-sample values (K, N) of ``metric`` for ``method`` (see the class doc for names)."""
-        if metric not in SAMPLE_KEYS:
-            raise ConfigError(f"unknown metric '{metric}'; use one of {', '.join(METRICS)}")
-        q = SAMPLE_KEYS[metric]
+        """Per-sample values (K, N) of registered ``metric`` for ``method`` (see the class doc for names)."""
+        m = get_metric(metric)
+        if m.derive is not None:
+            return m.derive(lambda q: self._quantity(method, q, metric))
+        return self._quantity(method, m.quantity, metric)
+
+    def _quantity(self, method: str, q: str, metric: str) -> torch.Tensor:
         key = f"{method}/{q}"
         if key in self.per_sample:
             return self.per_sample[key]
@@ -113,13 +114,27 @@ class EvalResult:
             raise ConfigError(f"jump {jump} was not evaluated (evaluated: {self.jumps})") from None
 
     def metric(self, method: str, metric: str) -> torch.Tensor:
-        """Mean over test samples, per level: (K,) float64 (cross-entropy over rows that have a next token)."""
+        """Over test samples, per level: (K,) float64, reduced as the metric says (cross-entropy: the
+        mean over rows that have a next token)."""
         values = self.samples(method, metric).double()
-        return values.nanmean(-1) if metric == "cross_entropy" else values.mean(-1)
+        return values.nanmean(-1) if get_metric(metric).reduce == "nanmean" else values.mean(-1)
 
     def pair_matrix(self, metric: str) -> torch.Tensor:
-        """Means (len(jumps), K) of ``metric`` for jump ``jumps[i]`` at level k."""
-        return self.per_sample[f"pairs/{SAMPLE_KEYS[metric]}"].double().mean(-1)
+        """Over test samples (len(jumps), K) of ``metric`` for jump ``jumps[i]`` at level k."""
+        m = get_metric(metric)
+        if m.derive is not None:
+            values = m.derive(lambda q: self.per_sample[f"pairs/{q}"]).double()
+        else:
+            values = self.per_sample[f"pairs/{m.quantity}"].double()
+        return values.nanmean(-1) if m.reduce == "nanmean" else values.mean(-1)
+
+    def has_pairs(self, metric: str) -> bool:
+        """Whether the reuse matrix of this result has ``metric``."""
+        try:
+            self.pair_matrix(metric)
+        except KeyError:
+            return False
+        return True
 
     @property
     def final_surprisal(self) -> float:
@@ -180,7 +195,7 @@ class EvalResult:
         }
         if "pairs/correct1" in self.per_sample:
             out["pairs"] = {"jumps": self.jumps, **{metric: self.pair_matrix(metric).tolist()
-                                                    for metric in METRICS[:4]}}
+                                                    for metric in METRICS if self.has_pairs(metric)}}
         return out
 
     def save(self, path: str | Path) -> Path:

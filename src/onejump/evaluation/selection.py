@@ -19,6 +19,7 @@ bounded by the chunk.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, ShortcutError, StoreError
 from ..lenses.jumps import JumpBank
 from .scoring import require_finite
 
@@ -114,10 +115,47 @@ def holdout_rows(store: Any, val_fraction: float = 0.1, seed: int = 0,
     return held
 
 
+#: How a trained lens's ``held_out`` record says its rows were drawn: by :func:`holdout_rows`.
+HELD_OUT_DRAWN_BY = "onejump.evaluation.selection.holdout_rows"
+
+
+def _rows_digest(rows: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def held_out_record(store: Any, val_fraction: float, seed: int) -> dict[str, Any]:
+    """What a training with ``val_fraction`` and ``seed`` held out of ``store``'s train split, kept in the
+    trained lens's config (``extra["held_out"]``): the settings, how the rows were drawn, how many and
+    a digest of them, so that whatever scores "held-out" rows later scores exactly these."""
+    rows = holdout_rows(store, val_fraction, seed, max_rows=None) if val_fraction > 0 else np.zeros(0, np.int64)
+    return {"split": "train", "val_fraction": float(val_fraction), "seed": int(seed), "drawn_by": HELD_OUT_DRAWN_BY,
+            "num_rows": int(len(rows)), "rows_sha256": _rows_digest(rows)}
+
+
+def trained_holdout(store: Any, record: dict[str, Any] | None, max_rows: int | None = HOLDOUT_MAX) -> np.ndarray:
+    """The store rows a lens's training held out (its ``held_out`` record), at most ``max_rows`` of them.
+
+    Refused (:class:`~onejump.errors.ShortcutError`) when the lens keeps no record, when its training held
+    nothing out, or when the rows drawn now differ from those recorded (another store or another split)."""
+    if not record:
+        raise ShortcutError("the lens does not record which rows its training held out: train it again")
+    if record.get("drawn_by") != HELD_OUT_DRAWN_BY or record.get("split") != "train":
+        raise ShortcutError(f"the lens's held-out rows were drawn by {record.get('drawn_by')}, which this onejump "
+                            "cannot redraw: train it again")
+    if not record["val_fraction"] > 0:
+        raise ShortcutError("the lens's training held no rows out (val_fraction 0): nothing it never trained on "
+                            "is left to score it on; train with a validation fraction above 0")
+    full = holdout_rows(store, record["val_fraction"], record["seed"], max_rows=None)
+    if len(full) != record["num_rows"] or _rows_digest(full) != record["rows_sha256"]:
+        raise ShortcutError("the rows held out of this store differ from those the lens's training held out "
+                            "(another store or another split): train it again")
+    return holdout_rows(store, record["val_fraction"], record["seed"], max_rows=max_rows)
+
+
 @torch.no_grad()
-def head_scores(store: Any, adapter: Any, bank: JumpBank, rows: np.ndarray | None = None,
+def head_scores(store: Any, adapter: Any, bank: JumpBank, rows: np.ndarray,
                 chunk_size: int | None = None, progress: bool = False, kl: bool = False) -> dict[str, torch.Tensor]:
-    """Head-aware reuse matrices (J, K) on store ``rows`` (default: the train split's held-out part).
+    """Head-aware reuse matrices (J, K) on store ``rows`` (e.g. :func:`trained_holdout` of the bank's lens).
 
     Returns ``{"precision@1": P}`` (and ``"kl"`` with ``kl=True``): ``P[m, k]`` the fraction of rows
     where ``argmax head(jump_m(h^k))`` is the model's own top-1 token, ``KL[m, k]`` the mean
@@ -129,7 +167,7 @@ def head_scores(store: Any, adapter: Any, bank: JumpBank, rows: np.ndarray | Non
     K, H = store.num_blocks, store.hidden_size
     if bank.hidden_size != H:
         raise ConfigError(f"jump bank has H={bank.hidden_size} but the store has H={H}")
-    rows = holdout_rows(store) if rows is None else np.asarray(rows, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64)
     if len(rows) == 0:
         raise StoreError("no store rows to compute head scores on")
     head = None if bank.residual else LowRankHead(adapter, bank)
@@ -173,33 +211,6 @@ def head_scores(store: Any, adapter: Any, bank: JumpBank, rows: np.ndarray | Non
     if kl:
         out["kl"] = kl_sum / n_total
     return out
-
-
-@torch.no_grad()
-def lens_scores(store: Any, lens: Any, rows: np.ndarray | None = None, chunk_size: int | None = None) -> torch.Tensor:
-    """Precision@1 (K,) of any lens at every exit level on store ``rows`` (default: the held-out part).
-
-    The same score as one row of :func:`head_scores` (argmax of ``lens(h^k, k)`` against the model's
-    own top-1 token), through the lens's own call, so it serves lenses that are not a jump bank
-    (e.g. a level-conditioned jump).
-    """
-    K = store.num_blocks
-    rows = holdout_rows(store) if rows is None else np.asarray(rows, dtype=np.int64)
-    if len(rows) == 0:
-        raise StoreError("no store rows to compute lens scores on")
-    dev = lens.lm.adapter.unembedding_matrix().device
-    if chunk_size is None:  # about 2^24 logits (64 MiB) per (chunk, vocabulary) block
-        chunk_size = max(1, (1 << 24) // lens.vocab_size)
-    targets = torch.from_numpy(store.meta("target")[rows].astype(np.int64)).to(dev)
-    correct = torch.zeros(K, dtype=torch.float64)
-    for start in range(0, len(rows), chunk_size):
-        part = rows[start:start + chunk_size]
-        h = store.read_rows(part).to(dev)
-        require_finite(h, part)
-        top1 = targets[start:start + len(part)]
-        for k in range(K):
-            correct[k] += float((lens(h[:, k], k).argmax(-1) == top1).sum())
-    return correct / len(rows)
 
 
 def _softmax(scores: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -279,14 +290,19 @@ def select_ojfa(store: Any, jumps: Any, split: str = "train", chunk_size: int = 
     :class:`~onejump.lenses.OneJump` (and the model's head comes from the lens).
 
     ``rule="paper"``: D_m of Eq. 3-5 on ``split``. ``rule="head"``: mean precision@1 through the
-    head on the held-out part of the train split (``holdout`` rows, default :func:`holdout_rows`);
-    needs ``adapter``. Either way the result records the other rule's matrix too when it is
-    available (``others``), so both choices can be compared.
+    head on the rows the jumps' training held out (``holdout``; default: those the lens records,
+    :func:`trained_holdout`; a bare bank records none, so it needs ``holdout``); needs ``adapter``.
+    Either way the result records the other rule's matrix too when it is available (``others``), so
+    both choices can be compared.
     """
     lens = jumps if hasattr(jumps, "bank") else None
     bank = lens.bank if lens is not None else jumps
     adapter = adapter if adapter is not None or lens is None else lens.lm.adapter
-    sel = _select(store, bank, split, chunk_size, temperature, device, progress, rule, adapter, holdout)
+    if rule == "head" and holdout is None:
+        if lens is None:
+            raise ConfigError("the head-aware rule scores the rows the jumps' training held out: pass holdout=rows")
+        holdout = trained_holdout(store, lens.extra.get("held_out"))
+    sel = _select(store, bank, split, chunk_size, temperature, device, progress, rule, adapter, holdout, lens)
     if lens is not None:
         sel.lens = lens.jump(sel.chosen)
     return sel
@@ -294,7 +310,7 @@ def select_ojfa(store: Any, jumps: Any, split: str = "train", chunk_size: int = 
 
 def _select(store: Any, bank: JumpBank, split: str, chunk_size: int, temperature: float,
             device: str | torch.device, progress: bool, rule: str, adapter: Any,
-            holdout: np.ndarray | None) -> Selection:
+            holdout: np.ndarray | None, lens: Any = None) -> Selection:
     if rule not in RULES:
         raise ConfigError(f"unknown selection rule '{rule}'; use one of {', '.join(RULES)}")
     matrix = reuse_scores(store, bank, split=split, chunk_size=chunk_size, device=device, progress=progress)
@@ -303,8 +319,13 @@ def _select(store: Any, bank: JumpBank, split: str, chunk_size: int, temperature
                                      num_samples=len(store.indices(split)), levels=list(bank.levels))
     if adapter is None:
         raise ConfigError("the head-aware selection rule needs the model (adapter)")
-    rows = holdout_rows(store) if holdout is None else np.asarray(holdout)
-    scores = head_scores(store, adapter, bank, rows, progress=progress)
+    rows = np.asarray(holdout, dtype=np.int64)
+    if lens is not None and lens.kind == "per-level":  # the evaluation's own scoring, jump x level
+        from .evaluator import reuse_matrix
+
+        scores = {"precision@1": reuse_matrix(store, lens, rows=rows, progress=progress).pair_matrix("precision@1")}
+    else:  # a bare bank has no model to evaluate with: its head alone
+        scores = head_scores(store, adapter, bank, rows, progress=progress)
     paper = Selection.from_matrix(matrix, temperature=temperature, split=split, levels=list(bank.levels))
     sel = Selection.from_matrix(scores["precision@1"], temperature=temperature, split="train-holdout",
                                 num_samples=len(rows), levels=list(bank.levels), rule="head")

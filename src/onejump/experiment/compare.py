@@ -5,7 +5,7 @@ folder or the file itself) and writes into DIR:
 
 - ``compare.json`` (schema ``onejump-compare/1``): ``rows`` (the claims, in table order) and ``models``
   sorted by hidden size H, each ``{name, fingerprint, K, H, r, n_train, n_test, source, claims: {id:
-  {value, unit, text, verdict, p_value, ci}}, ojfa_gap: {full_nnjtc, joint: {gap_points, ci_points,
+  {value, unit, text, verdict, p_value, ci}}, ojfa_gap: {full, joint: {gap_points, ci_points,
   p_value}}, single_jump: {best, logit_lens, tuned_lens, ratios}}``;
 - ``models.md``: the claims table (a row per claim, a column per model) and the single-jump table;
 - ``ojfa_gap_vs_h.png``: OJFA's gap to full N-NJTC and to the joint jump against H (and, where a run has
@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..io import atomic_write_text
 from .folder import RunFolder
+from .lens_table import canonical_results, display
 from .report import MATCH_TOLERANCE, SCHEMA, early_levels, evaluate_claims
 from .report_tuned import counted
 
@@ -48,7 +49,7 @@ ROWS = (
 )
 
 _REQUIRED = ("model", "data", "levels", "methods", "parameters", "reuse", "selection")
-_METHODS = ("identity", "full_nnjtc", "ojfa", "joint", "arbitrary_mean")
+_METHODS = ("identity", "full", "ojfa", "joint", "arbitrary_mean")
 
 
 # ---- reading the sources ------------------------------------------------------------------------
@@ -93,6 +94,7 @@ def load_results(source: str | Path) -> tuple[Path, dict[str, Any]]:
         raise ConfigError(f"{path} is not JSON: give the results.json of an onejump report") from None
     if not isinstance(results, dict) or results.get("schema") != SCHEMA:
         raise ConfigError(f"{path} is not an onejump results.json (its schema is not '{SCHEMA}')")
+    results = canonical_results(results)  # an older file's lens names, read as the lens table's ids
     missing = [k for k in _REQUIRED if k not in results]
     if not missing:
         parts = {"model": ("name", "hidden_size"), "data": ("n_train", "n_test"), "methods": _METHODS}
@@ -143,7 +145,7 @@ def claim_numbers(results: dict[str, Any], claims: list[dict[str, Any]]) -> dict
     factor = float(results["parameters"]["reduction_factor"])
     out = {
         "parameter_reduction": {"value": factor, "unit": "x", "text": f"{factor:.0f}x (K = {K})"},
-        "ojfa_matches_full": points(100 * (_p1(results, "full_nnjtc").mean() - ojfa.mean())),
+        "ojfa_matches_full": points(100 * (_p1(results, "full").mean() - ojfa.mean())),
         "ojfa_beats_identity_early": points(100 * (ojfa[:early].mean() - _p1(results, "identity")[:early].mean())),
         "ojfa_at_least_joint": points(100 * (ojfa.mean() - _p1(results, "joint").mean())),
         "ojfa_beats_arbitrary": points(100 * (ojfa.mean() - _p1(results, "arbitrary_mean").mean())),
@@ -152,7 +154,7 @@ def claim_numbers(results: dict[str, Any], claims: list[dict[str, Any]]) -> dict
     for c in claims:
         if c["id"] == "low_rank_below_60":
             ci = c.get("ci")
-            where = {"full_nnjtc": "full N-NJTC", "ojfa": "OJFA", "joint": "joint jump"}.get(c["method"], c["method"])
+            where = display(c["method"]).split(" (")[0]
             out[c["id"]] = {"value": c["value"], "unit": "precision@1", "ci": ci,
                             "text": f"{c['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
                                     + f" ({where}, level {c['level']})"}
@@ -163,7 +165,7 @@ def ojfa_gaps(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Full N-NJTC minus OJFA and joint minus OJFA, mean precision@1 in points, with the paired test's CI."""
     tests = results.get("tests") or {}
     out = {}
-    for other in ("full_nnjtc", "joint"):
+    for other in ("full", "joint"):
         t = tests.get(f"ojfa_vs_{other}") or {}
         ci = t.get("ci")  # of OJFA minus the other: flipped
         out[other] = {"gap_points": float(100 * (_p1(results, other).mean() - _p1(results, "ojfa").mean())),

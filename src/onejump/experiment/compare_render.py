@@ -126,7 +126,7 @@ def _legend(ax: Any) -> None:
 
 
 def _gap_panel(ax: Any, models: list[dict[str, Any]], H: np.ndarray) -> None:
-    series = (("full_nnjtc", "full N-NJTC minus OJFA", "tab:blue", 0.98),
+    series = (("full", "full N-NJTC minus OJFA", "tab:blue", 0.98),
               ("joint", "joint jump minus OJFA", "tab:green", 1.02))
     for other, label, color, shift in series:  # shifted a little sideways so that the error bars stay apart
         gaps = [m["ojfa_gap"][other] for m in models]

@@ -7,20 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluation.metrics import metrics as registered
 from ..textsafe import figure_text
-
-PRETTY = {
-    "identity": "identity (logit lens)",
-    "full_nnjtc": "full N-NJTC (jump k at level k)",
-    "ojfa": "OJFA (one jump)",
-    "joint": "joint jump",
-    "jtc": "JTC (full-rank linear)",
-    "arbitrary_mean": "arbitrary jump (mean over m)",
-    "tuned": "tuned lens (full-rank affine, KL)",
-}
-
-COLORS = {"identity": "tab:gray", "full_nnjtc": "tab:blue", "ojfa": "tab:red", "joint": "tab:green",
-          "jtc": "tab:purple", "arbitrary_mean": "tab:orange", "tuned": "black"}
+from .lens_table import LENSES, colour, display
 
 
 def _plt():
@@ -35,11 +24,11 @@ def _plt():
 def _curve(ax, results: dict[str, Any], name: str, metric: str, **kw: Any) -> None:
     levels = results["levels"]
     method = results["methods"][name]
-    ax.plot(levels, method[metric], label=figure_text(PRETTY.get(name, name)), color=COLORS.get(name), marker=".", **kw)
+    ax.plot(levels, method[metric], label=figure_text(display(name)), color=colour(name), marker=".", **kw)
     ci = method.get(f"{metric}_ci")
     if ci is not None:
         ci = np.asarray(ci)
-        ax.fill_between(levels, ci[:, 0], ci[:, 1], color=COLORS[name], alpha=0.15, linewidth=0)
+        ax.fill_between(levels, ci[:, 0], ci[:, 1], color=colour(name), alpha=0.15, linewidth=0)
 
 
 def make_figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -60,7 +49,7 @@ def make_figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     for ax, mat, metric, ylabel in ((axes[0], reuse_p, "precision@1", "precision@1 (higher is better)"),
                                     (axes[1], reuse_s, "surprisal", "surprisal, nats (lower is better)")):
         for m in range(K):
-            ax.plot(levels, mat[m], color=COLORS["arbitrary_mean"], alpha=0.18, linewidth=0.8,
+            ax.plot(levels, mat[m], color=colour("arbitrary_mean"), alpha=0.18, linewidth=0.8,
                     label="arbitrary jumps (each m)" if m == 0 else None)
         _curve(ax, results, "arbitrary_mean", metric, linestyle="--")
         _curve(ax, results, "joint", metric)
@@ -89,7 +78,7 @@ def make_figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for ax, metric, ylabel in ((axes[0], "precision@1", "precision@1 (higher is better)"),
                                (axes[1], "surprisal", "surprisal, nats (lower is better)")):
-        for name in ("identity", "full_nnjtc", "ojfa", "jtc"):
+        for name in ("identity", "full", "ojfa", "jtc"):
             if name in results["methods"]:
                 _curve(ax, results, name, metric, linewidth=2 if name == "ojfa" else 1.2,
                        linestyle=":" if name == "jtc" else "-")
@@ -205,20 +194,18 @@ def field_figure(results: dict[str, Any], out_dir: Path) -> Path | None:
     if not methods:
         return None
     plt = _plt()
-    metrics = [("kl", "KL(p_final || p_lens), nats")]
-    if any("cross_entropy" in m for m in methods.values()):
-        metrics.append(("cross_entropy", "cross-entropy vs the next token, nats"))
+    metrics = [m for m in registered(figure=True) if any(m.name in e for e in methods.values())]
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2), squeeze=False)
-    for ax, (metric, label) in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics):
         for name, m in methods.items():
-            if metric in m:
-                ax.plot(results["levels"], m[metric], label=figure_text(PRETTY.get(name, name)), color=COLORS.get(name),
+            if metric.name in m:
+                ax.plot(results["levels"], m[metric.name], label=figure_text(display(name)), color=colour(name),
                         marker=".")
-        if metric == "cross_entropy" and results.get("final_cross_entropy") is not None:
-            ax.axhline(results["final_cross_entropy"], color="black", linestyle=":", label="the model itself")
+        if metric.floor is not None and results.get(metric.floor) is not None:
+            ax.axhline(results[metric.floor], color="black", linestyle=":", label="the model itself")
         ax.set_yscale("log")
         ax.set_xlabel("exit level k")
-        ax.set_ylabel(label + " (log scale)")
+        ax.set_ylabel(metric.label + " (log scale)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{figure_text(results['model']['name'])}: the field's metrics per level (test set)")
@@ -237,7 +224,8 @@ def tuned_figure(results: dict[str, Any], out_dir: Path) -> Path | None:
         lenses["best"] = best
     style = {"identity": ("tab:gray", "-", 1.2), "tuned": ("black", "-", 1.8), "ojfa": ("tab:red", "--", 1.2),
              "best": ("tab:blue", "-", 2.2)}
-    label = {**PRETTY, "best": f"best single jump ({best['objective']}, r{best['rank']})" if best else ""}
+    label = {n: row.display for n, row in LENSES.items()}
+    label["best"] = f"best single jump ({best['objective']}, r{best['rank']})" if best else ""
     levels = results["levels"]
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.4))

@@ -4,7 +4,8 @@ The layout is known here alone::
 
     run.json               model and data arguments (written by the extract stage)
     store/                 hidden states (onejump.store)
-    shortcuts/<kind>/      lenses: nnjtc (the K per-level jumps), joint, jtc, ojfa (the chosen jump), tuned
+    shortcuts/<folder>/    lenses: nnjtc (the K per-level jumps), joint, jtc, ojfa (the chosen jump), tuned
+                           (the lens table, onejump.experiment.lens_table, maps each lens id to its folder)
     selection.json         D matrix, D_m, OJFA choice, softmax(D / 5e-4) (and the head-aware scores)
     preset.json            the preset the run was trained with (paper / best) and its selection rule
     evaluation/            per-sample test results of every lens (safetensors) + summary
@@ -27,10 +28,11 @@ from typing import Any
 
 import torch
 
-from ..errors import ShortcutError, StoreError
+from ..errors import ConfigError, ShortcutError, StoreError
 from ..io import atomic_write_text
 from ..memory import PeakProbe
 from ..store import HiddenStateStore
+from .lens_table import run_lens
 from .presets import PRESETS, DataArgs
 
 
@@ -71,11 +73,11 @@ class RunFolder:
         return self.folder / "store"
 
     def lens_path(self, name: str) -> Path:
-        """Where the run keeps a lens: ``nnjtc`` (per-level), ``joint``, ``jtc``, ``ojfa``, ``tuned``, or the
-        sweep's ``best`` single jump."""
-        return self.folder / "sweep" / "best" if name == "best" else self.folder / "shortcuts" / name
-
-    shortcut_dir = lens_path
+        """Where the run keeps lens ``name`` (an id of :data:`~onejump.experiment.lens_table.LENSES`)."""
+        folder = run_lens(name).folder
+        if folder is None:
+            raise ConfigError(f"the '{name}' lens is the model's own head: a run keeps no file of it")
+        return self.folder / folder
 
     @property
     def report_dir(self) -> Path:
@@ -149,7 +151,9 @@ class RunFolder:
         if name in paths:
             path = paths[name]
         else:
-            folder = self.shortcut_dir(name)
+            if run_lens(name).folder is None:
+                return None
+            folder = self.lens_path(name)
             path = next((folder / n for n in ("config.json", "shortcuts.json") if (folder / n).is_file()),
                         folder / "config.json")
         return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
@@ -159,7 +163,7 @@ class RunFolder:
         """What the evaluation of the lenses is computed from: the store, every lens, the selection
         (``absent``: stage outputs taken as missing, to recognise a result from before they existed)."""
         inputs = {name: None if name in absent else self.identity(name)
-                  for name in ("store", "nnjtc", "joint", "jtc", "ojfa", "tuned", "selection")}
+                  for name in ("store", "full", "joint", "jtc", "ojfa", "tuned", "selection")}
         best = None if "best" in absent else self.identity("best")
         if best is not None:  # the sweep's best jump; a run without one keeps the key it always had
             inputs["best"] = best
@@ -167,15 +171,12 @@ class RunFolder:
 
     def lens_key(self, name: str, stage: str) -> str:
         """What one lens's part of a stage (``eval`` or ``exits``) is computed from: the store and that lens."""
-        from .lens_cache import LENS_KINDS
-
-        kind = LENS_KINDS[name]
-        return stage_key({"store": self.identity("store"), "lens": name,
-                          "identity": self.identity(kind) if kind is not None else None}, stage, "lens", 1)
+        return stage_key({"store": self.identity("store"), "lens": name, "identity": self.identity(name)},
+                         stage, "lens", 1)
 
     def reuse_key(self) -> str:
         """What the K x K reuse matrix is computed from: the store and the per-level jumps."""
-        return stage_key(self.identity("store"), self.identity("nnjtc"), "reuse", 1)
+        return stage_key(self.identity("store"), self.identity("full"), "reuse", 1)
 
     def exits_key(self, absent: set[str] = frozenset()) -> str:
         best = self.lens_path("best") / "config.json"
@@ -184,18 +185,20 @@ class RunFolder:
         return stage_key(self.evaluation_key(absent), None if "tuned" in absent else self.identity("tuned"), best_id,
                          "exits", 1)
 
-    def has_lens(self, kind: str) -> bool:
-        return self.identity(kind) is not None
+    def has_lens(self, name: str) -> bool:
+        return self.identity(name) is not None
 
-    def lens(self, kind: str):
-        """The lens saved by a stage: ``nnjtc`` (per-level), ``joint``, ``jtc`` or ``ojfa``."""
-        from ..lenses.base import Lens
+    def lens(self, name: str):
+        """The run's lens ``name`` (an id of the lens table), loaded."""
+        from ..lenses.base import Lens, LogitLens
 
-        if not self.has_lens(kind):
-            command = "select" if kind == "ojfa" else "train"
-            raise ShortcutError(f"no trained '{kind}' lens in {self.shortcut_dir(kind)}: run "
-                                f"`onejump {command} --out {self.folder}`")
-        return Lens.load(self.shortcut_dir(kind), self.lm())
+        row = run_lens(name)
+        if row.folder is None:
+            return LogitLens(self.lm())
+        if not self.has_lens(name):
+            raise ShortcutError(f"no '{name}' lens in {self.lens_path(name)}: run "
+                                f"`onejump {row.made_by} --out {self.folder}`")
+        return Lens.load(self.lens_path(name), self.lm())
 
     def preset(self) -> dict[str, Any]:
         """The preset recorded by train/run (``preset.json``); the paper's when none was recorded."""

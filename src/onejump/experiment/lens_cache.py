@@ -17,10 +17,6 @@ from typing import Any
 from ..errors import StoreError
 from ..io import atomic_write_text
 
-# which stage output each lens of the run is read from (None: the logit lens, the model's own head)
-LENS_KINDS: dict[str, str | None] = {"identity": None, "full": "nnjtc", "ojfa": "ojfa", "joint": "joint",
-                                     "jtc": "jtc", "tuned": "tuned", "best": "best"}
-
 
 def _part_folder(folder: Path, name: str) -> Path:
     return folder / "lenses" / name
@@ -112,7 +108,7 @@ def cached_by_lens(folder: Path, key: str, keys: Mapping[str, str], *, key_witho
             whole = None
         if whole is not None:
             held = [n for n in names_of(whole) if n in keys]
-            absent = {str(LENS_KINDS.get(n)) for n in keys if n not in held}
+            absent = {n for n in keys if n not in held}
             if saved == key_without(absent):
                 adopt(folder, {n: keys[n] for n in held}, lambda n: split(whole, n), save)
     if saved == key:
@@ -125,4 +121,4 @@ def cached_by_lens(folder: Path, key: str, keys: Mapping[str, str], *, key_witho
     return result, computed
 
 
-__all__ = ["LENS_KINDS", "adopt", "cached_by_lens", "per_lens", "store_part"]
+__all__ = ["adopt", "cached_by_lens", "per_lens", "store_part"]

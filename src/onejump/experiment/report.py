@@ -10,10 +10,10 @@
     methods     {name: {precision@1: [K], precision@1_ci: [[lo, hi]] * K, precision@5: [K],
                  surprisal: [K], surprisal_ci: [[lo, hi]] * K, reverse_surprisal: [K],
                  mean_precision@1, mean_precision@5, mean_surprisal, parameters}}
-                 names: identity, full_nnjtc, ojfa, joint, jtc, arbitrary_mean
+                 names: the lens table's ids (identity, full, ojfa, joint, jtc, tuned) and arbitrary_mean
     reuse       {precision@1: K x K [m][k], surprisal: K x K [m][k]}
-    parameters  {per_jump, full_nnjtc, ojfa, joint, jtc, identity, reduction_factor}
-    tests       {ojfa_vs_full_nnjtc: {...}, ojfa_vs_joint: {...}}: paired tests on test-set samples
+    parameters  {per_jump, full, ojfa, joint, jtc, identity, reduction_factor}
+    tests       {ojfa_vs_full: {...}, ojfa_vs_joint: {...}}: paired tests on test-set samples
     claims      [{id, claim, paper, ours, held}]
     timings     {stage: seconds}
     memory      (optional) {peak_rss_mib: {stage: MiB}, method: {stage: "stage peak" | "process peak so far"},
@@ -32,9 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from ..evaluation.metrics import metrics as registered
 from ..io import atomic_write_text
 from .exit_figures import exit_report_section
-from .figures import PRETTY, field_figure, make_figures, tuned_figure
+from .figures import field_figure, make_figures, tuned_figure
+from .lens_table import canonical_results, display
 from .report_tuned import tuned_lines
 
 SCHEMA = "onejump-results/1"
@@ -47,7 +49,7 @@ MATCH_TOLERANCE = 0.03
 HARD_EXIT_CEILING = 0.60
 
 #: The low-rank shortcut methods the ceiling is about (the reuse matrix's arbitrary jumps join them).
-LOW_RANK_METHODS = ("full_nnjtc", "ojfa", "joint")
+LOW_RANK_METHODS = ("full", "ojfa", "joint")
 
 
 def early_levels(K: int) -> int:
@@ -61,7 +63,7 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict[str, Any]]:
     K = len(results["levels"])
     early = early_levels(K)
     ojfa_p = np.asarray(m["ojfa"]["precision@1"])
-    full_p = np.asarray(m["full_nnjtc"]["precision@1"])
+    full_p = np.asarray(m["full"]["precision@1"])
     id_p = np.asarray(m["identity"]["precision@1"])
     joint_p = np.asarray(m["joint"]["precision@1"])
     arb_p = np.asarray(m["arbitrary_mean"]["precision@1"])
@@ -103,13 +105,13 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict[str, Any]]:
             "id": "parameter_reduction",
             "claim": "OJFA cuts shortcut parameters K-fold",
             "paper": "Sec. 4",
-            "ours": f"{results['parameters']['full_nnjtc']:,} -> {results['parameters']['ojfa']:,} parameters "
+            "ours": f"{results['parameters']['full']:,} -> {results['parameters']['ojfa']:,} parameters "
                     f"({results['parameters']['reduction_factor']:.0f}x)",
             "held": bool(abs(results["parameters"]["reduction_factor"] - K) < 1e-6),
         },
     ]
     # a comparison whose paired test cannot tell the two apart is inconclusive, not held or refuted
-    for c, test in ((claims[0], "ojfa_vs_full_nnjtc"), (claims[2], "ojfa_vs_joint")):
+    for c, test in ((claims[0], "ojfa_vs_full"), (claims[2], "ojfa_vs_joint")):
         p = (results.get("tests") or {}).get(test, {}).get("p_value")
         c["p_value"] = p
         c["verdict"] = "held" if c["held"] else ("inconclusive" if p is None or p >= 0.05 else "not held")
@@ -126,7 +128,7 @@ def _hard_exit_claim(results: dict[str, Any]) -> dict[str, Any]:
     top = highest_low_rank_precision(results)
     ci = top["ci"]
     ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci is not None else ""
-    where = PRETTY.get(top["method"], top["method"]).split(" (")[0]
+    where = display(top["method"]).split(" (")[0]
     return {
         "id": "low_rank_below_60",
         "claim": f"No low-rank shortcut exceeds {HARD_EXIT_CEILING:.0%} precision@1 at any exit level",
@@ -181,7 +183,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     """Write ``results.json``, the figures and ``report.md`` into ``out_dir``; return report.md's path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = dict(results)
+    results = dict(canonical_results(results))
     results.setdefault("schema", SCHEMA)
     results["claims"] = evaluate_claims(results)
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1))
@@ -213,7 +215,7 @@ def render_beyond(beyond: dict[str, Any]) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for name, m in beyond["references"].items():
         lo, hi = m["mean_precision@1_ci"]
-        lines.append(f"| - | - | {PRETTY.get(name, name)} | {_fmt_params(m['parameters'])} | "
+        lines.append(f"| - | - | {display(name)} | {_fmt_params(m['parameters'])} | "
                      f"{m['mean_precision@1']:.3f} [{lo:.3f}, {hi:.3f}] | {m['mean_surprisal']:.2f} | - |")
     for cfg in beyond["configs"]:
         for name, m in cfg["methods"].items():
@@ -268,15 +270,24 @@ def _field_lines(results: dict[str, Any]) -> list[str]:
              "KL(p_final || p_lens) is tuned-lens's headline metric; cross-entropy is against the sentence's real "
              "next token" + (f" (the model's own: {floor:.3f} nats, the floor of every lens)" if floor is not None
                              else " (not available: the store predates next-token recording)") + ".", "",
-             "| lens | mean KL (nats) | mean cross-entropy (nats) | mean entropy (nats) |", "|---|---|---|---|"]
+             *_table_head("lens", registered(table="field"))]
     best = (results.get("beyond") or {}).get("best") or {}
     if "mean_kl" in best:  # the sweep's best single jump, evaluated on the same test split
         methods["best single jump"] = best
     for name, m in methods.items():
-        ce = f"{m['mean_cross_entropy']:.3f}" if "mean_cross_entropy" in m else "-"
-        entropy = m.get("mean_entropy", float("nan"))
-        lines.append(f"| {PRETTY.get(name, name)} | {m['mean_kl']:.3f} | {ce} | {entropy:.3f} |")
+        lines.append(f"| {display(name)} | {_table_cells(m, registered(table='field'))} |")
     return lines
+
+
+def _table_head(first: str, columns: list, *more: str) -> list[str]:
+    """A markdown table's header: ``first``, one column per metric (its registry header), then ``more``."""
+    names = [first, *(m.header for m in columns), *more]
+    return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+
+
+def _table_cells(entry: dict[str, Any], columns: list) -> str:
+    """One row's metric cells: ``mean_<metric>`` in the metric's format, ``-`` where it is absent."""
+    return " | ".join(f"{entry[f'mean_{m.name}']:{m.fmt}}" if f"mean_{m.name}" in entry else "-" for m in columns)
 
 
 def _yes(flag: bool) -> str:
@@ -318,15 +329,12 @@ def render_markdown(results: dict[str, Any], figures: list[str], sections: list[
         "",
         "## Summary over exit levels 0..K-1 (test set)",
         "",
-        "| method | mean precision@1 | mean precision@5 | mean surprisal (nats) | shortcut parameters |",
-        "|---|---|---|---|---|",
+        *_table_head("method", registered(table="main"), "shortcut parameters"),
     ]
     for name, method in results["methods"].items():
         params = method.get("parameters")
-        lines.append(
-            f"| {PRETTY.get(name, name)} | {method['mean_precision@1']:.3f} | {method['mean_precision@5']:.3f} | "
-            f"{method['mean_surprisal']:.2f} | {_fmt_params(params) if params is not None else '-'} |"
-        )
+        lines.append(f"| {display(name)} | {_table_cells(method, registered(table='main'))} | "
+                     f"{_fmt_params(params) if params is not None else '-'} |")
     lines += _field_lines(results)
     lines += tuned_lines(results)
     tests = results.get("tests", {})
@@ -337,7 +345,7 @@ def render_markdown(results: dict[str, Any], figures: list[str], sections: list[
             lines.append(f"| {key.replace('_', ' ')} | {t['mean_diff']:+.4f} | "
                          f"[{t['ci'][0]:+.4f}, {t['ci'][1]:+.4f}] | {t['p_value']:.3g} |")
     lines += ["", "## Per level (precision@1)", "",
-              "| level | " + " | ".join(PRETTY.get(n, n) for n in results["methods"]) + " |",
+              "| level | " + " | ".join(display(n) for n in results["methods"]) + " |",
               "|---" * (len(results["methods"]) + 1) + "|"]
     for k in results["levels"]:
         lines.append(f"| {k} | " + " | ".join(f"{m['precision@1'][k]:.3f}" for m in results["methods"].values())

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .figures import PRETTY
+from .lens_table import display
 
 
 def tuned_lines(results: dict[str, Any]) -> list[str]:
@@ -21,7 +21,7 @@ def tuned_lines(results: dict[str, Any]) -> list[str]:
         singles["best"] = best
     lines = ["", "## One jump against the tuned lens (precision@1, test set)", "",
              f"The tuned lens holds {tuned['parameters']:,} numbers; " + "; ".join(
-                 f"{PRETTY.get(n, 'best single jump')} holds {m['parameters']:,} "
+                 f"{display(n)} holds {m['parameters']:,} "
                  f"({tuned['parameters'] / max(1, m['parameters']):,.0f}x fewer)" for n, m in singles.items()) + ".",
              "", "| level | logit lens | tuned lens | " + " | ".join(
                  f"{n} | {n} / tuned" for n in singles) + " |", "|---" * (3 + 2 * len(singles)) + "|"]

@@ -7,6 +7,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..evaluation.metrics import metrics as registered
+from .lens_table import EVALUATED
+
 
 def _bootstrap_weights(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
     """Multinomial resampling weights (n_boot, n) / n: a bootstrap mean is one matrix product."""
@@ -41,67 +44,67 @@ def _ojfa_tests(result: Any) -> dict[str, Any]:
 
     tests = {}
     ojfa = result.samples("ojfa", "precision@1").numpy().astype(np.float64).mean(0)
-    for other, key in (("full_nnjtc", "full"), ("joint", "joint")):
-        if key in result.methods:
-            b = result.samples(key, "precision@1").numpy().astype(np.float64).mean(0)
+    for other in ("full", "joint"):
+        if other in result.methods:
+            b = result.samples(other, "precision@1").numpy().astype(np.float64).mean(0)
             t = paired_test(ojfa, b)
             tests[f"ojfa_vs_{other}"] = {"mean_diff": float(t.mean_diff), "ci": [float(t.low), float(t.high)],
                                          "p_value": float(t.p_value), "method": t.test, "n": int(t.n)}
     return tests
 
 
+def _method_entry(result: Any, key: str, weights: np.ndarray, parameters: int) -> dict[str, Any]:
+    """One lens's results.json entry: each registered metric per level (its CI and its mean over levels
+    where the registry asks for them; a field metric only where the evaluation has it)."""
+    entry: dict[str, Any] = {}
+    for metric in registered():
+        if not result.has(key, metric.name):
+            continue
+        if metric.field:
+            values = result.metric(key, metric.name).numpy()
+            if not np.isnan(values).all():  # cross-entropy needs the store's next tokens
+                entry[metric.name] = values.tolist()
+                if metric.headline:
+                    entry[f"mean_{metric.name}"] = float(np.nanmean(values))
+            continue
+        if metric.ci:
+            values = result.samples(key, metric.name).numpy().astype(np.float64)
+            entry[metric.name] = values.mean(1).tolist()
+            entry[f"{metric.name}_ci"] = _per_level_ci(values, weights)
+        else:
+            entry[metric.name] = result.metric(key, metric.name).tolist()
+    entry["parameters"] = parameters
+    return entry
+
+
 def build_results(run: Any, result: Any) -> dict[str, Any]:
     """The ``results.json`` dictionary (schema in :mod:`onejump.reporting`)."""
-    from ..evaluation.metrics import parameter_counts
+    from ..evaluation.evaluator import parameter_counts
 
     args = run.data_args()
     store = run.store()
     lm = run.lm()
     selection = run.select_result()
     K = store.num_blocks
-    per_level = run.lens("nnjtc")
+    per_level = run.lens("full")
     rank = per_level.rank
     weights = _bootstrap_weights(result.num_samples)
-    names = {"identity": "identity", "full_nnjtc": "full", "ojfa": "ojfa", "joint": "joint", "jtc": "jtc",
-             "tuned": "tuned"}
+    names = [name for name in EVALUATED if name != "best"]  # the sweep's best jump: its own section
     params = parameter_counts(K, store.hidden_size, rank)
-    params.update({name: result.parameters[key] for name, key in names.items() if key in result.parameters})
+    params.update({name: result.parameters[name] for name in names if name in result.parameters})
     methods: dict[str, Any] = {}
-    for name, key in names.items():
-        if key not in result.methods:
-            continue
-        p1 = result.samples(key, "precision@1").numpy().astype(np.float64)
-        sur = result.samples(key, "surprisal").numpy().astype(np.float64)
-        entry = {
-            "precision@1": p1.mean(1).tolist(),
-            "precision@1_ci": _per_level_ci(p1, weights),
-            "precision@5": result.metric(key, "precision@5").tolist(),
-            "surprisal": sur.mean(1).tolist(),
-            "surprisal_ci": _per_level_ci(sur, weights),
-            "reverse_surprisal": result.metric(key, "reverse_surprisal").tolist(),
-            "parameters": params.get(name, 0),
-        }
-        for metric in ("kl", "entropy", "cross_entropy"):  # the field's metrics, where the evaluation has them
-            values = result.metric(key, metric).numpy() if result.has(key, metric) else None
-            if values is not None and not np.isnan(values).all():  # CE needs the store's next tokens
-                entry[metric] = values.tolist()
-                entry[f"mean_{metric}"] = float(np.nanmean(values))
-        methods[name] = entry
-    pair_p1 = result.pair_matrix("precision@1").numpy()
-    pair_p5 = result.pair_matrix("precision@5").numpy()
-    pair_s = result.pair_matrix("surprisal").numpy()
-    pair_r = result.pair_matrix("reverse_surprisal").numpy()
-    methods["arbitrary_mean"] = {
-        "precision@1": pair_p1.mean(0).tolist(),
-        "precision@5": pair_p5.mean(0).tolist(),
-        "surprisal": pair_s.mean(0).tolist(),
-        "reverse_surprisal": pair_r.mean(0).tolist(),
-        "parameters": params["ojfa"],
-    }
+    for name in names:
+        if name in result.methods:
+            methods[name] = _method_entry(result, name, weights, params.get(name, 0))
+    arbitrary: dict[str, Any] = {}
+    for metric in registered(field=False):  # the reuse matrix has the metrics of the basic pass
+        if result.has_pairs(metric.name):
+            arbitrary[metric.name] = result.pair_matrix(metric.name).numpy().mean(0).tolist()
+    methods["arbitrary_mean"] = {**arbitrary, "parameters": params["ojfa"]}
     for entry in methods.values():
-        entry["mean_precision@1"] = float(np.mean(entry["precision@1"]))
-        entry["mean_precision@5"] = float(np.mean(entry["precision@5"]))
-        entry["mean_surprisal"] = float(np.mean(entry["surprisal"]))
+        for metric in registered(field=False, headline=True):
+            if metric.name in entry:
+                entry[f"mean_{metric.name}"] = float(np.mean(entry[metric.name]))
     tests = _ojfa_tests(result)
     train_cfg = per_level.extra.get("history") or {}
     bar = None
@@ -120,7 +123,7 @@ def build_results(run: Any, result: Any) -> dict[str, Any]:
         "selection": _selection_summary(selection),
         "levels": list(range(K)),
         "methods": methods,
-        "reuse": {"precision@1": pair_p1.tolist(), "surprisal": pair_s.tolist()},
+        "reuse": {m.name: result.pair_matrix(m.name).numpy().tolist() for m in registered(reuse=True)},
         "parameters": params,
         "final_surprisal": result.final_surprisal,
         "final_cross_entropy": result.final_cross_entropy,

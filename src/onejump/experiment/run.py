@@ -22,6 +22,7 @@ from ..io import atomic_write_text
 from ..store import HiddenStateStore
 from ..training.checkpoint import Checkpoint
 from .folder import RunFolder, stage_key
+from .lens_table import EVALUATED
 from .presets import DataArgs
 from .results import build_results
 
@@ -80,10 +81,13 @@ class Run(RunFolder):
         if init is not None:
             parts.append({"init": init.extra.get("key")})
         key = stage_key(*parts)
+        held = self._held_out(config)
         if (folder / "config.json").is_file() or (folder / "shortcuts.json").is_file():
             try:
                 lens = Lens.load(folder, self.lm())
-                if lens.extra.get("key") == key:
+                # a lens that does not record the rows its training held out (or recorded others) is
+                # trained again: what it never saw cannot be told otherwise
+                if lens.extra.get("key") == key and lens.extra.get("held_out") == held:
                     self.state.reused.append(self._train_label(kind, folder))
                     return lens
             except ShortcutError:
@@ -91,14 +95,26 @@ class Run(RunFolder):
         t0 = self._start()
         # the training's state, saved as it goes: a rerun after an interrupt resumes from it
         ckpt = Checkpoint(folder.with_name(f"{folder.name}.checkpoint.safetensors"), key)
-        self._fit(kind, self.store(), config, {} if targets_cache is None else targets_cache, key, init,
-                  ckpt).save(folder)
+        lens = self._fit(kind, self.store(), config, {} if targets_cache is None else targets_cache, key, init,
+                         ckpt)
+        if held is not None:
+            lens.extra["held_out"] = held
+        lens.save(folder)
         self._timed(self._train_label(kind, folder), t0)
         return Lens.load(folder, self.lm())
 
+    def _held_out(self, config: Any) -> dict[str, Any] | None:
+        """The record of the train-split rows a training with ``config`` holds out (None: it holds none
+        out by design, as JTC's least squares on the whole train split)."""
+        from ..evaluation.selection import held_out_record
+
+        if config is None or not hasattr(config, "val_fraction"):
+            return None
+        return held_out_record(self.store(), config.val_fraction, config.seed)
+
     def _train_label(self, kind: str, folder: Path) -> str:
         """``train:joint`` for the run's own lens folders; the sweep's apart: ``train:joint (kl-res-r10)``."""
-        own = folder.parent.resolve() == self.shortcut_dir(kind).parent.resolve()
+        own = folder.parent.resolve() == self.lens_path("joint").parent.resolve()
         return f"train:{folder.name}" if own else f"train:{kind} ({folder.parent.name})"
 
     # ---- stage 2: train --------------------------------------------------------------------
@@ -120,14 +136,17 @@ class Run(RunFolder):
         targets_cache: dict[int, Any] = {}  # the KL objective's targets, shared by the bank and the joint jump
         from ..training.tuned import TunedTrainConfig
 
-        jobs = [("nnjtc", config)] + ([("joint", joint_config)] if joint else []) + ([("jtc", None)] if jtc else [])
-        jobs += [("tuned", TunedTrainConfig(num_steps=tuned_steps, init=tuned_init))] if tuned else []
+        # (lens id, how it is trained, its settings)
+        jobs = [("full", "nnjtc", config)] + ([("joint", "joint", joint_config)] if joint else [])
+        jobs += [("jtc", "jtc", None)] if jtc else []
+        jobs += [("tuned", "tuned", TunedTrainConfig(num_steps=tuned_steps, init=tuned_init))] if tuned else []
         lenses = {}
-        for kind, cfg in jobs:
+        for name, kind, cfg in jobs:
             init = None
             if kind == "joint" and self.preset().get("joint_warm"):  # trained, then trained on from itself
-                init = self.train_or_reuse(kind, cfg, self.shortcut_dir("joint-start"), targets_cache)
-            lenses[kind] = self.train_or_reuse(kind, cfg, self.shortcut_dir(kind), targets_cache, init=init)
+                start = self.lens_path("joint").parent / "joint-start"
+                init = self.train_or_reuse(kind, cfg, start, targets_cache)
+            lenses[name] = self.train_or_reuse(kind, cfg, self.lens_path(name), targets_cache, init=init)
         return lenses
 
     def _fit(self, kind: str, store: HiddenStateStore, config: Any, targets_cache: dict, key: str, init: Any = None,
@@ -170,8 +189,8 @@ class Run(RunFolder):
         from ..evaluation.selection import HOLDOUT_MAX
 
         if rule == "head":  # the held-out rows it scores on are part of what it is computed from
-            return stage_key(self.identity("nnjtc"), self.identity("store"), "select", rule, HOLDOUT_MAX)
-        return stage_key(self.identity("nnjtc"), self.identity("store"), "select", rule)
+            return stage_key(self.identity("full"), self.identity("store"), "select", rule, HOLDOUT_MAX)
+        return stage_key(self.identity("full"), self.identity("store"), "select", rule)
 
     def select(self, rule: str | None = None) -> dict[str, Any]:
         """Score every jump at every level, choose the single jump (OJFA), save it as shortcuts/ojfa.
@@ -179,10 +198,10 @@ class Run(RunFolder):
         ``rule``: ``paper`` (D_m, Eq. 5) or ``head`` (held-out precision@1 through the head);
         default: the run's preset's rule.
         """
-        from ..evaluation.selection import select_ojfa
+        from ..evaluation.selection import select_ojfa, trained_holdout
 
         rule = rule or self.preset().get("select_rule", "paper")
-        per_level = self.lens("nnjtc")
+        per_level = self.lens("full")
         key = self._select_key(rule)
         path = self.folder / "selection.json"
         if path.is_file() and self.has_lens("ojfa"):
@@ -190,13 +209,22 @@ class Run(RunFolder):
             if saved.get("key") == key and self.lens("ojfa").extra.get("selection_key") == key:
                 self.state.reused.append("select")
                 return saved
+        holdout = None
+        if rule == "head":  # the rows the per-level jumps' training held out, as their own config records
+            try:
+                holdout = trained_holdout(self.store(), per_level.extra.get("held_out"))
+            except ShortcutError as exc:
+                raise ShortcutError(f"{self.lens_path('full')}: {exc} (`onejump train --out {self.folder}`)") \
+                    from None
         t0 = self._start()
         selection = select_ojfa(self.store(), per_level, device=self.compute_device, progress=self.progress,
-                                rule=rule)
+                                rule=rule, holdout=holdout)
         result = {"key": key, **selection.to_dict()}
         jump = selection.lens
         jump.extra = {"selection_key": key, "D": result["scores"][selection.chosen]}
-        jump.save(self.shortcut_dir("ojfa"))
+        if "held_out" in per_level.extra:  # one jump of the bank: trained on the rows the bank was
+            jump.extra["held_out"] = per_level.extra["held_out"]
+        jump.save(self.lens_path("ojfa"))
         atomic_write_text(path, json.dumps(result, indent=1))
         self._timed("select", t0)
         return result
@@ -229,7 +257,7 @@ class Run(RunFolder):
     def evaluate(self, best: bool = True):
         """Evaluate every lens of the run (with the sweep's best jump unless ``best=False``), and the reuse
         matrix, on the test split (each lens cached on its own)."""
-        from ..evaluation.metrics import evaluate, reuse_matrix
+        from ..evaluation.evaluator import evaluate, reuse_matrix
         from ..evaluation.result import EvalResult
         from .lens_cache import cached_by_lens
 
@@ -259,24 +287,19 @@ class Run(RunFolder):
         else:
             self.state.reused.append("evaluation")
         pairs = self._cached_result(self.folder / "reuse", self.reuse_key(),
-                                    lambda: reuse_matrix(store, self.lens("nnjtc"), progress=self.progress))
+                                    lambda: reuse_matrix(store, self.lens("full"), progress=self.progress))
         pairs.chosen = chosen
         return result.merge(pairs)
 
     def run_lens_names(self, best: bool = True) -> list[str]:
         """The report names of the run's lenses: the logit lens, full N-NJTC, OJFA, and whichever of the
         joint jump, JTC, the tuned lens and the sweep's best single jump exist."""
-        names = ["identity", "full", "ojfa"] + [kind for kind in ("joint", "jtc", "tuned") if self.has_lens(kind)]
-        return names + (["best"] if best and (self.lens_path("best") / "config.json").is_file() else [])
+        always = ("identity", "full", "ojfa")  # a missing one is named when it is loaded
+        return [n for n in EVALUATED if n in always or (self.has_lens(n) and (best or n != "best"))]
 
     def run_lenses(self, best: bool = True, names: list[str] | None = None) -> dict[str, Any]:
-        """The run's lenses by report name (:meth:`run_lens_names`, or only ``names``), loaded."""
-        from ..lenses.base import Lens, LogitLens
-
-        lm = self.lm()
-        load = {"identity": lambda: LogitLens(lm), "full": lambda: self.lens("nnjtc"),
-                "best": lambda: Lens.load(self.lens_path("best"), lm)}
-        return {n: load.get(n, lambda n=n: self.lens(n))() for n in (names or self.run_lens_names(best))}
+        """The run's lenses by id (:meth:`run_lens_names`, or only ``names``), loaded."""
+        return {n: self.lens(n) for n in (names or self.run_lens_names(best))}
 
     def simulate_exits(self):
         """Confidence early exit simulated on the test store for every lens of the run (cached per lens)."""

@@ -34,17 +34,19 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..evaluation.metrics import evaluate
-from ..evaluation.selection import head_scores, holdout_rows, lens_scores, select_ojfa
+from ..evaluation.evaluator import evaluate
+from ..evaluation.metrics import metrics as registered
+from ..evaluation.selection import select_ojfa, trained_holdout
 from ..evaluation.statistics import bootstrap_ci, paired_test
 from ..io import atomic_write_text
 from ..lenses.jumps import default_rank
-from ..lenses.onejump import OneJump
 from ..training.config import OBJECTIVES, TrainConfig
 from .presets import MULTIPLIERS, SINGLE, VARIANTS
 
-#: The field's metrics a sweep records for every lens it evaluates (names as in results.json).
-FIELD_METRICS = ("kl", "entropy", "cross_entropy")
+
+def _field_metrics() -> list[str]:
+    """The field's metrics a sweep records for every lens it evaluates (the registry's field metrics)."""
+    return [m.name for m in registered(field=True)]
 
 
 def objective_config(variant: str, rank: int, base: TrainConfig | None = None) -> TrainConfig:
@@ -66,7 +68,7 @@ def _summary(result: Any, name: str, params: int, holdout: float | None) -> dict
            "mean_surprisal": ci_s.mean, "mean_surprisal_ci": [ci_s.low, ci_s.high],
            "parameters": int(params), "holdout_precision@1": holdout,
            "sample_precision@1": p1.mean(0).tolist()}
-    for metric in FIELD_METRICS:
+    for metric in _field_metrics():
         values = result.metric(name, metric).double().numpy() if result.has(name, metric) else None
         if values is not None and not np.isnan(values).all():  # cross-entropy needs the store's next tokens
             out[metric] = values.tolist()
@@ -105,13 +107,14 @@ def run_config(run: Any, objective: str, rank: int, *, val_fraction: float | Non
         lenses["joint"] = _train_joint_variant(run, objective, config, folder, targets_cache)
     timings["train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rows = holdout_rows(store, config.val_fraction, config.seed)
+    # each lens is scored on the rows its own training held out (its config records them)
+    rows = {kind: trained_holdout(store, lens.extra.get("held_out")) for kind, lens in lenses.items()}
     chosen: dict[str, int] = {}
     selection: dict[str, Any] = {}
     held: dict[str, float] = {}
     to_eval = {}
     if "nnjtc" in lenses:
-        sel = select_ojfa(store, lenses["nnjtc"], device=run.compute_device, rule="head", holdout=rows,
+        sel = select_ojfa(store, lenses["nnjtc"], device=run.compute_device, rule="head", holdout=rows["nnjtc"],
                           progress=progress)
         matrix = sel.matrix.double()
         chosen = {"ojfa-paper": int(sel.others["paper_chosen"]), "ojfa-head": int(sel.chosen)}
@@ -122,12 +125,10 @@ def run_config(run: Any, objective: str, rank: int, *, val_fraction: float | Non
         for name, m in chosen.items():
             to_eval[name] = lenses["nnjtc"].jump(m)
             held[name] = float(matrix[m].mean())
-    if "joint" in lenses:
+    if "joint" in lenses:  # scored as the evaluation scores it, on the rows its training held out
         to_eval["joint"] = lenses["joint"]
-        if isinstance(lenses["joint"], OneJump):
-            held["joint"] = float(head_scores(store, lm.adapter, lenses["joint"].bank, rows)["precision@1"].mean())
-        else:
-            held["joint"] = float(lens_scores(store, lenses["joint"], rows).mean())
+        on_rows = evaluate(store, {"joint": lenses["joint"]}, rows=rows["joint"], field_metrics=False, progress=False)
+        held["joint"] = float(on_rows.metric("joint", "precision@1").mean())
     timings["select"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = evaluate(store, to_eval, progress=progress)
@@ -235,7 +236,7 @@ def sweep(run: Any, *, multipliers: tuple[int, ...] = MULTIPLIERS, objectives: t
             bm = cfg["methods"][best["method"]]
             best.update({k: bm[k] for k in ("precision@1", "surprisal", "mean_precision@1", "mean_precision@1_ci",
                                             "mean_surprisal", "mean_surprisal_ci", "parameters")})
-            best.update({k: v for k, v in bm.items() if k.split("mean_")[-1] in FIELD_METRICS})
+            best.update({k: v for k, v in bm.items() if k.split("mean_")[-1] in _field_metrics()})
             test = paired_test(np.asarray(bm["sample_precision@1"]), np.asarray(p_ojfa["sample_precision@1"]))
             lens = refs.get("identity", {}).get("precision@1")
             upto = K - 5

@@ -13,6 +13,8 @@ fingerprint and builds the right class from the config's ``kind``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,6 +27,20 @@ from ..io import atomic_write_text, save_safetensors, sha256_file
 
 LENS_FORMAT = "onejump-lens"
 LENS_VERSION = 1
+@dataclass
+class LevelLogits:
+    """A block of a lens's logits to score: ``to_logits(x[rows])`` for rows of ``x``.
+
+    ``level`` None: ``x`` holds every exit level of a chunk, row r is (sample r // K, level r % K);
+    else ``x`` holds the chunk's n rows at that level. ``lowrank``: the logits come through a rank-r
+    head (cheap per row, bound by passes over the logits: scored in smaller blocks)."""
+
+    to_logits: Callable[[torch.Tensor], torch.Tensor]
+    x: torch.Tensor
+    level: int | None = None
+    lowrank: bool = False
+
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
 
@@ -83,6 +99,17 @@ class Lens(nn.Module):
     def forward(self, h: torch.Tensor, level: int) -> torch.Tensor:
         """Next-token logits (..., V) read from ``h`` = h^level through the model's head."""
         return self.lm.adapter.head(self.transform(h, level))
+
+    # ---- scoring -----------------------------------------------------------------------------
+    def level_logits(self, h: torch.Tensor, full_head: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[LevelLogits]:
+        """The lens at every exit level of a chunk ``h`` (n, K, H) as blocks of logits to score;
+        ``full_head``: the model's head on hidden states (float32 logits).
+
+        This default reads the lens level by level through its own call; a lens with a cheaper exact
+        path (every level in one product, a rank-r head) overrides it.
+        """
+        for k in range(h.shape[1]):
+            yield LevelLogits(lambda x, k=k: self(x, k).float(), h[:, k], k)
 
     # ---- accounting --------------------------------------------------------------------------
     @property
@@ -160,6 +187,11 @@ class LogitLens(Lens):
         self.check_level(level)
         self.check_hidden(h)
         return h
+
+    def level_logits(self, h: torch.Tensor, full_head: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[LevelLogits]:
+        """Every level in one pass through the head."""
+        n, K, H = h.shape
+        yield LevelLogits(full_head, h.reshape(n * K, H))
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import NumericalError, ShortcutError, StoreError
-from .base import Lens
+from .base import Lens, LevelLogits
 
 
 class LinearJTC(nn.Module):
@@ -143,6 +143,11 @@ class JTCLens(Lens):
 
     def transform_cost(self) -> int:
         return self.hidden_size * self.hidden_size
+
+    def level_logits(self, h: torch.Tensor, full_head: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[LevelLogits]:
+        """Every level's map in one batched product, then one pass through the head."""
+        n, K, H = h.shape
+        yield LevelLogits(full_head, self.jtc.to(h.device).apply_all(h).reshape(n * K, H))
 
     @property
     def num_parameters(self) -> int:

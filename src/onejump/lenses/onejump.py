@@ -8,12 +8,14 @@ through the full head.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 from ..errors import ShortcutError
-from .base import Lens
+from .base import Lens, LevelLogits
 from .jumps import JumpBank
 from .lowrank_head import LowRankHead
 
@@ -117,6 +119,18 @@ class OneJump(_BankLens):
         self.check_level(level)
         return self._jump_logits(h, 0)
 
+    def level_logits(self, h: torch.Tensor, full_head: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[LevelLogits]:
+        """One jump at every level at once: through the rank-r head (residual: the full head)."""
+        n, K, H = h.shape
+        levels_h = h.reshape(n * K, H)
+        head = self.lowrank_head()
+        if head is None:
+            yield LevelLogits(full_head, self.bank.to(h.device).apply(levels_h, 0))
+            return
+        z = head.project_all(levels_h)  # (n*K, 1, r): the BatchNorm folded, one GEMM
+        yield LevelLogits(functools.partial(head.logits_from_scaled, jump=0), head.scaled_codes(z[:, 0], 0),
+                          lowrank=True)
+
     def lens_config(self) -> dict[str, Any]:
         return {**super().lens_config(), "trained_at": self.trained_at}
 
@@ -144,6 +158,37 @@ class PerLevelLens(_BankLens):
     def forward(self, h: torch.Tensor, level: int) -> torch.Tensor:
         self.check_level(level)
         return self._jump_logits(h, level)
+
+    def level_logits(self, h: torch.Tensor, full_head: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[LevelLogits]:
+        """Jump k at level k: the codes of every level in one GEMM, then the rank-r head level by level."""
+        n, K, H = h.shape
+        head = self.lowrank_head()
+        if head is None:
+            bank = self.bank.to(h.device)
+            for k in range(K):
+                yield LevelLogits(full_head, bank.apply(h[:, k], k), k)
+            return
+        z = head.project_all(h.reshape(n * K, H))
+        z = z.view(n, K, -1, z.shape[-1])
+        for k in range(K):
+            yield LevelLogits(functools.partial(head.logits_from_scaled, jump=k),
+                              head.scaled_codes(z[:, k, k], k).contiguous(), k, lowrank=True)
+
+    def jump_logits(self, h: torch.Tensor, jumps: list[int],
+                    full_head: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[LevelLogits]:
+        """Each of ``jumps`` at every level of a chunk ``h`` (n, K, H) (the reuse matrix), one block per
+        jump in ``jumps``' order: the codes of every jump and level in one GEMM."""
+        n, K, H = h.shape
+        levels_h = h.reshape(n * K, H)
+        head = self.lowrank_head()
+        bank = self.bank.to(h.device) if head is None else None
+        z = head.project_all(levels_h) if head is not None else None
+        for m in jumps:
+            if head is None:
+                yield LevelLogits(full_head, bank.apply(levels_h, m))
+            else:
+                yield LevelLogits(functools.partial(head.logits_from_scaled, jump=m),
+                                  head.scaled_codes(z[:, m], m).contiguous(), lowrank=True)
 
     def jump(self, m: int, extra: dict[str, Any] | None = None) -> OneJump:
         """Jump ``m`` (trained at level m) alone, reused at every level."""
