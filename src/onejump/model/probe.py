@@ -44,7 +44,8 @@ def difference(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> str
     """``None`` when ``got`` equals ``want`` within the tolerance, else how far apart they are."""
     if got.shape != want.shape:
         return f"shape {tuple(got.shape)} instead of {tuple(want.shape)}"
-    got, want = got.detach().float(), want.detach().float()
+    # on the CPU: with a device map, block k's output and block k + 1's input sit on different devices
+    got, want = got.detach().to("cpu", torch.float32), want.detach().to("cpu", torch.float32)
     if not (torch.isfinite(got).all() and torch.isfinite(want).all()):
         return "values that are not finite"
     diff = (got - want).abs().max().item() if got.numel() else 0.0
