@@ -42,7 +42,7 @@ import torch
 from common import LimitedStore, result_name, save
 
 from onejump.errors import OneJumpError
-from onejump.evaluation.metrics import _default_blocks, evaluate, reuse_matrix
+from onejump.evaluation.evaluator import _default_blocks, evaluate, reuse_matrix
 from onejump.evaluation.selection import select_ojfa
 from onejump.experiment.run import Run
 from onejump.experiment.sweep import objective_config
