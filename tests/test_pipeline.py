@@ -269,4 +269,4 @@ def test_sweep_val_fraction_is_held_out_for_training_and_choosing(run_dir, capsy
     assert main(["-q", "sweep", "--out", str(run_dir), "--val-fraction", "1.5", "--objectives", "mse",
                  "--multipliers", "1", "--residual-multipliers", "none"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "validation fraction" in err[0]
+    assert len(err) == 1 and "--val-fraction: must be a number in [0, 1)" in err[0]  # refused by its range
