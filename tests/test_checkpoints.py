@@ -173,3 +173,33 @@ def test_interrupted_tuned_lens_resumes_to_the_same_result(tmp_path):
     same = json.dumps([hist.val_kl, hist.train_kl, hist.steps, hist.best_step])  # NaN where no step was taken yet
     assert same == json.dumps([ref_hist.val_kl, ref_hist.train_kl, ref_hist.steps, ref_hist.best_step])
     assert not ckpt.exists()
+
+
+def test_the_interrupt_message_is_the_running_steps():
+    from onejump.interrupts import current, on_interrupt
+
+    assert current("the command's") == "the command's"
+    with on_interrupt("train jumps: nothing kept yet") as kept:
+        assert current("the lenses so far are kept") == "train jumps: nothing kept yet; the lenses so far are kept"
+        kept.say("train jumps: 2 finished epochs kept in P")
+        with on_interrupt("the corpus was still being read, nothing was written yet", alone=True):
+            assert current("finished shards are kept") == "the corpus was still being read, nothing was written yet"
+        assert current("x").startswith("train jumps: 2 finished epochs kept in P; x")
+    assert current("the command's") == "the command's"
+
+
+def test_training_interrupt_message_names_the_checkpoint(tmp_path):
+    from onejump.interrupts import current
+
+    store = linear_store()
+    seen = []
+
+    def loss(bank, inp, tgt, rows, *levels):
+        if torch.is_grad_enabled():
+            seen.append(current("cli"))
+        return mse_loss(bank, inp, tgt, rows, *levels)
+
+    train_jumps(store, TrainConfig(**{**CFG, "max_epochs": 2}), progress=False, loss_fn=loss,
+                checkpoint=tmp_path / "c.ckpt")
+    assert seen[0] == "train jumps: nothing kept yet (its state is saved after every epoch); cli"
+    assert seen[-1] == f"train jumps: 1 finished epoch kept in {tmp_path / 'c.ckpt'}; cli"

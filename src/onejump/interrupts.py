@@ -13,10 +13,12 @@ from contextlib import contextmanager
 
 
 class Kept:
-    """The message of one running step; :meth:`say` replaces it as more is kept."""
+    """The message of one running step; :meth:`say` replaces it as more is kept. ``alone``: the
+    message says all there is (nothing else was written yet); otherwise it is said before what
+    the steps around it keep."""
 
-    def __init__(self, message: str) -> None:
-        self.message = message
+    def __init__(self, message: str, alone: bool = False) -> None:
+        self.message, self.alone = message, alone
 
     def say(self, message: str) -> None:
         self.message = message
@@ -26,9 +28,9 @@ _ACTIVE: list[Kept] = []
 
 
 @contextmanager
-def on_interrupt(message: str) -> Iterator[Kept]:
+def on_interrupt(message: str, *, alone: bool = False) -> Iterator[Kept]:
     """While the block runs, an interrupt is reported with ``message`` (or what :meth:`Kept.say` set)."""
-    kept = Kept(message)
+    kept = Kept(message, alone)
     _ACTIVE.append(kept)
     try:
         yield kept
@@ -37,8 +39,12 @@ def on_interrupt(message: str) -> Iterator[Kept]:
 
 
 def current(default: str) -> str:
-    """The message of the innermost running step, else ``default``."""
-    return _ACTIVE[-1].message if _ACTIVE else default
+    """What an interrupt now keeps: the innermost running step's message, before ``default`` (what
+    the command keeps) unless that step speaks alone; ``default`` when no step is running."""
+    if not _ACTIVE:
+        return default
+    inner = _ACTIVE[-1]
+    return inner.message if inner.alone else f"{inner.message}; {default}"
 
 
 __all__ = ["Kept", "current", "on_interrupt"]

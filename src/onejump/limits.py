@@ -63,7 +63,7 @@ OPTIONS: dict[str, Range] = {
     "val_fraction": Range(0, 1, integer=False, hi_open=True),
     "tuned_steps": Range(1, 10_000_000),
     "max_new_tokens": Range(1, 1_000_000),
-    "min_agreement": Range(0, 1, integer=False),
+    "min_agreement": Range(0, 1, integer=False, lo_open=True),
     "lam": Range(0, 1, integer=False, lo_open=True),
     "draft_level": Range(1, 4096),
     "draft_len": Range(1, 1024),

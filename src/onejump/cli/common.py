@@ -73,9 +73,13 @@ def _int_list(text: str, name: str) -> tuple[int, ...]:
         values = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise ConfigError(f"--{name} must be comma-separated integers, got '{text}'") from None
-    if not values or any(v < 1 for v in values):
-        raise ConfigError(f"--{name} must list integers >= 1, got '{text}'")
+    if not values or any(not 1 <= v <= MAX_MULTIPLIER for v in values):
+        raise ConfigError(f"--{name} must list integers from 1 to {MAX_MULTIPLIER}, got '{text}'")
     return values
+
+
+# A rank multiplier m gives rank m floor(H/100): above 100 it would pass H for every model.
+MAX_MULTIPLIER = 100
 
 
 _INTERRUPT_HINT = ["nothing was kept"]

@@ -59,8 +59,7 @@ def _print_store(store) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     run = _run(args)
     config = _train_config(args)
-    _INTERRUPT_HINT[0] = (f"the lenses finished so far are kept in {run.folder}, and a lens in training up to its "
-                          "last checkpoint; rerun the same command to resume")
+    _INTERRUPT_HINT[0] = f"the lenses finished so far are kept in {run.folder}; rerun the same command to resume"
     with _lock(run.folder):
         run.record_preset(args.preset, args.select_rule)
         out = run.train(config, joint=not args.no_joint, jtc=not args.no_jtc, tuned=not args.no_tuned,

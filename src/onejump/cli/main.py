@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..threads import apply_thread_policy
 
     interrupted: list[int] = []
+    _INTERRUPT_HINT[:] = ["nothing was kept"]  # each command says what it keeps; none inherits another's
 
     def _interrupt(signum: int, _frame: object) -> None:  # `kill` behaves like Ctrl-C: say what was kept
         interrupted.append(signum)

@@ -283,7 +283,8 @@ def load_sentences(
         )
     from tqdm.auto import tqdm
 
-    with on_interrupt("the corpus was still being read, nothing was written yet; rerun the same command"), \
+    with on_interrupt("the corpus was still being read, nothing was written yet; rerun the same command",
+                      alone=True), \
             tqdm(desc="reading corpus", unit="B", unit_scale=True, disable=not progress, leave=False) as bar:
         sentences, label = _load(source, cache_dir, text_field, hf_config, hf_split, max_documents, bar)
     if not sentences:

@@ -168,7 +168,8 @@ class Run(RunFolder):
             return lens.cpu()
         loss_fn = objective_loss(store, config, lm.adapter, self.progress, dev, targets_cache)
         if kind == "joint-cond":
-            lens = train_cond_jump(store, lm, config, init=init, device=dev, progress=self.progress, loss_fn=loss_fn)
+            lens = train_cond_jump(store, lm, config, init=init, device=dev, progress=self.progress, loss_fn=loss_fn,
+                                   checkpoint=ckpt)
             lens.extra["key"] = key
             return lens
         if kind == "joint" and init is not None:  # trained on from a copy of a joint jump (kept unless beaten)

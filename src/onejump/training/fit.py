@@ -89,8 +89,7 @@ def _fit(bank: JumpBank, train: _Task, val: _Task | None, config: TrainConfig, d
     weights of its own best validation epoch. ``keep_start`` (a warm start): the starting weights
     compete too, as epoch -1, so a jump that no epoch improves on is returned as it came.
     ``checkpoint``: the state is saved there after every epoch and training resumes from it."""
-    with on_interrupt(f"nothing of {desc} was kept yet (it is saved after every epoch); rerun the same "
-                      "command") as kept:
+    with on_interrupt(f"{desc}: nothing kept yet (its state is saved after every epoch)") as kept:
         return _fit_epochs(bank, train, val, config, device, progress, desc, levels_for_names, on_epoch,
                            loss_fn, keep_start, checkpoint, kept)
 
@@ -157,7 +156,7 @@ def _fit_epochs(bank: JumpBank, train: _Task, val: _Task | None, config: TrainCo
             if _save(checkpoint, epoch + 1, bank, best_state, counters, opt, gen, loss_fn, history):
                 kept.say(_kept_message(desc, epoch + 1, checkpoint))
             else:
-                kept.say(f"nothing of {desc} was kept (no room to save its state); rerun the same command")
+                kept.say(f"{desc}: nothing kept (no room to save its state)")
         if on_epoch is not None:
             on_epoch(epoch, train_loss, val_loss)
         bar.update(1)
@@ -174,8 +173,7 @@ def _fit_epochs(bank: JumpBank, train: _Task, val: _Task | None, config: TrainCo
 
 
 def _kept_message(desc: str, epochs: int, checkpoint: Checkpoint) -> str:
-    return f"{desc}: {epochs} finished epoch{'s' if epochs != 1 else ''} kept in {checkpoint.path}; rerun the same " \
-           "command to resume"
+    return f"{desc}: {epochs} finished epoch{'s' if epochs != 1 else ''} kept in {checkpoint.path}"
 
 
 def _loss_generator(loss_fn: Any) -> torch.Generator | None:

@@ -45,7 +45,7 @@ def train_joint_jump(store: Any, lm: Any, config: TrainConfig | None = None, *,
 
 def train_cond_jump(store: Any, lm: Any, config: TrainConfig | None = None, *, init: OneJump | None = None,
                     device: str | torch.device | None = None, progress: bool = True,
-                    loss_fn: Any = None) -> CondJump:
+                    loss_fn: Any = None, checkpoint: Any = None) -> CondJump:
     """The level-conditioned joint jump (:class:`~onejump.lenses.cond.CondJump`), trained like the joint jump.
 
     Every (sample, level) pair of the train split is one example, exactly as for
@@ -55,6 +55,7 @@ def train_cond_jump(store: Any, lm: Any, config: TrainConfig | None = None, *, i
     conditioned jump) unless an epoch lowers its validation loss; without it the jump starts from
     ``config``'s seed, gains 1 and shifts 0 (at that point exactly the unconditioned joint jump's
     initial weights). ``loss_fn``: the objective, if already built (else from ``config``).
+    ``checkpoint``: as in :func:`~onejump.training.fit.train_joint`.
     """
     config = config or TrainConfig()
     dev = _device(lm, device)
@@ -71,7 +72,7 @@ def train_cond_jump(store: Any, lm: Any, config: TrainConfig | None = None, *, i
     if loss_fn is None:
         loss_fn = objective_loss(store, config, lm.adapter, progress, dev)
     bank, history = train_joint(store, config, device=dev, progress=progress, loss_fn=loss_fn, bank=bank,
-                                keep_start=init is not None)
+                                keep_start=init is not None, checkpoint=checkpoint)
     extra = {"history": history.to_dict()}
     if init is not None:
         extra["warm_start"] = {"kind": init.kind, "key": init.extra.get("key")}

@@ -307,8 +307,8 @@ def train_tuned_lens(store: Any, lm: Any, config: TunedTrainConfig | None = None
     loop = _Loop(lens, opt, sched, gen, loss, book, hist)
     saved = ckpt.load() if ckpt is not None else None
     step, skip = loop.restore(saved) if saved is not None else (0, 0)
-    with on_interrupt("nothing of the tuned lens's training was kept yet (it is saved every "
-                      f"{checkpoint_every} steps); rerun the same command") as kept:
+    with on_interrupt(f"train tuned lens: nothing kept yet (its state is saved every {checkpoint_every} "
+                      "steps)") as kept:
         if saved is not None:
             kept.say(_kept(step, ckpt))
         bar = tqdm(total=config.num_steps, initial=step, desc="train tuned lens", unit="step", disable=not progress,
@@ -334,8 +334,7 @@ def train_tuned_lens(store: Any, lm: Any, config: TunedTrainConfig | None = None
                     if loop.save(ckpt, step, epoch_start, in_epoch):
                         kept.say(_kept(step, ckpt))
                     else:
-                        kept.say("nothing of the tuned lens's training was kept (no room to save its state); "
-                                 "rerun the same command")
+                        kept.say("train tuned lens: nothing kept (no room to save its state)")
         bar.close()
     book.finish(step)
     hist.seconds = time.perf_counter() - t0
@@ -345,7 +344,7 @@ def train_tuned_lens(store: Any, lm: Any, config: TunedTrainConfig | None = None
 
 
 def _kept(step: int, ckpt: Checkpoint) -> str:
-    return f"the tuned lens's first {step} training steps are kept in {ckpt.path}; rerun the same command to resume"
+    return f"train tuned lens: its first {step} steps kept in {ckpt.path}"
 
 
 class _Loop:
