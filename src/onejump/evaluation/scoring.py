@@ -79,7 +79,8 @@ def _top2(logits: torch.Tensor, second: bool = True) -> tuple[torch.Tensor, torc
 def _count_above(logits: torch.Tensor, level: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
     """How many logits of each row are strictly above ``level`` (n, 1), as floats (exact below 2^24).
 
-    A comparison written as floats into ``buf`` and summed vectorises; a boolean sum does not."""
+    A comparison written as floats into ``buf`` (a temporary the caller needs anyway) and summed
+    vectorises; a boolean sum does not."""
     return torch.gt(logits, level, out=buf).sum(1)
 
 
@@ -91,7 +92,7 @@ def _reduce_inplace(logits: torch.Tensor, target: torch.Tensor, second: bool = F
     """
     mx, am, top2 = _top2(logits, second)
     tl = logits.gather(1, target[:, None])
-    above = _count_above(logits, tl, torch.empty_like(logits))
+    above = torch.gt(logits, tl).sum(1, dtype=torch.int32)
     sumexp = logits.sub_(mx[:, None]).exp_().sum(1)
     return mx, sumexp, am, above, tl[:, 0], top2
 

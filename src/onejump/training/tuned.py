@@ -66,8 +66,9 @@ class TunedTrainConfig:
     decay; ``eval_every=50`` steps between validations (each is an exact pass
     of the head, all V columns, over the held-out rows); ``val_rows=256`` held-out rows scored by a
     validation (a seeded random subset when more are held out; 0: all of them): a validation costs
-    ``val_rows x K`` rows through the whole head, which at V = 152k-262k takes longer than the 50
-    steps between validations; the rows held out stay out of training all the same; ``patience=3``
+    ``val_rows x K`` rows through the whole head, as many multiply-adds as about V / (2 x the sampled
+    columns) training steps (a step's forward and backward touch a few thousand columns): a fraction
+    of the 50 steps between validations; the rows held out stay out of training all the same; ``patience=3``
     evaluations without a new best before a level counts as stopped; ``kl_top_k`` / ``kl_negatives``
     the loss's target summary and sampled normaliser (as for the KL-trained jumps); ``eval_rows=0``: validation rows per
     chunk chosen to keep a chunk's translated states near 16 MiB (the exact head itself runs over
