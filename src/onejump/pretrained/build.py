@@ -49,7 +49,7 @@ def run_card_info(run: Path, store: Any, command: str | None, note: str | None =
 def ship(run: str | Path, lens: str = "joint", name: str = "best", *, command: str | None = None,
          note: str | None = None, root: Path | None = None, progress: bool = True) -> Path:
     """Evaluate lens ``lens`` of run folder ``run`` on its test split and write it, with its card, as a shipped lens."""
-    from ..evaluation.metrics import evaluate
+    from ..evaluation.evaluator import evaluate
     from ..lenses.base import Lens
     from ..lenses.card import evaluation_card
     from ..model.loading import load_model
