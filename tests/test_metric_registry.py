@@ -28,7 +28,7 @@ def test_a_toy_metric_reaches_results_json_and_the_report(tmp_path, tiny_dir, co
     monkeypatch.setitem(METRICS, toy.name, toy)
     out = tmp_path / "r"
     code = main(["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "32", "--n-test", "16",
-                 "--max-epochs", "1", "--rank", "2", "--no-tuned", "--no-jtc", "--out", str(out),
+                 "--max-epochs", "1", "--rank", "2", "--no-tuned", "--no-jtc", "--no-joint", "--out", str(out),
                  "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
     results = json.loads((out / "report" / "results.json").read_text())

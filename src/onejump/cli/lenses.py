@@ -31,11 +31,9 @@ def _generation_lens(args: argparse.Namespace, lm):
     from ..lenses.base import Lens, LogitLens
 
     name = args.lens or args.jump
-    if name is None:
-        if not (Path("runs/demo") / "run.json").is_file():
-            print("onejump generate: lens: the logit lens (no --lens given, runs/demo holds no jump)", file=sys.stderr)
-            return LogitLens(lm)
-        name = "runs/demo"
+    if name is None:  # said, not guessed from whatever folder the command runs in
+        print("onejump generate: lens: the logit lens (no --lens given)", file=sys.stderr)
+        return LogitLens(lm)
     if name == "logit":
         return LogitLens(lm)
     return Lens.load(_jump_folder(name), lm)

@@ -281,8 +281,7 @@ def _add_lens_commands(sub: Any) -> None:
     _add_model_args(p)
     p.add_argument("--lens", default=None,
                    help="the lens that drafts / checks exits: 'logit' (the logit lens), a lens folder, an OJFA jump "
-                        "folder or a run folder (its OJFA jump) (default: runs/demo if it holds a jump, else "
-                        "the logit lens)")
+                        "folder or a run folder (its OJFA jump) (default: the logit lens)")
     p.add_argument("--jump", default=None, help="same as --lens (kept for older scripts)")
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--max-new-tokens", type=_positive(), default=32,

@@ -52,7 +52,8 @@ def make_figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.plot(levels, mat[m], color=colour("arbitrary_mean"), alpha=0.18, linewidth=0.8,
                     label="arbitrary jumps (each m)" if m == 0 else None)
         _curve(ax, results, "arbitrary_mean", metric, linestyle="--")
-        _curve(ax, results, "joint", metric)
+        if "joint" in results["methods"]:  # `train --no-joint`
+            _curve(ax, results, "joint", metric)
         _curve(ax, results, "ojfa", metric, linewidth=2)
         ax.set_xlabel("exit level k")
         ax.set_ylabel(ylabel)
