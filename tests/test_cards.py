@@ -6,11 +6,12 @@ import shutil
 import pytest
 import torch
 
-from onejump import pretrained
 from onejump.errors import ConfigError, ShortcutError
+from onejump.evaluation.card_entry import evaluation_card
 from onejump.extract import extract
 from onejump.lenses import Lens, LogitLens, OneJump
-from onejump.lenses.card import card_info, evaluation_card, interval_at, read_evaluation
+from onejump.lenses import shipped as shipped_lenses
+from onejump.lenses.card import card_info, interval_at, read_evaluation
 from onejump.lenses.hub import split_hub_source
 from onejump.lenses.jumps import JumpBank
 from onejump.model.loading import from_pretrained_model
@@ -145,8 +146,8 @@ def test_shipped_lenses_by_short_id(lm, tmp_path, monkeypatch):
     lens = jump(lm)
     lens.save_pretrained(root / "tiny-llama" / "best")
     jump(lm, 2).save_pretrained(root / "tiny-llama" / "other")
-    monkeypatch.setattr(pretrained, "ROOT", root)
-    assert [s.id for s in pretrained.shipped(root)] == ["tiny-llama/best", "tiny-llama/other"]
+    monkeypatch.setattr(shipped_lenses, "ROOT", root)
+    assert [s.id for s in shipped_lenses.shipped(root)] == ["tiny-llama/best", "tiny-llama/other"]
     h = torch.randn(2, lm.hidden_size)
     for source in ("pretrained", "tiny-llama", "tiny-llama/best"):
         assert torch.equal(Lens.from_pretrained(source, lm)(h, 1), lens(h, 1))
@@ -171,11 +172,11 @@ def test_the_package_ships_its_lens_files():
 
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     patterns = project["tool"]["setuptools"]["package-data"]["onejump.pretrained"]
-    for s in pretrained.shipped():
+    for s in shipped_lenses.shipped():
         for name in ("config.json", "weights.safetensors", "README.md"):
             path = s.path / name
             assert path.is_file(), path
-            assert any(path.relative_to(pretrained.ROOT).match(p) for p in patterns), (path, patterns)
+            assert any(path.relative_to(shipped_lenses.ROOT).match(p) for p in patterns), (path, patterns)
         assert s.config["fingerprint"] and read_evaluation(s.config) is not None
         assert (s.path / "weights.safetensors").stat().st_size < 1_000_000
 
@@ -186,7 +187,7 @@ def test_lens_command_draws_the_shipped_lens(capsys, tiny_dir, tmp_path, monkeyp
 
     lm = load_model(str(tiny_dir))
     jump(lm).save_pretrained(tmp_path / "pretrained" / "tiny" / "best")
-    monkeypatch.setattr(pretrained, "ROOT", tmp_path / "pretrained")
+    monkeypatch.setattr(shipped_lenses, "ROOT", tmp_path / "pretrained")
     out = tmp_path / "grid.png"
     code = main(["--threads", "1", "lens", "--model", str(tiny_dir), "--lens", "pretrained", "--compare", "logit",
                  "--prompt", "The tower is", "--out", str(out)])
@@ -203,8 +204,8 @@ def test_lens_command_draws_the_shipped_lens(capsys, tiny_dir, tmp_path, monkeyp
 
 
 def test_ship_a_lens_from_a_run_folder(tiny_dir, tmp_path):
+    from onejump.experiment.ship import ship
     from onejump.model.loading import load_model
-    from onejump.pretrained.build import ship
 
     lm = load_model(str(tiny_dir))
     run = tmp_path / "run"

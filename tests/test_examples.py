@@ -28,9 +28,9 @@ def test_quickstart_runs_on_a_tiny_model(tiny_dir, tmp_path, monkeypatch, capsys
 
 @pytest.mark.real
 def test_quickstart_runs_on_the_shipped_lens(tmp_path, monkeypatch, capsys):
-    from onejump import pretrained
+    from onejump.lenses import shipped as shipped_lenses
 
-    if not any(s.model == "smollm2-135m" for s in pretrained.shipped()):
+    if not any(s.model == "smollm2-135m" for s in shipped_lenses.shipped()):
         pytest.skip("no lens ships for smollm2-135m")
     monkeypatch.setenv("ONEJUMP_OUT", str(tmp_path / "out"))
     runpy.run_path(str(EXAMPLES / "quickstart.py"), run_name="__main__")

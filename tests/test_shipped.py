@@ -3,7 +3,7 @@ within its card's interval (widened for the smaller sample), and it is refused f
 
 import pytest
 
-from onejump import pretrained
+from onejump.lenses import shipped as shipped_lenses
 from onejump.lenses.card import interval_at, read_evaluation
 
 SENTENCES = 300
@@ -20,7 +20,7 @@ def _installed(alias):
 
 
 @pytest.mark.real
-@pytest.mark.parametrize("shipped", pretrained.shipped(), ids=lambda s: s.id)
+@pytest.mark.parametrize("shipped", shipped_lenses.shipped(), ids=lambda s: s.id)
 def test_shipped_lenses_match_their_cards(shipped, tmp_path):
     from onejump.corpus import load_sentences, split_sentences
     from onejump.evaluation import evaluate
@@ -42,7 +42,7 @@ def test_shipped_lenses_match_their_cards(shipped, tmp_path):
 
 
 @pytest.mark.real
-@pytest.mark.parametrize("shipped", pretrained.shipped(), ids=lambda s: s.id)
+@pytest.mark.parametrize("shipped", shipped_lenses.shipped(), ids=lambda s: s.id)
 def test_shipped_lenses_refuse_other_weights(shipped):
     import torch
 
@@ -51,7 +51,7 @@ def test_shipped_lenses_refuse_other_weights(shipped):
     from onejump.model.loading import from_pretrained_model
 
     lm = _installed(shipped.model)
-    alone = Lens.from_pretrained(shipped.model if shipped.name == pretrained.DEFAULT_NAME else shipped.id)
+    alone = Lens.from_pretrained(shipped.model if shipped.name == shipped_lenses.DEFAULT_NAME else shipped.id)
     assert alone.lm.fingerprint == shipped.fingerprint  # the id alone loads the model too
     with torch.no_grad():
         lm.model.get_output_embeddings().weight[0, 0] += 1.0

@@ -9,7 +9,7 @@ card, never filled in with a guess.
 
 Card information keys (all optional): ``base_model`` (a hub id), ``license``, ``datasets`` (hub
 dataset ids), ``corpus`` (words: where the text came from), ``train_rows``, ``train_tokens``,
-``recipe`` (name -> setting), ``command``, ``evaluation`` (from :func:`evaluation_card`).
+``recipe`` (name -> setting), ``command``, ``evaluation`` (from :func:`onejump.evaluation.card_entry.evaluation_card`).
 """
 
 from __future__ import annotations
@@ -46,38 +46,12 @@ _KIND_WORDS = {
 def model_facts(lm: Any) -> dict[str, str]:
     """``base_model`` and ``license`` of a loaded model where onejump knows them (offline aliases; a hub id
     gives ``base_model`` alone)."""
-    from .hub import looks_like_hub_id
+    from .hub_ids import looks_like_hub_id
 
     name = str(getattr(lm, "name", ""))
     if name in KNOWN_MODELS:
         return dict(KNOWN_MODELS[name])
     return {"base_model": name} if looks_like_hub_id(name) else {}
-
-
-def evaluation_card(result: Any, method: str, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The ``evaluation`` card entry of lens ``method`` in an :class:`~onejump.evaluation.result.EvalResult`.
-
-    Per level: precision@1 and (where evaluated) KL(p_final || p_lens) in nats; over levels: the mean
-    precision@1 with a 95% bootstrap interval over sentences (each sentence's mean over levels), the
-    interval a shipped lens's check compares against.
-    """
-    from ..evaluation.statistics import bootstrap_ci
-
-    if method not in result.methods:
-        raise ConfigError(f"'{method}' is not in this evaluation ({', '.join(result.methods)})")
-    correct = result.samples(method, "precision@1").double()
-    ci = bootstrap_ci(correct.mean(0).numpy(), n_boot=n_boot, seed=seed)
-    out: dict[str, Any] = {
-        "split": result.split, "sentences": int(result.num_samples), "levels": list(range(result.num_blocks)),
-        "precision@1": [round(float(v), 4) for v in correct.mean(-1)],
-        "precision@1_mean": {"mean": round(float(ci.mean), 4), "low": round(float(ci.low), 4),
-                             "high": round(float(ci.high), 4), "confidence": 0.95, "method": "bootstrap"},
-    }
-    if result.has(method, "kl"):
-        kl = result.metric(method, "kl")
-        out["kl"] = [round(float(v), 4) for v in kl]
-        out["kl_mean"] = round(float(kl.mean()), 4)
-    return out
 
 
 def card_info(lens: Any, info: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -181,5 +155,5 @@ def interval_at(ev: dict[str, Any], n: int) -> tuple[float, float]:
     return max(0.0, mean["mean"] - half), min(1.0, mean["mean"] + half)
 
 
-__all__ = ["CARD_NAME", "KNOWN_MODELS", "card_info", "card_text", "evaluation_card", "interval_at", "model_facts",
+__all__ = ["CARD_NAME", "KNOWN_MODELS", "card_info", "card_text", "interval_at", "model_facts",
            "read_evaluation", "write_card"]

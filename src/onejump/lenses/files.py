@@ -229,10 +229,10 @@ def load_lens(cls: type, folder: str | Path, lm: Any = None, *, revision: str | 
     alias's model is loaded) or a Hugging Face hub id (``owner/name``, ``owner/name/subfolder``,
     ``revision`` optional); a tuned-lens folder (``config.json`` + ``params.pt``) is imported as a
     :class:`~onejump.lenses.tuned.TunedLens`."""
-    from .. import pretrained
+    from . import shipped
 
-    if not Path(folder).exists() and pretrained.is_shipped_id(str(folder)):
-        found = pretrained.find(str(folder), lm)
+    if not Path(folder).exists() and shipped.is_shipped_id(str(folder)):
+        found = shipped.find(str(folder), lm)
         if lm is None:
             from ..model.loading import load_model
 

@@ -10,29 +10,14 @@ in onejump's format or, with ``format="tuned-lens"``, in tuned-lens's (``config.
 
 from __future__ import annotations
 
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import ShortcutError
+from .hub_ids import looks_like_hub_id, split_hub_source
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 FORMATS = ("onejump", "tuned-lens")
-
-
-def looks_like_hub_id(text: str) -> bool:
-    """``owner/name`` with hub-legal characters (a local path that does not exist may look the same)."""
-    return bool(_HUB_ID.match(text)) and ".." not in text
-
-
-def split_hub_source(text: str) -> tuple[str, str | None] | None:
-    """``(repo_id, subfolder)`` of ``owner/name`` or ``owner/name/sub/folder``; None if it is neither."""
-    parts = text.split("/")
-    if len(parts) < 2 or any(not _PART.match(p) or ".." in p for p in parts):
-        return None
-    return "/".join(parts[:2]), ("/".join(parts[2:]) or None)
 
 
 def resolve_pretrained(source: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None,

@@ -1,6 +1,6 @@
 """Make a shipped lens from a run folder: the lens, its card, its test-split evaluation measured here.
 
-``python -m onejump.pretrained.build RUN [--lens joint] [--name best] [--command "..."]`` loads the
+``python -m onejump.experiment.ship RUN [--lens joint] [--name best] [--command "..."]`` loads the
 run's model and store, evaluates the lens on the store's test split (every level, precision@1 and
 KL), and writes ``onejump/pretrained/<model alias>/<name>/`` (config.json, weights.safetensors,
 README.md) with card information from the run: its corpus and sample, its training rows and prefix
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from . import ROOT
+from ..lenses.shipped import ROOT
 
 
 def model_folder_name(model: str) -> str:
@@ -49,9 +49,9 @@ def run_card_info(run: Path, store: Any, command: str | None, note: str | None =
 def ship(run: str | Path, lens: str = "joint", name: str = "best", *, command: str | None = None,
          note: str | None = None, root: Path | None = None, progress: bool = True) -> Path:
     """Evaluate lens ``lens`` of run folder ``run`` on its test split and write it, with its card, as a shipped lens."""
+    from ..evaluation.card_entry import evaluation_card
     from ..evaluation.evaluator import evaluate
     from ..lenses.base import Lens
-    from ..lenses.card import evaluation_card
     from ..model.loading import load_model
     from ..store import HiddenStateStore
 
@@ -73,7 +73,7 @@ def ship(run: str | Path, lens: str = "joint", name: str = "best", *, command: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m onejump.pretrained.build", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m onejump.experiment.ship", description=__doc__.splitlines()[0])
     p.add_argument("run", help="a run folder (run.json, store/, shortcuts/)")
     p.add_argument("--lens", default="joint", help="the run's lens folder under shortcuts/ (default: %(default)s)")
     p.add_argument("--name", default="best", help="the shipped lens's name (default: %(default)s)")
