@@ -21,7 +21,7 @@ the joint MSE jump, JTC, the tuned lens (its validation apart), the residual KL 
 evaluation of each lens, the reuse matrix and the selection (D_m).
 
 Usage: python benchmarks/roofline.py --run RUN [--train-rows N] [--test-rows N] [--tuned-steps S]
-  [--kl-epochs E] [--max-epochs E] [--threads T] [--repeats R] [--quiet]
+  [--kl-epochs E] [--max-epochs E] [--threads T] [--repeats R] [--only training] [--quiet]
 
 The ceilings are measured before the stages and again after them, each taken at the better of the two
 (load only lowers a rate).
@@ -238,7 +238,7 @@ def _per_example_jump(s: Shape, J: int, r: int) -> float:
 
 
 def train_stages(store, lm, s: Shape, args, records: dict, lenses: dict) -> None:
-    K, H, V = s.K, s.H, s.V
+    K, H = s.K, s.H
     cfg = replace(TrainConfig(), max_epochs=args.max_epochs) if args.max_epochs else TrainConfig()
     n_train = len(store.indices("train"))
 
@@ -248,15 +248,20 @@ def train_stages(store, lm, s: Shape, args, records: dict, lenses: dict) -> None
                                                                                   loss_fn=loss), loss.reset)
         per_ex = _per_example_jump(s, J, bank.rank)
         width = J if J > 1 else 1  # a per-level example holds J inputs; a joint one, one
+        # a split larger than the shuffle buffer is read from the store again every epoch
+        reads = 1 if n_train <= cfg.buffer_samples else hist.epochs_run
         cost = Cost(flops=3 * per_ex * loss.train_examples + per_ex * loss.val_examples, gemm="jump",
                     mem_bytes=4.0 * (width + 1) * H * (loss.train_examples + loss.val_examples),
-                    store_bytes=s.store_read(n_train))
+                    store_bytes=s.store_read(n_train) * reads)
         records[kind] = {"seconds": sec, "peak_rss_mib": peak, "epochs": hist.epochs_run, "steps": loss.steps,
-                         "_cost": cost}
+                         "train_rows": loss.train_examples // (1 if J > 1 else K), "_cost": cost}
         if J > 1:
             lenses["full"] = PerLevelLens(lm, bank.cpu())
         else:
             lenses["joint"] = OneJump(lm, bank.cpu(), trained_at=-1)
+    if args.only == "training":
+        tuned_stage(store, lm, s, args, records, lenses, head_targets_stage(store, lm, s, args, records))
+        return
 
     jtc, sec, peak = timed(lambda: LinearJTC.fit(store))
     n = n_train
@@ -267,14 +272,18 @@ def train_stages(store, lm, s: Shape, args, records: dict, lenses: dict) -> None
     records["JTC"] = {"seconds": sec, "peak_rss_mib": peak, "_cost": cost}
     lenses["jtc"] = JTCLens(lm, jtc.cpu())
 
-    top_k = 32
-    targets, sec, peak = timed(lambda: head_targets(store, lm.adapter, top_k=top_k, progress=not args.quiet))
+    targets = head_targets_stage(store, lm, s, args, records)
+    tuned_stage(store, lm, s, args, records, lenses, targets)
+    kl_res_stage(store, lm, s, args, records, lenses, targets)
+
+
+def head_targets_stage(store, lm, s: Shape, args, records: dict):
+    n, H, V = len(store.indices("train")), s.H, s.V
+    targets, sec, peak = timed(lambda: head_targets(store, lm.adapter, top_k=32, progress=not args.quiet))
     cost = Cost(flops=2.0 * n * H * V, gemm="full head", exps=n * V, store_bytes=n * H * s.item,
                 mem_bytes=4.0 * V * H)
     records["head targets"] = {"seconds": sec, "peak_rss_mib": peak, "_cost": cost}
-
-    tuned_stage(store, lm, s, args, records, lenses, targets)
-    kl_res_stage(store, lm, s, args, records, lenses, targets)
+    return targets
 
 
 def tuned_stage(store, lm, s: Shape, args, records: dict, lenses: dict, targets) -> None:
@@ -316,6 +325,7 @@ def tuned_stage(store, lm, s: Shape, args, records: dict, lenses: dict, targets)
     val_cost = Cost(flops=val.flops * spent["calls"], gemm=val.gemm, exps=val.exps * spent["calls"],
                     mem_bytes=val.mem_bytes * spent["calls"])
     records["tuned lens: steps"] = {"seconds": sec - spent["seconds"], "peak_rss_mib": peak, "steps": steps,
+                                    "train_rows": steps * B,
                                     "columns_per_step": round(C), "_cost": train_cost}
     records["tuned lens: validation"] = {"seconds": spent["seconds"], "validations": spent["calls"],
                                          "rows": nv * K, "_cost": val_cost}
@@ -430,6 +440,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="torch threads (default: 1; on a loaded machine a second thread that the OS deschedules "
                          "stalls every small parallel op at its barrier, the ceilings' short loops most of all)")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each stage, the fastest counted (default: 1)")
+    ap.add_argument("--only", choices=("all", "training"), default="all",
+                    help="training: the MSE jumps, the head targets and the tuned lens only, with their rows per "
+                         "second (for a store of every position, where the training rows multiply)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     if args.threads:
@@ -447,11 +460,15 @@ def main(argv: list[str] | None = None) -> dict:
     records: dict = {}
     lenses: dict = {}
     train_stages(store, lm, s, args, records, lenses)
-    eval_stages(store, lm, s, args, records, lenses)
+    if args.only == "all":
+        eval_stages(store, lm, s, args, records, lenses)
     # the bounds are taken again against the better of the ceilings measured before and after the stages
     ceil = best_ceilings(before, measure_ceilings(s, run.store_dir))
     for r in records.values():
         r.update(r.pop("_cost").bound(ceil))
+        if "train_rows" in r:  # a training's rate: rows per second, and the bound's
+            r["rows_per_s"] = round(r["train_rows"] / max(r["seconds"], 1e-12), 1)
+            r["bound_rows_per_s"] = round(r["train_rows"] / max(r["bound_s"], 1e-12), 1)
         r["ratio"] = float(f"{r['seconds'] / max(r['bound_s'], 1e-12):.3g}")
         r["seconds"], r["bound_s"] = float(f"{r['seconds']:.4g}"), float(f"{r['bound_s']:.4g}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -468,7 +485,11 @@ def main(argv: list[str] | None = None) -> dict:
                             "exp_per_s": round(ceil["exp_per_s"] / 1e9, 3), "units": "GFLOP/s, GB/s, 1e9 exp/s"},
                "stages": records, "run_timings": _run_timings(run.folder)}
     print(table(records))
-    save(result_name("roofline", "cpu", run.data_args().model), payload)
+    positions = (manifest.get("positions") or {}).get("train", "one")
+    name = result_name("roofline", "cpu", run.data_args().model)
+    name += "" if positions == "one" else f"-positions-{positions}"
+    payload["train_positions"] = positions
+    save(name + ("" if args.only == "all" else f"-{args.only}"), payload)
     return payload
 
 
