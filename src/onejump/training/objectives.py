@@ -313,7 +313,7 @@ def low_rank_mse(bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor) -> torch.
     in train mode mu, var are the batch's, and the running statistics move exactly as ``F.batch_norm`` moves
     them), and ``||z B - t||^2 = z (B B^T) z^T - 2 z . (t B^T) + ||t||^2``: the input is read by one batched
     GEMM (and its transpose in the backward), the target by one GEMM, and the rest is r-wide. The three
-    terms are summed in float64, so the difference of large terms loses nothing to float32."""
+    terms are summed in float64 (float32 on MPS), so the difference of large terms loses nothing to float32."""
     N, J, H = inp.shape
     xt = inp.to(bank.A.dtype).transpose(0, 1)  # (J, N, H), a view
     if bank.training:
@@ -332,5 +332,6 @@ def low_rank_mse(bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor) -> torch.
     tb = (tgt.to(B.dtype) @ B.permute(2, 0, 1).reshape(H, J * r)).view(N, J, r).transpose(0, 1)  # t B_j^T
     quad = (torch.bmm(z, B @ B.transpose(1, 2)) * z).sum(-1)  # (J, N)
     cross = (z * tb).sum(-1)
-    energy = tgt.double().pow(2).sum(-1)  # (N,)
-    return (quad.double() - 2 * cross.double() + energy).mean(-1).to(B.dtype)
+    wide = torch.float32 if tgt.device.type == "mps" else torch.float64  # MPS has no float64
+    energy = tgt.to(wide).pow(2).sum(-1)  # (N,)
+    return (quad.to(wide) - 2 * cross.to(wide) + energy).mean(-1).to(B.dtype)
