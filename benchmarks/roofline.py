@@ -21,7 +21,10 @@ the joint MSE jump, JTC, the tuned lens (its validation apart), the residual KL 
 evaluation of each lens, the reuse matrix and the selection (D_m).
 
 Usage: python benchmarks/roofline.py --run RUN [--train-rows N] [--test-rows N] [--tuned-steps S]
-  [--kl-epochs E] [--max-epochs E] [--threads T] [--quiet]
+  [--kl-epochs E] [--max-epochs E] [--threads T] [--repeats R] [--only training] [--quiet]
+
+The ceilings are measured before the stages and again after them, each taken at the better of the two
+(load only lowers a rate).
 
 Row limits take the first N rows of each split (a shorter measurement; the ratio is what is compared,
 and it is measured against ceilings taken in the same process and under the same load). Writes
@@ -174,6 +177,13 @@ def measure_ceilings(shape: Shape, store_dir) -> dict:
     return out
 
 
+def best_ceilings(first: dict, second: dict) -> dict:
+    """Each ceiling at the better of two measurements (before and after the stages): the load on a
+    shared machine only ever lowers a rate, so the higher one is nearer the hardware's."""
+    return {"gemm": {k: max(v, second["gemm"][k]) for k, v in first["gemm"].items()},
+            **{k: max(v, second[k]) for k, v in first.items() if k != "gemm"}}
+
+
 def sampled_columns(targets, batch: int, negatives: int, draws: int = 8) -> float:
     """Mean columns a sampled-normaliser step touches: the union of a batch's top-k tokens plus the negatives."""
     gen = torch.Generator().manual_seed(1)
@@ -187,7 +197,11 @@ class Counted:
     """A training loss that counts the examples it sees with and without autograd (steps vs validation)."""
 
     def __init__(self, loss):
-        self.loss, self.train_examples, self.val_examples, self.steps = loss, 0, 0, 0
+        self.loss = loss
+        self.reset()
+
+    def reset(self):
+        self.train_examples, self.val_examples, self.steps = 0, 0, 0
 
     def __call__(self, bank, inp, *rest):
         if torch.is_grad_enabled():
@@ -198,13 +212,24 @@ class Counted:
         return self.loss(bank, inp, *rest)
 
 
-def timed(fn):
-    gc.collect()
-    with PeakProbe() as probe:
-        t0 = time.perf_counter()
-        out = fn()
-        seconds = time.perf_counter() - t0
-    return out, seconds, round(probe.peak_mib, 1)
+#: Runs of each stage; the fastest counts (``--repeats``: on a shared machine load only slows a run).
+REPEATS = 1
+
+
+def timed(fn, reset=None):
+    """``(output, seconds, peak RSS MiB)`` of the fastest of :data:`REPEATS` runs of ``fn`` (``reset`` before each)."""
+    best = None
+    for _ in range(REPEATS):
+        if reset is not None:
+            reset()
+        gc.collect()
+        with PeakProbe() as probe:
+            t0 = time.perf_counter()
+            out = fn()
+            seconds = time.perf_counter() - t0
+        if best is None or seconds < best[1]:
+            best = (out, seconds, round(probe.peak_mib, 1))
+    return best
 
 
 def _per_example_jump(s: Shape, J: int, r: int) -> float:
@@ -213,41 +238,52 @@ def _per_example_jump(s: Shape, J: int, r: int) -> float:
 
 
 def train_stages(store, lm, s: Shape, args, records: dict, lenses: dict) -> None:
-    K, H, V = s.K, s.H, s.V
+    K, H = s.K, s.H
     cfg = replace(TrainConfig(), max_epochs=args.max_epochs) if args.max_epochs else TrainConfig()
     n_train = len(store.indices("train"))
 
     for kind, trainer, J in (("per-level MSE jumps", train_jumps, K), ("joint MSE jump", train_joint, 1)):
         loss = Counted(mse_loss)
         (bank, hist), sec, peak = timed(lambda trainer=trainer, loss=loss: trainer(store, cfg, progress=not args.quiet,
-                                                                                  loss_fn=loss))
+                                                                                  loss_fn=loss), loss.reset)
         per_ex = _per_example_jump(s, J, bank.rank)
         width = J if J > 1 else 1  # a per-level example holds J inputs; a joint one, one
+        # a split larger than the shuffle buffer is read from the store again every epoch
+        reads = 1 if n_train <= cfg.buffer_samples else hist.epochs_run
         cost = Cost(flops=3 * per_ex * loss.train_examples + per_ex * loss.val_examples, gemm="jump",
                     mem_bytes=4.0 * (width + 1) * H * (loss.train_examples + loss.val_examples),
-                    store_bytes=s.store_read(n_train))
+                    store_bytes=s.store_read(n_train) * reads)
         records[kind] = {"seconds": sec, "peak_rss_mib": peak, "epochs": hist.epochs_run, "steps": loss.steps,
-                         **cost.bound(records["_ceil"])}
+                         "train_rows": loss.train_examples // (1 if J > 1 else K), "_cost": cost}
         if J > 1:
             lenses["full"] = PerLevelLens(lm, bank.cpu())
         else:
             lenses["joint"] = OneJump(lm, bank.cpu(), trained_at=-1)
+    if args.only == "training":
+        tuned_stage(store, lm, s, args, records, lenses, head_targets_stage(store, lm, s, args, records))
+        return
 
     jtc, sec, peak = timed(lambda: LinearJTC.fit(store))
     n = n_train
-    cost = Cost(flops=K * (2.0 * n * (H + 1) ** 2 + 2.0 * n * (H + 1) * H + (H + 1) ** 3), gemm="jtc gram",
-                store_bytes=s.store_read(n))
-    records["JTC"] = {"seconds": sec, "peak_rss_mib": peak, **cost.bound(records["_ceil"])}
+    # the Gram matrices [X^T X | X^T Y], then per level a factorisation of the (H+1)^2 system (a Cholesky
+    # at the least, (H+1)^3 / 3) and its solve for H right-hand sides (2 (H+1)^2 H)
+    cost = Cost(flops=K * (2.0 * n * (H + 1) * (2 * H + 1) + (H + 1) ** 3 / 3 + 2.0 * (H + 1) ** 2 * H),
+                gemm="jtc gram", store_bytes=s.store_read(n))
+    records["JTC"] = {"seconds": sec, "peak_rss_mib": peak, "_cost": cost}
     lenses["jtc"] = JTCLens(lm, jtc.cpu())
 
-    top_k = 32
-    targets, sec, peak = timed(lambda: head_targets(store, lm.adapter, top_k=top_k, progress=not args.quiet))
-    cost = Cost(flops=2.0 * n * H * V, gemm="full head", exps=n * V, store_bytes=n * H * s.item,
-                mem_bytes=4.0 * V * H)
-    records["head targets"] = {"seconds": sec, "peak_rss_mib": peak, **cost.bound(records["_ceil"])}
-
+    targets = head_targets_stage(store, lm, s, args, records)
     tuned_stage(store, lm, s, args, records, lenses, targets)
     kl_res_stage(store, lm, s, args, records, lenses, targets)
+
+
+def head_targets_stage(store, lm, s: Shape, args, records: dict):
+    n, H, V = len(store.indices("train")), s.H, s.V
+    targets, sec, peak = timed(lambda: head_targets(store, lm.adapter, top_k=32, progress=not args.quiet))
+    cost = Cost(flops=2.0 * n * H * V, gemm="full head", exps=n * V, store_bytes=n * H * s.item,
+                mem_bytes=4.0 * V * H)
+    records["head targets"] = {"seconds": sec, "peak_rss_mib": peak, "_cost": cost}
+    return targets
 
 
 def tuned_stage(store, lm, s: Shape, args, records: dict, lenses: dict, targets) -> None:
@@ -266,8 +302,12 @@ def tuned_stage(store, lm, s: Shape, args, records: dict, lenses: dict, targets)
 
     tuned_module._validate = timed_validate
     try:
-        (lens, hist), sec, peak = timed(lambda: train_tuned_lens(store, lm, cfg, progress=not args.quiet,
-                                                                 targets=targets))
+        def run():
+            spent.update(seconds=0.0, calls=0)
+            return train_tuned_lens(store, lm, cfg, progress=not args.quiet, targets=targets), dict(spent)
+
+        ((lens, hist), spent_best), sec, peak = timed(run)
+        spent.update(spent_best)
     finally:
         tuned_module._validate = validate
     lenses["tuned"] = lens
@@ -284,12 +324,12 @@ def tuned_stage(store, lm, s: Shape, args, records: dict, lenses: dict, targets)
                       mem_bytes=step.mem_bytes * steps, store_bytes=s.store_read(n_train))
     val_cost = Cost(flops=val.flops * spent["calls"], gemm=val.gemm, exps=val.exps * spent["calls"],
                     mem_bytes=val.mem_bytes * spent["calls"])
-    ceil = records["_ceil"]
     records["tuned lens: steps"] = {"seconds": sec - spent["seconds"], "peak_rss_mib": peak, "steps": steps,
-                                    "columns_per_step": round(C), **train_cost.bound(ceil)}
+                                    "train_rows": steps * B,
+                                    "columns_per_step": round(C), "_cost": train_cost}
     records["tuned lens: validation"] = {"seconds": spent["seconds"], "validations": spent["calls"],
-                                         "rows": nv * K, **val_cost.bound(ceil)}
-    records["tuned lens"] = {"seconds": sec, "peak_rss_mib": peak, **(train_cost + val_cost).bound(ceil),
+                                         "rows": nv * K, "_cost": val_cost}
+    records["tuned lens"] = {"seconds": sec, "peak_rss_mib": peak, "_cost": (train_cost + val_cost),
                              "validation_share": round(spent["seconds"] / max(sec, 1e-9), 3),
                              "best_step": hist.best_step}
 
@@ -298,7 +338,7 @@ def kl_res_stage(store, lm, s: Shape, args, records: dict, lenses: dict, targets
     H, V = s.H, s.V
     cfg = replace(objective_config("kl-res", s.r_kl), max_epochs=args.kl_epochs)
     loss = Counted(HeadKL(lm.adapter, targets, negatives=cfg.kl_negatives, seed=cfg.seed))
-    (bank, hist), sec, peak = timed(lambda: train_joint(store, cfg, progress=not args.quiet, loss_fn=loss))
+    (bank, hist), sec, peak = timed(lambda: train_joint(store, cfg, progress=not args.quiet, loss_fn=loss), loss.reset)
     lenses["kl-res joint"] = OneJump(lm, bank.cpu(), trained_at=-1)
     C = sampled_columns(targets, cfg.batch_size, cfg.kl_negatives)
     steps, te, ve = loss.steps, loss.train_examples, loss.val_examples
@@ -309,7 +349,7 @@ def kl_res_stage(store, lm, s: Shape, args, records: dict, lenses: dict, targets
                 store_bytes=s.store_read(len(store.indices("train"))))
     records["residual KL joint jump"] = {"seconds": sec, "peak_rss_mib": peak, "epochs": hist.epochs_run,
                                          "steps": steps, "columns_per_step": round(C),
-                                         **cost.bound(records["_ceil"])}
+                                         "_cost": cost}
 
 
 def _lens_cost(s: Shape, name: str, lens, N: int) -> Cost:
@@ -331,23 +371,22 @@ def _lens_cost(s: Shape, name: str, lens, N: int) -> Cost:
 
 def eval_stages(store, lm, s: Shape, args, records: dict, lenses: dict) -> None:
     N = len(store.targets("test"))
-    ceil = records["_ceil"]
     sel, sec, peak = timed(lambda: select_ojfa(store, lenses["full"], rule="paper"))
     n_train, K, H, r = len(store.indices("train")), s.K, s.H, lenses["full"].rank
     cost = Cost(flops=2.0 * n_train * K * H * K * r + 2.0 * n_train * H * K * r, gemm="reuse scores",
                 store_bytes=s.store_read(n_train))
-    records["selection"] = {"seconds": sec, "peak_rss_mib": peak, "chosen": sel.chosen, **cost.bound(ceil)}
+    records["selection"] = {"seconds": sec, "peak_rss_mib": peak, "chosen": sel.chosen, "_cost": cost}
     lenses["ojfa"] = lenses["full"].jump(sel.chosen)
     everything = {"identity": LogitLens(lm), **lenses}
     for name, lens in everything.items():
         _, sec, peak = timed(lambda lens=lens, name=name: evaluate(store, {name: lens}, progress=not args.quiet))
         records[f"evaluation: {name}"] = {"seconds": sec, "peak_rss_mib": peak,
-                                         **_lens_cost(s, name, lens, N).bound(ceil)}
+                                         "_cost": _lens_cost(s, name, lens, N)}
     _, sec, peak = timed(lambda: reuse_matrix(store, lenses["full"], progress=not args.quiet))
     rows = K * K * N
     cost = Cost(flops=2.0 * N * H * s.V + 2.0 * rows * r * s.V, gemm="rank-r head", exps=N * s.V + rows * s.V,
                 store_bytes=s.store_read(N), mem_bytes=4.0 * (s.V * H + K * r * s.V))
-    records["reuse matrix"] = {"seconds": sec, "peak_rss_mib": peak, **cost.bound(ceil)}
+    records["reuse matrix"] = {"seconds": sec, "peak_rss_mib": peak, "_cost": cost}
 
 
 class SplitView:
@@ -397,11 +436,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tuned-steps", type=int, default=250, help="the tuned lens's schedule (default: 250)")
     ap.add_argument("--kl-epochs", type=int, default=4, help="epochs of the residual KL joint jump (default: 4)")
     ap.add_argument("--max-epochs", type=int, default=None, help="cap on the MSE jumps' epochs (default: none)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default: 1; on a loaded machine a second thread that the OS deschedules "
+                         "stalls every small parallel op at its barrier, the ceilings' short loops most of all)")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each stage, the fastest counted (default: 1)")
+    ap.add_argument("--only", choices=("all", "training"), default="all",
+                    help="training: the MSE jumps, the head targets and the tuned lens only, with their rows per "
+                         "second (for a store of every position, where the training rows multiply)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    global REPEATS
+    REPEATS = max(1, args.repeats)
     run = Run(args.run, device="cpu", progress=not args.quiet)
     lm, full_store = run.lm(), run.store()
     store = SplitView(full_store, args.train_rows, args.test_rows)
@@ -409,19 +456,26 @@ def main(argv: list[str] | None = None) -> dict:
     manifest = json.loads((run.store_dir / "manifest.json").read_text())
     itemsize = torch.empty((), dtype=getattr(torch, manifest.get("dtype", "float32"))).element_size()
     s = Shape(store, lm, default_rank(H), 2 * default_rank(H), itemsize)
-    ceil = measure_ceilings(s, run.store_dir)
-    records: dict = {"_ceil": ceil}
+    before = measure_ceilings(s, run.store_dir)
+    records: dict = {}
     lenses: dict = {}
     train_stages(store, lm, s, args, records, lenses)
-    eval_stages(store, lm, s, args, records, lenses)
-    del records["_ceil"]
+    if args.only == "all":
+        eval_stages(store, lm, s, args, records, lenses)
+    # the bounds are taken again against the better of the ceilings measured before and after the stages
+    ceil = best_ceilings(before, measure_ceilings(s, run.store_dir))
     for r in records.values():
+        r.update(r.pop("_cost").bound(ceil))
+        if "train_rows" in r:  # a training's rate: rows per second, and the bound's
+            r["rows_per_s"] = round(r["train_rows"] / max(r["seconds"], 1e-12), 1)
+            r["bound_rows_per_s"] = round(r["train_rows"] / max(r["bound_s"], 1e-12), 1)
         r["ratio"] = float(f"{r['seconds'] / max(r['bound_s'], 1e-12):.3g}")
         r["seconds"], r["bound_s"] = float(f"{r['seconds']:.4g}"), float(f"{r['bound_s']:.4g}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     payload = {"benchmark": "roofline", "model": lm.name, "num_blocks": s.K, "hidden_size": H, "vocab_size": s.V,
                "rank": s.r, "kl_rank": s.r_kl, "n_train": len(store.indices("train")),
-               "n_test": len(store.targets("test")), "tuned_steps": args.tuned_steps, "kl_epochs": args.kl_epochs,
+               "n_test": len(store.targets("test")), "repeats": REPEATS, "tuned_steps": args.tuned_steps,
+               "kl_epochs": args.kl_epochs,
                "load_average_1min": load, "cpu_count": os.cpu_count(),
                "ceilings": {"gemm_flops_per_s": {k: round(v / 1e9, 2) for k, v in ceil["gemm"].items()},
                             "gemm_shapes": {k: list(v[:3]) + [str(v[3]).replace("torch.", ""), v[4]]
@@ -431,7 +485,11 @@ def main(argv: list[str] | None = None) -> dict:
                             "exp_per_s": round(ceil["exp_per_s"] / 1e9, 3), "units": "GFLOP/s, GB/s, 1e9 exp/s"},
                "stages": records, "run_timings": _run_timings(run.folder)}
     print(table(records))
-    save(result_name("roofline", "cpu", run.data_args().model), payload)
+    positions = (manifest.get("positions") or {}).get("train", "one")
+    name = result_name("roofline", "cpu", run.data_args().model)
+    name += "" if positions == "one" else f"-positions-{positions}"
+    payload["train_positions"] = positions
+    save(name + ("" if args.only == "all" else f"-{args.only}"), payload)
     return payload
 
 

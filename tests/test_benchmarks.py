@@ -135,3 +135,15 @@ def test_roofline_runs_every_stage_on_a_tiny_store(bench, tiny_run, tmp_path, ca
     assert stages["tuned lens: validation"]["validations"] >= 2
     assert all(v > 0 for v in saved["ceilings"]["gemm_flops_per_s"].values())
     assert saved["ceilings"]["memory_gb_per_s"] > 0 and saved["ceilings"]["exp_per_s"] > 0
+
+
+def test_roofline_training_only_gives_rows_per_second(bench, tiny_run, tmp_path):
+    out = bench("roofline").main(["--run", str(tiny_run), "--tuned-steps", "2", "--max-epochs", "1", "--quiet",
+                                  "--only", "training"])
+    stages = out["stages"]
+    assert "reuse matrix" not in stages and "JTC" not in stages
+    for name in ("per-level MSE jumps", "tuned lens: steps"):
+        r = stages[name]
+        assert r["train_rows"] > 0 and r["rows_per_s"] > 0
+        assert r["bound_rows_per_s"] == pytest.approx(r["rows_per_s"] * r["ratio"], rel=0.05)
+    assert next((tmp_path / "results").glob("roofline-cpu-*-training.json"))

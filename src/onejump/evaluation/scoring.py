@@ -48,10 +48,15 @@ class Reference:
 
 
 def require_finite(h: torch.Tensor, rows: Any) -> None:
-    """Refuse a chunk of stored hidden states (n, levels, H) holding a NaN or an infinity, naming it."""
-    if not torch.isfinite(h).all():
-        i, level, _ = (~torch.isfinite(h)).nonzero()[0].tolist()
-        raise NumericalError(f"non-finite hidden state in the store at level {level}, sample row {int(rows[i])}")
+    """Refuse a chunk of stored hidden states (n, levels, H) holding a NaN or an infinity, naming it.
+
+    A finite sum proves every element finite (a NaN or an infinity reaches the sum) in one pass, where
+    ``isfinite`` takes four; only a sum that is not finite (a bad value, or an overflow of good ones) is
+    looked at element by element."""
+    if torch.isfinite(h.sum()) or torch.isfinite(h).all():
+        return
+    i, level, _ = (~torch.isfinite(h)).nonzero()[0].tolist()
+    raise NumericalError(f"non-finite hidden state in the store at level {level}, sample row {int(rows[i])}")
 
 
 #: Logits per slice of a block that the reductions take at once (4 MiB of float32): the passes after the
@@ -59,12 +64,35 @@ def require_finite(h: torch.Tensor, rows: Any) -> None:
 SLICE_ELEMENTS = 1 << 20
 
 
+#: Width of the blocks :func:`_max_argmax` takes the maxima of.
+ARGMAX_BLOCK = 64
+
+
+def _max_argmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits.max(1)``: (max, index of its first occurrence) per row, the same values and indices.
+
+    A row's maximum is taken over the maxima of its blocks of :data:`ARGMAX_BLOCK` logits (a reduction
+    along contiguous memory, which vectorises; ``max(1)`` with indices does not), then the first block
+    holding it is searched alone."""
+    n, V = logits.shape
+    w = ARGMAX_BLOCK
+    full = V // w * w
+    if full == 0 or logits.stride(1) != 1:
+        return logits.max(1)
+    blocks = logits[:, :full].unflatten(1, (full // w, w)).amax(2)  # (n, V // w)
+    if full < V:
+        blocks = torch.cat([blocks, logits[:, full:].amax(1, keepdim=True)], 1)
+    mx, first = blocks.max(1)  # the first block holding the row's maximum
+    cols = (first[:, None] * w + torch.arange(w, device=logits.device)).clamp_max_(V - 1)
+    return mx, first * w + logits.gather(1, cols).max(1).indices
+
+
 def _top2(logits: torch.Tensor, second: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(max, first argmax, second largest or None) per row (the second is -inf for a one-token vocabulary).
 
     The second largest is the maximum once the argmax is masked (in place, then put back): a plain max
     costs a fraction of ``topk``. A tie at the top gives second == max, as ``topk`` does."""
-    mx, am = logits.max(1)
+    mx, am = _max_argmax(logits)
     if not second:
         return mx, am, None
     if logits.shape[1] < 2:
@@ -92,7 +120,7 @@ def _reduce_inplace(logits: torch.Tensor, target: torch.Tensor, second: bool = F
     """
     mx, am, top2 = _top2(logits, second)
     tl = logits.gather(1, target[:, None])
-    above = torch.gt(logits, tl).sum(1, dtype=torch.int32)
+    above = _count_above(logits, tl, torch.empty_like(logits))
     sumexp = logits.sub_(mx[:, None]).exp_().sum(1)
     return mx, sumexp, am, above, tl[:, 0], top2
 

@@ -69,20 +69,28 @@ class LinearJTC(nn.Module):
             raise ShortcutError(f"ridge must be >= 0, got {ridge}")
         dev = torch.device(device)
         L = len(lv)
-        xtx = torch.zeros(L, H + 1, H + 1, dtype=torch.float64, device=dev)
-        xty = torch.zeros(L, H + 1, H, dtype=torch.float64, device=dev)
+        # X^T X and X^T Y of X = [h^k, 1] from their parts, h^T h, h^T y and the column sums: the products read
+        # the chunk where it lies (strided views, no copy), and X^T Y of every level is one GEMM
+        hth = torch.zeros(L, H, H, dtype=torch.float64, device=dev)
+        hty = torch.zeros(L * H, H, dtype=torch.float64, device=dev)
+        hsum = torch.zeros(L, H, dtype=torch.float64, device=dev)
+        ysum = torch.zeros(H, dtype=torch.float64, device=dev)
         n = 0
         for idx, chunk in _chunks(store, split, rows, chunk_size, [*lv, K]):
             chunk = chunk.to(dev, torch.float64)
             _check_finite_chunk(chunk, idx, [*lv, K])
-            x = torch.cat([chunk[:, :L], torch.ones(chunk.shape[0], L, 1, dtype=torch.float64, device=dev)], 2)
-            x = x.transpose(0, 1)  # (L, n, H+1)
-            y = chunk[:, L]  # (n, H)
-            xtx += x.transpose(1, 2) @ x
-            xty += x.transpose(1, 2) @ y
+            h, y = chunk[:, :L], chunk[:, L]  # (n, L, H), (n, H)
+            ht = h.transpose(0, 1)  # (L, n, H)
+            hth.baddbmm_(ht.transpose(1, 2), ht)
+            hty.addmm_(h.reshape(h.shape[0], L * H).T, y)
+            hsum += h.sum(0)
+            ysum += y.sum(0)
             n += chunk.shape[0]
         if n == 0:
             raise StoreError(f"store split '{split}' is empty; cannot fit JTC")
+        xtx = torch.empty(L, H + 1, H + 1, dtype=torch.float64, device=dev)
+        xtx[:, :H, :H], xtx[:, :H, H], xtx[:, H, :H], xtx[:, H, H] = hth, hsum, hsum, float(n)
+        xty = torch.cat([hty.view(L, H, H), ysum.expand(L, 1, H)], 1)
         W = torch.empty(L, H + 1, H, dtype=torch.float64, device=dev)
         for i in range(L):
             a = xtx[i].clone()
@@ -116,6 +124,8 @@ def _chunks(store: Any, split: str, rows: Sequence[int] | None, chunk_size: int,
 
 
 def _check_finite_chunk(chunk: torch.Tensor, rows: Iterable[int], levels: Sequence[int]) -> None:
+    if torch.isfinite(chunk.sum()):  # a NaN or an infinity reaches the sum: one pass where isfinite takes four
+        return
     finite = torch.isfinite(chunk)
     if not finite.all():
         i, lvl, _ = (~finite).nonzero()[0].tolist()

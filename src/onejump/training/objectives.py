@@ -288,5 +288,50 @@ LossFn = Callable[..., torch.Tensor]  # (bank, inp, tgt, rows[, levels]) -> (J,)
 
 def mse_loss(bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor, rows: torch.Tensor,
              levels: torch.Tensor | None = None) -> torch.Tensor:
-    """Eq. 2 per jump: ``mean_i ||jump(h_i) - h_i^K||^2`` (the default :data:`LossFn`; ignores ``rows``)."""
+    """Eq. 2 per jump: ``mean_i ||jump(h_i) - h_i^K||^2`` (the default :data:`LossFn`; ignores ``rows``).
+
+    A plain low-rank bank takes :func:`low_rank_mse` (the same loss and gradients, without the (B, J, H)
+    temporaries); a residual or level-conditioned bank goes through its own forward."""
+    if type(bank) is JumpBank and not bank.residual and inp.dim() == 3 and (inp.shape[0] > 1 or not bank.training):
+        return low_rank_mse(bank, inp, tgt)
     return (bank(inp, levels) - tgt.unsqueeze(1)).pow(2).sum(-1).mean(0)
+
+
+def _moments(xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(biased variance, mean) over the rows of each ``xt[j]`` (J, N, H), in two passes whose sums over the
+    rows are matrix products (any strides): ``var_mean`` over the outer dimension of a wide array runs an
+    order of magnitude slower on a CPU."""
+    ones = xt.new_full((xt.shape[0], 1, xt.shape[1]), 1.0 / xt.shape[1])
+    mean = torch.bmm(ones, xt)  # (J, 1, H)
+    return torch.bmm(ones, (xt - mean).square_())[:, 0], mean[:, 0]
+
+
+def low_rank_mse(bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """:func:`mse_loss` of a plain bank in rank-r form: no (B, J, H) array is made but the input.
+
+    BatchNorm folds into the first matrix (``z = h @ (s A) + (b - mu s) @ A`` with ``s = w / sqrt(var + eps)``;
+    in train mode mu, var are the batch's, and the running statistics move exactly as ``F.batch_norm`` moves
+    them), and ``||z B - t||^2 = z (B B^T) z^T - 2 z . (t B^T) + ||t||^2``: the input is read by one batched
+    GEMM (and its transpose in the backward), the target by one GEMM, and the rest is r-wide. The three
+    terms are summed in float64 (float32 on MPS), so the difference of large terms loses nothing to float32."""
+    N, J, H = inp.shape
+    xt = inp.to(bank.A.dtype).transpose(0, 1)  # (J, N, H), a view
+    if bank.training:
+        with torch.no_grad():
+            var, mean = _moments(xt)
+            m = bank.momentum
+            bank.running_mean.mul_(1 - m).add_(mean, alpha=m)
+            bank.running_var.mul_(1 - m).add_(var, alpha=m * N / (N - 1))  # unbiased, as batch_norm
+    else:
+        mean, var = bank.running_mean, bank.running_var
+    scale = bank.bn_weight * torch.rsqrt(var + bank.eps)  # (J, H)
+    shift = torch.bmm((bank.bn_bias - mean * scale).unsqueeze(1), bank.A)  # (J, 1, r)
+    z = torch.baddbmm(shift, xt, bank.A * scale.unsqueeze(-1))  # (J, N, r)
+    B = bank.B
+    r = B.shape[1]
+    tb = (tgt.to(B.dtype) @ B.permute(2, 0, 1).reshape(H, J * r)).view(N, J, r).transpose(0, 1)  # t B_j^T
+    quad = (torch.bmm(z, B @ B.transpose(1, 2)) * z).sum(-1)  # (J, N)
+    cross = (z * tb).sum(-1)
+    wide = torch.float32 if tgt.device.type == "mps" else torch.float64  # MPS has no float64
+    energy = tgt.to(wide).pow(2).sum(-1)  # (N,)
+    return (quad.to(wide) - 2 * cross.to(wide) + energy).mean(-1).to(B.dtype)

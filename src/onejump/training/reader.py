@@ -197,10 +197,10 @@ class _Task:
                 return inp, x[sample, self.K], torch.from_numpy(rows)[sample], level
         else:
             sample = idx
-            if self.levels == list(range(self.K)):
-                inp = x[sample, : self.K]
-            else:
-                inp = x[sample[:, None], torch.tensor(self.levels)[None, :]]
+            if self.levels == list(range(self.K)):  # one gather of whole rows serves inputs and target
+                picked = x.index_select(0, sample)
+                return picked[:, : self.K], picked[:, self.K], torch.from_numpy(rows)[sample]
+            inp = x[sample[:, None], torch.tensor(self.levels)[None, :]]
         return inp, x[sample, self.K], torch.from_numpy(rows)[sample]
 
     def _take(self, x: torch.Tensor, rows: np.ndarray, carry: Batch | None, idx: torch.Tensor) -> Batch:
