@@ -82,8 +82,9 @@ def render_models_md(summary: dict[str, Any]) -> str:
              "(sources at the end); `onejump compare` wrote this file.", "",
              "## The paper's claims, per model", "",
              "Differences are in points of mean precision@1 over exit levels 0..K-1 on the test split. Each cell: "
-             "our number, the verdict, and the paired test's p-value where the claim has one; a paired test that "
-             "cannot tell OJFA from the other method (p >= 0.05) makes the claim *inconclusive*. The 60% claim "
+             "our number, the verdict, and the paired test's p-value where the claim has one. A claim is held when "
+             "its 95% interval lies inside what it claims, not held when the interval lies outside it, and "
+             "*inconclusive* otherwise (the run's report gives each interval). The 60% claim "
              "gives the highest precision@1 of full N-NJTC, OJFA, the joint jump and every jump at every level, "
              "with its 95% bootstrap CI where the run has one.", "", head, rule]
     for row in summary["rows"]:
