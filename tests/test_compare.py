@@ -61,7 +61,8 @@ def _mean(r, name):
 def _expected_gap_cell(r):
     gap = _mean(r, "full") - _mean(r, "ojfa")
     p = r["tests"]["ojfa_vs_full"]["p_value"]
-    verdict = "held" if gap <= 0.03 else "**not held**" if p < 0.05 else "inconclusive"
+    lo, hi = (-100 * c for c in reversed(r["tests"]["ojfa_vs_full"]["ci"]))  # full minus OJFA, in points
+    verdict = "held" if hi <= 3 else "**not held**" if lo > 3 else "inconclusive"
     return f"{gap * 100:+.1f} pts, {verdict} (p = {p:.2g})"
 
 

@@ -71,3 +71,12 @@ def test_timings_section_with_and_without_peak_memory():
     assert "model's own weights: 513 MiB (134.5M parameters in float32)" in md
     old = "\n".join(timing_lines({"timings": {"extract": 12.3}}))  # a results.json written before peaks
     assert "| extract | 12.3 |" in old and "RSS" not in old
+
+
+def test_a_recorded_paired_test_replaces_the_per_level_bound():
+    r = _results(ojfa=0.11, full=0.11, joint=0.11, ci_full=[-0.01, 0.01], ci_joint=[-0.01, 0.01])
+    bound = {c["id"]: c for c in evaluate_claims(r)}["ojfa_beats_arbitrary"]
+    assert bound["verdict"] == "inconclusive"  # one point above, but the bound assumes the worst correlation
+    r["tests"]["ojfa_vs_arbitrary"] = {"p_value": 1e-4, "mean_diff": 0.01, "ci": [0.004, 0.016], "n": 3000}
+    paired = {c["id"]: c for c in evaluate_claims(r)}["ojfa_beats_arbitrary"]
+    assert paired["verdict"] == "held" and "95% CI [+0.4, +1.6] points" in paired["ours"]

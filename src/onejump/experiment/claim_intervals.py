@@ -5,8 +5,9 @@ Every claim of the report is judged by :func:`~onejump.evaluation.verdict.verdic
 - a paired comparison that ``results["tests"]`` holds (OJFA against full N-NJTC, against the joint
   jump): the paired bootstrap CI of the per-sample difference, widened where it has zero width;
 - a comparison without a paired test (OJFA against the logit lens at early levels, against the
-  average arbitrary jump): the conservative interval of
-  :func:`~onejump.evaluation.verdict.difference_interval` from the per-level precisions;
+  average arbitrary jump, unless ``tests`` holds ``ojfa_vs_identity_early`` / ``ojfa_vs_arbitrary``):
+  the conservative interval of :func:`~onejump.evaluation.verdict.difference_interval` from the
+  per-level precisions, which assumes the worst correlation of the two methods and so is wide;
 - the highest precision of any low-rank shortcut at any level: from the largest lower end to the
   largest upper end over every (method, level) and every jump of the reuse matrix (a method's
   bootstrap CI where it has one, the Wilson interval of the proportion otherwise);

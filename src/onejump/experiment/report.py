@@ -75,9 +75,12 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict[str, Any]]:
     reuse = (results.get("reuse") or {}).get("precision@1")
     gap = float(full_p.mean() - ojfa_p.mean())
     gap_ci = flipped(paired_interval(results, "ojfa_vs_full"))
-    early_ci = levels_interval(results, ojfa_p[:early], id_p[:early])
+    # a paired test recorded for a comparison beats the bound from per-level precisions
+    early_ci = paired_interval(results, "ojfa_vs_identity_early") or levels_interval(results, ojfa_p[:early],
+                                                                                      id_p[:early])
     joint_ci = paired_interval(results, "ojfa_vs_joint")
-    arb_ci = levels_interval(results, ojfa_p, np.asarray(reuse) if reuse else arb_p)
+    arb_ci = paired_interval(results, "ojfa_vs_arbitrary") or levels_interval(
+        results, ojfa_p, np.asarray(reuse) if reuse else arb_p)
     factor = float(results["parameters"]["reduction_factor"])
     early_wins = int((ojfa_p[:early] > id_p[:early]).sum())
     claims = [
@@ -244,7 +247,7 @@ def render_beyond(beyond: dict[str, Any]) -> list[str]:
                   "| the bar (pre-registered) | ours | met |", "|---|---|---|",
                   f"| <= 2x paper OJFA parameters | {bar['parameter_ratio']:.2f}x | {_yes(bar['params_ok'])} |",
                   f"| >= 2x paper OJFA mean precision@1 ({bar['paper_ojfa_mean_precision@1']:.3f}) | "
-                  f"{best['mean_precision@1']:.3f} = {bar['precision_ratio']:.2f}x (paired p = "
+                  f"{best['mean_precision@1']:.3f} = {_paper_ratio(bar)} (paired p = "
                   f"{bar['vs_paper_ojfa']['p_value']:.2g}) | {_yes(bar['precision_ok'])} |",
                   f"| above the logit lens at every level 0..{K - 5} | below or equal at "
                   f"{len(bar['levels_not_above_logit_lens'])} of {bar['levels_checked']} levels"
@@ -255,6 +258,14 @@ def render_beyond(beyond: dict[str, Any]) -> list[str]:
             lines += ["", "| level | logit lens | best single jump |", "|---|---|---|"]
             lines += [f"| {k} | {lens[k]:.3f} | {best['precision@1'][k]:.3f} |" for k in range(K)]
     return lines
+
+
+def _paper_ratio(bar: dict[str, Any]) -> str:
+    """The best jump's mean precision@1 over the paper OJFA's, or n/a where the latter is 0 (the sweep then
+    divides by 1e-12)."""
+    if not bar["paper_ojfa_mean_precision@1"] > 0:
+        return "n/a (paper OJFA's mean precision@1 is 0)"
+    return f"{bar['precision_ratio']:.2f}x"
 
 
 def _preset_line(results: dict[str, Any]) -> str:

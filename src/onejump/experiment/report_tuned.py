@@ -87,9 +87,14 @@ def _ci(part: dict[str, Any], digits: int = 3) -> str:
 def _verdict(part: dict[str, Any]) -> str:
     """held (CI at or above 0), not held (CI below 0), or inconclusive (the CI straddles 0)."""
     v = part["verdict"]
-    if v in ("inconclusive", "too close to call"):  # the latter: results.json written before the shared rule
+    if _plain(v) == "inconclusive":
         return f"inconclusive (margin {'>=' if part['margin'] >= 0 else '<'} 0 on the point estimate)"
     return "**held**" if v == "held" else "not held"
+
+
+def _plain(verdict: str) -> str:
+    """A part's verdict; "too close to call" is how results.json files before the shared rule said inconclusive."""
+    return "inconclusive" if verdict == "too close to call" else verdict
 
 
 def _ratio(value: float | None) -> str:
@@ -121,12 +126,13 @@ def _bar_lines(bar: dict[str, Any] | None) -> list[str]:
              f"| mean precision@1 over exit levels | {mean['single']:.3f} | {mean['tuned']:.3f} | "
              f"{_ratio(mean['ratio'])} | >= {bar['mean_ratio']:.2f} | {_ci(mean)} | {mean['p_value']:.3g} | "
              f"{_verdict(mean)} |"]
-    not_held = every["levels_not_held"]
     lowest = every["lowest_ratio"]
-    where = "every level" if not not_held else "not held at " + levels_text(not_held)
+    by = {v: [lv["level"] for lv in bar["levels"][1:] if _plain(lv["verdict"]) == v] for v in ("not held",
+                                                                                             "inconclusive")}
+    where = "; ".join(f"{v} at {levels_text(ks)}" for v, ks in by.items() if ks) or "every level"
+    status = "**held**" if every["held"] else "not held" if by["not held"] else "inconclusive"
     lines.append(f"| precision@1 at every exit level 1..K-1 | lowest ratio {_ratio(lowest)} | | | "
-                 f">= {bar['level_ratio']:.2f} each | per level below | | "
-                 f"{'**held**' if every['held'] else 'not held'} ({where}) |")
+                 f">= {bar['level_ratio']:.2f} each | per level below | | {status} ({where}) |")
     if "kl" in bar:
         kl = bar["kl"]
         lines.append(f"| mean KL(p_final \\|\\| p_lens), nats | {kl['single']:.3f} | {kl['tuned']:.3f} | "
@@ -140,5 +146,5 @@ def _bar_lines(bar: dict[str, Any] | None) -> list[str]:
         ratio = f"{lv['ratio']:.2f}" if lv["ratio"] is not None else "n/a (tuned lens 0)"
         note = " (level 0: not in the bar)" if lv["level"] == 0 else ""
         lines.append(f"| {lv['level']} | {lv['single']:.3f} | {lv['tuned']:.3f} | {ratio} | {_ci(lv)} | "
-                     f"{lv['p_value']:.3g} | {lv['verdict']}{note} |")
+                     f"{lv['p_value']:.3g} | {_plain(lv['verdict'])}{note} |")
     return lines
