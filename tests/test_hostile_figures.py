@@ -97,3 +97,17 @@ def test_a_trajectory_whose_kl_is_zero_everywhere_draws():
     page = html_page([zero], "kl")
     assert len(set(re.findall(r"background:(#[0-9a-f]{6})", page))) == 1  # every cell the lightest colour
     plot_trajectories([zero], "kl")
+
+
+def test_generate_json_fields_are_each_defined_and_not_ambiguous():
+    from onejump.generation.common import GenerationResult
+
+    res = GenerationResult(tokens=[1, 2, 3, 4], seconds=0.5, mode="speculative", exit_levels=[2, 4, 4, 1],
+                           layer_work=40, drafted=6, accepted=3, tested=4, rounds=3, forwards=3)
+    out = res.summary(4)
+    assert "acceptance_rate" not in out
+    assert out["acceptance"] == 0.75 and out["accepted_per_drafted"] == 0.5 and out["tested"] == 4
+    assert out["layer_work_per_token"] == 10.0
+    doc = GenerationResult.summary.__doc__
+    assert all(f"``{key}``" in doc for key in out), [k for k in out if f"``{k}``" not in doc]
+    assert "counts the prefill" in doc
