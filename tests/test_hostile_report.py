@@ -5,11 +5,14 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from onejump.cli import main
-from onejump.experiment.compare import bar_summary, write_compare
+from onejump.errors import OneJumpError
+from onejump.experiment.compare import bar_summary, load_results, write_compare
 from onejump.experiment.lens_table import canonical_results
-from onejump.experiment.report import write_report
+from onejump.experiment.report import evaluate_claims, write_report
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
@@ -106,4 +109,54 @@ def test_a_results_json_with_a_hole_is_one_line_in_compare(smol, tmp_path, capsy
     code = main(["-q", "compare", str(source), "--out", str(tmp_path / "never")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "never").exists()
+
+
+_FIELDS = ["levels", "methods.ojfa.precision@1", "methods.full.precision@1_ci", "methods.identity.precision@1",
+           "reuse.precision@1", "data.n_test", "tests.ojfa_vs_full.ci", "tests.ojfa_vs_joint.n",
+           "parameters.reduction_factor", "methods.joint"]
+
+_JUNK = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True, allow_infinity=True),
+                  st.text(max_size=5), st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=4),
+                  st.lists(st.lists(st.floats(-2, 2), max_size=3), max_size=3))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(_FIELDS), junk=_JUNK)
+def test_any_damage_to_what_the_claims_read_is_one_error_or_a_valid_file(smol, tmp_path, field, junk):
+    r = copy.deepcopy(smol)
+    *parents, last = field.split(".")
+    target = r
+    for k in parents:
+        target = target[k]
+    target[last] = junk
+    source = tmp_path / "damaged.json"
+    source.write_text(json.dumps(r))
+    try:
+        _, loaded = load_results(source)
+    except OneJumpError as exc:
+        assert "\n" not in str(exc) and str(source) in str(exc)
+        return
+    for c in evaluate_claims(loaded):  # accepted: every claim gets a verdict
+        assert c["verdict"] in ("held", "not held", "inconclusive")
+
+
+@pytest.mark.parametrize(("field", "junk", "says"), [
+    ("levels", [], "levels must be a non-empty list"),
+    ("tests.ojfa_vs_full.ci", [0.1, -0.1], "tests.ojfa_vs_full.ci is [0.1, -0.1], not an interval"),
+    ("methods.ojfa.precision@1", [2.0] * 30, "methods.ojfa.precision@1 holds 2.0, not a precision in [0, 1]"),
+    ("reuse.precision@1", [], "reuse.precision@1 must be a 30 x 30 matrix"),
+])
+def test_a_damaged_results_json_is_one_line_in_compare(smol, tmp_path, capsys, field, junk, says):
+    r = copy.deepcopy(smol)
+    *parents, last = field.split(".")
+    target = r
+    for k in parents:
+        target = target[k]
+    target[last] = junk
+    source = tmp_path / "bad.json"
+    source.write_text(json.dumps(r))
+    code = main(["-q", "compare", str(source), "--out", str(tmp_path / "never")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
     assert not (tmp_path / "never").exists()

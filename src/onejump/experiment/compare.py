@@ -30,6 +30,7 @@ from .folder import RunFolder
 from .lens_table import canonical_results, display
 from .report import MATCH_TOLERANCE, SCHEMA, early_levels, evaluate_claims
 from .report_tuned import counted
+from .results_check import check_claim_inputs
 
 COMPARE_SCHEMA = "onejump-compare/1"
 
@@ -102,6 +103,7 @@ def load_results(source: str | Path) -> tuple[Path, dict[str, Any]]:
                    if not isinstance(results[part], dict) or key not in results[part]]
     if missing:
         raise ConfigError(f"{path} is an incomplete onejump results.json: it lacks {', '.join(missing)}")
+    check_claim_inputs(results, path)
     return path, results
 
 

@@ -92,7 +92,8 @@ def render_models_md(summary: dict[str, Any]) -> str:
     lines += ["", "![OJFA's gap against H](ojfa_gap_vs_h.png)", "",
               "## The best single jump against the logit lens and the tuned lens", "",
               "The best single jump is the one `onejump sweep` chose on held-out train data; means over exit "
-              "levels 0..K-1 of the test split; n/a where a run has no sweep, no tuned lens or no KL.", "",
+              "levels 0..K-1 of the test split; n/a where a run has no sweep, no tuned lens or no KL, and for a "
+              "ratio whose denominator is 0.", "",
               head, rule]
     lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in _single_rows(models)]
     lines += ["", "## Sources", ""] + [f"- {m['name']} (weights {m['fingerprint']}): `{m['source']}`" for m in models]
