@@ -160,3 +160,20 @@ def test_a_damaged_results_json_is_one_line_in_compare(smol, tmp_path, capsys, f
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
     assert not (tmp_path / "never").exists()
+
+
+def test_the_sweeps_bar_is_judged_by_its_intervals(smol):
+    from onejump.experiment.claim_intervals import sweep_bar_verdicts
+
+    assert sweep_bar_verdicts(smol) == {"params": "held", "precision": "held", "lens": "held"}
+    r = copy.deepcopy(smol)
+    lens = r["beyond"]["references"]["identity"]["precision@1"]
+    r["beyond"]["best"]["precision@1"][3] = lens[3] + 0.005  # above at level 3, by less than 3000 rows can tell
+    assert sweep_bar_verdicts(r)["lens"] == "inconclusive"
+    r["beyond"]["best"]["precision@1"][3] = max(0.0, lens[3] - 0.2)
+    assert sweep_bar_verdicts(r)["lens"] == "not held"
+    r["beyond"]["best"]["precision@1"] = [0.0] * len(r["levels"])
+    assert sweep_bar_verdicts(r)["precision"] == "not held"
+    r["beyond"]["bar"]["parameter_ratio"] = 2.5
+    assert sweep_bar_verdicts(r)["params"] == "not held"
+    assert sweep_bar_verdicts({**smol, "beyond": None}) is None

@@ -129,16 +129,18 @@ def sd_bound(proportions: Sequence[float] | np.ndarray) -> float:
 
 
 def difference_interval(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, n: int | None, *,
-                        alpha: float = 0.05) -> tuple[float, float] | None:
-    """A conservative interval of mean(a) - mean(b), two methods' per-level proportions of the same ``n``
-    samples (``b`` may be a jumps x levels matrix whose mean is the method); None without samples."""
+                        weight: float = 1.0, alpha: float = 0.05) -> tuple[float, float] | None:
+    """A conservative interval of mean(a) - weight x mean(b), two methods' per-level proportions of the same
+    ``n`` samples (``b`` may be a jumps x levels matrix whose mean is the method); None without samples."""
     if n is None or n < 1:
         return None
+    if not weight >= 0:
+        raise ConfigError(f"difference_interval needs a weight >= 0, got {weight}")
     pa, pb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    d = float(pa.mean() - pb.mean())
-    half = _z(alpha) * (sd_bound(pa) + sd_bound(pb)) / math.sqrt(n)
-    low, high = max(-1.0, d - half), min(1.0, d + half)
-    return sample_interval((low, high), n, (-1.0, 1.0), alpha=alpha)
+    d = float(pa.mean() - weight * pb.mean())
+    half = _z(alpha) * (sd_bound(pa) + weight * sd_bound(pb)) / math.sqrt(n)
+    low, high = max(-weight, d - half), min(1.0, d + half)
+    return sample_interval((low, high), n, (-weight, 1.0), alpha=alpha)
 
 
 def proportion_interval(k: int, n: int, *, alpha: float = 0.05) -> tuple[float, float]:

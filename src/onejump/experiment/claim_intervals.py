@@ -11,7 +11,8 @@ Every claim of the report is judged by :func:`~onejump.evaluation.verdict.verdic
 - the highest precision of any low-rank shortcut at any level: from the largest lower end to the
   largest upper end over every (method, level) and every jump of the reuse matrix (a method's
   bootstrap CI where it has one, the Wilson interval of the proportion otherwise);
-- a parameter count: exact, the interval [x, x].
+- a parameter count: exact, the interval [x, x];
+- the sweep's bar (:func:`sweep_bar_verdicts`): conservative intervals of the per-level precisions.
 """
 
 from __future__ import annotations
@@ -21,7 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluation.verdict import HELD, Region, difference_interval, proportion_interval, sample_interval, verdict
+from ..evaluation.verdict import (
+    HELD,
+    Region,
+    above,
+    at_least,
+    at_most,
+    difference_interval,
+    proportion_interval,
+    sample_interval,
+    verdict,
+)
 
 
 def sample_count(results: dict[str, Any]) -> int | None:
@@ -75,6 +86,30 @@ def ceiling_interval(results: dict[str, Any], methods: Sequence[str]) -> tuple[f
     return (max(lows), max(highs)) if lows else None
 
 
+def sweep_bar_verdicts(results: dict[str, Any]) -> dict[str, str] | None:
+    """The verdicts of the sweep's bar (``results["beyond"]["bar"]``): ``params`` (counted: exact),
+    ``precision`` (best >= 2x the paper OJFA's mean precision@1) and ``lens`` (above the logit lens at
+    every level 0..K-5), each from conservative intervals of the per-level precisions; None without a bar."""
+    beyond = results.get("beyond") or {}
+    bar, best = beyond.get("bar"), beyond.get("best")
+    if not bar or not best:
+        return None
+    n = sample_count(results)
+    paper = next((c["methods"]["ojfa-paper"] for c in beyond.get("configs", [])
+                  if c.get("objective") == "mse" and c.get("rank") == beyond.get("base_rank")
+                  and "ojfa-paper" in c.get("methods", {})), None)
+    ratio = bar["parameter_ratio"]
+    out = {"params": verdict((ratio, ratio), at_most(2.0))}
+    out["precision"] = verdict(difference_interval(best["precision@1"], paper["precision@1"], n, weight=2.0)
+                               if paper is not None else None, at_least(0.0))
+    lens = (beyond.get("references") or {}).get("identity", {}).get("precision@1")
+    levels = range(bar["levels_checked"])
+    per_level = [difference_interval([best["precision@1"][k]], [lens[k]], n) for k in levels] if lens else []
+    out["lens"] = verdict((min(i[0] for i in per_level), min(i[1] for i in per_level))
+                          if per_level and all(per_level) else None, above(0.0))
+    return out
+
+
 def judged(interval: tuple[float, float] | None, region: Region) -> dict[str, Any]:
     """A claim's ``verdict`` and ``held`` (held only when the interval supports it)."""
     v = verdict(interval, region)
@@ -90,4 +125,4 @@ def points_text(interval: tuple[float, float] | None) -> str:
 
 
 __all__ = ["ceiling_interval", "flipped", "judged", "levels_interval", "paired_interval", "points_text",
-           "sample_count"]
+           "sample_count", "sweep_bar_verdicts"]
