@@ -21,10 +21,11 @@ def _real(name):
 
 
 def _fake_wide(smol):
-    """SmolLM2's results made into another model: wider, other weights, no sweep, OJFA 10 points lower at level 0."""
+    """SmolLM2's results made into another model: wider, other weights, no sweep, OJFA at most 10 points lower at
+    level 0."""
     r = copy.deepcopy(smol)
     r["model"].update(name="fake-1536", fingerprint="feedfacecafe0000", hidden_size=1536)
-    r["methods"]["ojfa"]["precision@1"][0] -= 0.10
+    r["methods"]["ojfa"]["precision@1"][0] = max(0.0, r["methods"]["ojfa"]["precision@1"][0] - 0.10)
     r["tests"]["ojfa_vs_full"].update(ci=[-0.09, -0.02], p_value=0.2)
     del r["beyond"]
     return r
@@ -61,7 +62,8 @@ def _mean(r, name):
 def _expected_gap_cell(r):
     gap = _mean(r, "full") - _mean(r, "ojfa")
     p = r["tests"]["ojfa_vs_full"]["p_value"]
-    verdict = "held" if gap <= 0.03 else "**not held**" if p < 0.05 else "inconclusive"
+    lo, hi = (-100 * c for c in reversed(r["tests"]["ojfa_vs_full"]["ci"]))  # full minus OJFA, in points
+    verdict = "held" if hi <= 3 else "**not held**" if lo > 3 else "inconclusive"
     return f"{gap * 100:+.1f} pts, {verdict} (p = {p:.2g})"
 
 
@@ -185,12 +187,17 @@ def test_sixty_percent_claim():
     assert (c["method"], c["level"], c["value"]) == ("full", 1, 0.65)
     assert c["ci"] == pytest.approx([0.63, 0.67])
     c = _ceiling(_levels_results({"full": [0.2, 0.5, 0.3], "ojfa": [0.1, 0.2, 0.59], "joint": [0.3] * 3}))
-    assert c["held"] and c["verdict"] == "held" and (c["method"], c["level"]) == ("ojfa", 2)
-    assert c["paper"] == "Sec. 7" and "0.590 [0.570, 0.610]" in c["ours"]
-    c = _ceiling(_levels_results({"full": [0.2] * 3, "ojfa": [0.1] * 3, "joint": [0.3] * 3}, reuse=0.61))
+    assert (c["method"], c["level"]) == ("ojfa", 2) and "0.590 [0.570, 0.610]" in c["ours"]
+    assert not c["held"] and c["verdict"] == "inconclusive"  # below 60%, but its CI reaches over it
+    c = _ceiling(_levels_results({"full": [0.2, 0.5, 0.3], "ojfa": [0.1, 0.2, 0.4], "joint": [0.3] * 3}))
+    assert c["held"] and c["verdict"] == "held" and c["paper"] == "Sec. 7"
+    c = _ceiling(_levels_results({"full": [0.2] * 3, "ojfa": [0.1] * 3, "joint": [0.3] * 3}, reuse=0.7))
     assert not c["held"] and c["method"] == "jump 0" and c["ci"] is None  # an arbitrary jump over 60%
+    assert c["verdict"] == "not held"  # 350 of 500 rows: its Wilson interval lies above 60%
+    c = _ceiling(_levels_results({"full": [0.2] * 3, "ojfa": [0.1] * 3, "joint": [0.3] * 3}, reuse=0.61))
+    assert c["verdict"] == "inconclusive"
     c = _ceiling(_levels_results({"full": [0.2, 0.6, 0.2], "ojfa": [0.1] * 3, "joint": [0.3] * 3}))
-    assert c["held"]  # exactly 60% is not over it
+    assert c["verdict"] == "inconclusive"  # exactly 60% is not over it, but its CI is
 
 
 def test_compare_accepts_an_older_results_without_tuned_or_early_exit():
@@ -228,5 +235,5 @@ def test_bar_summary_names_each_part():
            "every_level": {"held": False, "lowest_ratio": 0.78, "levels_not_held": [2, 3]},
            "kl": {"ratio": 1.05, "verdict": "held"}}
     line = bar_summary(bar)
-    assert line.startswith("not met: ") and "mean 0.86x (not held)" in line and "2 levels below 0.8x" in line
+    assert line.startswith("not met: ") and "mean 0.86x (not held)" in line and "2 levels not held at 0.8x" in line
     assert "KL 1.05x (held)" in line

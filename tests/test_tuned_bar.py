@@ -51,10 +51,18 @@ def test_a_jump_as_good_as_the_tuned_lens_meets_the_bar():
     assert bar["met"] and bar["mean"]["verdict"] == "held" and bar["every_level"]["lowest_ratio"] > 0.9
 
 
-def test_a_close_call_is_too_close_to_call():
+def test_a_close_call_is_inconclusive_and_not_held():
     bar = tuned_bar(_result([0.45] * 4, [0.5] * 4, 1.0, 1.0, N=300), "best")
-    assert bar["mean"]["verdict"] == "too close to call"
-    assert np.sign(bar["mean"]["margin"]) == (1 if bar["mean"]["held"] else -1)
+    lo, hi = bar["mean"]["ci"]
+    assert lo < 0 < hi and bar["mean"]["verdict"] == "inconclusive"
+    assert not bar["mean"]["held"] and not bar["met"]  # held only where the interval supports it
+
+
+def test_both_lenses_at_zero_is_inconclusive_not_held():
+    bar = tuned_bar(_result([0.0] * 4, [0.0] * 4, 1.0, 1.0, N=20), "best")
+    assert bar["mean"]["ci"] == [0.0, 0.0] and bar["mean"]["verdict"] == "inconclusive"
+    assert bar["mean"]["ratio"] is None and bar["every_level"]["lowest_ratio"] is None and not bar["met"]
+    assert np.isfinite(bar["mean"]["margin"])
 
 
 def test_a_lens_not_evaluated_is_refused():

@@ -19,7 +19,9 @@ from the weight matrices of the model's blocks; attention over the context is no
   replaced. So the compute of a token, beyond the full model's own head, is
   ``blocks + (checks * check_macs - exited * head_macs) / block_macs`` block-equivalents, and the
   full model costs K. "Blocks saved" is K minus the blocks computed (the field's number); "compute
-  saved" is K minus that compute (exit checks counted, the skipped head credited).
+  saved" is K minus that compute (exit checks counted, the skipped head credited). Being net of the
+  head, that compute is below 0 for a token that exits early through a check cheaper than the head;
+  a token's whole compute is it plus the head's block-equivalents (what the frontier figure plots).
 
 Summaries: for a target agreement (90%, 95%, 99%) the lambda that saves the most among those
 whose agreement reaches the target with at least one exit; "not reached" otherwise.

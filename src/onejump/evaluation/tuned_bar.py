@@ -6,10 +6,12 @@ tuned lens's at every exit level 1..K-1; its mean KL(p_final || p_lens) is at mo
 (1.25) of the tuned lens's.
 
 Each part is a statement about a mean over test samples, so each is tested on paired per-sample
-differences: ``d_i = x_jump,i - ratio * x_tuned,i`` (for KL, ``ratio * KL_tuned,i - KL_jump,i``), a
-part holding when ``mean(d) >= 0``. The report gives ``mean(d)`` (the margin, in precision or nats),
-its 95% bootstrap CI and the two-sided sign-flip permutation p-value of ``mean(d) = 0``: a part
-whose CI lies above 0 holds beyond sampling noise, one whose CI straddles 0 is too close to call.
+differences: ``d_i = x_jump,i - ratio * x_tuned,i`` (for KL, ``ratio * KL_tuned,i - KL_jump,i``), the
+part claiming ``mean(d) >= 0``. The report gives ``mean(d)`` (the margin, in precision or nats), its 95%
+bootstrap CI and the two-sided sign-flip permutation p-value of ``mean(d) = 0``. The verdict is
+:func:`~onejump.evaluation.verdict.verdict` of that CI (widened where it has zero width): a part is
+held when its CI lies at or above 0, not held when it lies below 0, inconclusive when it straddles 0;
+``held`` is true only for a held part, and the bar is met only when every part is held.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ import numpy as np
 
 from ..errors import ConfigError
 from .statistics import paired_test
+from .verdict import HELD, at_least, sample_interval, verdict
 
 
-def _test(d: np.ndarray, n_perm: int) -> dict[str, Any]:
+def _test(d: np.ndarray, n_perm: int, value_range: tuple[float, float]) -> dict[str, Any]:
+    """The paired test of ``mean(d) >= 0``; ``value_range``: the range a per-sample ``d`` can take."""
     t = paired_test(d, np.zeros_like(d), n_perm=n_perm)
-    verdict = "held" if t.low > 0 else "not held" if t.high < 0 else "too close to call"
+    v = verdict(sample_interval((t.low, t.high), t.n, value_range), at_least(0.0))
     return {"margin": float(t.mean_diff), "ci": [float(t.low), float(t.high)], "p_value": float(t.p_value),
-            "held": bool(t.mean_diff >= 0), "verdict": verdict}
+            "held": v == HELD, "verdict": v}
 
 
 def tuned_bar(result: Any, single: str, *, tuned: str = "tuned", mean_ratio: float = 0.9,
@@ -42,9 +46,9 @@ def tuned_bar(result: Any, single: str, *, tuned: str = "tuned", mean_ratio: flo
     for k in range(K):
         p_s, p_t = float(c_s[k].mean()), float(c_t[k].mean())
         levels.append({"level": k, "single": p_s, "tuned": p_t, "ratio": p_s / p_t if p_t > 0 else None,
-                       **_test(c_s[k] - level_ratio * c_t[k], n_perm)})
+                       **_test(c_s[k] - level_ratio * c_t[k], n_perm, (-level_ratio, 1.0))})
     mean = {"single": float(c_s.mean()), "tuned": float(c_t.mean()),
-            **_test(c_s.mean(0) - mean_ratio * c_t.mean(0), n_perm)}
+            **_test(c_s.mean(0) - mean_ratio * c_t.mean(0), n_perm, (-mean_ratio, 1.0))}
     mean["ratio"] = mean["single"] / mean["tuned"] if mean["tuned"] > 0 else None
     out: dict[str, Any] = {"single": single, "tuned": tuned, "mean_ratio": mean_ratio, "level_ratio": level_ratio,
                            "kl_ratio": kl_ratio, "mean": mean, "levels": levels}
@@ -58,7 +62,7 @@ def tuned_bar(result: Any, single: str, *, tuned: str = "tuned", mean_ratio: flo
         kl_t = result.samples(tuned, "kl").double().numpy().mean(0)
         out["kl"] = {"single": float(kl_s.mean()), "tuned": float(kl_t.mean()),
                      "ratio": float(kl_s.mean() / kl_t.mean()) if kl_t.mean() > 0 else None,
-                     **_test(kl_ratio * kl_t - kl_s, n_perm)}
+                     **_test(kl_ratio * kl_t - kl_s, n_perm, (-np.inf, np.inf))}
     parts = [out["mean"]["held"], out["every_level"]["held"]] + ([out["kl"]["held"]] if "kl" in out else [])
     out["met"] = bool(all(parts)) and "kl" in out
     return out

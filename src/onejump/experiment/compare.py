@@ -30,6 +30,7 @@ from .folder import RunFolder
 from .lens_table import canonical_results, display
 from .report import MATCH_TOLERANCE, SCHEMA, early_levels, evaluate_claims
 from .report_tuned import counted
+from .results_check import check_claim_inputs
 
 COMPARE_SCHEMA = "onejump-compare/1"
 
@@ -102,6 +103,7 @@ def load_results(source: str | Path) -> tuple[Path, dict[str, Any]]:
                    if not isinstance(results[part], dict) or key not in results[part]]
     if missing:
         raise ConfigError(f"{path} is an incomplete onejump results.json: it lacks {', '.join(missing)}")
+    check_claim_inputs(results, path)
     return path, results
 
 
@@ -184,17 +186,21 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _times(ratio: float | None) -> str:
+    return "n/a (the tuned lens's is 0)" if ratio is None else f"{ratio:.2f}x"
+
+
 def bar_summary(bar: dict[str, Any] | None) -> str | None:
     """One line for the three-part bar against the tuned lens (``results["tuned_bar"]``), or None."""
     if not bar:
         return None
     mean, every = bar["mean"], bar["every_level"]
     below = every["levels_not_held"]
-    parts = [f"mean {mean['ratio']:.2f}x ({mean['verdict']})",
-             f"lowest level {every['lowest_ratio']:.2f}x" + ("" if every["held"] else
-                                                              f", {counted(len(below), 'level')} below 0.8x")]
+    parts = [f"mean {_times(mean['ratio'])} ({mean['verdict']})",
+             f"lowest level {_times(every['lowest_ratio'])}" + ("" if every["held"] else
+                                                                f", {counted(len(below), 'level')} not held at 0.8x")]
     if "kl" in bar:
-        parts.append(f"KL {bar['kl']['ratio']:.2f}x ({bar['kl']['verdict']})")
+        parts.append(f"KL {_times(bar['kl']['ratio'])} ({bar['kl']['verdict']})")
     return ("met: " if bar["met"] else "not met: ") + "; ".join(parts)
 
 

@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 
 from ..textsafe import figure_text
-from .figures import _plt
 from .report import MATCH_TOLERANCE
 
 #: The paper's models span these hidden sizes (GPT2-XL, Phi-3-mini, Llama-2-7B): shaded in the figure.
@@ -82,8 +81,9 @@ def render_models_md(summary: dict[str, Any]) -> str:
              "(sources at the end); `onejump compare` wrote this file.", "",
              "## The paper's claims, per model", "",
              "Differences are in points of mean precision@1 over exit levels 0..K-1 on the test split. Each cell: "
-             "our number, the verdict, and the paired test's p-value where the claim has one; a paired test that "
-             "cannot tell OJFA from the other method (p >= 0.05) makes the claim *inconclusive*. The 60% claim "
+             "our number, the verdict, and the paired test's p-value where the claim has one. A claim is held when "
+             "its 95% interval lies inside what it claims, not held when the interval lies outside it, and "
+             "*inconclusive* otherwise (the run's report gives each interval). The 60% claim "
              "gives the highest precision@1 of full N-NJTC, OJFA, the joint jump and every jump at every level, "
              "with its 95% bootstrap CI where the run has one.", "", head, rule]
     for row in summary["rows"]:
@@ -92,7 +92,8 @@ def render_models_md(summary: dict[str, Any]) -> str:
     lines += ["", "![OJFA's gap against H](ojfa_gap_vs_h.png)", "",
               "## The best single jump against the logit lens and the tuned lens", "",
               "The best single jump is the one `onejump sweep` chose on held-out train data; means over exit "
-              "levels 0..K-1 of the test split; n/a where a run has no sweep, no tuned lens or no KL.", "",
+              "levels 0..K-1 of the test split; n/a where a run has no sweep, no tuned lens or no KL, and for a "
+              "ratio whose denominator is 0.", "",
               head, rule]
     lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in _single_rows(models)]
     lines += ["", "## Sources", ""] + [f"- {m['name']} (weights {m['fingerprint']}): `{m['source']}`" for m in models]
@@ -111,8 +112,10 @@ def _h_axis(ax: Any, models: list[dict[str, Any]]) -> None:
     ax.text(float(np.sqrt(PAPER_H[0] * PAPER_H[1])), 0.98, f"the paper's models\nH {PAPER_H[0]}-{PAPER_H[1]}",
             transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=8, color="0.35")
     names: dict[float, list[str]] = {}
-    for h, m in zip(H, models):
-        names.setdefault(h, []).append(figure_text(m["name"], 60))
+    twice = {m["name"] for m in models if sum(o["name"] == m["name"] for o in models) > 1}
+    for h, m in zip(H, models):  # one model run on two data sets: told apart by their test rows
+        name = f"{m['name']} ({m['n_test']} test)" if m["name"] in twice else m["name"]
+        names.setdefault(h, []).append(figure_text(name, 60))
     ticks = sorted(names)
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" + (f"  {', '.join(names[t])}" if names[t] else "") for t in ticks],
@@ -121,8 +124,16 @@ def _h_axis(ax: Any, models: list[dict[str, Any]]) -> None:
     ax.set_xlabel("hidden size H (log scale)")
 
 
-def _legend(ax: Any) -> None:
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=2, frameon=False)
+def _legends(fig: Any, axes: list[Any]) -> None:
+    """Each panel's legend below everything under its axes (the model names on the H axis run to any length)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in axes:
+        to_axes = ax.transAxes.inverted()
+        parts = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+        parts.append(ax.xaxis.label.get_window_extent(renderer))
+        bottom = min(to_axes.transform((0, b.y0))[1] for b in parts)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, bottom - 0.02), ncol=2, frameon=False)
 
 
 def _gap_panel(ax: Any, models: list[dict[str, Any]], H: np.ndarray) -> None:
@@ -141,7 +152,6 @@ def _gap_panel(ax: Any, models: list[dict[str, Any]], H: np.ndarray) -> None:
     _h_axis(ax, models)
     ax.set_ylabel("gap in mean precision@1 (points)")
     ax.set_title("OJFA's gap to full N-NJTC and to the joint jump")
-    _legend(ax)
 
 
 def _lens_panel(ax: Any, models: list[dict[str, Any]], H: np.ndarray) -> None:
@@ -156,22 +166,30 @@ def _lens_panel(ax: Any, models: list[dict[str, Any]], H: np.ndarray) -> None:
     _h_axis(ax, models)
     ax.set_ylabel("mean precision@1 / the logit lens's")
     ax.set_title("Single jump and tuned lens against the logit lens")
-    _legend(ax)
 
 
 def gap_figure(summary: dict[str, Any]) -> bytes:
     """OJFA's gap against H; beside it, where a run has a sweep, the lenses against the logit lens (PNG bytes)."""
     import io
 
-    plt = _plt()
+    buffer = io.BytesIO()
+    gap_plot(summary).savefig(buffer, dpi=110, format="png", bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def gap_plot(summary: dict[str, Any]) -> Any:
+    """The figure of :func:`gap_figure` (a matplotlib Figure, without pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     models = summary["models"]
     H = np.array([m["H"] for m in models], dtype=np.float64)
     with_best = any(m["single_jump"]["best"] is not None for m in models)
-    fig, axes = plt.subplots(1, 2 if with_best else 1, figsize=(13 if with_best else 7, 5.5), squeeze=False)
+    fig = Figure(figsize=(13 if with_best else 7, 5.5))
+    FigureCanvasAgg(fig)  # the legends are placed from the drawn tick labels' extents
+    axes = fig.subplots(1, 2 if with_best else 1, squeeze=False)
     _gap_panel(axes[0][0], models, H)
     if with_best:
         _lens_panel(axes[0][1], models, H)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=110, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+    _legends(fig, list(axes[0]))
+    return fig

@@ -68,54 +68,69 @@ def plot_exit_frontier(sim: ExitSimulation | dict[str, Any], path: str | Path, *
                        agreements: Sequence[float] = AGREEMENTS) -> Path:
     """Agreement vs mean compute per token (block-equivalents), one curve per lens and measure.
 
-    Solid: max probability, dashed: margin; one point per lambda with at least one exit, ending where
-    no token exits (K blocks plus every check); dotted lines at the agreement targets; the star is
-    plain decoding (K, 1). Right panel: zoom on the targets and on compute up to 1.1 K.
-    """
-    import matplotlib
+    With ``include_checks`` the compute is all of a token's: its blocks, its exit checks and the
+    model's head where it runs (a token that exits skips the head), so it is never below 0 and plain
+    decoding costs K plus the head. (The simulation's ``mean_cost`` leaves out the full model's head
+    and credits an exiting token with it, which puts a cheap check's exits below 0 when the head
+    costs more than a few blocks; the savings are the same either way.) Without, blocks only.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Solid: max probability, dashed: margin; one point per lambda with at least one exit, ending where
+    no token exits (every block, every check and the head); dotted lines at the agreement targets; the
+    star is plain decoding. Right panel: zoom on the targets and on compute up to 1.1 x plain decoding.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = frontier_figure(sim, include_checks=include_checks, agreements=agreements)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def frontier_figure(sim: ExitSimulation | dict[str, Any], *, include_checks: bool = True,
+                    agreements: Sequence[float] = AGREEMENTS) -> Any:
+    """The figure :func:`plot_exit_frontier` saves (a matplotlib Figure, without pyplot)."""
+    from matplotlib import rcParams
+    from matplotlib.figure import Figure
 
     d = _as_dict(sim)
     K = d["num_blocks"]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(12, 5))
+    axes = fig.subplots(1, 2)
+    colors = rcParams["axes.prop_cycle"].by_key()["color"]
     styles = {"max_prob": "-", "margin": "--"}
     floor = min(agreements, default=0.9) - 0.05
-    lowest = float(K)
+    head = d["head_macs"] / d["block_macs"] if include_checks and d["block_macs"] > 0 else 0.0
+    plain = K + head  # plain decoding: every block and the head
+    lowest = plain
     for ax, zoom in zip(axes, (False, True)):
         for i, name in enumerate(d["lenses"]):
             # lambda above every confidence: no exit, but every check made (or plain decoding)
-            never = K + len(d["levels"]) * d["lenses"][name]["check_blocks"] if include_checks else K
+            never = plain + len(d["levels"]) * d["lenses"][name]["check_blocks"] if include_checks else K
             for measure in d["measures"]:
                 c = {k: np.asarray(v) for k, v in d["curves"][name][measure].items()}
                 keep = c["exit_rate"] > 0
-                x = (c["mean_cost"] if include_checks else c["mean_blocks"])[keep]
+                x = (c["mean_cost"] + head if include_checks else c["mean_blocks"])[keep]
                 lowest = min([lowest, *x[c["agreement"][keep] >= floor]])
                 ax.plot(list(x) + [never], list(c["agreement"][keep]) + [1.0], styles.get(measure, ":"),
                         color=colors[i % len(colors)], marker=".", markersize=3,
                         label=figure_text(f"{name} ({MEASURE_NAMES.get(measure, measure)})"))
         for a in agreements:
             ax.axhline(a, color="k", linewidth=0.6, linestyle=":")
-        ax.axvline(K, color="k", linewidth=0.6)
-        ax.plot([K], [1.0], "k*", markersize=9, label="full model")
-        ax.set_xlabel("mean compute per token (blocks" + (", exit checks included)" if include_checks else ")"))
+        ax.axvline(plain, color="k", linewidth=0.6)
+        ax.plot([plain], [1.0], "k*", markersize=9, label="full model")
+        ax.set_xlabel("mean compute per token (block-equivalents)" + (
+            f"\nblocks + exit checks + the model's head ({head:.2g} blocks) where it runs" if include_checks
+            else ": blocks run"))
         ax.set_ylabel("agreement with the full model's top-1")
         ax.grid(alpha=0.3)
         if zoom:
             ax.set_ylim(floor, 1.005)
-            ax.set_xlim(lowest - 0.05 * K, 1.1 * K)
+            ax.set_xlim(max(0.0, lowest - 0.05 * plain), 1.1 * plain)
             ax.set_title("zoom: the agreement targets, at most the full model's compute")
-    axes[0].legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best" if zoom else "lower right")
     title = f"{figure_text(d['model'])}: " if d.get("model") else ""
     fig.suptitle(f"{title}early exit on the {d['split']} split (K = {K})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def exit_report_section(sim: ExitSimulation | dict[str, Any], out_dir: str | Path, *,

@@ -92,15 +92,21 @@ def make_figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     paths.append(_save(fig, out_dir / "fig4_ojfa_vs_identity_full.png", plt))
 
     # Heatmaps: D[m][k] and precision@1[m][k]
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for ax, mat, title in ((axes[0], np.asarray(results["selection"]["scores"]), "D: jump m at level k (train)"),
-                           (axes[1], reuse_p, "precision@1: jump m at level k (test)")):
+    for ax, mat, title, bar_label in (
+            (axes[0], np.asarray(results["selection"]["scores"]), "D: jump m at level k (train)",
+             "D[m][k]: mean sign(C) C² of the cosine C"),
+            (axes[1], reuse_p, "precision@1: jump m at level k (test)", "precision@1 (higher is better)")):
         im = ax.imshow(mat, origin="lower", aspect="auto", cmap="viridis")
         ax.set_xlabel("exit level k")
         ax.set_ylabel("jump m")
         ax.axhline(chosen, color="red", linewidth=0.8)
         ax.set_title(title)
-        fig.colorbar(im, ax=ax)
+        for axis in (ax.xaxis, ax.yaxis):  # levels and jumps are whole numbers
+            axis.set_major_locator(MaxNLocator(integer=True))
+        fig.colorbar(im, ax=ax, label=bar_label)
     fig.suptitle(f"{model}: reuse matrices (OJFA row in red)")
     paths.append(_save(fig, out_dir / "reuse_heatmaps.png", plt))
     if results.get("beyond"):

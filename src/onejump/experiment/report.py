@@ -14,7 +14,8 @@
     reuse       {precision@1: K x K [m][k], surprisal: K x K [m][k]}
     parameters  {per_jump, full, ojfa, joint, jtc, identity, reduction_factor}
     tests       {ojfa_vs_full: {...}, ojfa_vs_joint: {...}}: paired tests on test-set samples
-    claims      [{id, claim, paper, ours, held}]
+    claims      [{id, claim, paper, ours, verdict, held}]: verdict held / not held / inconclusive
+                 from the claim's 95% interval (onejump.experiment.claim_intervals); held = verdict is held
     timings     {stage: seconds}
     memory      (optional) {peak_rss_mib: {stage: MiB}, method: {stage: "stage peak" | "process peak so far"},
                  model_mib, model_parameters, model_dtype}: each stage's peak resident memory and the
@@ -33,7 +34,17 @@ from typing import Any
 import numpy as np
 
 from ..evaluation.metrics import metrics as registered
+from ..evaluation.verdict import above, at_least, at_most, between
 from ..io import atomic_write_text
+from .claim_intervals import (
+    ceiling_interval,
+    flipped,
+    judged,
+    levels_interval,
+    paired_interval,
+    points_text,
+    sweep_bar_verdicts,
+)
 from .exit_figures import exit_report_section
 from .figures import field_figure, make_figures, tuned_figure
 from .lens_table import canonical_results, display
@@ -58,7 +69,9 @@ def early_levels(K: int) -> int:
 
 
 def evaluate_claims(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The paper's claims, each with our number and whether it held."""
+    """The paper's claims, each with our number and its verdict: held only where the claim's 95% interval
+    supports it, not held where the interval excludes it, inconclusive otherwise (see
+    :mod:`~onejump.experiment.claim_intervals`)."""
     m = results["methods"]
     K = len(results["levels"])
     early = early_levels(K)
@@ -67,59 +80,64 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict[str, Any]]:
     id_p = np.asarray(m["identity"]["precision@1"])
     joint_p = np.asarray(m["joint"]["precision@1"]) if "joint" in m else None  # `train --no-joint`
     arb_p = np.asarray(m["arbitrary_mean"]["precision@1"])
+    reuse = (results.get("reuse") or {}).get("precision@1")
     gap = float(full_p.mean() - ojfa_p.mean())
+    gap_ci = flipped(paired_interval(results, "ojfa_vs_full"))
+    # a paired test recorded for a comparison beats the bound from per-level precisions
+    early_ci = paired_interval(results, "ojfa_vs_identity_early") or levels_interval(results, ojfa_p[:early],
+                                                                                      id_p[:early])
+    joint_ci = paired_interval(results, "ojfa_vs_joint")
+    arb_ci = paired_interval(results, "ojfa_vs_arbitrary") or levels_interval(
+        results, ojfa_p, np.asarray(reuse) if reuse else arb_p)
+    factor = float(results["parameters"]["reduction_factor"])
     early_wins = int((ojfa_p[:early] > id_p[:early]).sum())
     claims = [
         {
             "id": "ojfa_matches_full",
             "claim": f"OJFA largely matches full N-NJTC (mean precision@1 within {MATCH_TOLERANCE * 100:.0f} points)",
             "paper": "Sec. 6, Fig. 4",
-            "ours": f"OJFA {ojfa_p.mean():.3f} vs full N-NJTC {full_p.mean():.3f} (gap {gap * 100:+.1f} points)",
-            "held": bool(gap <= MATCH_TOLERANCE),
+            "ours": f"OJFA {ojfa_p.mean():.3f} vs full N-NJTC {full_p.mean():.3f} (gap {gap * 100:+.1f} points, "
+                    f"{points_text(gap_ci)})",
+            **judged(gap_ci, at_most(MATCH_TOLERANCE)),
         },
         {
             "id": "ojfa_beats_identity_early",
             "claim": f"OJFA outperforms identity shortcuts at early levels (0..{early - 1})",
             "paper": "Sec. 6, Fig. 4",
             "ours": f"OJFA {ojfa_p[:early].mean():.3f} vs identity {id_p[:early].mean():.3f} mean precision@1; "
-                    f"OJFA higher at {early_wins}/{early} early levels",
-            "held": bool(ojfa_p[:early].mean() > id_p[:early].mean()),
+                    f"OJFA higher at {early_wins}/{early} early levels; difference {points_text(early_ci)}",
+            **judged(early_ci, above(0.0)),
         },
         *([{
             "id": "ojfa_at_least_joint",
             "claim": "OJFA is at least as good as a jointly trained jump",
             "paper": "Sec. 5, Fig. 2",
             "ours": f"OJFA {ojfa_p.mean():.3f} vs joint {joint_p.mean():.3f} mean precision@1"
-                    + _pvalue_text(results, "ojfa_vs_joint"),
-            "held": bool(ojfa_p.mean() >= joint_p.mean()),
+                    + _pvalue_text(results, "ojfa_vs_joint") + f"; difference {points_text(joint_ci)}",
+            **judged(joint_ci, at_least(0.0)),
         }] if joint_p is not None else []),
         {
             "id": "ojfa_beats_arbitrary",
             "claim": "OJFA is better than an arbitrary choice of jump",
             "paper": "Sec. 5, Fig. 2",
             "ours": f"OJFA {ojfa_p.mean():.3f} vs mean arbitrary jump {arb_p.mean():.3f} mean precision@1 "
-                    f"(OJFA ranks {_rank_of_chosen(results)} of {K} jumps)",
-            "held": bool(ojfa_p.mean() > arb_p.mean()),
+                    f"(OJFA ranks {_rank_of_chosen(results)} of {K} jumps); difference {points_text(arb_ci)}",
+            **judged(arb_ci, above(0.0)),
         },
         {
             "id": "parameter_reduction",
             "claim": "OJFA cuts shortcut parameters K-fold",
             "paper": "Sec. 4",
             "ours": f"{results['parameters']['full']:,} -> {results['parameters']['ojfa']:,} parameters "
-                    f"({results['parameters']['reduction_factor']:.0f}x)",
-            "held": bool(abs(results["parameters"]["reduction_factor"] - K) < 1e-6),
+                    f"({factor:.0f}x)",
+            **judged((factor, factor), between(K - 1e-6, K + 1e-6)),  # counted, not sampled: exact
         },
     ]
-    # a comparison whose paired test cannot tell the two apart is inconclusive, not held or refuted
-    tested = {"ojfa_matches_full": "ojfa_vs_full", "ojfa_at_least_joint": "ojfa_vs_joint"}
-    for c in (c for c in claims if c["id"] in tested):
-        p = (results.get("tests") or {}).get(tested[c["id"]], {}).get("p_value")
-        c["p_value"] = p
-        c["verdict"] = "held" if c["held"] else ("inconclusive" if p is None or p >= 0.05 else "not held")
-        c["held"] = c["verdict"] == "held"
+    for c in (c for c in claims if c["id"] in ("ojfa_matches_full", "ojfa_at_least_joint")):
+        key = "ojfa_vs_full" if c["id"] == "ojfa_matches_full" else "ojfa_vs_joint"
+        c["p_value"] = (results.get("tests") or {}).get(key, {}).get("p_value")
     claims.append(_hard_exit_claim(results))
     for c in claims:
-        c.setdefault("verdict", "held" if c["held"] else "not held")
         c["n_test"] = int(results["data"]["n_test"])
     return claims
 
@@ -130,13 +148,15 @@ def _hard_exit_claim(results: dict[str, Any]) -> dict[str, Any]:
     ci = top["ci"]
     ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci is not None else ""
     where = display(top["method"]).split(" (")[0]
+    interval = ceiling_interval(results, LOW_RANK_METHODS)
+    upper = f"; the highest upper 95% bound over all of them {interval[1]:.3f}" if interval else ""
     return {
         "id": "low_rank_below_60",
         "claim": f"No low-rank shortcut exceeds {HARD_EXIT_CEILING:.0%} precision@1 at any exit level",
         "paper": "Sec. 7",
         "ours": f"highest precision@1 {top['value']:.3f}{ci_text} ({where} at level {top['level']}), over "
-                "full N-NJTC, OJFA, the joint jump and every jump at every level",
-        "held": bool(top["value"] <= HARD_EXIT_CEILING),
+                f"full N-NJTC, OJFA, the joint jump and every jump at every level{upper}",
+        **judged(interval, at_most(HARD_EXIT_CEILING)),
         "value": top["value"], "method": top["method"], "level": top["level"], "ci": ci,
     }
 
@@ -204,8 +224,10 @@ def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
 
 
-def render_beyond(beyond: dict[str, Any]) -> list[str]:
-    """The "Beyond the paper" section (from ``onejump sweep``)."""
+def render_beyond(beyond: dict[str, Any], results: dict[str, Any] | None = None) -> list[str]:
+    """The "Beyond the paper" section (from ``onejump sweep``); ``results`` gives the test rows' count for
+    the bar's verdicts (without it, the test sentences are unknown and every sampled part inconclusive)."""
+    results = results or {}
     K = beyond["num_blocks"]
     lines = ["", "## Beyond the paper: objective x rank x method (`onejump sweep`)", "",
              f"Ranks r = m x floor(H/100) = m x {beyond['base_rank']}; objectives `mse` (the paper's Eq. 2) and `kl` "
@@ -227,25 +249,34 @@ def render_beyond(beyond: dict[str, Any]) -> list[str]:
             lines.append(f"| {cfg['objective']} | {cfg['rank']} | {name}{jump} | {_fmt_params(m['parameters'])} | "
                          f"{m['mean_precision@1']:.3f} [{lo:.3f}, {hi:.3f}] | {m['mean_surprisal']:.2f} | {held_s} |")
     best, bar = beyond.get("best"), beyond.get("bar")
-    if best and bar:
+    verdicts = sweep_bar_verdicts({**results, "beyond": beyond}) if best and bar else None
+    if verdicts:
         lines += ["", f"**Best single jump** (chosen on the held-out part of the train split, never on test, among "
                       f"jumps with at most 2x the paper OJFA's {bar['paper_ojfa_parameters']:,} parameters): "
                       f"`{best['method']}`, objective `{best['objective']}`, r = {best['rank']}, "
                       f"{best['parameters']:,} parameters.", "",
-                  "| the bar (pre-registered) | ours | met |", "|---|---|---|",
-                  f"| <= 2x paper OJFA parameters | {bar['parameter_ratio']:.2f}x | {_yes(bar['params_ok'])} |",
+                  "| the bar (pre-registered) | ours | verdict (95% interval) |", "|---|---|---|",
+                  f"| <= 2x paper OJFA parameters | {bar['parameter_ratio']:.2f}x | {_said(verdicts['params'])} |",
                   f"| >= 2x paper OJFA mean precision@1 ({bar['paper_ojfa_mean_precision@1']:.3f}) | "
-                  f"{best['mean_precision@1']:.3f} = {bar['precision_ratio']:.2f}x (paired p = "
-                  f"{bar['vs_paper_ojfa']['p_value']:.2g}) | {_yes(bar['precision_ok'])} |",
+                  f"{best['mean_precision@1']:.3f} = {_paper_ratio(bar)} (paired p = "
+                  f"{bar['vs_paper_ojfa']['p_value']:.2g}) | {_said(verdicts['precision'])} |",
                   f"| above the logit lens at every level 0..{K - 5} | below or equal at "
                   f"{len(bar['levels_not_above_logit_lens'])} of {bar['levels_checked']} levels"
                   + (f" ({', '.join(map(str, bar['levels_not_above_logit_lens']))})"
-                     if bar["levels_not_above_logit_lens"] else "") + f" | {_yes(bar['lens_ok'])} |"]
+                     if bar["levels_not_above_logit_lens"] else "") + f" | {_said(verdicts['lens'])} |"]
         lens = beyond["references"].get("identity", {}).get("precision@1")
         if lens:
             lines += ["", "| level | logit lens | best single jump |", "|---|---|---|"]
             lines += [f"| {k} | {lens[k]:.3f} | {best['precision@1'][k]:.3f} |" for k in range(K)]
     return lines
+
+
+def _paper_ratio(bar: dict[str, Any]) -> str:
+    """The best jump's mean precision@1 over the paper OJFA's, or n/a where the latter is 0 (the sweep then
+    divides by 1e-12)."""
+    if not bar["paper_ojfa_mean_precision@1"] > 0:
+        return "n/a (paper OJFA's mean precision@1 is 0)"
+    return f"{bar['precision_ratio']:.2f}x"
 
 
 def _preset_line(results: dict[str, Any]) -> str:
@@ -291,8 +322,9 @@ def _table_cells(entry: dict[str, Any], columns: list) -> str:
     return " | ".join(f"{entry[f'mean_{m.name}']:{m.fmt}}" if f"mean_{m.name}" in entry else "-" for m in columns)
 
 
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "**no**"
+def _said(verdict: str) -> str:
+    """A verdict in a table: held, **not held** or inconclusive."""
+    return "**not held**" if verdict == "not held" else verdict
 
 
 def render_markdown(results: dict[str, Any], figures: list[str], sections: list[str] | None = None) -> str:
@@ -316,8 +348,9 @@ def render_markdown(results: dict[str, Any], figures: list[str], sections: list[
         "## The paper's claims, checked",
         "",
         f"On {data['n_test']} test samples" + (" (a small test set: differences of a few points are noise, not "
-                                               "evidence)" if data["n_test"] < 1000 else "") + "; a comparison "
-        "whose paired test (p >= 0.05) cannot tell OJFA from the other method is *inconclusive*.",
+                                               "evidence)" if data["n_test"] < 1000 else "")
+        + ". A claim is held when its 95% interval lies inside what it claims, not held when the interval lies "
+        "outside it, and *inconclusive* otherwise: the data cannot tell.",
         "",
         "| claim | paper | ours | held |",
         "|---|---|---|---|",
@@ -352,7 +385,7 @@ def render_markdown(results: dict[str, Any], figures: list[str], sections: list[
         lines.append(f"| {k} | " + " | ".join(f"{m['precision@1'][k]:.3f}" for m in results["methods"].values())
                      + " |")
     if results.get("beyond"):
-        lines += render_beyond(results["beyond"])
+        lines += render_beyond(results["beyond"], results)
     if sections:
         lines += ["", *sections]
     if "trajectory.png" in figures:

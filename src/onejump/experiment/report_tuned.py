@@ -19,22 +19,32 @@ def tuned_lines(results: dict[str, Any]) -> list[str]:
     best = (results.get("beyond") or {}).get("best")
     if best:
         singles["best"] = best
+    def fewer(n: int) -> str:
+        return f"{tuned['parameters'] / n:,.0f}x fewer" if n > 0 else "none at all"
+
     lines = ["", "## One jump against the tuned lens (precision@1, test set)", "",
              f"The tuned lens holds {tuned['parameters']:,} numbers; " + "; ".join(
-                 f"{display(n)} holds {m['parameters']:,} "
-                 f"({tuned['parameters'] / max(1, m['parameters']):,.0f}x fewer)" for n, m in singles.items()) + ".",
-             "", "| level | logit lens | tuned lens | " + " | ".join(
+                 f"{display(n)} holds {m['parameters']:,} ({fewer(m['parameters'])})" for n, m in singles.items())
+             + ".", "", "| level | logit lens | tuned lens | " + " | ".join(
                  f"{n} | {n} / tuned" for n in singles) + " |", "|---" * (3 + 2 * len(singles)) + "|"]
+    undefined = False
     for k in results["levels"]:
         t_k = tuned["precision@1"][k]
-        cells = [f"{m['precision@1'][k]:.3f} | {m['precision@1'][k] / t_k:.2f}" if t_k > 0 else
-                 f"{m['precision@1'][k]:.3f} | -" for m in singles.values()]
+        undefined |= not t_k > 0
+        cells = [f"{m['precision@1'][k]:.3f} | {_over(m['precision@1'][k], t_k)}" for m in singles.values()]
         lines.append(f"| {k} | {methods['identity']['precision@1'][k]:.3f} | {t_k:.3f} | " + " | ".join(cells) + " |")
     mean_t = float(np.mean(tuned["precision@1"]))
     lines.append("| mean | " + f"{methods['identity']['mean_precision@1']:.3f} | {mean_t:.3f} | " + " | ".join(
-        f"{m['mean_precision@1']:.3f} | {m['mean_precision@1'] / mean_t:.2f}" for m in singles.values()) + " |")
+        f"{m['mean_precision@1']:.3f} | {_over(m['mean_precision@1'], mean_t)}" for m in singles.values()) + " |")
+    if undefined:
+        lines += ["", "n/a: the tuned lens's precision@1 is 0 there, so a fraction of it is undefined."]
     lines += ["", "![tuned_vs_single](tuned_vs_single.png)"] + _training_lines(results, best)
     return lines + _bar_lines(results.get("tuned_bar"))
+
+
+def _over(value: float, tuned: float) -> str:
+    """``value`` as a fraction of the tuned lens's, or n/a where the tuned lens's is 0."""
+    return f"{value / tuned:.2f}" if tuned > 0 else "n/a"
 
 
 def _training_lines(results: dict[str, Any], best: dict[str, Any] | None) -> list[str]:
@@ -75,10 +85,30 @@ def _ci(part: dict[str, Any], digits: int = 3) -> str:
 
 
 def _verdict(part: dict[str, Any]) -> str:
-    """held beyond noise (CI above 0), not held (CI below 0), or too close to call (the sign of the margin)."""
-    if part["verdict"] == "too close to call":
-        return f"too close to call ({'held' if part['held'] else 'not held'} on the point estimate)"
-    return "**held**" if part["verdict"] == "held" else "not held"
+    """held (CI at or above 0), not held (CI below 0), or inconclusive (the CI straddles 0)."""
+    v = part["verdict"]
+    if _plain(v) == "inconclusive":
+        return f"inconclusive (margin {'>=' if part['margin'] >= 0 else '<'} 0 on the point estimate)"
+    return "**held**" if v == "held" else "not held"
+
+
+def _plain(verdict: str) -> str:
+    """A part's verdict; "too close to call" is how results.json files before the shared rule said inconclusive."""
+    return "inconclusive" if verdict == "too close to call" else verdict
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a (the tuned lens's is 0)" if value is None else f"{value:.2f}"
+
+
+def _bar_status(bar: dict[str, Any]) -> str:
+    """met (every part held), not met (a part's CI lies below its bar) or not shown (a part inconclusive)."""
+    if bar["met"]:
+        return "**met**"
+    parts = [bar["mean"], *bar["levels"][1:], *([bar["kl"]] if "kl" in bar else [])]
+    if any(p["verdict"] == "not held" for p in parts) or "kl" not in bar:
+        return "**not met**"
+    return "**not shown**: no part fails, but a part's CI straddles its bar (inconclusive)"
 
 
 def _bar_lines(bar: dict[str, Any] | None) -> list[str]:
@@ -89,30 +119,32 @@ def _bar_lines(bar: dict[str, Any] | None) -> list[str]:
     lines = ["", "### The bar: one jump against the tuned lens (pre-registered, checked once on test)", "",
              "Each part is tested on paired per-sample differences (single jump minus the bar's share of the tuned "
              "lens; for KL, the bar's share of the tuned lens's KL minus the jump's): the margin, its 95% bootstrap "
-             "CI and the sign-flip permutation p-value. A part holds when the margin is >= 0; a CI straddling 0 "
-             "is too close to call.", "",
+             "CI and the sign-flip permutation p-value. A part is held when its CI lies at or above 0, not held "
+             "when it lies below 0, and inconclusive when it straddles 0; the bar is met when every part is "
+             "held.", "",
              "| part | single jump | tuned lens | ratio | bar | margin [95% CI] | p | verdict |", "|---" * 8 + "|",
              f"| mean precision@1 over exit levels | {mean['single']:.3f} | {mean['tuned']:.3f} | "
-             f"{mean['ratio']:.2f} | >= {bar['mean_ratio']:.2f} | {_ci(mean)} | {mean['p_value']:.3g} | "
+             f"{_ratio(mean['ratio'])} | >= {bar['mean_ratio']:.2f} | {_ci(mean)} | {mean['p_value']:.3g} | "
              f"{_verdict(mean)} |"]
-    not_held = every["levels_not_held"]
     lowest = every["lowest_ratio"]
-    where = "every level" if not not_held else "below at " + levels_text(not_held)
-    lines.append(f"| precision@1 at every exit level 1..K-1 | lowest ratio {lowest:.2f} | | | "
-                 f">= {bar['level_ratio']:.2f} each | per level below | | "
-                 f"{'**held**' if every['held'] else 'not held'} ({where}) |")
+    by = {v: [lv["level"] for lv in bar["levels"][1:] if _plain(lv["verdict"]) == v] for v in ("not held",
+                                                                                             "inconclusive")}
+    where = "; ".join(f"{v} at {levels_text(ks)}" for v, ks in by.items() if ks) or "every level"
+    status = "**held**" if every["held"] else "not held" if by["not held"] else "inconclusive"
+    lines.append(f"| precision@1 at every exit level 1..K-1 | lowest ratio {_ratio(lowest)} | | | "
+                 f">= {bar['level_ratio']:.2f} each | per level below | | {status} ({where}) |")
     if "kl" in bar:
         kl = bar["kl"]
         lines.append(f"| mean KL(p_final \\|\\| p_lens), nats | {kl['single']:.3f} | {kl['tuned']:.3f} | "
-                     f"{kl['ratio']:.2f} | <= {bar['kl_ratio']:.2f} | {_ci(kl)} | {kl['p_value']:.3g} | "
+                     f"{_ratio(kl['ratio'])} | <= {bar['kl_ratio']:.2f} | {_ci(kl)} | {kl['p_value']:.3g} | "
                      f"{_verdict(kl)} |")
-    lines += ["", f"Bar {'**met**' if bar['met'] else '**not met**'}.", "",
+    lines += ["", f"Bar {_bar_status(bar)}.", "",
               f"| level | single jump | tuned lens | ratio | margin vs {bar['level_ratio']:.1f}x [95% CI] | p "
               "| verdict |",
               "|---" * 7 + "|"]
     for lv in bar["levels"]:
-        ratio = f"{lv['ratio']:.2f}" if lv["ratio"] is not None else "-"
+        ratio = f"{lv['ratio']:.2f}" if lv["ratio"] is not None else "n/a (tuned lens 0)"
         note = " (level 0: not in the bar)" if lv["level"] == 0 else ""
         lines.append(f"| {lv['level']} | {lv['single']:.3f} | {lv['tuned']:.3f} | {ratio} | {_ci(lv)} | "
-                     f"{lv['p_value']:.3g} | {lv['verdict']}{note} |")
+                     f"{lv['p_value']:.3g} | {_plain(lv['verdict'])}{note} |")
     return lines

@@ -60,6 +60,22 @@ class GenerationResult:
         return self.accepted / self.tested if self.tested else None
 
     def summary(self, num_blocks: int) -> dict[str, Any]:
+        """The JSON line ``onejump generate`` prints on stderr; every field, where it applies:
+
+        - ``mode``: the decoding that ran (``greedy``, ``confidence`` or ``speculative``);
+        - ``new_tokens``: tokens generated; ``seconds``: wall-clock of the whole run, the prompt's
+          forward included; ``tokens_per_s``: their ratio; ``forwards``: calls of the model's forward;
+        - ``layer_work_per_token``: block applications x positions over the whole run, divided by the
+          new tokens. It counts the prefill (K blocks for every prompt token), so it exceeds K even for
+          plain greedy decoding, by K x prompt / new tokens;
+        - ``mean_exit_level``, ``early_exit_fraction`` (exit modes): the mean level the emitted tokens
+          came from (K: the full model) and the share of them that exited before level K;
+        - speculative only: ``drafted`` draft tokens proposed, ``accepted`` those the full model
+          agreed with, ``tested`` those compared with the full model's choice (a draft after a
+          rejection in its round is never compared); ``accepted_per_drafted`` = accepted / drafted;
+          ``acceptance`` = accepted / tested, the per-token acceptance a of the speed-up bound
+          (:mod:`onejump.generation.bound`); ``mean_draft_length`` = drafted / rounds.
+        """
         n = max(1, len(self.tokens))
         out = {
             "mode": self.mode,
@@ -75,7 +91,8 @@ class GenerationResult:
         if self.drafted:
             out["drafted"] = self.drafted
             out["accepted"] = self.accepted
-            out["acceptance_rate"] = round(self.acceptance_rate or 0.0, 3)
+            out["tested"] = self.tested
+            out["accepted_per_drafted"] = round(self.acceptance_rate or 0.0, 3)
             out["acceptance"] = round(self.acceptance or 0.0, 3)
             out["mean_draft_length"] = round(self.drafted / max(1, self.rounds), 2)
         return out
