@@ -1,6 +1,6 @@
 """The report's claims: held, not held, or inconclusive when the paired test cannot tell."""
 
-from onejump.experiment.report import evaluate_claims
+from onejump.experiment.claims import evaluate_claims
 
 
 def _results(ojfa, full, joint, p_full, p_joint, n_test=3000):
