@@ -113,3 +113,18 @@ def test_a_run_folder_of_an_older_onejump_is_refused_by_every_command(tmp_path, 
         assert main(["-q", *map(str, argv), *COMMON]) != 0
         err = capsys.readouterr().err.strip()
         assert "older onejump version" in err and expected in err and len(err.splitlines()) == 1, (argv, err)
+
+
+def test_the_report_never_loads_the_model(run_dir, monkeypatch, capsys):
+    import onejump.model.loading as loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report loaded the model")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+    before = (run_dir / "report" / "results.json").read_text()
+    assert main(["-q", "report", "--out", str(run_dir), *COMMON]) == 0, capsys.readouterr().err
+    after = json.loads((run_dir / "report" / "results.json").read_text())
+    old = json.loads(before)
+    assert {k: v for k, v in after.items() if k not in ("timings", "memory")} == \
+        {k: v for k, v in old.items() if k not in ("timings", "memory")}

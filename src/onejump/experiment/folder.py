@@ -142,10 +142,6 @@ class RunFolder:
             self._store = HiddenStateStore.open(self.store_dir, fingerprint=fingerprint, verify=False)
         return self._store
 
-    def identity(self, artefact: str) -> str | None:
-        """Content identity of an artefact of the run (:func:`~onejump.experiment.stages.artefact_identity`)."""
-        return self.records.identity(artefact)
-
     # ---- the run's lenses, as a command reads them ------------------------------------------
     def lens_stage(self, name: str) -> Stage:
         """The stage that makes the run's lens ``name``, as a command that only reads it declares it."""

@@ -38,6 +38,7 @@ class Probes:
         self.layout = layout
         self.state = RunState()
         self._probes: dict[float, PeakProbe] = {}  # by the start time of the stage they measure
+        self._model: dict[str, Any] | None = None  # the loaded model's size, until it is written
 
     def start(self) -> float:
         """A stage begins: its memory high-water mark is reset; returns its start time (for :meth:`timed`)."""
@@ -57,6 +58,9 @@ class Probes:
             state.peak_method[stage] = "stage peak" if probe.exact else "process peak so far"
         self.all_timings()
         self.all_peaks()
+        if self._model is not None:
+            atomic_write_text(self.layout.model_json, json.dumps(self._model, indent=1))
+            self._model = None
 
     def all_timings(self) -> dict[str, float]:
         """This invocation's stage timings merged into those recorded by earlier ones (timings.json)."""
@@ -78,12 +82,12 @@ class Probes:
         return out
 
     def record_model(self, lm: Any) -> None:
-        """The loaded model's own size (its parameters' bytes, a tied weight once), for the report."""
+        """The loaded model's own size (its parameters' bytes, a tied weight once), for the report; written
+        with the stage's timings when it ends (nothing is written before a stage has done its work)."""
         model = lm.model
         params = list(model.parameters())
-        info = {"model_mib": round(module_mib(model), 1), "model_parameters": sum(p.numel() for p in params),
-                "model_dtype": str(params[0].dtype).replace("torch.", "")}
-        atomic_write_text(self.layout.model_json, json.dumps(info, indent=1))
+        self._model = {"model_mib": round(module_mib(model), 1), "model_parameters": sum(p.numel() for p in params),
+                       "model_dtype": str(params[0].dtype).replace("torch.", "")}
 
     def memory_summary(self) -> dict[str, Any]:
         """Each stage's peak RSS beside the model's own size (as the last command that loaded it measured)."""
