@@ -1,5 +1,5 @@
 """A run folder opened: its layout, its model and store (loaded once), its stage records, and the run's
-lenses as a command reads them (each one checked current by the stage protocol first).
+lenses and saved stages as a command reads them (each one checked current by the stage protocol first).
 
 The layout is :mod:`onejump.experiment.layout`'s; the stages are declared in
 :mod:`onejump.experiment.stages` and decided by :mod:`onejump.experiment.stage`.
@@ -7,6 +7,7 @@ The layout is :mod:`onejump.experiment.layout`'s; the stages are declared in
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 from dataclasses import asdict, fields
@@ -175,6 +176,58 @@ class RunFolder:
         """The saved config of the run's lens ``name`` (None when the run has none): read without the model."""
         path = self.lens_path(name) / "config.json"
         return json.loads(path.read_text()) if path.is_file() else None
+
+    # ---- the saved stages, as a command reads them ----------------------------------------
+    def _selection(self) -> dict[str, Any]:
+        return json.loads(self.layout.selection_json.read_text())
+
+    def select_result(self) -> dict[str, Any]:
+        """The saved selection, refused when it is missing or the per-level jumps changed after it was made."""
+        self.records.require(self.stages.select())
+        return self._selection()
+
+    def _evaluation_parts(self, names: list[str], chosen: int):
+        from ..evaluation.result import EvalResult
+
+        out = functools.reduce(EvalResult.merge, [EvalResult.load(self.layout.evaluation_dir(n)) for n in names])
+        out.chosen = chosen
+        return out
+
+    def run_lens_names(self, best: bool = True) -> list[str]:
+        """The ids of the run's lenses (:meth:`~onejump.experiment.stages.RunStages.evaluated`)."""
+        return self.stages.evaluated(best)
+
+    def run_lenses(self, best: bool = True, names: list[str] | None = None) -> dict[str, Any]:
+        """The run's lenses by id (:meth:`run_lens_names`, or only ``names``), checked current and loaded."""
+        return {n: self.lens(n) for n in (names or self.run_lens_names(best))}
+
+    def evaluation(self):
+        """The saved evaluation (lenses and reuse matrix), refused when anything it came from changed after it."""
+        from ..evaluation.result import EvalResult
+
+        chosen = self.select_result()["chosen"]  # a stale selection is named first: the earliest stage to redo
+        names = self.stages.evaluated()
+        for n in names:
+            self.records.require(self.stages.evaluation(n))
+        self.records.require(self.stages.reuse())
+        pairs = EvalResult.load(self.layout.reuse_dir)
+        pairs.chosen = chosen
+        return self._evaluation_parts(names, chosen).merge(pairs)
+
+    def _exit_parts(self, names: list[str]):
+        from ..evaluation.exit_simulation import ExitSimulation
+
+        return ExitSimulation.combine([ExitSimulation.load(self.layout.exits_dir(n)) for n in names])
+
+    def exits(self):
+        """The saved exit simulation (None if never run), refused when its lenses changed after it."""
+        if not (self.folder / "early_exit").is_dir():
+            return None
+        names = self.stages.evaluated()
+        for n in names:
+            self.records.require(self.stages.exits(n))
+        return self._exit_parts(names)
+
 
     def preset(self) -> dict[str, Any]:
         """The preset recorded by train/run (``preset.json``); the paper's when none was recorded."""

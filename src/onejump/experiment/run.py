@@ -9,6 +9,7 @@ lives with its subject (training in :mod:`onejump.experiment.fitting`, scoring a
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -147,8 +148,6 @@ class Run(RunFolder):
         ``rule``: ``paper`` (D_m, Eq. 5) or ``head`` (held-out precision@1 through the head);
         default: the run's preset's rule.
         """
-        import json
-
         from ..evaluation.selection import HOLDOUT_MAX, select_ojfa, trained_holdout
 
         rule = rule or self.preset().get("select_rule", "paper")
@@ -178,16 +177,6 @@ class Run(RunFolder):
             return result
 
         return self.records.run(stage, compute, self._selection, lambda: self.state.reused.append("select"))
-
-    def _selection(self) -> dict[str, Any]:
-        import json
-
-        return json.loads(self.layout.selection_json.read_text())
-
-    def select_result(self) -> dict[str, Any]:
-        """The saved selection, refused when it is missing or the per-level jumps changed after it was made."""
-        self.records.require(self.stages.select())
-        return self._selection()
 
     # ---- evaluate --------------------------------------------------------------------------
     def evaluate(self, best: bool = True):
@@ -229,34 +218,6 @@ class Run(RunFolder):
         pairs.chosen = chosen
         return result.merge(pairs)
 
-    def _evaluation_parts(self, names: list[str], chosen: int):
-        from ..evaluation.result import EvalResult
-
-        out = functools.reduce(EvalResult.merge, [EvalResult.load(self.layout.evaluation_dir(n)) for n in names])
-        out.chosen = chosen
-        return out
-
-    def run_lens_names(self, best: bool = True) -> list[str]:
-        """The ids of the run's lenses (:meth:`~onejump.experiment.stages.RunStages.evaluated`)."""
-        return self.stages.evaluated(best)
-
-    def run_lenses(self, best: bool = True, names: list[str] | None = None) -> dict[str, Any]:
-        """The run's lenses by id (:meth:`run_lens_names`, or only ``names``), checked current and loaded."""
-        return {n: self.lens(n) for n in (names or self.run_lens_names(best))}
-
-    def evaluation(self):
-        """The saved evaluation (lenses and reuse matrix), refused when anything it came from changed after it."""
-        from ..evaluation.result import EvalResult
-
-        chosen = self.select_result()["chosen"]  # a stale selection is named first: the earliest stage to redo
-        names = self.stages.evaluated()
-        for n in names:
-            self.records.require(self.stages.evaluation(n))
-        self.records.require(self.stages.reuse())
-        pairs = EvalResult.load(self.layout.reuse_dir)
-        pairs.chosen = chosen
-        return self._evaluation_parts(names, chosen).merge(pairs)
-
     # ---- early exit ------------------------------------------------------------------------
     def simulate_exits(self):
         """Confidence early exit simulated on the test store for every lens of the run (one stage per lens)."""
@@ -292,20 +253,6 @@ class Run(RunFolder):
         else:
             self.state.reused.append("exits")
         return ExitSimulation.combine(list(parts.values()))
-
-    def _exit_parts(self, names: list[str]):
-        from ..evaluation.exit_simulation import ExitSimulation
-
-        return ExitSimulation.combine([ExitSimulation.load(self.layout.exits_dir(n)) for n in names])
-
-    def exits(self):
-        """The saved exit simulation (None if never run), refused when its lenses changed after it."""
-        if not (self.folder / "early_exit").is_dir():
-            return None
-        names = self.stages.evaluated()
-        for n in names:
-            self.records.require(self.stages.exits(n))
-        return self._exit_parts(names)
 
     # ---- trajectory ------------------------------------------------------------------------
     def draw_trajectory(self) -> Path:
