@@ -89,10 +89,11 @@ class Run(RunFolder):
                 lens.extra["held_out"] = held
             lens.save(folder)
             self.probes.timed(self._train_label(kind, folder), t0)
+            return Lens.load(folder, self.lm())
 
-        self.records.run(stage, compute, lambda: None,
-                         lambda: self.state.reused.append(self._train_label(kind, folder)))
-        lens = Lens.load(folder, self.lm())
+        # a damaged or foreign file in a current stage's folder fails to load: it is trained again
+        lens = self.records.run(stage, compute, lambda: Lens.load(folder, self.lm()),
+                                lambda: self.state.reused.append(self._train_label(kind, folder)))
         self._trained[id(lens)] = (lens, key)  # a warm start from it names its stage's key among its inputs
         return lens
 
