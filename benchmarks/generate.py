@@ -183,8 +183,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--lenses", default="logit", help="lenses to draft with, comma-separated: logit, jump (--jump), "
                                                       "bank (--bank), pretrained (the shipped lens) (default: "
                                                       "%(default)s)")
-    ap.add_argument("--jump", default=None, help="a lens or jump folder, e.g. RUN/shortcuts/ojfa (for --lenses jump)")
-    ap.add_argument("--bank", default=None, help="a per-level jump bank folder, e.g. RUN/shortcuts/nnjtc (for "
+    ap.add_argument("--jump", default=None, help="a lens or jump folder, e.g. RUN/lenses/ojfa (for --lenses jump)")
+    ap.add_argument("--bank", default=None, help="a per-level jump bank folder, e.g. RUN/lenses/nnjtc (for "
                                                  "--lenses bank); jump lenses read through their rank-r head")
     ap.add_argument("--append", action="store_true",
                     help="add these configurations to the existing results file (same model, prompts, tokens)")

@@ -216,7 +216,7 @@ def test_ship_a_lens_from_a_run_folder(tiny_dir, tmp_path):
     (run / "run.json").write_text(json.dumps({"data": data}))
     (run / "preset.json").write_text(json.dumps({"name": "best", "train": {"objective": "kl"}}))
     lens = jump(lm)
-    lens.save_pretrained(run / "shortcuts" / "joint")
+    lens.save_pretrained(run / "lenses" / "joint")
     dest = ship(run, command="onejump run --preset best", note="a test lens", root=tmp_path / "shipped",
                 progress=False)
     assert dest == tmp_path / "shipped" / tiny_dir.name / "best"  # a path's last part, never the path itself

@@ -219,17 +219,17 @@ def test_disk_full_during_training(capsys, tiny_run, tmp_path):
 
     with small_disk(tmp_path / "disk") as disk:
         run = _copy_run(tiny_run, disk / "r")
-        shutil.rmtree(run / "shortcuts")
+        shutil.rmtree(run / "lenses")
         fill_disk(disk, leave=24_000)  # the per-level and joint jumps fit, the JTC maps (50 kB) do not
         code, _, err = _run(capsys, "train", "--out", run, "--max-epochs", 1, "--device", "cpu")
         _one_line_error(code, err, "disk full while writing")
-        kinds = [p for p in (run / "shortcuts").iterdir()]
+        kinds = [p for p in (run / "lenses").iterdir()]
         assert kinds
         for folder in kinds:  # a folder with its config is complete; none holds a temporary file
             assert not [p for p in folder.iterdir() if p.name.startswith(".")]
             if (folder / "config.json").exists():
                 Lens.load(folder, load_model(json.loads((run / "run.json").read_text())["data"]["model"]))
-        assert not (run / "shortcuts" / "jtc" / "config.json").exists()
+        assert not (run / "lenses" / "jtc" / "config.json").exists()
         (disk / "filler").unlink()
         code, out, err = _run(capsys, "train", "--out", run, "--max-epochs", 1, "--device", "cpu")
         assert code == 0 and "jtc: 12,480 parameters" in out, err
@@ -256,13 +256,13 @@ def test_messages_tell_the_truth(capsys, tiny_run, tiny_dir, tmp_path):
     results = json.loads((run / "report" / "results.json").read_text())
     printed = {line.split(":")[0]: int(line.split()[1].replace(",", "")) for line in out.splitlines()}
     for folder, name in (("nnjtc", "full"), ("joint", "joint"), ("jtc", "jtc")):
-        saved = json.loads((run / "shortcuts" / folder / "config.json").read_text())["parameters"]
+        saved = json.loads((run / "lenses" / folder / "config.json").read_text())["parameters"]
         assert printed[name] == saved == results["parameters"][name]
     code, out, err = _run(capsys, "info", run)  # a run folder: its store
     assert code == 0 and f"its store is {run / 'store'}" in out and "40 train + 20 test" in out, err
     code, out, err = _run(capsys, "report", "--out", run)  # the claims carry their sample size
     assert code == 0 and "checked on 20 test samples (a small test set" in out, err
-    shutil.rmtree(run / "shortcuts" / "ojfa")
+    shutil.rmtree(run / "lenses" / "ojfa")
     (run / "selection.json").unlink()
     code, _, err = _run(capsys, "generate", "--model", tiny_dir, "--jump", run, "--prompt", "Alpha",
                         "--device", "cpu")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from onejump.cli import main
+from onejump.experiment.claims import evaluate_claims
 from onejump.experiment.compare import compare, write_compare
 from onejump.experiment.lens_table import canonical_results
-from onejump.experiment.report import evaluate_claims
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
@@ -35,9 +35,8 @@ def _fake_wide(smol):
 def sources(tmp_path):
     """A run folder (SmolLM2), a report folder (Gemma 3000/1000, older schema) and a results.json (a fake wide one)."""
     smol, gemma = _real("smollm2-135m"), _real("gemma3-270m-3000")
-    run = tmp_path / "smol-run"
+    run = tmp_path / "smol-run"  # a report kept in its folder (a copied tree, no run.json beside it)
     (run / "report").mkdir(parents=True)
-    (run / "run.json").write_text("{}")
     (run / "report" / "results.json").write_text(json.dumps(smol))
     (tmp_path / "gemma-report").mkdir()
     # as committed: a file that may still name the per-level lens full_nnjtc (read through the alias map)
@@ -207,24 +206,35 @@ def test_compare_accepts_an_older_results_without_tuned_or_early_exit():
     assert gemma["single_jump"]["tuned_lens"] is None and gemma["single_jump"]["best"] is not None
 
 
-def test_a_report_older_than_its_runs_evaluation_is_refused(capsys, sources, tmp_path):
-    import os
-
-    paths, _ = sources
-    run = paths[1]
-    (run / "evaluation").mkdir()
-    redone = run / "evaluation" / "result.json"
-    redone.write_text("{}")
-    report = run / "report" / "results.json"
-    os.utime(redone, ns=(report.stat().st_mtime_ns + 10**9,) * 2)  # the evaluation was redone after the report
-    for source in (run, run / "report"):
+def test_a_report_whose_stages_were_redone_is_refused(capsys, tmp_path, tiny_dir, corpus):
+    run = tmp_path / "r"
+    args = ["-q", "run", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "40", "--n-test", "20",
+            "--max-epochs", "1", "--rank", "2", "--no-tuned", "--out", str(run), "--device", "cpu"]
+    assert main(args) == 0
+    assert main(["-q", "compare", str(run), "--out", str(tmp_path / "ok")]) == 0
+    assert main(["-q", "train", "--out", str(run), "--max-epochs", "1", "--rank", "2", "--no-tuned",
+                 "--train-seed", "5", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    for source in (run, run / "report"):  # keys, not modification times: the selection came from the old jumps
         out = tmp_path / "never"
         assert main(["-q", "compare", str(source), "--out", str(out)]) == 2
         err = capsys.readouterr().err
-        assert "older than its evaluation/result.json" in err and len(err.strip().splitlines()) == 1
+        assert "superseded" in err and f"onejump select --out {run}" in err and len(err.strip().splitlines()) == 1
         assert not out.exists()
-    os.utime(report, ns=(redone.stat().st_mtime_ns + 10**9,) * 2)  # report rebuilt: accepted
-    assert main(["-q", "compare", str(run), "--out", str(tmp_path / "ok")]) == 0
+    assert main(args + ["--train-seed", "5"]) == 0  # every stage redone: accepted
+    assert main(["-q", "compare", str(run), "--out", str(tmp_path / "ok2")]) == 0
+
+
+def test_a_run_folder_of_an_older_onejump_is_refused(capsys, tmp_path):
+    run = tmp_path / "old"
+    (run / "report").mkdir(parents=True)
+    (run / "shortcuts" / "ojfa").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"data": {"model": "smollm2-135m", "corpus": "wiki", "n_train": 300}}))
+    (run / "report" / "results.json").write_text(json.dumps(_real("smollm2-135m")))
+    assert main(["-q", "compare", str(run), "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "older onejump version" in err and f"onejump run --out {run}-new --model smollm2-135m" in err
+    assert "--n-train 300" in err and len(err.splitlines()) == 1
 
 
 def test_bar_summary_names_each_part():

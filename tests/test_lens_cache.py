@@ -1,4 +1,4 @@
-"""Evaluation and exit simulation are cached per lens: a lens added later is the only one read again,
+"""Evaluation and exit simulation are one stage per lens: a lens added later is the only one read again,
 and the combined numbers equal those of one pass over every lens."""
 
 import json
@@ -45,16 +45,12 @@ def spies(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("old_layout", [False, True])
-def test_a_lens_added_later_is_the_only_one_evaluated(tmp_path, tiny_dir, corpus, spies, old_layout):
+def test_a_lens_added_later_is_the_only_one_evaluated(tmp_path, tiny_dir, corpus, spies):
     out = tmp_path / "r"
     assert main(_args(tiny_dir, corpus, out) + ["--no-tuned"]) == 0
     assert spies["eval"] == [["full", "identity", "joint", "jtc", "ojfa"]]
     assert "tuned" not in spies["exits"][0]
     assert spies["read"] == []  # the evaluation kept what the exit simulation reads
-    if old_layout:  # a run folder written before per-lens caches: its combined results are adopted
-        shutil.rmtree(out / "evaluation" / "lenses")
-        shutil.rmtree(out / "early_exit" / "lenses")
     spies["eval"].clear()
     spies["exits"].clear()
     assert main(_args(tiny_dir, corpus, out)) == 0  # now with the tuned lens
@@ -64,12 +60,12 @@ def test_a_lens_added_later_is_the_only_one_evaluated(tmp_path, tiny_dir, corpus
     assert {"evaluation", "exits", "evaluation: tuned", "exits: tuned"} <= set(timings)
 
     run = Run(out, device="cpu", progress=False)
-    combined = EvalResult.load(out / "evaluation")
+    combined = run.evaluation()
     assert set(combined.lens_names) == {"identity", "full", "ojfa", "joint", "jtc", "tuned"}
     fresh = metrics.evaluate(run.store(), run.run_lenses(best=False), chosen=combined.chosen, progress=False)
     for key, value in fresh.per_sample.items():
         torch.testing.assert_close(combined.per_sample[key], value, rtol=0, atol=0, equal_nan=True, msg=key)
-    sim = ExitSimulation.load(out / "early_exit")
+    sim = run.exits()
     fresh_sim = early_exit.simulate_exits(run.store(), run.run_lenses(), progress=False)
     assert sim.to_dict() == fresh_sim.to_dict()
 
@@ -87,16 +83,16 @@ def test_exits_read_the_store_for_lenses_whose_evaluation_kept_no_records(tmp_pa
 
     out = tmp_path / "r"
     assert main(_args(tiny_dir, corpus, out) + ["--no-tuned"]) == 0
-    part = out / "evaluation" / "lenses" / "joint"
+    part = out / "evaluation" / "joint"
     old = EvalResult.load(part)
     old.per_sample = {k: v for k, v in old.per_sample.items() if not k.endswith(("/top1", "/max_prob", "/margin"))}
     tensors = {k: (v.to(torch.uint8) if v.dtype == torch.bool else v) for k, v in old.per_sample.items()}
     save_safetensors(tensors, part / "per_sample.safetensors", metadata={"bool_keys": json.dumps(
         [k for k, v in old.per_sample.items() if v.dtype == torch.bool])})
-    before = ExitSimulation.load(out / "early_exit")
+    run = Run(out, device="cpu", progress=False)
+    before = run.exits()
     shutil.rmtree(out / "early_exit")
     spies["read"].clear()
-    run = Run(out, device="cpu", progress=False)
     sim = run.simulate_exits()
     assert spies["read"] == [["joint"]]
     for name in before.lenses:
@@ -106,8 +102,7 @@ def test_exits_read_the_store_for_lenses_whose_evaluation_kept_no_records(tmp_pa
 def test_a_damaged_part_is_computed_again(tmp_path, tiny_dir, corpus, spies):
     out = tmp_path / "r"
     assert main(_args(tiny_dir, corpus, out) + ["--no-tuned"]) == 0
-    (out / "evaluation" / "lenses" / "joint" / "per_sample.safetensors").write_bytes(b"not a tensor file")
-    (out / "evaluation" / "key.txt").unlink()  # the combined result is gone too: parts must serve
+    (out / "evaluation" / "joint" / "per_sample.safetensors").write_bytes(b"not a tensor file")
     spies["eval"].clear()
     assert main(["-q", "evaluate", "--out", str(out), *COMMON]) == 0
     assert spies["eval"] == [["joint"]]
@@ -118,10 +113,11 @@ def test_only_and_combine_refuse_what_they_do_not_hold(tmp_path, tiny_dir, corpu
 
     out = tmp_path / "r"
     assert main(_args(tiny_dir, corpus, out) + ["--no-tuned"]) == 0
-    result = EvalResult.load(out / "evaluation")
+    run = Run(out, device="cpu", progress=False)
+    result = run.evaluation()
     with pytest.raises(ConfigError, match="tuned"):
         result.only(["tuned"])
-    sim = ExitSimulation.load(out / "early_exit")
+    sim = run.exits()
     with pytest.raises(ConfigError, match="tuned"):
         sim.only(["tuned"])
     other = sim.only(["full"])

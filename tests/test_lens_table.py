@@ -12,7 +12,7 @@ def test_each_lens_has_one_row_with_kind_folder_display_and_colour():
     for lens_id, row in LENSES.items():
         assert row.id == lens_id and row.display and row.colour
         assert (row.folder is None) == (row.made_by is None)
-    assert run_lens("full").folder == "shortcuts/nnjtc" and run_lens("full").kind == "per-level"
+    assert run_lens("full").folder == "lenses/nnjtc" and run_lens("full").kind == "per-level"
     assert set(RUN_LENS_NAMES) == {"full", "ojfa", "joint", "jtc", "tuned", "best"}
     assert display("ojfa") == "OJFA (one jump)" and display("jump 3") == "jump 3"
     with pytest.raises(ConfigError, match="no lens 'nnjtc'"):

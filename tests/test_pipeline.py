@@ -80,7 +80,7 @@ def test_stage_commands_and_jump_api(run_dir, tiny_dir, capsys):
     assert "OJFA choice" in capsys.readouterr().out
     assert main(["-q", "report", "--out", str(run_dir), "--device", "cpu"]) == 0
     lm = load_model(str(tiny_dir))
-    jump = Lens.load(run_dir / "shortcuts" / "ojfa", lm)
+    jump = Lens.load(run_dir / "lenses" / "ojfa", lm)
     assert isinstance(jump, OneJump)
     h = torch.randn(3, lm.hidden_size)
     assert jump(h, 1).shape == (3, lm.adapter.vocab_size)
@@ -224,12 +224,12 @@ def test_preset_best_trains_kl_and_a_residual_joint_jump(tmp_path, tiny_dir, cor
     preset = json.loads((out / "preset.json").read_text())
     assert preset["name"] == "best" and preset["select_rule"] == "head"
     lm = load_model(str(tiny_dir))
-    per_level = Lens.load(out / "shortcuts" / "nnjtc", lm)
-    joint = Lens.load(out / "shortcuts" / "joint", lm)
+    per_level = Lens.load(out / "lenses" / "nnjtc", lm)
+    joint = Lens.load(out / "lenses" / "joint", lm)
     assert per_level.extra["history"]["config"]["objective"] == "kl"
     assert joint.residual
     # the joint jump was trained, then trained on from itself (the sweep's kl-res-warm)
-    start = Lens.load(out / "shortcuts" / "joint-start", lm)
+    start = Lens.load(out / "lenses" / "joint-start", lm)
     assert joint.extra["history"]["kind"] == "joint-warm" and start.extra["history"]["kind"] != "joint-warm"
     assert start.extra["key"] != joint.extra["key"]
     timings = json.loads((out / "timings.json").read_text())

@@ -1,6 +1,6 @@
 """The report's claims: held or not held where the 95% interval decides, inconclusive where it cannot."""
 
-from onejump.experiment.report import evaluate_claims
+from onejump.experiment.claims import evaluate_claims
 
 
 def _results(ojfa, full, joint, ci_full, ci_joint, n_test=3000, identity=0.1):

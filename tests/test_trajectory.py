@@ -12,7 +12,7 @@ from onejump.cli import main
 from onejump.errors import ConfigError
 from onejump.evaluation.aggregate import aggregate_metrics, flatten_metrics, write_aggregate_metrics
 from onejump.lenses import LogitLens, TunedLens
-from onejump.model.loading import from_pretrained_model, load_model
+from onejump.model.loading import from_pretrained_model
 from onejump.trajectory import PredictionTrajectory, hidden_states, trajectories, write_html
 
 from .tiny import tiny_model, tiny_tokenizer
@@ -102,18 +102,35 @@ def _run(capsys, *argv):
     return code, out.out, out.err
 
 
-def test_lens_command(capsys, tiny_dir, tmp_path):
-    lm = load_model(str(tiny_dir))
-    tuned(lm).save_pretrained(tmp_path / "run" / "shortcuts" / "tuned")
-    (tmp_path / "run" / "run.json").write_text(json.dumps({"data": {"model": str(tiny_dir)}}))
-    code, out, err = _run(capsys, "lens", "--prompt", PROMPT, "--run", tmp_path / "run", "--lens", "tuned",
+def test_lens_command(capsys, tiny_dir, corpus, tmp_path):
+    run = tmp_path / "run"
+    train = ["-q", "train", "--out", str(run), "--max-epochs", "1", "--rank", "2", "--no-joint", "--no-jtc",
+             "--no-tuned", "--device", "cpu"]
+    assert main(["-q", "extract", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "40", "--n-test",
+                 "20", "--out", str(run), "--device", "cpu"]) == 0
+    assert main(train) == 0 and main(["-q", "select", "--out", str(run), "--device", "cpu"]) == 0
+    code, out, err = _run(capsys, "lens", "--prompt", PROMPT, "--run", run, "--lens", "ojfa",
                           "--compare", "logit", "--out", tmp_path / "out" / "grid.png")
     assert code == 0, err
-    assert (tmp_path / "out" / "grid.png").read_bytes()[:4] == b"\x89PNG" and "tuned vs logit" in out
+    assert (tmp_path / "out" / "grid.png").read_bytes()[:4] == b"\x89PNG" and "ojfa vs logit" in out
     code, out, err = _run(capsys, "lens", "--prompt", PROMPT, "--model", tiny_dir, "--lens",
-                          tmp_path / "run" / "shortcuts" / "tuned", "--statistic", "kl", "--out", tmp_path / "g.html")
+                          run / "lenses" / "nnjtc", "--statistic", "kl", "--out", tmp_path / "g.html")
     assert code == 0, err
     assert "<table>" in (tmp_path / "g.html").read_text()
+    # the jumps trained again with another seed: the chosen jump came from the old ones, and every consumer
+    # of the run's lenses refuses it in one line naming the command to run
+    assert main(train + ["--train-seed", "5"]) == 0
+    capsys.readouterr()
+    for argv in (["lens", "--prompt", PROMPT, "--run", run, "--lens", "ojfa", "--out", tmp_path / "g2.png"],
+                 ["generate", "--model", tiny_dir, "--lens", run, "--prompt", PROMPT, "--max-new-tokens", "2",
+                  "--exit", "confidence", "--device", "cpu"],
+                 ["evaluate", "--out", run, "--device", "cpu"], ["report", "--out", run, "--device", "cpu"]):
+        code, out, err = _run(capsys, *argv)
+        assert code != 0 and "superseded" in err and f"onejump select --out {run}" in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
+    code, out, err = _run(capsys, "lens", "--prompt", PROMPT, "--run", run, "--lens", "full",
+                          "--out", tmp_path / "g3.png")
+    assert code == 0, err  # the per-level jumps themselves are current
 
 
 def test_lens_command_bad_input(capsys, tiny_dir, tmp_path):

@@ -49,3 +49,8 @@ class NumericalError(OneJumpError):
 
 class ConfigError(OneJumpError):
     """An argument or option is out of its valid range."""
+
+
+class StageError(OneJumpError):
+    """A stage of a run folder is missing, superseded by a change to what it was made from, or was made
+    by an older onejump version (the message names the command to run)."""

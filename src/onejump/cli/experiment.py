@@ -159,7 +159,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                     per_objective=per, variants=variants,
                     variant_multipliers=_int_list(args.variant_multipliers, "variant-multipliers"),
                     val_fraction=args.val_fraction, progress=not args.quiet)
-        run.evaluate()  # the sweep's best single jump joins the evaluation (only it is read: per-lens caches)
+        run.evaluate()  # the sweep's best single jump joins the evaluation (only it is read: one stage per lens)
         run.simulate_exits()  # and the early-exit comparison
         path = run.report()
     best, bar = out.get("best"), out.get("bar")

@@ -12,17 +12,13 @@ from .common import _INTERRUPT_HINT, _load_model
 
 
 def _jump_folder(path: str) -> Path:
-    """The OJFA jump folder of ``--jump``: the folder itself, or a run folder's OJFA jump."""
-    from ..errors import ShortcutError
+    """The OJFA jump folder of ``--jump``/``--lens``: the folder itself, or a run folder's OJFA jump (refused
+    when missing or superseded, with the command to run)."""
+    from ..experiment.lens_names import run_lens_path
 
     folder = Path(path)
-    from ..experiment.folder import RunFolder as Run
-
-    if Run(folder).lens_path("ojfa").is_dir():
-        return Run(folder).lens_path("ojfa")
     if (folder / "run.json").is_file():
-        raise ShortcutError(f"run folder {folder} has no chosen jump yet: run `onejump select --out {folder}` "
-                            f"(after `onejump train --out {folder}`)")
+        return run_lens_path(folder, "ojfa")
     return folder
 
 

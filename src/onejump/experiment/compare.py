@@ -11,7 +11,7 @@ folder or the file itself) and writes into DIR:
 - ``ojfa_gap_vs_h.png``: OJFA's gap to full N-NJTC and to the joint jump against H (and, where a run has
   a sweep, the best single jump and the tuned lens relative to the logit lens).
 
-The claims are recomputed with :func:`~onejump.experiment.report.evaluate_claims`, so a results.json
+The claims are recomputed with :func:`~onejump.experiment.claims.evaluate_claims`, so a results.json
 written before a claim existed is checked against it too. Nothing is written when a source is bad.
 """
 
@@ -26,10 +26,11 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..io import atomic_write_text
+from .claims import MATCH_TOLERANCE, early_levels, evaluate_claims
 from .folder import RunFolder
 from .lens_table import canonical_results, display
-from .report import MATCH_TOLERANCE, SCHEMA, early_levels, evaluate_claims
 from .report_tuned import counted
+from .results import SCHEMA
 from .results_check import check_claim_inputs
 
 COMPARE_SCHEMA = "onejump-compare/1"
@@ -67,7 +68,8 @@ def resolve_source(source: str | Path) -> Path:
         return path / "results.json"
     run = RunFolder(path)
     if (run.report_dir / "results.json").is_file():
-        _refuse_stale_report(run, run.report_dir / "results.json")
+        if (path / "run.json").is_file():  # a run folder (not a copied report tree): its report must be current
+            _refuse_stale_report(run, run.report_dir / "results.json")
         return run.report_dir / "results.json"
     if (path / "run.json").is_file():
         raise ConfigError(f"run folder {source} has no report yet: run `onejump report --out {source}`")
@@ -75,15 +77,10 @@ def resolve_source(source: str | Path) -> Path:
 
 
 def _refuse_stale_report(run: RunFolder, results: Path) -> None:
-    """A run's report written before one of the stages it is built from was redone is refused."""
-    built = results.stat().st_mtime_ns
-    inputs = [run.folder / "selection.json", run.folder / "evaluation" / "result.json",
-              run.folder / "reuse" / "result.json", run.folder / "early_exit" / "key.txt",
-              run.folder / "sweep" / "sweep.json"]
-    newer = [p for p in inputs if p.is_file() and p.stat().st_mtime_ns > built]
-    if newer:
-        raise ConfigError(f"the report of {run.folder} is older than its {newer[0].relative_to(run.folder)}: "
-                          f"run `onejump report --out {run.folder}` first")
+    """A run's report is read only while it is current: every stage it was built from unchanged since
+    (the stage protocol's keys; a report made by an older onejump is refused too)."""
+    run.refuse_older_version()
+    run.records.require(run.stages.report())
 
 
 def load_results(source: str | Path) -> tuple[Path, dict[str, Any]]:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..textsafe import figure_text
-from .report import MATCH_TOLERANCE
+from .claims import MATCH_TOLERANCE
 
 #: The paper's models span these hidden sizes (GPT2-XL, Phi-3-mini, Llama-2-7B): shaded in the figure.
 PAPER_H = (1600, 4096)

@@ -1,204 +1,233 @@
-"""A run folder: where everything of one experiment lives, and the content identity of each part.
+"""A run folder opened: its layout, its model and store (loaded once), its stage records, and the run's
+lenses and saved stages as a command reads them (each one checked current by the stage protocol first).
 
-The layout is known here alone::
-
-    run.json               model and data arguments (written by the extract stage)
-    store/                 hidden states (onejump.store)
-    shortcuts/<folder>/    lenses: nnjtc (the K per-level jumps), joint, jtc, ojfa (the chosen jump), tuned
-                           (the lens table, onejump.experiment.lens_table, maps each lens id to its folder)
-    selection.json         D matrix, D_m, OJFA choice, softmax(D / 5e-4) (and the head-aware scores)
-    preset.json            the preset the run was trained with (paper / best) and its selection rule
-    evaluation/            per-sample test results of every lens (safetensors) + summary
-    reuse/                 the K x K reuse matrix: every per-level jump at every level
-    early_exit/            the offline early-exit simulation
-    report/                results.json, aggregate_metrics.json, figures, report.md
-    sweep/                 the objective x rank sweep (``onejump sweep``) and its best single jump
-    timings.json           {stage: seconds}, saved as each stage ends (by whichever command ran it)
-    memory.json            {"peak_rss_mib": {stage: MiB}, "method": {stage: how it was measured}}
+The layout is :mod:`onejump.experiment.layout`'s; the stages are declared in
+:mod:`onejump.experiment.stages` and decided by :mod:`onejump.experiment.stage`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
-import time
-from dataclasses import dataclass, field
+import shlex
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import ConfigError, ShortcutError, StoreError
+from ..errors import StageError, StoreError
 from ..io import atomic_write_text
-from ..memory import PeakProbe
 from ..store import HiddenStateStore
+from .layout import RUN_FORMAT, RUN_VERSION, RunLayout
 from .lens_table import run_lens
 from .presets import PRESETS, DataArgs
+from .probes import Probes
+from .stage import Stage, StageRecords
+from .stages import RunStages, artefact_identity
 
 
-def stage_key(*parts: Any) -> str:
-    """A short hash of a stage's inputs (their identities and settings)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass
-class RunState:
-    """Timings, peak resident memory and the stages reused in this process.
-
-    ``peak_rss[stage]``: the stage's peak RSS in MiB; ``peak_method[stage]``: ``"stage peak"`` (the
-    high-water mark was reset when it began) or ``"process peak so far"`` (it could not be reset).
-    """
-
-    timings: dict[str, float] = field(default_factory=dict)
-    reused: list[str] = field(default_factory=list)
-    peak_rss: dict[str, float] = field(default_factory=dict)
-    peak_method: dict[str, str] = field(default_factory=dict)
+def rerun_command(folder: Path, data: dict[str, Any] | None) -> str:
+    """``onejump run`` with the data settings of ``data`` (those that differ from the defaults), into a new
+    folder beside ``folder``."""
+    parts = ["onejump", "run", "--out", f"{folder}-new"]
+    defaults = {f.name: f.default for f in fields(DataArgs)}
+    for name, value in (data or {}).items():
+        if name in defaults and (value != defaults[name] or name in ("model", "corpus")) and value is not None:
+            parts += [f"--{name.replace('_', '-')}", str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 class RunFolder:
-    """A run folder: its layout, its model and store (loaded once), and the identities of its parts."""
+    """A run folder: its layout, its model and store (loaded once), and its stages' records."""
 
     def __init__(self, folder: str | Path, *, device: str = "auto", dtype: str = "float32",
                  device_map: str | None = None, progress: bool = True):
         self.folder = Path(folder)
+        self.layout = RunLayout(self.folder)
         self.device, self.dtype, self.device_map = device, dtype, device_map
         self.progress = progress
-        self.state = RunState()
+        self.probes = Probes(self.layout)
+        self.records = StageRecords(self.folder, lambda name: artefact_identity(self.layout, self.store, name))
+        self.stages = RunStages(self.layout, self.records)
         self._lm = None
         self._store: HiddenStateStore | None = None
-        self._probes: dict[float, PeakProbe] = {}  # by the start time of the stage they measure
+
+    @property
+    def state(self):
+        return self.probes.state
 
     @property
     def store_dir(self) -> Path:
-        return self.folder / "store"
-
-    def lens_path(self, name: str) -> Path:
-        """Where the run keeps lens ``name`` (an id of :data:`~onejump.experiment.lens_table.LENSES`)."""
-        folder = run_lens(name).folder
-        if folder is None:
-            raise ConfigError(f"the '{name}' lens is the model's own head: a run keeps no file of it")
-        return self.folder / folder
+        return self.layout.store_dir
 
     @property
     def report_dir(self) -> Path:
-        """results.json, aggregate_metrics.json, the figures and report.md."""
-        return self.folder / "report"
+        return self.layout.report_dir
 
-    def data_args(self) -> DataArgs:
-        path = self.folder / "run.json"
+    def lens_path(self, name: str) -> Path:
+        return self.layout.lens_path(name)
+
+    def _run_json(self) -> dict[str, Any]:
+        path = self.layout.run_json
         if not path.is_file():
             raise StoreError(f"{self.folder} is not an onejump run folder (no run.json): run `onejump extract "
                              f"--out {self.folder}` or `onejump run --out {self.folder}` first")
         try:
-            return DataArgs(**json.loads(path.read_text())["data"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            info = json.loads(path.read_text())
+            if not isinstance(info, dict) or not isinstance(info.get("data"), dict):
+                raise KeyError("data")
+            return info
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError) as exc:
             raise StoreError(f"{path} is corrupt: {exc}") from None
 
-    def _start(self) -> float:
-        """A stage begins: its memory high-water mark is reset; returns its start time (for :meth:`_timed`)."""
-        probe = PeakProbe().start()
-        t0 = time.perf_counter()
-        self._probes[t0] = probe
-        return t0
+    def made_by_older_version(self) -> bool:
+        if self.layout.made_by_older_version():
+            return True
+        if not self.layout.run_json.is_file():
+            return False
+        try:
+            info = json.loads(self.layout.run_json.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return False
+        return isinstance(info, dict) and (info.get("format"), info.get("version")) != (RUN_FORMAT, RUN_VERSION)
 
-    def _timed(self, stage: str, t0: float) -> None:
-        """A stage started at ``t0`` ends: record its seconds (added up) and its peak RSS (the highest)."""
-        self.state.timings[stage] = round(self.state.timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
-        probe = self._probes.pop(t0, None)
-        if probe is not None:
-            peak = round(probe.stop(), 1)
-            self.state.peak_rss[stage] = max(peak, self.state.peak_rss.get(stage, 0.0))
-            self.state.peak_method[stage] = "stage peak" if probe.exact else "process peak so far"
-        # saved now, not only by the report: stages run by separate commands (or a run cut short) keep theirs
-        self.all_timings()
-        self.all_peaks()
+    def refuse_older_version(self) -> None:
+        """A run folder made by an older onejump is never read: one line with the command that makes it again."""
+        if self.made_by_older_version():
+            try:
+                data = json.loads(self.layout.run_json.read_text()).get("data")
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                data = None
+            raise StageError(f"{self.folder} was made by an older onejump version, whose stages this one cannot "
+                             f"check: make it again with `{rerun_command(self.folder, data)}`")
+
+    def data_args(self) -> DataArgs:
+        self.refuse_older_version()
+        info = self._run_json()
+        try:
+            return DataArgs(**info["data"])
+        except TypeError as exc:
+            raise StoreError(f"{self.layout.run_json} is corrupt: {exc}") from None
+
+    def write_data_args(self, args: DataArgs) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.layout.run_json, json.dumps(
+            {"format": RUN_FORMAT, "version": RUN_VERSION, "data": asdict(args)}, indent=1))
 
     def lm(self):
-        """The model, loaded once."""
+        """The model, loaded once (its size is recorded for the report)."""
         if self._lm is None:
             from ..model.loading import load_model
 
             args = self.data_args()
             self._lm = load_model(args.model, device=self.device if self.device_map is None else None,
                                   dtype=self.dtype, device_map=self.device_map)
+            self.probes.record_model(self._lm)
+            if self._store is not None and self._store.fingerprint != self._lm.fingerprint:
+                raise StoreError(f"store {self.store_dir} was extracted from another model (weights hash "
+                                 f"{self._store.fingerprint}, this model {self._lm.fingerprint})")
         return self._lm
 
     @property
-
     def compute_device(self) -> torch.device:
         from ..model.loading import resolve_device
 
         return resolve_device(self.device)
 
     def store(self) -> HiddenStateStore:
-        """The run's store, opened once (its shards are verified before first use)."""
+        """The run's store, opened once (its shards are verified before first use); checked against the
+        model when the model is loaded."""
         if self._store is None:
-            self._store = HiddenStateStore.open(self.store_dir, fingerprint=self.lm().fingerprint, verify=False)
+            fingerprint = self._lm.fingerprint if self._lm is not None else None
+            self._store = HiddenStateStore.open(self.store_dir, fingerprint=fingerprint, verify=False)
         return self._store
 
-    def identity(self, name: str) -> str | None:
-        """Content identity of a stage output (None when it does not exist).
+    # ---- the run's lenses, as a command reads them ------------------------------------------
+    def lens_stage(self, name: str) -> Stage:
+        """The stage that makes the run's lens ``name``, as a command that only reads it declares it."""
+        if name == "ojfa":
+            return self.stages.select()
+        if name == "best":
+            return self.stages.sweep()
+        return self.stages.train_of(name)
 
-        ``store``: its manifest (which lists every shard's sha256); a lens kind: its config (which
-        holds the weights' sha256, checked whenever the lens is loaded); ``selection`` and
-        ``evaluation``: their JSON. A stage records the identities of its inputs in its key, so a
-        changed input makes every stage after it stale.
-        """
-        if name == "store" and (self.store_dir / "manifest.json").is_file():
-            return self.store().verify_identity()
-        paths = {"selection": self.folder / "selection.json",
-                 "evaluation": self.folder / "evaluation" / "result.json"}
-        if name in paths:
-            path = paths[name]
-        else:
-            if run_lens(name).folder is None:
-                return None
-            folder = self.lens_path(name)
-            path = next((folder / n for n in ("config.json", "shortcuts.json") if (folder / n).is_file()),
-                        folder / "config.json")
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
-
-    # ---- what the evaluation stages are computed from ----------------------------------------
-    def evaluation_key(self, absent: set[str] = frozenset()) -> str:
-        """What the evaluation of the lenses is computed from: the store, every lens, the selection
-        (``absent``: stage outputs taken as missing, to recognise a result from before they existed)."""
-        inputs = {name: None if name in absent else self.identity(name)
-                  for name in ("store", "full", "joint", "jtc", "ojfa", "tuned", "selection")}
-        best = None if "best" in absent else self.identity("best")
-        if best is not None:  # the sweep's best jump; a run without one keeps the key it always had
-            inputs["best"] = best
-        return stage_key(inputs, "eval", 2)
-
-    def lens_key(self, name: str, stage: str) -> str:
-        """What one lens's part of a stage (``eval`` or ``exits``) is computed from: the store and that lens."""
-        return stage_key({"store": self.identity("store"), "lens": name, "identity": self.identity(name)},
-                         stage, "lens", 1)
-
-    def reuse_key(self) -> str:
-        """What the K x K reuse matrix is computed from: the store and the per-level jumps."""
-        return stage_key(self.identity("store"), self.identity("full"), "reuse", 1)
-
-    def exits_key(self, absent: set[str] = frozenset()) -> str:
-        best = self.lens_path("best") / "config.json"
-        has_best = best.is_file() and "best" not in absent
-        best_id = hashlib.sha256(best.read_bytes()).hexdigest()[:16] if has_best else None
-        return stage_key(self.evaluation_key(absent), None if "tuned" in absent else self.identity("tuned"), best_id,
-                         "exits", 1)
+    def current_lens_path(self, name: str) -> Path:
+        """Where the run keeps its lens ``name``, refused (one line, the command to run) when that lens is
+        missing or superseded: the one check every consumer of a run's lenses goes through."""
+        self.refuse_older_version()
+        if run_lens(name).folder is None:
+            raise StageError(f"the '{name}' lens is the model's own head: a run keeps no file of it")
+        self.records.require(self.lens_stage(name))
+        return self.lens_path(name)
 
     def has_lens(self, name: str) -> bool:
-        return self.identity(name) is not None
+        return run_lens(name).folder is not None and (self.lens_path(name) / "config.json").is_file()
 
     def lens(self, name: str):
-        """The run's lens ``name`` (an id of the lens table), loaded."""
+        """The run's lens ``name`` (an id of the lens table), checked current and loaded."""
         from ..lenses.base import Lens, LogitLens
 
-        row = run_lens(name)
-        if row.folder is None:
+        if run_lens(name).folder is None:
             return LogitLens(self.lm())
-        if not self.has_lens(name):
-            raise ShortcutError(f"no '{name}' lens in {self.lens_path(name)}: run "
-                                f"`onejump {row.made_by} --out {self.folder}`")
-        return Lens.load(self.lens_path(name), self.lm())
+        return Lens.load(self.current_lens_path(name), self.lm())
+
+    def lens_config(self, name: str) -> dict[str, Any] | None:
+        """The saved config of the run's lens ``name`` (None when the run has none): read without the model."""
+        path = self.lens_path(name) / "config.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    # ---- the saved stages, as a command reads them ----------------------------------------
+    def _selection(self) -> dict[str, Any]:
+        return json.loads(self.layout.selection_json.read_text())
+
+    def select_result(self) -> dict[str, Any]:
+        """The saved selection, refused when it is missing or the per-level jumps changed after it was made."""
+        self.records.require(self.stages.select())
+        return self._selection()
+
+    def _evaluation_parts(self, names: list[str], chosen: int):
+        from ..evaluation.result import EvalResult
+
+        out = functools.reduce(EvalResult.merge, [EvalResult.load(self.layout.evaluation_dir(n)) for n in names])
+        out.chosen = chosen
+        return out
+
+    def run_lens_names(self, best: bool = True) -> list[str]:
+        """The ids of the run's lenses (:meth:`~onejump.experiment.stages.RunStages.evaluated`)."""
+        return self.stages.evaluated(best)
+
+    def run_lenses(self, best: bool = True, names: list[str] | None = None) -> dict[str, Any]:
+        """The run's lenses by id (:meth:`run_lens_names`, or only ``names``), checked current and loaded."""
+        return {n: self.lens(n) for n in (names or self.run_lens_names(best))}
+
+    def evaluation(self):
+        """The saved evaluation (lenses and reuse matrix), refused when anything it came from changed after it."""
+        from ..evaluation.result import EvalResult
+
+        chosen = self.select_result()["chosen"]  # a stale selection is named first: the earliest stage to redo
+        names = self.stages.evaluated()
+        for n in names:
+            self.records.require(self.stages.evaluation(n))
+        self.records.require(self.stages.reuse())
+        pairs = EvalResult.load(self.layout.reuse_dir)
+        pairs.chosen = chosen
+        return self._evaluation_parts(names, chosen).merge(pairs)
+
+    def _exit_parts(self, names: list[str]):
+        from ..evaluation.exit_simulation import ExitSimulation
+
+        return ExitSimulation.combine([ExitSimulation.load(self.layout.exits_dir(n)) for n in names])
+
+    def exits(self):
+        """The saved exit simulation (None if never run), refused when its lenses changed after it."""
+        if not (self.folder / "early_exit").is_dir():
+            return None
+        names = self.stages.evaluated()
+        for n in names:
+            self.records.require(self.stages.exits(n))
+        return self._exit_parts(names)
+
 
     def preset(self) -> dict[str, Any]:
         """The preset recorded by train/run (``preset.json``); the paper's when none was recorded."""
@@ -219,21 +248,5 @@ class RunFolder:
             info["select_rule"] = select_rule
         atomic_write_text(self.folder / "preset.json", json.dumps(info, indent=1))
 
-    def all_timings(self) -> dict[str, float]:
-        """This invocation's stage timings merged into those recorded by earlier ones (timings.json)."""
-        path = self.folder / "timings.json"
-        saved = json.loads(path.read_text()) if path.is_file() else {}
-        saved.update(self.state.timings)
-        atomic_write_text(path, json.dumps(saved, indent=1))
-        return saved
 
-    def all_peaks(self) -> dict[str, dict[str, Any]]:
-        """This invocation's per-stage peak RSS merged into those recorded by earlier ones (``memory.json``:
-        ``{"peak_rss_mib": {stage: MiB}, "method": {stage: "stage peak" | "process peak so far"}}``)."""
-        path = self.folder / "memory.json"
-        saved = json.loads(path.read_text()) if path.is_file() else {}
-        peaks = {**saved.get("peak_rss_mib", {}), **self.state.peak_rss}
-        method = {**saved.get("method", {}), **self.state.peak_method}
-        out = {"peak_rss_mib": peaks, "method": method}
-        atomic_write_text(path, json.dumps(out, indent=1))
-        return out
+__all__ = ["RunFolder", "rerun_command"]

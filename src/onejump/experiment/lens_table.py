@@ -34,11 +34,11 @@ class RunLens:
 
 LENSES: dict[str, RunLens] = {lens.id: lens for lens in (
     RunLens("identity", "logit", None, "identity (logit lens)", "tab:gray"),
-    RunLens("full", "per-level", "shortcuts/nnjtc", "full N-NJTC (jump k at level k)", "tab:blue", "train"),
-    RunLens("ojfa", "jump", "shortcuts/ojfa", "OJFA (one jump)", "tab:red", "select"),
-    RunLens("joint", "jump", "shortcuts/joint", "joint jump", "tab:green", "train"),
-    RunLens("jtc", "jtc", "shortcuts/jtc", "JTC (full-rank linear)", "tab:purple", "train"),
-    RunLens("tuned", "tuned", "shortcuts/tuned", "tuned lens (full-rank affine, KL)", "black", "train"),
+    RunLens("full", "per-level", "lenses/nnjtc", "full N-NJTC (jump k at level k)", "tab:blue", "train"),
+    RunLens("ojfa", "jump", "lenses/ojfa", "OJFA (one jump)", "tab:red", "select"),
+    RunLens("joint", "jump", "lenses/joint", "joint jump", "tab:green", "train"),
+    RunLens("jtc", "jtc", "lenses/jtc", "JTC (full-rank linear)", "tab:purple", "train"),
+    RunLens("tuned", "tuned", "lenses/tuned", "tuned lens (full-rank affine, KL)", "black", "train"),
     RunLens("best", "jump", "sweep/best", "best single jump", "tab:blue", "sweep"),
     RunLens("arbitrary_mean", None, None, "arbitrary jump (mean over m)", "tab:orange"),
 )}

@@ -1,4 +1,32 @@
-"""results.json: every number of a run with confidence intervals and paired tests."""
+"""results.json: every number of a run with confidence intervals, paired tests and the claims, built in
+this one place from the saved stages (never from the model).
+
+``results.json`` (schema below), PNG figures and ``report.md``.
+
+``results.json`` (schema ``onejump-results/1``)::
+
+    model       {name, fingerprint, num_blocks K, hidden_size H, vocab_size V}
+    data        {corpus, n_train, n_test, seed}
+    config      {rank, train: TrainConfig as dict}
+    selection   {scores: K x K D[m][k], D: [K] D_m, chosen, softmax: [K] softmax(D/5e-4)}
+    levels      [0..K-1] exit levels
+    methods     {name: {precision@1: [K], precision@1_ci: [[lo, hi]] * K, precision@5: [K],
+                 surprisal: [K], surprisal_ci: [[lo, hi]] * K, reverse_surprisal: [K],
+                 mean_precision@1, mean_precision@5, mean_surprisal, parameters}}
+                 names: the lens table's ids (identity, full, ojfa, joint, jtc, tuned) and arbitrary_mean
+    reuse       {precision@1: K x K [m][k], surprisal: K x K [m][k]}
+    parameters  {per_jump, full, ojfa, joint, jtc, identity, reduction_factor}
+    tests       {ojfa_vs_full: {...}, ojfa_vs_joint: {...}}: paired tests on test-set samples
+    claims      [{id, claim, paper, ours, verdict, held}]: verdict held / not held / inconclusive
+                 from the claim's 95% interval (onejump.experiment.claim_intervals); held = verdict is held
+    timings     {stage: seconds}
+    memory      (optional) {peak_rss_mib: {stage: MiB}, method: {stage: "stage peak" | "process peak so far"},
+                 model_mib, model_parameters, model_dtype}: each stage's peak resident memory and the
+                 model's own size (its parameters' bytes)
+    beyond      (optional) the sweep of ``onejump sweep`` (onejump.sweep: references, configs, best, bar)
+
+All numbers are measured on the test split; nothing in the report is typed in by hand.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +37,8 @@ import torch
 
 from ..evaluation.metrics import metrics as registered
 from .lens_table import EVALUATED
+
+SCHEMA = "onejump-results/1"
 
 
 def _bootstrap_weights(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
@@ -78,16 +108,17 @@ def _method_entry(result: Any, key: str, weights: np.ndarray, parameters: int) -
 
 
 def build_results(run: Any, result: Any) -> dict[str, Any]:
-    """The ``results.json`` dictionary (schema in :mod:`onejump.reporting`)."""
+    """The ``results.json`` dictionary of the run folder ``run`` (schema above), from its current stages
+    (``result``: its evaluation and reuse matrix) and its lenses' saved configs: the model is not loaded."""
     from ..evaluation.evaluator import parameter_counts
+    from .claims import evaluate_claims
 
     args = run.data_args()
     store = run.store()
-    lm = run.lm()
     selection = run.select_result()
     K = store.num_blocks
-    per_level = run.lens("full")
-    rank = per_level.rank
+    per_level = run.lens_config("full")
+    rank = per_level["rank"]
     weights = _bootstrap_weights(result.num_samples)
     names = [name for name in EVALUATED if name != "best"]  # the sweep's best jump: its own section
     params = parameter_counts(K, store.hidden_size, rank)
@@ -106,20 +137,20 @@ def build_results(run: Any, result: Any) -> dict[str, Any]:
             if metric.name in entry:
                 entry[f"mean_{metric.name}"] = float(np.mean(entry[metric.name]))
     tests = _ojfa_tests(result)
-    train_cfg = per_level.extra.get("history") or {}
+    train_cfg = (per_level.get("extra") or {}).get("history") or {}
     bar = None
     if "tuned" in result.lens_names and "best" in result.lens_names:  # one jump against the tuned lens
         from ..evaluation.tuned_bar import tuned_bar
 
         bar = tuned_bar(result, "best")
-    joint = run.lens("joint") if run.has_lens("joint") else None
-    return {
-        "model": {"name": lm.name, "fingerprint": lm.fingerprint, "num_blocks": K, "hidden_size": store.hidden_size,
-                  "vocab_size": lm.adapter.vocab_size},
+    joint = run.lens_config("joint")
+    results = {
+        "model": {"name": store.manifest["model"], "fingerprint": store.fingerprint, "num_blocks": K,
+                  "hidden_size": store.hidden_size, "vocab_size": result.vocab_size},
         "data": {"corpus": args.corpus, "n_train": int(store.manifest["n_train"]),
                  "n_test": int(store.manifest["n_test"]), "seed": args.seed},
         "config": {"rank": rank, "train": train_cfg.get("config", {}), "preset": run.preset(),
-                   "joint_residual": joint.residual if joint is not None else None},
+                   "joint_residual": bool(joint["residual"]) if joint is not None else None},
         "selection": _selection_summary(selection),
         "levels": list(range(K)),
         "methods": methods,
@@ -130,3 +161,26 @@ def build_results(run: Any, result: Any) -> dict[str, Any]:
         "tests": tests,
         **({"tuned_bar": bar} if bar is not None else {}),
     }
+    beyond = _beyond(run)
+    if beyond is not None:
+        results["beyond"] = beyond
+    exits = run.exits()
+    if exits is not None:
+        results["early_exit"] = exits.to_dict()
+    results["schema"] = SCHEMA
+    results["claims"] = evaluate_claims(results)
+    return results
+
+
+def _beyond(run: Any) -> dict[str, Any] | None:
+    """The run's sweep (refused unless current), without the per-sample vectors (they stay in sweep/sweep.json)."""
+    from .sweep import load_sweep
+
+    if not run.stages.has_sweep():
+        return None
+    run.records.require(run.stages.sweep())
+    beyond = load_sweep(run.folder)
+    for cfg in [*beyond["configs"], {"methods": beyond["references"]}]:
+        for m in cfg["methods"].values():
+            m.pop("sample_precision@1", None)
+    return beyond

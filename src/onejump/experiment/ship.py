@@ -59,7 +59,7 @@ def ship(run: str | Path, lens: str = "joint", name: str = "best", *, command: s
     data = json.loads((run / "run.json").read_text())["data"]
     lm = load_model(data["model"])
     store = HiddenStateStore.open(run / "store", fingerprint=lm.fingerprint)
-    folder = run / "shortcuts" / lens
+    folder = run / "lenses" / lens
     if not folder.is_dir():
         raise ConfigError(f"{run} has no lens '{lens}' (expected {folder})")
     chosen = Lens.from_pretrained(folder, lm)
@@ -74,8 +74,8 @@ def ship(run: str | Path, lens: str = "joint", name: str = "best", *, command: s
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m onejump.experiment.ship", description=__doc__.splitlines()[0])
-    p.add_argument("run", help="a run folder (run.json, store/, shortcuts/)")
-    p.add_argument("--lens", default="joint", help="the run's lens folder under shortcuts/ (default: %(default)s)")
+    p.add_argument("run", help="a run folder (run.json, store/, lenses/)")
+    p.add_argument("--lens", default="joint", help="the run's lens folder under lenses/ (default: %(default)s)")
     p.add_argument("--name", default="best", help="the shipped lens's name (default: %(default)s)")
     p.add_argument("--command", default=None, help="the command that made the run, for the card")
     p.add_argument("--note", default=None, help="a line for the card's recipe (how this lens differs from it)")

@@ -19,8 +19,9 @@ its ``2rK`` extra numbers count in its parameters, so in the budget), ``kl-res-c
 started from the ``kl-res`` joint jump of its rank, and ``kl-res-warm`` its control: the ``kl-res`` joint
 jump trained on for as many more epochs without the conditioning (what the extra epochs alone buy).
 
-Each configuration is cached in ``<run>/sweep/<objective>-r<rank>/`` (shortcuts + summary.json),
-so an interrupted sweep resumes where it stopped; ``<run>/sweep/sweep.json`` gathers everything.
+Each configuration is a stage of its own, ``<run>/sweep/<objective>-r<rank>/`` (its lenses + summary.json),
+so an interrupted sweep resumes where it stopped; the ``sweep`` stage (``<run>/sweep/sweep.json`` and the
+best single jump ``<run>/sweep/best``) gathers everything.
 """
 
 from __future__ import annotations
@@ -82,20 +83,22 @@ def run_config(run: Any, objective: str, rank: int, *, val_fraction: float | Non
 
     ``val_fraction`` (default: :class:`TrainConfig`'s) is the part of the train split held out, both
     to stop training and to choose the single jumps."""
-    store, lm = run.store(), run.lm()
-    H = store.hidden_size
     base = TrainConfig() if val_fraction is None else TrainConfig(val_fraction=val_fraction)
     config = objective_config(objective, rank, base)
-    folder = run.folder / "sweep" / f"{objective}-r{rank}"
+    folder = run.layout.sweep_entry(objective, rank)
     from ..evaluation.selection import HOLDOUT_MAX
 
-    key = json.dumps({"store": run.identity("store"), "fingerprint": lm.fingerprint,
-                      "config": config.to_dict(), "holdout_max": HOLDOUT_MAX, "version": 3}, sort_keys=True)
+    stage = run.stages.sweep_entry(objective, rank, config, HOLDOUT_MAX)
     summary_path = folder / "summary.json"
-    if summary_path.is_file():
-        saved = json.loads(summary_path.read_text())
-        if saved.get("key") == key:
-            return saved
+    return run.records.run(stage, lambda: _run_entry(run, objective, rank, config, folder, progress),
+                           lambda: json.loads(summary_path.read_text()))
+
+
+def _run_entry(run: Any, objective: str, rank: int, config: TrainConfig, folder: Path,
+               progress: bool) -> dict[str, Any]:
+    store = run.store()
+    H = store.hidden_size
+    summary_path = folder / "summary.json"
     timings: dict[str, float] = {}
     targets_cache: dict[int, Any] = {}  # the KL objective's targets, shared by the bank and the joint jump
     t0 = time.perf_counter()
@@ -138,7 +141,7 @@ def run_config(run: Any, objective: str, rank: int, *, val_fraction: float | Non
         methods[name] = _summary(result, name, lens.num_parameters, held[name])
         if name in chosen:
             methods[name]["jump"] = chosen[name]
-    out = {"key": key, "objective": objective, "rank": rank, "multiplier": rank // default_rank(H),
+    out = {"objective": objective, "rank": rank, "multiplier": rank // default_rank(H),
            "residual": bool(config.residual), "config": config.to_dict(), "methods": methods, "timings": timings,
            "selection": selection}
     if "joint-cond" in VARIANTS[objective]["kinds"]:
@@ -210,9 +213,7 @@ def sweep(run: Any, *, multipliers: tuple[int, ...] = MULTIPLIERS, objectives: t
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise ConfigError(f"unknown sweep variant '{bad[0]}'; use one of {', '.join(VARIANTS)}")
-    store = run.store()
-    K, H = store.num_blocks, store.hidden_size
-    base = default_rank(H)
+    base = default_rank(run.store().hidden_size)
     plan = [(o, m) for o in objectives for m in per_objective.get(o, multipliers)]
     plan += [("kl-res", m) for m in residual_multipliers]
     plan += [(v, m) for v in variants for m in variant_multipliers]
@@ -225,6 +226,15 @@ def sweep(run: Any, *, multipliers: tuple[int, ...] = MULTIPLIERS, objectives: t
     for variant, mult in plan:
         configs.append(run_config(run, variant, base * mult, val_fraction=val_fraction, progress=progress))
     refs = _references(run)
+    stage = run.stages.sweep([(variant, base * mult) for variant, mult in plan])
+    return run.records.run(stage, lambda: _gather(run, configs, refs), lambda: load_sweep(run.folder))
+
+
+def _gather(run: Any, configs: list[dict[str, Any]], refs: dict[str, Any]) -> dict[str, Any]:
+    """sweep.json: every entry, the references, the best single jump (saved as sweep/best) and its bar."""
+    store = run.store()
+    K, H = store.num_blocks, store.hidden_size
+    base = default_rank(H)
     paper = next((c for c in configs if c["objective"] == "mse" and c["rank"] == base), None)
     out: dict[str, Any] = {"model": run.lm().name, "num_blocks": K, "hidden_size": H, "base_rank": base,
                            "references": refs, "configs": configs}
