@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from onejump.cli import main
 from onejump.errors import OneJumpError
+from onejump.experiment.claims import evaluate_claims
 from onejump.experiment.compare import bar_summary, load_results, write_compare
 from onejump.experiment.lens_table import canonical_results
-from onejump.experiment.report import evaluate_claims, write_report
+from onejump.experiment.report import write_report
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
@@ -57,8 +58,13 @@ def _zero_everything(smol):
     return r
 
 
+def _render(results, out):
+    """What the pipeline does: the claims judged on the results (results.py), then the report rendered."""
+    return write_report({**results, "claims": evaluate_claims(results)}, out)
+
+
 def test_a_tuned_lens_at_zero_gives_a_report_saying_n_a(smol, tmp_path):
-    md = write_report(_zero_tuned(smol), tmp_path).read_text()
+    md = _render(_zero_tuned(smol), tmp_path).read_text()
     one_jump = md.split("## One jump against the tuned lens", 1)[1].split("\n## ", 1)[0]
     assert "| mean | " in one_jump and "n/a" in one_jump and "inf" not in one_jump
     assert "fraction of it is undefined" in one_jump
@@ -68,7 +74,7 @@ def test_a_tuned_lens_at_zero_gives_a_report_saying_n_a(smol, tmp_path):
 
 def test_a_run_that_learnt_nothing_claims_nothing_it_cannot_show(smol, tmp_path):
     r = _zero_everything(smol)
-    md = write_report(r, tmp_path).read_text()
+    md = _render(r, tmp_path).read_text()
     claims = {c["id"]: c for c in json.loads((tmp_path / "results.json").read_text())["claims"]}
     # 0.000 against 0.000 on 3000 rows that all agree: a 3-point gap is excluded, "at least as good" is not shown
     assert claims["ojfa_matches_full"]["verdict"] == "held" and "[-0.1, +0.1] points" in claims["ojfa_matches_full"][
