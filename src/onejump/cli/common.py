@@ -77,5 +77,3 @@ def _int_list(text: str, name: str) -> tuple[int, ...]:
 # A rank multiplier m gives rank m floor(H/100): above 100 it would pass H for every model.
 MAX_MULTIPLIER = 100
 
-
-_INTERRUPT_HINT = ["nothing was kept"]

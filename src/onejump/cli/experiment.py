@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import _INTERRUPT_HINT, _data_args, _int_list, _lock, _rank_multiplier, _run, _train_config
+from .common import _data_args, _int_list, _lock, _rank_multiplier, _run, _train_config
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -32,7 +32,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     run = _run(args, existing=False)
-    _INTERRUPT_HINT[0] = f"finished shards are kept in {run.store_dir}; rerun the same command to resume"
+    args.kept.say(f"finished shards are kept in {run.store_dir}; rerun the same command to resume")
     t0 = time.time()
     with _lock(run.folder):
         store = run.extract(_data_args(args))
@@ -59,7 +59,7 @@ def _print_store(store) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     run = _run(args)
     config = _train_config(args)
-    _INTERRUPT_HINT[0] = f"the lenses finished so far are kept in {run.folder}; rerun the same command to resume"
+    args.kept.say(f"the lenses finished so far are kept in {run.folder}; rerun the same command to resume")
     with _lock(run.folder):
         run.record_preset(args.preset, args.select_rule)
         out = run.train(config, joint=not args.no_joint, jtc=not args.no_jtc, tuned=not args.no_tuned,
@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = _run(args, existing=False)
     data = _data_args(args)
     config = _train_config(args)
-    _INTERRUPT_HINT[0] = f"finished stages are kept in {run.folder}; rerun the same command to resume"
+    args.kept.say(f"finished stages are kept in {run.folder}; rerun the same command to resume")
     with _lock(run.folder):
         stages = [("extract", lambda: run.extract(data)),
                   ("train", lambda: (run.record_preset(args.preset, args.select_rule),
@@ -149,7 +149,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     bad = [o for o in objectives if o not in OBJECTIVES]
     if bad or not objectives:
         raise ConfigError(f"--objectives must name some of {', '.join(OBJECTIVES)}, got '{args.objectives}'")
-    _INTERRUPT_HINT[0] = f"finished configurations are kept in {run.folder / 'sweep'}; rerun to resume"
+    args.kept.say(f"finished configurations are kept in {run.folder / 'sweep'}; rerun to resume")
     with _lock(run.folder):
         residual = () if args.residual_multipliers.strip().lower() == "none" else \
             _int_list(args.residual_multipliers, "residual-multipliers")
