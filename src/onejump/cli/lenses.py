@@ -27,10 +27,10 @@ def _jump_folder(path: str) -> Path:
 
 
 def _generation_lens(args: argparse.Namespace, lm):
-    """The lens named by --lens / --jump: ``logit``, a lens folder, or a run folder (its OJFA jump)."""
+    """The lens named by --lens: ``logit``, a lens folder, or a run folder (its OJFA jump)."""
     from ..lenses.base import Lens, LogitLens
 
-    name = args.lens or args.jump
+    name = args.lens
     if name is None:  # said, not guessed from whatever folder the command runs in
         print("onejump generate: lens: the logit lens (no --lens given)", file=sys.stderr)
         return LogitLens(lm)

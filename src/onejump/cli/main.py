@@ -21,6 +21,7 @@ from .experiment import (
     cmd_train,
 )
 from .lenses import cmd_generate, cmd_lens
+from .modes import check_invocation
 from .parser import _check_argv, _friendly_types, build_parser
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _warning
     try:
         _check_argv(argv)
+        check_invocation(build_parser, parser, args, argv)
         _quiet_libraries(args.quiet)
         apply_thread_policy(args.threads)
         return COMMANDS[args.command](args)

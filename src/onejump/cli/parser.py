@@ -205,10 +205,10 @@ def _add_lens_commands(sub: Any) -> None:
                                    "keeps the quality you ask for (--min-agreement). Ctrl-C prints what was "
                                    "generated so far.")
     _add_model_args(p)
-    p.add_argument("--lens", default=None,
+    p.add_argument("--lens", "--jump", dest="lens", default=None,
                    help="the lens that drafts / checks exits: 'logit' (the logit lens), a lens folder, an OJFA jump "
-                        "folder or a run folder (its OJFA jump) (default: the logit lens)")
-    p.add_argument("--jump", default=None, help="same as --lens (kept for older scripts)")
+                        "folder or a run folder (its OJFA jump); --jump is another name for it (default: the logit "
+                        "lens)")
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--max-new-tokens", type=_positive(), default=32,
                    help="tokens to generate; prompt + new tokens must fit the model's context (default: %(default)s)")
