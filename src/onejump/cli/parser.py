@@ -161,8 +161,8 @@ def _add_experiment_commands(sub: Any) -> None:
                                    "(a row per paper claim, a column per model: the number, held / not held and the "
                                    "paired test's p-value; then the sweep's best single jump against the logit lens "
                                    "and the tuned lens) and ojfa_gap_vs_h.png (OJFA's gap to full N-NJTC and to the "
-                                   "joint jump against the hidden size H). The claims are recomputed, so older "
-                                   "results.json files get every current claim.")
+                                   "joint jump against the hidden size H). The claims are recomputed, so any "
+                                   "results.json gets every current claim.")
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="a run folder, its report folder or a results.json; one per model and data")
     p.add_argument("--out", required=True, help="output folder for compare.json, models.md and the figure")

@@ -40,7 +40,7 @@ def run_model(run: str | Path) -> str | None:
 
 def resolve_lens(spec: str, lm: Any, run: str | Path | None = None) -> Lens:
     """The lens ``spec`` names: ``logit``; a lens of the run folder ``run`` (:data:`RUN_LENS_NAMES`);
-    or a lens folder (also an older run's shortcut folder), a tuned-lens folder or a hub id
+    or a lens folder, a tuned-lens folder or a hub id
     (:meth:`Lens.from_pretrained`)."""
     if spec == "logit":
         return LogitLens(lm)

@@ -78,7 +78,7 @@ def _method_entry(result: Any, key: str, weights: np.ndarray, parameters: int) -
 
 
 def build_results(run: Any, result: Any) -> dict[str, Any]:
-    """The ``results.json`` dictionary (schema in :mod:`onejump.reporting`)."""
+    """The ``results.json`` dictionary: every number of the run, its CIs, paired tests and claims."""
     from ..evaluation.evaluator import parameter_counts
 
     args = run.data_args()
