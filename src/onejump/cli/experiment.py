@@ -61,13 +61,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _train_config(args)
     args.kept.say(f"the lenses finished so far are kept in {run.folder}; rerun the same command to resume")
     with _lock(run.folder):
-        run.record_preset(args.preset, args.select_rule)
-        out = run.train(config, joint=not args.no_joint, jtc=not args.no_jtc, tuned=not args.no_tuned,
-                        rank_multiplier=_rank_multiplier(args), tuned_steps=args.tuned_steps,
-                        tuned_init=args.tuned_init)
+        out = _train(run, args, config)
     for kind, lens in out.items():  # counted as the files and the report count: weights and BatchNorm statistics
         print(f"{kind}: {lens.num_parameters:,} parameters held at inference -> {run.lens_path(kind)}")
     return 0
+
+
+def _train(run, args: argparse.Namespace, config) -> dict:
+    """Record the preset, then train (or reuse) the run's lenses as the training options say."""
+    run.record_preset(args.preset, args.select_rule)
+    return run.train(config, joint=not args.no_joint, jtc=not args.no_jtc, tuned=not args.no_tuned,
+                     rank_multiplier=_rank_multiplier(args), tuned_steps=args.tuned_steps, tuned_init=args.tuned_init)
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -122,11 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.kept.say(f"finished stages are kept in {run.folder}; rerun the same command to resume")
     with _lock(run.folder):
         stages = [("extract", lambda: run.extract(data)),
-                  ("train", lambda: (run.record_preset(args.preset, args.select_rule),
-                                     run.train(config, joint=not args.no_joint, jtc=not args.no_jtc,
-                                               tuned=not args.no_tuned, tuned_steps=args.tuned_steps,
-                                               tuned_init=args.tuned_init,
-                                               rank_multiplier=_rank_multiplier(args)))),
+                  ("train", lambda: _train(run, args, config)),
                   ("select", run.select), ("evaluate", run.evaluate), ("early exit", run.simulate_exits)]
         for name, stage in stages:
             if not args.quiet:

@@ -17,6 +17,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     from ..experiment.presets import DataArgs
 
     add_field_options(p, DataArgs, ("model",))
+    _add_device_args(p)
+
+
+def _add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="model weights dtype (default: %(default)s)")
@@ -32,10 +36,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="run folder (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="model weights dtype (default: %(default)s)")
-    p.add_argument("--device-map", default=None, help="'auto' to spread a big model over devices (accelerate)")
+    _add_device_args(p)
 
 
 # The training settings a preset sets and a flag overrides (``--rank`` overrides the preset's multiplier).

@@ -17,12 +17,11 @@ from typing import Any
 from ..defaults import DEFAULT_CORPUS, DEFAULT_MODEL, N_TEST, N_TRAIN, SEED, SHARD_SIZE, TOKENS_PER_BATCH
 from ..fields import option
 from ..limits import OPTIONS
+from ..training.config import TrainConfig
 
 
 def _settings(**overrides: Any) -> Mapping[str, Any]:
     """Overrides of :class:`TrainConfig`'s fields (a read-only mapping, in the order written)."""
-    from ..training.config import TrainConfig
-
     unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
     if unknown:
         raise TypeError(f"not a TrainConfig field: {', '.join(unknown)}")
