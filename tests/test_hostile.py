@@ -315,7 +315,7 @@ def test_a_file_where_a_folder_is_expected_says_so(capsys, tiny_dir, tmp_path):
     file = tmp_path / "file"
     file.write_text("x")
     out = ["--out", tmp_path / "o.png"]
-    for argv in (["lens", "--model", tiny_dir, "--prompt", "ab", "--run", file, *out],
+    for argv in (["lens", "--model", tiny_dir, "--prompt", "ab", "--run", file, "--lens", "ojfa", *out],
                  ["lens", "--model", file, "--prompt", "ab", *out],
                  ["lens", "--model", tiny_dir, "--prompt", "ab", "--lens", file, *out],
                  ["train", "--out", file], ["info", file]):

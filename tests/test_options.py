@@ -137,3 +137,12 @@ def test_an_option_given_at_its_default_still_counts_as_given(capsys):
     code = main(["train", "--no-tuned", "--tuned-steps", "250"])
     err = capsys.readouterr().err
     assert code == 2 and "--tuned-steps does nothing with --no-tuned" in err
+
+
+def test_a_run_folder_is_used_for_its_model_or_its_lenses():
+    """``lens --run`` gives the model when --model is not given, and the lenses --lens / --compare name."""
+    for used in (["--run", "R"], ["--run", "R", "--model", "M", "--lens", "ojfa"],
+                 ["--run", "R", "--model", "M", "--compare", "tuned"]):
+        _check(["lens", "--prompt", "x", "--out", "o.png", *used])
+    with pytest.raises(ConfigError, match="--run does nothing with --model and with --lens logit"):
+        _check(["lens", "--prompt", "x", "--out", "o.png", "--run", "R", "--model", "M", "--lens", "logit"])

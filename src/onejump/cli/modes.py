@@ -15,37 +15,60 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from ..experiment.lens_names import RUN_LENS_NAMES
 
 
 @dataclass(frozen=True)
 class Needs:
     """An option used only when ``option`` (another option's dest) has one of ``values`` (with
     ``naming``: ``option`` is a comma-separated list naming one of them), or, with ``given``, only
-    when ``option`` is given (``True``) or is not (``False``)."""
+    when ``option`` is given (``True``) or is not (``False``); ``or_``: other conditions, any of
+    which also makes the option used; ``text``: how the refusal says who uses it, where the
+    conditions' own words would be long."""
 
     option: str
     values: tuple[str, ...] = ()
     given: bool | None = None
     naming: bool = False
+    or_: tuple[Needs, ...] = ()
+    text: str | None = None
 
     def holds(self, args: argparse.Namespace, given: set[str]) -> bool:
+        return self._holds(args, given) or any(other.holds(args, given) for other in self.or_)
+
+    def _holds(self, args: argparse.Namespace, given: set[str]) -> bool:
         if self.given is not None:
             return (self.option in given) == self.given
         value = getattr(args, self.option)
         words = [w.strip() for w in value.split(",")] if self.naming else [value]
         return any(w in self.values for w in words)
 
-    def says(self, flag: str) -> str:
-        """The invocations that use the option, in the words of the command line."""
+    def says(self, flags: dict[str, str]) -> str:
+        """The invocations that use the option, in the words of the command line (``flags``: dest -> flag)."""
+        if self.text is not None:
+            return self.text
+        flag = flags[self.option]
         if self.given is not None:
-            return f"with {flag}" if self.given else f"without {flag}"
-        words = ", ".join(self.values[:-1]) + " or " + self.values[-1] if len(self.values) > 1 else self.values[0]
-        return f"with {flag} {'naming ' if self.naming else ''}{words}"
+            own = f"with {flag}" if self.given else f"without {flag}"
+        else:
+            words = ", ".join(self.values[:-1]) + " or " + self.values[-1] if len(self.values) > 1 else self.values[0]
+            own = f"with {flag} {'naming ' if self.naming else ''}{words}"
+        return " or ".join([own, *(other.says(flags) for other in self.or_)])
+
+    def now(self, args: argparse.Namespace, given: set[str], flags: dict[str, str]) -> str:
+        """What this invocation does instead, in the same words."""
+        flag = flags[self.option]
+        if self.given is not None:
+            own = f"with {flag}" if self.option in given else f"without {flag}"
+        else:
+            own = f"with {flag} {getattr(args, self.option)}"
+        return " and ".join([own, *(other.now(args, given, flags) for other in self.or_ if other.option in given)])
 
 
 ALWAYS = None
 
 _EXIT = "exit_mode"
+_RUN_LENSES = RUN_LENS_NAMES  # what ``onejump lens --lens/--compare`` may name in a run folder (with --run)
 _LENS_MODES = ("speculative", "confidence", "auto")
 _RUN = {"out": ALWAYS, "device": ALWAYS, "dtype": ALWAYS, "device_map": ALWAYS}
 _MODEL_ONLY = {"model": ALWAYS, "device": Needs("device_map", given=False), "dtype": ALWAYS, "device_map": ALWAYS}
@@ -77,7 +100,11 @@ USES: dict[str, dict[str, Needs | None]] = {
                  "measure": Needs(_EXIT, ("confidence",)), "exit_levels": Needs(_EXIT, ("confidence", "auto")),
                  "draft_level": Needs(_EXIT, ("speculative",)), "draft_len": Needs(_EXIT, ("speculative",)),
                  "draft_threshold": Needs(_EXIT, ("speculative",)), "compare": ALWAYS},
-    "lens": {"prompt": ALWAYS, "lens": ALWAYS, "compare": ALWAYS, "run": ALWAYS, "statistic": ALWAYS, "out": ALWAYS,
+    "lens": {"prompt": ALWAYS, "lens": ALWAYS, "compare": ALWAYS,
+             "run": Needs("model", given=False, or_=(Needs("lens", _RUN_LENSES), Needs("compare", _RUN_LENSES)),
+                          text=f"without --model, or with --lens or --compare naming a lens of the run "
+                               f"({', '.join(_RUN_LENSES)})"),
+             "statistic": ALWAYS, "out": ALWAYS,
              "model": ALWAYS, "device": ALWAYS, "dtype": ALWAYS},
     "info": {"path": ALWAYS},
 }
@@ -124,13 +151,9 @@ def check_uses(parser: argparse.ArgumentParser, command: str, args: argparse.Nam
         needs = USES[command].get(dest)
         if needs is None or needs.holds(args, given):
             continue
-        flag = actions[dest].option_strings[0]
-        other = actions[needs.option]
-        deciding = other.option_strings[0] if other.option_strings else needs.option
-        now = getattr(args, needs.option)
-        here = (f"with {deciding}" if needs.option in given else f"without {deciding}") if needs.given is not None \
-            else f"with {deciding} {now}"
-        raise ConfigError(f"{flag} does nothing {here}: it is used only {needs.says(deciding)}")
+        flags = {d: (a.option_strings[0] if a.option_strings else d) for d, a in actions.items()}
+        raise ConfigError(f"{flags[dest]} does nothing {needs.now(args, given, flags)}: it is used only "
+                          f"{needs.says(flags)}")
 
 
 __all__ = ["ALWAYS", "USES", "Needs", "check_invocation", "check_uses", "commands_of", "given_options", "options_of"]
