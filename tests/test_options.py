@@ -64,18 +64,28 @@ def _required(command: str, skip: set[str]) -> list[str]:
 
 
 def _states(command: str, needs: Needs) -> list[tuple[list[str], bool]]:
-    """The invocations to try: argv fragments for the deciding option, and whether they use the option."""
+    """The invocations to try: argv fragments for the deciding option, and whether they use the option
+    (its other conditions, ``or_``, read with their options left out)."""
     action = options_of(COMMANDS[command])[needs.option]
+    also = any(_holds_by_default(command, other) for other in needs.or_)
     if needs.given is not None:
-        return [([], not needs.given), (_sample(action), needs.given)]
-    default = action.default
+        return [([], not needs.given or also), (_sample(action), needs.given or also)]
     words = lambda v: [w.strip() for w in v.split(",")] if needs.naming else [v]  # noqa: E731
-    out = [([], any(w in needs.values for w in words(default)))]
+    out = [([], any(w in needs.values for w in words(action.default)) or also)]
     for value in dict.fromkeys([*(action.choices or []), *needs.values, "other"]):
         if action.choices and value not in action.choices:
             continue
-        out.append(([action.option_strings[0], value], any(w in needs.values for w in words(value))))
+        out.append(([action.option_strings[0], value], any(w in needs.values for w in words(value)) or also))
     return out
+
+
+def _holds_by_default(command: str, needs: Needs) -> bool:
+    """Whether a condition holds when its option is not given (its default)."""
+    if needs.given is not None:
+        return not needs.given
+    default = options_of(COMMANDS[command])[needs.option].default
+    words = [w.strip() for w in default.split(",")] if needs.naming and default else [default]
+    return any(w in needs.values for w in words)
 
 
 CASES = [(command, dest, needs) for command, table in sorted(USES.items()) for dest, needs in table.items()
@@ -146,3 +156,9 @@ def test_a_run_folder_is_used_for_its_model_or_its_lenses():
         _check(["lens", "--prompt", "x", "--out", "o.png", *used])
     with pytest.raises(ConfigError, match="--run does nothing with --model and with --lens logit"):
         _check(["lens", "--prompt", "x", "--out", "o.png", "--run", "R", "--model", "M", "--lens", "logit"])
+
+
+def test_sweep_multipliers_are_refused_where_every_objective_has_its_own():
+    _check(["sweep", "--objectives", "kl", "--multipliers", "2"])  # kl takes --multipliers without its own
+    with pytest.raises(ConfigError, match="--multipliers does nothing with --objectives kl and with --kl-mult"):
+        _check(["sweep", "--objectives", "kl", "--kl-multipliers", "1", "--multipliers", "2"])
