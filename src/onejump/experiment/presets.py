@@ -30,10 +30,10 @@ def _settings(**overrides: Any) -> Mapping[str, Any]:
 
 @dataclass(frozen=True)
 class Preset:
-    """A preset of ``onejump train/run --preset``: the training settings of the per-level bank (and of
-    everything else trained with KL), the rank multiplier, the selection rule, and the joint jump's
-    own settings on top of the bank's (``joint_warm``: it is trained, then trained on from where it
-    stopped for as long again)."""
+    """A preset of ``onejump train/run --preset``: the training settings of the jumps (overrides of
+    :class:`TrainConfig`), the rank multiplier, the selection rule, and the joint jump's own settings
+    on top of those (``joint_warm``: it is trained, then trained on from where it stopped for as long
+    again). Flags of the command line override ``train``; ``record`` is what ``preset.json`` holds."""
 
     name: str
     train: Mapping[str, Any]
