@@ -17,13 +17,10 @@ from onejump.evaluation.early_exit import (
     head_macs,
     simulate_exits,
 )
-from onejump.evaluation.exit_levels import choose_exit_levels, evaluate_choice
 from onejump.experiment.exit_figures import (
-    _ranges,
     exit_report_section,
     plot_exit_frontier,
     render_exit_table,
-    render_level_choices,
 )
 from onejump.extract import extract
 from onejump.lenses import LogitLens, PerLevelLens
@@ -230,50 +227,6 @@ def test_hand_checked_curve_and_summary():
     assert [r["checks_included"] is None for r in rows] == [False, True]
 
 
-def test_choose_levels_drops_checks_that_cost_more_than_they_save():
-    sim = hand_sim(check_macs=3)  # a check costs 1.5 blocks
-    choice = choose_exit_levels(sim, "x", "max_prob", agreement=0.7)
-    # every level checked: -1.25 blocks; levels 1 and 2: 0.625; level 2 alone: 1.5 (its check costs
-    # less than the head the exiting tokens skip, and level 1 saves one block for 1.5 blocks of checks)
-    assert choice.levels == [2]
-    best = sim.saved_at("x", "max_prob", 0.7, levels=[2])
-    assert best.blocks_saved == pytest.approx(1.5)
-    assert sim.saved_at("x", "max_prob", 0.7).blocks_saved == pytest.approx(-1.25)
-    assert choice.saved == pytest.approx(best.blocks_saved)
-    assert choice.saved > choice.saved_all_levels
-    assert choice.to_dict()["best"]["lam"] == best.lam
-    table = render_level_choices([choice, choice.to_dict()])
-    assert len(table) == 4 and table[2] == table[3] and "| 2 |" in table[2] and "-1.25" in table[2]
-    assert _ranges([5, 0, 1, 2, 7, 8]) == "0-2, 5, 7-8"
-    expensive = hand_sim(check_macs=100)  # no check pays: plain decoding
-    none = choose_exit_levels(expensive, "x", "max_prob", agreement=0.7)
-    assert none.levels == [] and none.saved == 0 and none.best is None
-    assert "none (plain decoding)" in render_level_choices([none])[2]
-    assert evaluate_choice(none, sim)["compute_saved"] == 0
-    # read on the simulation it was chosen on, the choice gives what it promised
-    again = evaluate_choice(choice, sim)
-    assert again["levels"] == [2] and again["compute_saved"] == pytest.approx(1.5)
-    assert again["agreement"] == pytest.approx(0.75) and again["blocks_saved"] == pytest.approx(4 - 2.5)
-    other = hand_sim(check_macs=3)
-    other.lambdas = [0.3]
-    with pytest.raises(ConfigError):
-        evaluate_choice(choice, other)
-    # without the checks' cost, every exit level that brings exits earlier is kept
-    free = choose_exit_levels(expensive, "x", "max_prob", agreement=0.7, include_checks=False)
-    assert free.saved == pytest.approx(4 - 9 / 4) and 1 in free.levels and 2 in free.levels
-
-
-def test_choose_levels_drops_a_confidently_wrong_level():
-    sim = hand_sim(check_macs=0)
-    rec = sim.lenses["x"]
-    rec.confidence["max_prob"][0] = 1.0  # level 0: sure of token 0, the target of no token
-    sim._cache.clear()
-    assert sim.saved_at("x", "max_prob", 0.7) is None
-    choice = choose_exit_levels(sim, "x", "max_prob", agreement=0.7)
-    assert choice.saved_all_levels is None and 0 not in choice.levels
-    assert choice.best.agreement >= 0.7 and choice.saved > 0
-
-
 def test_json_round_trip_table_and_figure(setup, tmp_path):
     lm, store = setup
     bank = random_bank(store.num_blocks, store.hidden_size, 4, seed=3)
@@ -300,9 +253,6 @@ def test_json_round_trip_table_and_figure(setup, tmp_path):
         path.unlink()
     section, figs = exit_report_section(sim, tmp_path)
     assert figs[0].is_file() and any(figs[0].name in line for line in section)
-    choice = choose_exit_levels(sim, "bank", "margin", agreement=0.9, include_checks=False)
-    with_choices, _ = exit_report_section({**data, "level_choices": [choice.to_dict()]}, tmp_path)
-    assert with_choices[:len(section)] == section and len(with_choices) == len(section) + 2 + 3 + 1
     (tmp_path / "exits" / "exits.json").write_text("{}")
     with pytest.raises(StoreError):
         ExitSimulation.load(tmp_path / "exits")

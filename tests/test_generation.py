@@ -385,8 +385,9 @@ def test_cli_ctrl_c_prints_what_was_produced(cli, monkeypatch, mode):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(LlamaForCausalLM, "forward", forward)
-    code, out, err = cli("--prompt", "abc", "--max-new-tokens", 60, "--exit", mode, "--lens", "logit",
-                         "--draft-level", 1, "--lambda", 1.0)
+    options = {"none": [], "speculative": ["--lens", "logit", "--draft-level", 1],
+               "confidence": ["--lens", "logit", "--lambda", 1.0]}[mode]  # each mode's own options only
+    code, out, err = cli("--prompt", "abc", "--max-new-tokens", 60, "--exit", mode, *options)
     assert code == 130
     assert "Traceback" not in err and "interrupted after" in err
     produced = int(err.split("interrupted after ")[1].split()[0])

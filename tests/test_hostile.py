@@ -154,30 +154,26 @@ def test_refused_params_pt_is_our_message(capsys, tiny_dir, tmp_path):
 
 @SLOW
 @given(hidden=st.integers(-3, 10**9), jumps=st.integers(-3, 10**6), rank=st.integers(-3, 10**6))
-def test_jump_file_sizes(tmp_path, hidden, jumps, rank):
-    """A jump file whose config claims other sizes than its tensors is refused before the bank is built."""
-    from onejump.lenses.files import load_shortcuts
+def test_jump_file_sizes(tmp_path_factory, hidden, jumps, rank):
+    """A lens file whose config claims other sizes than its tensors is refused before a bank is built."""
+    from onejump.lenses import Lens, OneJump
     from onejump.lenses.jumps import JumpBank
+    from onejump.model.loading import from_pretrained_model
 
-    from .legacy_files import save_shortcuts
+    from .tiny import tiny_model, tiny_tokenizer
 
-    folder = tmp_path / "j"
-    if not folder.exists():
-        save_shortcuts(folder, JumpBank(2, 8, 2, levels=[0, 1], seed=0), kind="nnjtc", model="m", fingerprint="f",
-                       levels=[0, 1], rank=2)
-    cfg_path = next(folder.glob("*.json"))
+    lm = from_pretrained_model(tiny_model("llama"), tiny_tokenizer(), name="tiny-llama")
+    folder = tmp_path_factory.mktemp("j")
+    OneJump(lm, JumpBank(1, lm.hidden_size, 2, levels=[-1], seed=0), trained_at=-1).save(folder)
+    cfg_path = folder / "config.json"
     config = json.loads(cfg_path.read_text())
-    good = (config["hidden_size"], config["num_jumps"], config["rank"])
-    config.update(hidden_size=hidden, num_jumps=jumps, rank=rank, levels=list(range(max(0, min(jumps, 4)))))
+    good = config["tensors"]["bank.A"]
+    config["tensors"]["bank.A"] = [jumps, hidden, rank]
     cfg_path.write_text(json.dumps(config))
-    try:
-        if (hidden, jumps, rank) == good:
-            return
-        with pytest.raises(OneJumpError):
-            load_shortcuts(folder)
-    finally:
-        config.update(hidden_size=good[0], num_jumps=good[1], rank=good[2], levels=[0, 1])
-        cfg_path.write_text(json.dumps(config))
+    if [jumps, hidden, rank] == good:
+        return
+    with pytest.raises(OneJumpError, match="the config says"):
+        Lens.load(folder, lm)
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +317,7 @@ def test_a_file_where_a_folder_is_expected_says_so(capsys, tiny_dir, tmp_path):
     file = tmp_path / "file"
     file.write_text("x")
     out = ["--out", tmp_path / "o.png"]
-    for argv in (["lens", "--model", tiny_dir, "--prompt", "ab", "--run", file, *out],
+    for argv in (["lens", "--model", tiny_dir, "--prompt", "ab", "--run", file, "--lens", "ojfa", *out],
                  ["lens", "--model", file, "--prompt", "ab", *out],
                  ["lens", "--model", tiny_dir, "--prompt", "ab", "--lens", file, *out],
                  ["train", "--out", file], ["info", file]):

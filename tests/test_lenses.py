@@ -10,7 +10,6 @@ from onejump.lenses import JTCLens, Lens, LinearJTC, LogitLens, OneJump, PerLeve
 from onejump.lenses.jumps import jump_parameter_count
 from onejump.model.loading import from_pretrained_model
 
-from .legacy_files import save_shortcuts
 from .test_selection import random_bank
 from .tiny import tiny_model, tiny_tokenizer
 
@@ -91,20 +90,6 @@ def test_load_refuses_another_model_and_changed_weights(lm, tmp_path):
         Lens.load(folder, lm)
     with pytest.raises(ShortcutError, match="not a lens folder"):
         Lens.load(tmp_path, lm)
-
-
-@torch.no_grad()
-def test_old_shortcut_folders_still_load(lm, tmp_path):
-    K, H = lm.num_blocks, lm.hidden_size
-    bank = random_bank(K, H, 4, seed=9)
-    save_shortcuts(tmp_path / "nnjtc", bank, kind="nnjtc", model="m", fingerprint=lm.fingerprint,
-                   levels=list(range(K)), rank=4)
-    save_shortcuts(tmp_path / "ojfa", bank.select(2), kind="ojfa", model="m", fingerprint=lm.fingerprint,
-                   levels=[2], rank=4, chosen_jump=2, num_blocks=K)
-    per_level, ojfa = Lens.load(tmp_path / "nnjtc", lm), Lens.load(tmp_path / "ojfa", lm)
-    assert isinstance(per_level, PerLevelLens) and isinstance(ojfa, OneJump) and ojfa.trained_at == 2
-    h = torch.randn(3, H)
-    torch.testing.assert_close(ojfa(h, 0), per_level.jump(2)(h, 0))
 
 
 def test_bad_levels_and_shapes_are_refused(lm):

@@ -196,11 +196,9 @@ def residual_bank(K, H, r, seed=0):
     return res.eval()
 
 
-def test_residual_bank_forward_apply_fold_and_files(tmp_path):
-    from onejump.lenses.files import load_shortcuts
-    from onejump.lenses.onejump import OneJump
-
-    from .legacy_files import save_shortcuts
+def test_residual_bank_forward_apply_and_files(tmp_path):
+    from onejump.lenses import Lens
+    from onejump.lenses.onejump import OneJump, PerLevelLens
 
     K, H, r = 3, 16, 2
     bank = residual_bank(K, H, r, seed=1)
@@ -211,13 +209,13 @@ def test_residual_bank_forward_apply_fold_and_files(tmp_path):
     with torch.no_grad():
         for m in range(K):
             torch.testing.assert_close(bank.apply(h, m), h + plain.apply(h, m))
-            torch.testing.assert_close(bank.fold(m)(h), h + plain.fold(m)(h), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(bank(h[:, None].expand(5, K, H)), h[:, None] + plain(h[:, None].expand(5, K, H)))
-    save_shortcuts(tmp_path / "b", bank, kind="nnjtc", model="m", fingerprint="f", levels=range(K), rank=r)
-    loaded = load_shortcuts(tmp_path / "b")
-    assert loaded.config["residual"] is True and loaded.module.residual
-    assert loaded.module.parameter_count() == plain.parameter_count()
     lm = from_pretrained_model(tiny_model("llama"), tiny_tokenizer(), name="tiny-llama")
+    per_level = PerLevelLens(lm, residual_bank(lm.num_blocks, lm.hidden_size, r, seed=1))
+    per_level.save(tmp_path / "b")
+    loaded = Lens.load(tmp_path / "b", lm)
+    assert isinstance(loaded, PerLevelLens) and loaded.bank.residual
+    assert loaded.bank.parameter_count() == per_level.bank.parameter_count()
     joint = residual_bank(1, lm.hidden_size, r, seed=1)
     jump = OneJump(lm, joint)
     jump.save(tmp_path / "j")

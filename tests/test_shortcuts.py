@@ -1,5 +1,4 @@
 import json
-import pickle
 
 import pytest
 import torch
@@ -8,12 +7,10 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 from torch import nn
 
-from onejump.errors import NumericalError, ShortcutError
-from onejump.lenses.files import CONFIG_NAME, WEIGHTS_NAME, load_shortcuts
+from onejump.errors import ShortcutError
 from onejump.lenses.jtc import LinearJTC
 from onejump.lenses.jumps import JumpBank, default_rank, jump_parameter_count
 
-from .legacy_files import save_shortcuts
 from .test_selection import FakeStore, random_bank
 
 
@@ -95,16 +92,17 @@ def test_forward_equals_separate_batchnorm1d():
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(1, 40), st.floats(0.01, 100.0))
-def test_fold_equals_unfolded(seed, J, H, scale):
+def test_folded_parameters_equal_the_unfolded_jump(seed, J, H, scale):
     r = int(torch.randint(1, H + 1, (1,), generator=torch.Generator().manual_seed(seed)))
     bank = random_bank(J, H, r, seed=seed % 1000)
     h = torch.randn(7, H, generator=torch.Generator().manual_seed(seed)) * scale
+    a, c = bank.folded_parameters()
     for j in range(J):
-        folded = bank.fold(j)
         ref = bank.apply(h, j).detach()
         tol = 1e-4 * (1 + ref.abs().max())
-        torch.testing.assert_close(folded(h), ref, atol=float(tol), rtol=1e-4)
-        torch.testing.assert_close(folded.project(h), bank.project(h, j).detach(), atol=float(tol), rtol=1e-4)
+        code = h @ a[j] + c[j]
+        torch.testing.assert_close(code @ bank.B[j].detach(), ref, atol=float(tol), rtol=1e-4)
+        torch.testing.assert_close(code, bank.project(h, j).detach(), atol=float(tol), rtol=1e-4)
 
 
 def test_select_copies_jumps():
@@ -138,124 +136,21 @@ def test_linear_jtc_recovers_affine_map():
 # ---- files ---------------------------------------------------------------------------------------
 
 
-def saved_bank(tmp_path, **kw):
-    bank = random_bank(3, 12, 2, seed=4)
-    args = dict(kind="nnjtc", model="tiny", fingerprint="abc123", levels=[0, 1, 2], rank=2)
-    args.update(kw)
-    return bank, save_shortcuts(tmp_path / "sc", bank, **args)
+def test_old_shortcut_folders_are_refused_with_what_to_do(tmp_path):
+    """The shortcut format run folders held before lens files is not read: one line says to retrain."""
+    from onejump.lenses import Lens
+    from onejump.model.loading import from_pretrained_model
 
+    from .tiny import tiny_model, tiny_tokenizer
 
-def test_save_load_roundtrip(tmp_path):
-    bank, folder = saved_bank(tmp_path, chosen_jump=1, extra={"note": "x"})
-    assert sorted(p.name for p in folder.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
-    loaded, cfg = load_shortcuts(folder, fingerprint="abc123")
-    assert cfg["kind"] == "nnjtc" and cfg["rank"] == 2 and cfg["chosen_jump"] == 1 and cfg["extra"] == {"note": "x"}
-    for k, v in bank.tensors().items():
-        assert torch.equal(v, loaded.tensors()[k])
-    assert not loaded.training
-    # the JSON file itself is accepted too
-    load_shortcuts(folder / CONFIG_NAME)
-
-
-def test_jtc_roundtrip(tmp_path):
-    jtc = LinearJTC(torch.randn(3, 7, 6))
-    save_shortcuts(tmp_path / "j", jtc, kind="jtc", model="m", fingerprint="f", levels=[0, 1, 2], rank=None)
-    loaded, cfg = load_shortcuts(tmp_path / "j")
-    assert cfg["kind"] == "jtc" and torch.equal(loaded.W, jtc.W)
-
-
-def test_pickle_files_are_refused(tmp_path):
-    bank = JumpBank(1, 4, 1)
-    torch.save(bank.state_dict(), tmp_path / "jumps.pt")
-    with pytest.raises(ShortcutError, match="pickle"):
-        load_shortcuts(tmp_path / "jumps.pt")
-    (tmp_path / "weights.bin").write_bytes(pickle.dumps({"a": 1}))
-    with pytest.raises(ShortcutError, match="pickle"):
-        load_shortcuts(tmp_path / "weights.bin")
-    # pickle bytes under an innocent name
-    (tmp_path / "sneaky.json").write_bytes(pickle.dumps({"a": 1}))
-    with pytest.raises(ShortcutError, match="pickle"):
-        load_shortcuts(tmp_path / "sneaky.json")
-    with pytest.raises(ShortcutError, match="pickle"):
-        save_shortcuts(tmp_path / "out.pt", bank, kind="joint", model="m", fingerprint="f", levels=[-1], rank=1)
-    with pytest.raises(ShortcutError, match="not found"):
-        load_shortcuts(tmp_path / "missing")
-
-
-def _edit_config(folder, **changes):
-    cfg = json.loads((folder / CONFIG_NAME).read_text())
-    cfg.update(changes)
-    (folder / CONFIG_NAME).write_text(json.dumps(cfg))
-
-
-def test_other_model_is_refused(tmp_path):
-    _, folder = saved_bank(tmp_path)
-    with pytest.raises(ShortcutError, match="another model"):
-        load_shortcuts(folder, fingerprint="ffff0000")
-
-
-def test_outside_file_is_refused(tmp_path):
-    _, folder = saved_bank(tmp_path)
-    (tmp_path / "evil.safetensors").write_bytes((folder / WEIGHTS_NAME).read_bytes())
-    _edit_config(folder, weights="../evil.safetensors")
-    with pytest.raises(ShortcutError, match="outside"):
-        load_shortcuts(folder)
-
-
-def test_rank_and_shape_mismatch_are_refused(tmp_path):
-    _, folder = saved_bank(tmp_path)
-    _edit_config(folder, rank=3)
-    with pytest.raises(ShortcutError, match="rank"):
-        load_shortcuts(folder)
-    _edit_config(folder, rank=2, hidden_size=13)
-    with pytest.raises(ShortcutError, match="shape"):
-        load_shortcuts(folder)
-    _edit_config(folder, hidden_size=12, num_jumps=2, levels=[0, 1])
-    with pytest.raises(ShortcutError, match="shape"):
-        load_shortcuts(folder)
-
-
-def test_dtype_corruption_and_nan_are_refused(tmp_path):
-    bank, folder = saved_bank(tmp_path)
-    save_file({k: v.half() for k, v in bank.tensors().items()}, str(folder / WEIGHTS_NAME))
-    _edit_config(folder, sha256=None)
-    with pytest.raises(ShortcutError, match="dtype"):
-        load_shortcuts(folder)
-    bank, folder = saved_bank(tmp_path)
-    data = bytearray((folder / WEIGHTS_NAME).read_bytes())
-    data[-3] ^= 0xFF
-    (folder / WEIGHTS_NAME).write_bytes(bytes(data))
-    with pytest.raises(ShortcutError, match="corrupt"):
-        load_shortcuts(folder)
-    tensors = bank.tensors()
-    tensors["A"][0, 0, 0] = float("nan")
-    save_file(tensors, str(folder / WEIGHTS_NAME))
-    _edit_config(folder, sha256=None)
-    with pytest.raises(NumericalError):
-        load_shortcuts(folder)
-    with torch.no_grad():
-        bank.A[0, 0, 0] = float("inf")
-    with pytest.raises(NumericalError):
-        save_shortcuts(tmp_path / "x", bank, kind="nnjtc", model="m", fingerprint="f", levels=[0, 1, 2], rank=2)
-    (folder / CONFIG_NAME).write_text("{oops")
-    with pytest.raises(ShortcutError, match="JSON"):
-        load_shortcuts(folder)
-
-
-def test_save_checks_arguments(tmp_path):
-    bank = JumpBank(3, 12, 2)
-    with pytest.raises(ShortcutError, match="rank"):
-        save_shortcuts(tmp_path / "a", bank, kind="nnjtc", model="m", fingerprint="f", levels=[0, 1, 2], rank=3)
-    with pytest.raises(ShortcutError, match="kind"):
-        save_shortcuts(tmp_path / "a", bank, kind="magic", model="m", fingerprint="f", levels=[0, 1, 2], rank=2)
-    with pytest.raises(ShortcutError, match="exactly one"):
-        save_shortcuts(tmp_path / "a", bank, kind="ojfa", model="m", fingerprint="f", levels=[0, 1, 2], rank=2)
-
-
-def test_residual_flag_must_be_boolean(tmp_path):
-    _, folder = saved_bank(tmp_path)
-    _edit_config(folder, residual="yes")
-    with pytest.raises(ShortcutError, match="residual"):
-        load_shortcuts(folder)
-    _edit_config(folder, residual=True)
-    assert load_shortcuts(folder).module.residual
+    lm = from_pretrained_model(tiny_model("llama"), tiny_tokenizer(), name="tiny-llama")
+    folder = tmp_path / "nnjtc"
+    folder.mkdir()
+    bank = random_bank(lm.num_blocks, lm.hidden_size, 2, seed=4)
+    save_file(bank.tensors(), str(folder / "weights.safetensors"))
+    (folder / "shortcuts.json").write_text(json.dumps({"format": "onejump-shortcuts", "version": 1, "kind": "nnjtc",
+                                                       "weights": "weights.safetensors"}))
+    with pytest.raises(ShortcutError) as err:
+        Lens.load(folder, lm)
+    message = str(err.value)
+    assert "\n" not in message and "old shortcut format" in message and "onejump train --out" in message

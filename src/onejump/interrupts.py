@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 
 class Kept:
@@ -24,26 +25,29 @@ class Kept:
         self.message = message
 
 
-_ACTIVE: list[Kept] = []
+# The steps running now, innermost last: context-local, so that what one computation keeps is never
+# another's (the signal handler runs in the main thread's context, where the command's steps run).
+_ACTIVE: ContextVar[tuple[Kept, ...]] = ContextVar("onejump_interrupt_steps", default=())
 
 
 @contextmanager
 def on_interrupt(message: str, *, alone: bool = False) -> Iterator[Kept]:
     """While the block runs, an interrupt is reported with ``message`` (or what :meth:`Kept.say` set)."""
     kept = Kept(message, alone)
-    _ACTIVE.append(kept)
+    token = _ACTIVE.set((*_ACTIVE.get(), kept))
     try:
         yield kept
     finally:
-        _ACTIVE.remove(kept)
+        _ACTIVE.reset(token)
 
 
 def current(default: str) -> str:
     """What an interrupt now keeps: the innermost running step's message, before ``default`` (what
     the command keeps) unless that step speaks alone; ``default`` when no step is running."""
-    if not _ACTIVE:
+    steps = _ACTIVE.get()
+    if not steps:
         return default
-    inner = _ACTIVE[-1]
+    inner = steps[-1]
     return inner.message if inner.alone else f"{inner.message}; {default}"
 
 

@@ -10,8 +10,8 @@ Each shard holds ``hidden`` (n, K+1, H) in the store dtype and, per sample (a ro
 one sentence), ``sample_id`` (index of the sentence: the rows of one sentence share it),
 ``split`` (0 train, 1 test), ``position`` (token index of the kept position),
 ``target`` (t*, the model's final top-1 token), ``next_token`` (the sentence's real next token
-after the sampled position, -1 where that position is the sentence's last token; absent from
-stores written before it was recorded), and the prefix token ids (``tokens`` flat with
+after the sampled position, -1 where that position is the sentence's last token; a store may lack
+it, and then has no cross-entropy against the text), and the prefix token ids (``tokens`` flat with
 ``token_offsets``). The manifest's ``positions`` records each split's setting (``one``, ``all`` or
 N per sentence; stores without it hold one position per sentence). Every file is written to a
 temporary name and renamed, so a killed run never leaves a file that looks complete. Nothing
@@ -243,7 +243,7 @@ class HiddenStateStore:
 
     @property
     def positions(self) -> dict[str, str | int]:
-        """Each split's positions per sentence: ``"one"``, ``"all"`` or N (``"one"`` for older stores)."""
+        """Each split's positions per sentence: ``"one"``, ``"all"`` or N (``"one"`` if the manifest says none)."""
         recorded = self.manifest.get("positions") or {}
         return {name: recorded.get(name, "one") for name in SPLITS}
 

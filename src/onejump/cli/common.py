@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
+from .options import field_values
+from .parser import PRESET_FIELDS
 
 
 def _load_model(args: argparse.Namespace):
@@ -18,10 +20,7 @@ def _load_model(args: argparse.Namespace):
 def _data_args(args: argparse.Namespace):
     from ..experiment.presets import DataArgs
 
-    return DataArgs(model=args.model, corpus=args.corpus, hf_config=args.hf_config, text_field=args.text_field,
-                    max_documents=args.max_documents, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
-                    store_dtype=args.store_dtype, tokens_per_batch=args.tokens_per_batch, shard_size=args.shard_size,
-                    train_positions=args.train_positions, test_positions=args.test_positions)
+    return DataArgs(**field_values(args, DataArgs))
 
 
 def _lock(folder: Path):
@@ -35,16 +34,13 @@ def _lock(folder: Path):
 
 
 def _train_config(args: argparse.Namespace):
-    """TrainConfig from the preset, overridden by explicit flags; the rank multiplier rides along."""
+    """TrainConfig from the preset, overridden by explicit flags (a preset's setting left unset is None)."""
     from ..experiment.presets import PRESETS
     from ..training.config import TrainConfig
 
-    preset = PRESETS[args.preset]
-    values = {**preset["train"], "val_fraction": args.val_fraction, "seed": args.train_seed, "rank": args.rank}
-    for flag in ("objective", "lr", "batch_size", "max_epochs", "patience"):
-        if getattr(args, flag) is not None:
-            values[flag] = getattr(args, flag)
-    config = TrainConfig(**values)
+    given = {name: value for name, value in field_values(args, TrainConfig).items()
+             if value is not None or name not in PRESET_FIELDS}
+    config = TrainConfig(**{**PRESETS[args.preset].train, **given})
     config.validate()
     return config
 
@@ -52,7 +48,7 @@ def _train_config(args: argparse.Namespace):
 def _rank_multiplier(args: argparse.Namespace) -> int:
     from ..experiment.presets import PRESETS
 
-    return 1 if args.rank is not None else int(PRESETS[args.preset]["rank_multiplier"])
+    return 1 if args.rank is not None else PRESETS[args.preset].rank_multiplier
 
 
 def _run(args: argparse.Namespace, *, existing: bool = True):
@@ -81,5 +77,3 @@ def _int_list(text: str, name: str) -> tuple[int, ...]:
 # A rank multiplier m gives rank m floor(H/100): above 100 it would pass H for every model.
 MAX_MULTIPLIER = 100
 
-
-_INTERRUPT_HINT = ["nothing was kept"]

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import _INTERRUPT_HINT, _data_args, _int_list, _lock, _rank_multiplier, _run, _train_config
+from .common import _data_args, _int_list, _lock, _rank_multiplier, _run, _train_config
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -32,7 +32,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     run = _run(args, existing=False)
-    _INTERRUPT_HINT[0] = f"finished shards are kept in {run.store_dir}; rerun the same command to resume"
+    args.kept.say(f"finished shards are kept in {run.store_dir}; rerun the same command to resume")
     t0 = time.time()
     with _lock(run.folder):
         store = run.extract(_data_args(args))
@@ -59,15 +59,19 @@ def _print_store(store) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     run = _run(args)
     config = _train_config(args)
-    _INTERRUPT_HINT[0] = f"the lenses finished so far are kept in {run.folder}; rerun the same command to resume"
+    args.kept.say(f"the lenses finished so far are kept in {run.folder}; rerun the same command to resume")
     with _lock(run.folder):
-        run.record_preset(args.preset, args.select_rule)
-        out = run.train(config, joint=not args.no_joint, jtc=not args.no_jtc, tuned=not args.no_tuned,
-                        rank_multiplier=_rank_multiplier(args), tuned_steps=args.tuned_steps,
-                        tuned_init=args.tuned_init)
+        out = _train(run, args, config)
     for kind, lens in out.items():  # counted as the files and the report count: weights and BatchNorm statistics
         print(f"{kind}: {lens.num_parameters:,} parameters held at inference -> {run.lens_path(kind)}")
     return 0
+
+
+def _train(run, args: argparse.Namespace, config) -> dict:
+    """Record the preset, then train (or reuse) the run's lenses as the training options say."""
+    run.record_preset(args.preset, args.select_rule)
+    return run.train(config, joint=not args.no_joint, jtc=not args.no_jtc, tuned=not args.no_tuned,
+                     rank_multiplier=_rank_multiplier(args), tuned_steps=args.tuned_steps, tuned_init=args.tuned_init)
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -119,14 +123,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = _run(args, existing=False)
     data = _data_args(args)
     config = _train_config(args)
-    _INTERRUPT_HINT[0] = f"finished stages are kept in {run.folder}; rerun the same command to resume"
+    args.kept.say(f"finished stages are kept in {run.folder}; rerun the same command to resume")
     with _lock(run.folder):
         stages = [("extract", lambda: run.extract(data)),
-                  ("train", lambda: (run.record_preset(args.preset, args.select_rule),
-                                     run.train(config, joint=not args.no_joint, jtc=not args.no_jtc,
-                                               tuned=not args.no_tuned, tuned_steps=args.tuned_steps,
-                                               tuned_init=args.tuned_init,
-                                               rank_multiplier=_rank_multiplier(args)))),
+                  ("train", lambda: _train(run, args, config)),
                   ("select", run.select), ("evaluate", run.evaluate), ("early exit", run.simulate_exits)]
         for name, stage in stages:
             if not args.quiet:
@@ -149,7 +149,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     bad = [o for o in objectives if o not in OBJECTIVES]
     if bad or not objectives:
         raise ConfigError(f"--objectives must name some of {', '.join(OBJECTIVES)}, got '{args.objectives}'")
-    _INTERRUPT_HINT[0] = f"finished configurations are kept in {run.folder / 'sweep'}; rerun to resume"
+    args.kept.say(f"finished configurations are kept in {run.folder / 'sweep'}; rerun to resume")
     with _lock(run.folder):
         residual = () if args.residual_multipliers.strip().lower() == "none" else \
             _int_list(args.residual_multipliers, "residual-multipliers")

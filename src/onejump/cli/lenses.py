@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import _INTERRUPT_HINT, _load_model
+from .common import _load_model
 
 
 def _jump_folder(path: str) -> Path:
@@ -23,10 +23,10 @@ def _jump_folder(path: str) -> Path:
 
 
 def _generation_lens(args: argparse.Namespace, lm):
-    """The lens named by --lens / --jump: ``logit``, a lens folder, or a run folder (its OJFA jump)."""
+    """The lens named by --lens: ``logit``, a lens folder, or a run folder (its OJFA jump)."""
     from ..lenses.base import Lens, LogitLens
 
-    name = args.lens or args.jump
+    name = args.lens
     if name is None:  # said, not guessed from whatever folder the command runs in
         print("onejump generate: lens: the logit lens (no --lens given)", file=sys.stderr)
         return LogitLens(lm)
@@ -45,18 +45,9 @@ def _exit_levels(text: str | None) -> list[int] | None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..generation import (
-        GenerationInterrupted,
-        generate_confidence,
-        generate_greedy,
-        generate_reference,
-        generate_speculative,
-        max_positions,
-    )
+    from ..generation import GenerationInterrupted, generate, generate_reference, max_positions
     from ..generation.auto import pick
 
-    if not 0.0 < args.min_agreement <= 1.0:
-        raise ConfigError(f"--min-agreement must be in (0, 1], got {args.min_agreement}")
     lm = _load_model(args)
     ids = lm.tokenizer(args.prompt)["input_ids"]
     if not args.prompt.strip() or not ids:
@@ -70,32 +61,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
     mode, params = args.exit_mode, {}
     lens = None if mode == "none" else _generation_lens(args, lm)
     if mode == "auto":
-        _INTERRUPT_HINT[0] = "interrupted while measuring the modes; nothing was generated"
+        args.kept.say("interrupted while measuring the modes; nothing was generated")
         try:
             choice = pick(lm, lens, ids, min_agreement=args.min_agreement, levels=_exit_levels(args.exit_levels),
                           progress=lambda msg: print(f"onejump generate: measuring {msg}", file=sys.stderr))
         except GenerationInterrupted:
             raise KeyboardInterrupt from None
         print(f"onejump generate: --exit auto chose {choice.reason}", file=sys.stderr)
-        mode, params = choice.mode, choice.params
+        mode, params = ("none" if choice.mode == "greedy" else choice.mode), choice.params  # generate's word
     elif mode == "confidence":
         params = {"lam": args.lam, "measure": args.measure, "exit_levels": _exit_levels(args.exit_levels)}
     elif mode == "speculative":
-        params = {"draft_level": args.draft_level if args.draft_level is not None else max(1, (2 * K) // 3),
-                  "draft_len": args.draft_len, "draft_threshold": args.draft_threshold}
+        params = {"draft_level": args.draft_level, "draft_len": args.draft_len,
+                  "draft_threshold": args.draft_threshold}
     try:
-        if mode == "confidence":
-            res = generate_confidence(lm, lens, ids, args.max_new_tokens, **params)
-        elif mode == "speculative":
-            res = generate_speculative(lm, lens, ids, args.max_new_tokens, **params)
-        else:
-            res = generate_greedy(lm, ids, args.max_new_tokens)
+        text, res = generate(lm, ids, lens, exit=mode, max_new_tokens=args.max_new_tokens, **params)
     except GenerationInterrupted as stop:
         print(args.prompt + lm.tokenizer.decode(stop.result.tokens), flush=True)
         print(f"onejump generate: interrupted after {len(stop.result.tokens)} new tokens (printed above)",
               file=sys.stderr)
         return 130
-    print(args.prompt + lm.tokenizer.decode(res.tokens))
+    print(args.prompt + text)
     summary = res.summary(K)
     if args.compare:
         ref = generate_reference(lm, ids, args.max_new_tokens)

@@ -7,8 +7,7 @@ import sys
 from collections.abc import Callable
 
 from ..errors import OneJumpError
-from ..interrupts import current
-from .common import _INTERRUPT_HINT
+from ..interrupts import Kept, current
 from .experiment import (
     cmd_compare,
     cmd_evaluate,
@@ -22,6 +21,7 @@ from .experiment import (
     cmd_train,
 )
 from .lenses import cmd_generate, cmd_lens
+from .modes import check_invocation
 from .parser import _check_argv, _friendly_types, build_parser
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -86,12 +86,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..threads import apply_thread_policy
 
-    interrupted: list[int] = []
-    _INTERRUPT_HINT[:] = ["nothing was kept"]  # each command says what it keeps; none inherits another's
+    interrupted: list[str] = []  # what the interrupt kept, said when the signal arrived
+    args.kept = Kept("nothing was kept")  # what this command keeps so far: the command says it as it goes
 
     def _interrupt(signum: int, _frame: object) -> None:  # `kill` behaves like Ctrl-C: say what was kept
-        interrupted.append(signum)
-        _INTERRUPT_HINT[:] = [current(_INTERRUPT_HINT[0])]  # what the step running right now keeps
+        interrupted.append(current(args.kept.message))  # with what the step running right now keeps
         raise KeyboardInterrupt
 
     # Libraries (torch, safetensors) can turn a KeyboardInterrupt raised inside them into an error of
@@ -108,21 +107,22 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _warning
     try:
         _check_argv(argv)
+        check_invocation(build_parser, parser, args, argv)
         _quiet_libraries(args.quiet)
         apply_thread_policy(args.threads)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        return _interrupted(args.command)
+        return _interrupted(args.command, interrupted[0] if interrupted else args.kept.message)
     except OneJumpError as exc:
         if interrupted:
-            return _interrupted(args.command)
+            return _interrupted(args.command, interrupted[0] if interrupted else args.kept.message)
         print(f"onejump {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
         from ..io import os_error_of
 
         if interrupted:
-            return _interrupted(args.command)
+            return _interrupted(args.command, interrupted[0] if interrupted else args.kept.message)
         err = os_error_of(exc)
         if err is not None:
             print(f"onejump {args.command}: error: {_one_line(_os_error_message(err))}", file=sys.stderr)
@@ -138,6 +138,6 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, handler)
 
 
-def _interrupted(command: str) -> int:
-    print(f"\nonejump {command}: interrupted: {_INTERRUPT_HINT[0]}", file=sys.stderr)
+def _interrupted(command: str, kept: str) -> int:
+    print(f"\nonejump {command}: interrupted: {kept}", file=sys.stderr)
     return 130

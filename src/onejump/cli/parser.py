@@ -3,53 +3,24 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
-from .. import defaults as DEFAULTS  # noqa: N812  (the data defaults, written once)
 from ..errors import ConfigError
+from ..fields import option_of
+from .options import _integer, _number, _positive, _ranged, add_field_options
 
 EPILOG = "Docs: README.md. Defaults reproduce the paper's protocol on the offline SmolLM2-135M model."
 
 
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _positive(kind: type = int) -> Callable[[str], int | float]:
-    def parse(text: str):
-        value = _integer(text) if kind is int else _number(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
-
-
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULTS.DEFAULT_MODEL,
-                   help="alias (smollm2-135m, gemma3-270m; qwen2.5-coder-0.5b, qwen2.5-coder-1.5b are downloaded "
-                        "on first use), hub id, local folder or .gguf file (default: %(default)s)")
+    from ..experiment.presets import DataArgs
+
+    add_field_options(p, DataArgs, ("model",))
+    _add_device_args(p)
+
+
+def _add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="model weights dtype (default: %(default)s)")
@@ -57,75 +28,39 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="'auto' to spread a model too big for one device over several (accelerate)")
 
 
-def _positions(text: str) -> str:
-    """one, all or a positive integer: positions kept per sentence of a split."""
-    word = text.strip().lower()
-    if word in ("one", "all") or (word.isdigit() and int(word) >= 1):
-        return word
-    raise argparse.ArgumentTypeError(f"expected one, all or a positive integer, got {text!r}")
-
-
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--corpus", default=DEFAULTS.DEFAULT_CORPUS,
-                   help="wikipedia-offline (default), a .txt/.jsonl file, or hf:DATASET (online)")
-    p.add_argument("--hf-config", default=None, help="dataset config for hf: corpora, e.g. 20231101.en")
-    p.add_argument("--text-field", default="text", help="text field of .jsonl / hf: corpora (default: text)")
-    p.add_argument("--max-documents", type=_positive(), default=None,
-                   help="read at most this many documents (lines, records, articles); useful for hf: corpora")
-    p.add_argument("--n-train", type=_positive(), default=DEFAULTS.N_TRAIN,
-                   help="train sentences (default: %(default)s)")
-    p.add_argument("--n-test", type=_positive(), default=DEFAULTS.N_TEST, help="test sentences (default: %(default)s)")
-    p.add_argument("--seed", type=_non_negative, default=DEFAULTS.SEED,
-                   help="seed of the sample and positions (default: %(default)s)")
-    p.add_argument("--store-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                   help="dtype of stored hidden states (default: %(default)s)")
-    p.add_argument("--tokens-per-batch", type=_positive(), default=DEFAULTS.TOKENS_PER_BATCH,
-                   help="token budget of one extraction batch (default: %(default)s)")
-    p.add_argument("--shard-size", type=_positive(), default=DEFAULTS.SHARD_SIZE,
-                   help="about this many samples per store shard file: a shard holds whole extraction batches "
-                        "(up to 64 sentences each, with all their kept positions), so it ends at the first batch "
-                        "that reaches this size, and the last shard holds the rest; a shard is what an interrupted "
-                        "extraction keeps and what torchrun ranks share out (default: %(default)s)")
-    p.add_argument("--train-positions", type=_positions, default="one",
-                   help="positions kept per train sentence: one (the paper's protocol), all (every position "
-                        "1..n-1, from one forward of the sentence) or N (N distinct, seeded) (default: %(default)s)")
-    p.add_argument("--test-positions", type=_positions, default="one",
-                   help="positions kept per test sentence: one (the paper's test protocol) or all for a token-level "
-                        "test split, or N (default: %(default)s)")
+    from ..experiment.presets import DataArgs
+
+    add_field_options(p, DataArgs, [f.name for f in fields(DataArgs) if f.name != "model"])
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="run folder (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="model weights dtype (default: %(default)s)")
-    p.add_argument("--device-map", default=None, help="'auto' to spread a big model over devices (accelerate)")
+    _add_device_args(p)
+
+
+# The training settings a preset sets and a flag overrides (``--rank`` overrides the preset's multiplier).
+PRESET_FIELDS = ("objective", "rank", "lr", "batch_size", "max_epochs", "patience")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from ..training.config import OBJECTIVES, TrainConfig
+    from ..experiment.presets import PAPER, PRESETS
+    from ..training.config import TrainConfig
+    from ..training.tuned import TunedTrainConfig
 
-    d = TrainConfig()
-    p.add_argument("--preset", choices=["paper", "best"], default="paper",
+    paper = TrainConfig(**PAPER.train)
+    p.add_argument("--preset", choices=list(PRESETS), default="paper",
                    help="paper: the paper's settings (MSE, r = floor(H/100), D_m selection); best: the best single "
                         "jump of our sweep (KL through the head, r = 2 floor(H/100), head-aware selection; "
                         "docs/beyond.md). Flags below override the preset (default: %(default)s)")
-    p.add_argument("--objective", choices=list(OBJECTIVES), default=None,
-                   help="training objective: mse (Eq. 2) or kl (through the frozen head) (default: the preset's)")
-    p.add_argument("--rank", type=int, default=None,
-                   help="rank r of the jumps (default: the preset's, floor(H/100) for paper)")
-    p.add_argument("--lr", type=float, default=None,
-                   help=f"Adam learning rate (default: the preset's, {d.lr} for paper)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help=f"training batch (default: the preset's, {d.batch_size} for paper)")
-    p.add_argument("--max-epochs", type=int, default=None,
-                   help=f"epoch cap (default: the preset's, {d.max_epochs} for paper)")
-    p.add_argument("--patience", type=int, default=None,
-                   help="stop a jump after this many epochs without validation improvement (default: the preset's, "
-                        f"{d.patience} for paper)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                   help="part of the train split that picks each jump's stopping epoch (default: %(default)s)")
-    p.add_argument("--train-seed", type=_non_negative, default=d.seed, help="seed of init and batch order (default: 0)")
+
+    def preset_default(name: str) -> str:
+        unset = option_of(next(f for f in fields(TrainConfig) if f.name == name))["unset"]
+        value = getattr(paper, name)
+        return f"the preset's, {unset if value is None else value} for paper"
+
+    add_field_options(p, TrainConfig, PRESET_FIELDS, default_text=preset_default)
+    add_field_options(p, TrainConfig, ("val_fraction", "seed"))
     p.add_argument("--select-rule", choices=["paper", "head"], default=None,
                    help="how the single jump is chosen: paper (D_m, Eq. 5) or head (held-out precision@1 through "
                         "the head) (default: the preset's)")
@@ -134,15 +69,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tuned", action="store_true",
                    help="skip the tuned lens (a full-rank affine translator per level, trained with KL; the "
                         "field's reference lens)")
-    p.add_argument("--tuned-steps", type=_positive(), default=250,
-                   help="steps of the tuned lens's linear learning-rate decay, as in tuned-lens (default: "
-                        "%(default)s, tuned-lens's); each level keeps its best held-out translator, checked every "
-                        "50 steps, and training stops early once no level has improved for 3 checks")
-    p.add_argument("--tuned-init", choices=["jtc", "zero"], default="jtc",
-                   help="where the tuned lens starts: jtc (each level's least-squares affine map to the last "
-                        "level, fitted on the same training rows) or zero (tuned-lens's own start, the logit "
-                        "lens; made for millions of tokens, it ends far from converged on a store of thousands) "
-                        "(default: %(default)s)")
+    add_field_options(p, TunedTrainConfig, ("num_steps", "init"))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -235,8 +162,8 @@ def _add_experiment_commands(sub: Any) -> None:
                                    "(a row per paper claim, a column per model: the number, held / not held and the "
                                    "paired test's p-value; then the sweep's best single jump against the logit lens "
                                    "and the tuned lens) and ojfa_gap_vs_h.png (OJFA's gap to full N-NJTC and to the "
-                                   "joint jump against the hidden size H). The claims are recomputed, so older "
-                                   "results.json files get every current claim.")
+                                   "joint jump against the hidden size H). The claims are recomputed, so any "
+                                   "results.json gets every current claim.")
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="a run folder, its report folder or a results.json; one per model and data")
     p.add_argument("--out", required=True, help="output folder for compare.json, models.md and the figure")
@@ -279,10 +206,10 @@ def _add_lens_commands(sub: Any) -> None:
                                    "keeps the quality you ask for (--min-agreement). Ctrl-C prints what was "
                                    "generated so far.")
     _add_model_args(p)
-    p.add_argument("--lens", default=None,
+    p.add_argument("--lens", "--jump", dest="lens", default=None,
                    help="the lens that drafts / checks exits: 'logit' (the logit lens), a lens folder, an OJFA jump "
-                        "folder or a run folder (its OJFA jump) (default: the logit lens)")
-    p.add_argument("--jump", default=None, help="same as --lens (kept for older scripts)")
+                        "folder or a run folder (its OJFA jump); --jump is another name for it (default: the logit "
+                        "lens)")
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--max-new-tokens", type=_positive(), default=32,
                    help="tokens to generate; prompt + new tokens must fit the model's context (default: %(default)s)")
@@ -352,18 +279,6 @@ def _friendly_types(parser: argparse.ArgumentParser) -> None:
             action.type = _number
         if action.dest in OPTIONS and action.type is not None and not getattr(action.type, "ranged", False):
             action.type = _ranged(action.type, OPTIONS[action.dest])
-
-
-def _ranged(parse: Callable[[str], Any], allowed: Any) -> Callable[[str], Any]:
-    def parse_in_range(text: str):
-        value = parse(text)
-        if not allowed.contains(value):
-            raise argparse.ArgumentTypeError(f"must be {allowed.describe()}, got {text}")
-        return value
-
-    parse_in_range.ranged = True  # type: ignore[attr-defined]
-    parse_in_range.__name__ = getattr(parse, "__name__", "value")
-    return parse_in_range
 
 
 _NOT_EMPTY = ("--out", "--model", "--corpus", "--jump", "--text-field", "--device")

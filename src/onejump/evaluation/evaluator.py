@@ -131,8 +131,8 @@ class _Pass:
 
 
 def _next_tokens(store: Any, split: str, rows: np.ndarray | None = None) -> torch.Tensor | None:
-    """The sentences' real next tokens (of ``rows`` when given), or None for a store written before
-    they were recorded."""
+    """The sentences' real next tokens (of ``rows`` when given), or None for a store that does not
+    record them."""
     getter = getattr(store, "next_tokens", None)
     if getter is None:
         return None

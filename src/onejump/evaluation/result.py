@@ -145,7 +145,7 @@ class EvalResult:
     def final_cross_entropy(self) -> float | None:
         """The model's own cross-entropy against the real next token (the floor of every lens's)."""
         ce = self.per_sample.get("final/ce")
-        if ce is None or bool(torch.isnan(ce).all()):  # a store written before next tokens were recorded
+        if ce is None or bool(torch.isnan(ce).all()):  # a store without next tokens
             return None
         return float(ce.double().nanmean())
 

@@ -134,49 +134,9 @@ def frontier_figure(sim: ExitSimulation | dict[str, Any], *, include_checks: boo
 
 
 def exit_report_section(sim: ExitSimulation | dict[str, Any], out_dir: str | Path, *,
-                        figure_name: str = "early_exit_frontier.png",
-                        level_choices: Sequence[Any] | None = None) -> tuple[list[str], list[Path]]:
-    """The report's early-exit section (markdown lines) and the figure it links (written to ``out_dir``).
-
-    ``level_choices`` (default: the dict's ``"level_choices"`` entry, if any): results of
-    :func:`~onejump.evaluation.exit_levels.choose_exit_levels`, shown as a second table.
-    """
+                        figure_name: str = "early_exit_frontier.png") -> tuple[list[str], list[Path]]:
+    """The report's early-exit section (markdown lines) and the figure it links (written to ``out_dir``)."""
     fig = plot_exit_frontier(sim, Path(out_dir) / figure_name)
-    if level_choices is None and isinstance(sim, dict):
-        level_choices = sim.get("level_choices")
     lines = ["## Early exit (simulated on the test store)", "", *render_exit_table(sim), "",
              f"![early exit: agreement vs compute]({figure_name})", ""]
-    if level_choices:
-        lines += ["Exit checks only at a chosen set of levels (greedy removal of the levels whose checks cost "
-                  "more than they save, or that are confidently wrong):", "", *render_level_choices(level_choices),
-                  ""]
     return lines, [fig]
-
-
-def _ranges(levels: Sequence[int]) -> str:
-    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
-    runs: list[list[int]] = []
-    for k in sorted(levels):
-        if runs and k == runs[-1][-1] + 1:
-            runs[-1].append(k)
-        else:
-            runs.append([k])
-    parts = [str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs]
-    return ", ".join(parts) if parts else "none (plain decoding)"
-
-
-def render_level_choices(choices: Sequence[Any]) -> list[str]:
-    """Markdown lines: the exit levels :func:`~onejump.evaluation.exit_levels.choose_exit_levels` kept.
-
-    ``choices``: :class:`~onejump.evaluation.exit_levels.LevelChoice` objects or their ``to_dict()``.
-    """
-    lines = ["| lens | confidence | agreement floor | checks counted | levels checked | saved, every level | "
-             "saved, these levels | λ |", "|" + "---|" * 8]
-    for c in choices:
-        c = c.to_dict() if hasattr(c, "to_dict") else c
-        every = "not reached" if c["saved_all_levels"] is None else f"{c['saved_all_levels']:.2f}"
-        lam = f"{c['best']['lam']:g}" if c["best"] else "-"
-        lines.append(f"| {c['lens']} | {MEASURE_NAMES.get(c['measure'], c['measure'])} | "
-                     f"{100 * c['agreement_floor']:g}% | {'yes' if c['include_checks'] else 'no'} | "
-                     f"{_ranges(c['levels'])} | {every} | {c['saved']:.2f} | {lam} |")
-    return lines

@@ -234,7 +234,7 @@ class RunFolder:
         path = self.folder / "preset.json"
         if path.is_file():
             return json.loads(path.read_text())
-        return {"name": "paper", **PRESETS["paper"]}
+        return PRESETS["paper"].record()
 
     def record_preset(self, name: str, select_rule: str | None = None) -> None:
         """Write ``preset.json`` (which preset trained this run, and its selection rule)."""
@@ -243,10 +243,7 @@ class RunFolder:
         if name not in PRESETS:
             raise ConfigError(f"unknown preset '{name}'; use one of {', '.join(PRESETS)}")
         self.folder.mkdir(parents=True, exist_ok=True)
-        info = {"name": name, **PRESETS[name]}
-        if select_rule is not None:
-            info["select_rule"] = select_rule
-        atomic_write_text(self.folder / "preset.json", json.dumps(info, indent=1))
+        atomic_write_text(self.folder / "preset.json", json.dumps(PRESETS[name].record(select_rule), indent=1))
 
 
 __all__ = ["RunFolder", "rerun_command"]

@@ -58,7 +58,7 @@ def _training_lines(results: dict[str, Any], best: dict[str, Any] | None) -> lis
     line = f"Training, on this run's machine and threads: the tuned lens {tuned:,.0f} s"
     if best:
         configs = [f"{best['objective']}-r{best['rank']}"]
-        warm = VARIANTS.get(best["objective"], {}).get("warm_start")
+        warm = VARIANTS[best["objective"]].warm_start if best["objective"] in VARIANTS else None
         if warm:
             configs.append(f"{warm}-r{best['rank']}")
         ends = tuple(f"({c})" for c in configs)

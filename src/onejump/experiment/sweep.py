@@ -1,7 +1,7 @@
 """Beyond the paper: objective x rank x method sweep over one run's store (Pareto frontier).
 
 For every objective (``mse``: the paper's Eq. 2; ``kl``: KL through the frozen head, see
-:mod:`onejump.objectives`) and every rank ``r = mult * floor(H/100)``, the sweep trains the
+:mod:`onejump.training.objectives`) and every rank ``r = mult * floor(H/100)``, the sweep trains the
 per-level bank and a joint jump on the run's store, picks a single jump from the bank by both
 selection rules (the paper's D_m and the head-aware held-out precision), and evaluates on the test
 split: per-level jumps (K jumps), the two OJFA choices and the joint jump (one jump each). The
@@ -54,7 +54,7 @@ def objective_config(variant: str, rank: int, base: TrainConfig | None = None) -
     """The training settings the sweep uses for a variant (``mse``, ``kl``, ``kl-res``) at rank ``rank``."""
     if variant not in VARIANTS:
         raise ConfigError(f"unknown sweep variant '{variant}'; use one of {', '.join(VARIANTS)}")
-    return replace(base or TrainConfig(), **{**VARIANTS[variant]["train"], "rank": rank})
+    return replace(base or TrainConfig(), **{**VARIANTS[variant].train, "rank": rank})
 
 
 def _summary(result: Any, name: str, params: int, holdout: float | None) -> dict[str, Any]:
@@ -102,8 +102,8 @@ def _run_entry(run: Any, objective: str, rank: int, config: TrainConfig, folder:
     timings: dict[str, float] = {}
     targets_cache: dict[int, Any] = {}  # the KL objective's targets, shared by the bank and the joint jump
     t0 = time.perf_counter()
-    kinds = VARIANTS[objective]["kinds"]
-    warm = VARIANTS[objective].get("warm_start") is not None
+    kinds = VARIANTS[objective].kinds
+    warm = VARIANTS[objective].warm_start is not None
     lenses = {kind: run.train_or_reuse(kind, config, folder / kind, targets_cache)
               for kind in ("nnjtc", "joint") if kind in kinds and not (kind == "joint" and warm)}
     if "joint-cond" in kinds or ("joint" in kinds and warm):  # the variant's single jump, saved as its joint
@@ -144,8 +144,8 @@ def _run_entry(run: Any, objective: str, rank: int, config: TrainConfig, folder:
     out = {"objective": objective, "rank": rank, "multiplier": rank // default_rank(H),
            "residual": bool(config.residual), "config": config.to_dict(), "methods": methods, "timings": timings,
            "selection": selection}
-    if "joint-cond" in VARIANTS[objective]["kinds"]:
-        out["conditioned"] = {"per_level_parameters": 2 * rank, "warm_start": VARIANTS[objective].get("warm_start")}
+    if "joint-cond" in kinds:
+        out["conditioned"] = {"per_level_parameters": 2 * rank, "warm_start": VARIANTS[objective].warm_start}
     atomic_write_text(summary_path, json.dumps(out))
     return out
 
@@ -154,13 +154,13 @@ def _train_joint_variant(run: Any, variant: str, config: TrainConfig, folder: Pa
                          targets_cache: dict[int, Any]) -> Any:
     """The joint jump of ``variant`` (level-conditioned or not), from scratch or warm-started from the joint
     jump of its ``warm_start`` variant at the same rank (that variant's cached jump, trained first if absent)."""
-    warm = VARIANTS[variant].get("warm_start")
+    warm = VARIANTS[variant].warm_start
     init = None
     if warm is not None:
         source = run.folder / "sweep" / f"{warm}-r{config.rank}" / "joint"
         warm_config = objective_config(warm, config.rank, TrainConfig(val_fraction=config.val_fraction))
         init = run.train_or_reuse("joint", warm_config, source, targets_cache)
-    kind = "joint-cond" if "joint-cond" in VARIANTS[variant]["kinds"] else "joint"
+    kind = "joint-cond" if "joint-cond" in VARIANTS[variant].kinds else "joint"
     return run.train_or_reuse(kind, config, folder / "joint", targets_cache, init=init)
 
 

@@ -8,7 +8,7 @@
 - :class:`JTCLens`: the full-rank linear JTC maps;
 - :class:`TunedLens`: the tuned lens (full-rank affine translators trained by KL through the head).
 
-``Lens.load(folder, lm)`` reads any of them back (and the shortcut folders of older run folders).
+``Lens.load(folder, lm)`` reads any of them back.
 """
 
 from types import SimpleNamespace

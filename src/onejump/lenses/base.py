@@ -165,7 +165,7 @@ class Lens(nn.Module):
         model is loaded when ``lm`` is omitted); or a Hugging Face hub id (``owner/name``, or
         ``owner/name/subfolder`` for one of a repository's lenses; ``revision`` optional). A tuned-lens
         folder (``config.json`` + ``params.pt``) is imported as a :class:`~onejump.lenses.tuned.TunedLens`;
-        the shortcut folders of older run folders load too."""
+        a folder in the shortcut format (``shortcuts.json``) is refused, with what to do."""
         return Lens.io.load(cls, source, lm, revision=revision, subfolder=subfolder)
 
     load = from_pretrained

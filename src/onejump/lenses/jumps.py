@@ -2,7 +2,7 @@
 
 The K per-level jumps of N-NJTC are a bank with J = K (jump j trained at level j); the joint jump
 is a bank with J = 1. A *residual* jump predicts ``h + BatchNorm(h) @ A @ B`` with the same
-parameters. :class:`FoldedJump` is one jump with its eval-mode BatchNorm folded into ``A``.
+parameters.
 
 Initialisation (N-NJTC has no public code; this is what ``nn.Sequential(nn.BatchNorm1d(H),
 nn.Linear(H, r, bias=False), nn.Linear(r, H, bias=False))`` does): BatchNorm weight 1, bias 0,
@@ -42,41 +42,6 @@ def _check_rank(hidden_size: int, rank: int | None) -> int:
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1 or rank > hidden_size:
         raise ShortcutError(f"jump rank must be an integer in 1..H={hidden_size}, got {rank!r}")
     return rank
-
-
-class FoldedJump(nn.Module):
-    """One jump in inference form: ``jump(h) = (h @ A + c) @ B``.
-
-    ``A = diag(w / sqrt(var + eps)) A_m`` and ``c = (b - mean * w / sqrt(var + eps)) @ A_m`` fold the
-    eval-mode BatchNorm of jump m into its first matrix (computed in float64, stored in float32).
-    """
-
-    def __init__(self, A: torch.Tensor, c: torch.Tensor, B: torch.Tensor, residual: bool = False):
-        super().__init__()
-        self.residual = bool(residual)
-        if A.dim() != 2 or B.dim() != 2 or c.shape != (A.shape[1],) or B.shape != (A.shape[1], A.shape[0]):
-            raise ShortcutError(f"folded jump shapes do not fit: A {tuple(A.shape)}, c {tuple(c.shape)}, "
-                                f"B {tuple(B.shape)}")
-        self.register_buffer("A", A.detach().to(torch.float32).contiguous())
-        self.register_buffer("c", c.detach().to(torch.float32).contiguous())
-        self.register_buffer("B", B.detach().to(torch.float32).contiguous())
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.A.shape[0])
-
-    @property
-    def rank(self) -> int:
-        return int(self.A.shape[1])
-
-    def project(self, h: torch.Tensor) -> torch.Tensor:
-        """The rank-r code ``z = h @ A + c`` (= BN_m(h) @ A_m)."""
-        return torch.addmm(self.c, h.reshape(-1, h.shape[-1]).to(self.A.dtype), self.A).reshape(*h.shape[:-1], -1)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """``(h @ A + c) @ B`` (``+ h`` for a residual jump) for ``h`` of shape (..., H), in float32."""
-        out = self.project(h) @ self.B
-        return out + h.to(out.dtype) if self.residual else out
 
 
 class JumpBank(nn.Module):
@@ -216,12 +181,6 @@ class JumpBank(nn.Module):
             folded = scale[:, :, None] * a
             c = torch.einsum("jh,jhr->jr", shift, a)
         return folded.float(), c.float()
-
-    def fold(self, jump: int) -> FoldedJump:
-        """Jump ``jump`` in inference form; equals the eval-mode jump to float tolerance."""
-        j = self._jump_index(jump)
-        a, c = self.folded_parameters()
-        return FoldedJump(a[j], c[j], self.B[j].detach(), residual=self.residual)
 
     def select(self, jumps: int | Sequence[int]) -> JumpBank:
         """A new bank holding copies of the given jumps (e.g. the OJFA jump alone)."""

@@ -7,8 +7,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..fields import option
+from ..limits import OPTIONS
 
 OBJECTIVES = ("mse", "kl")
+
 
 
 @dataclass
@@ -28,7 +31,7 @@ class TrainConfig:
     - ``seed=0``: seeds the init, the train/validation split and the batch order (same seed ->
       identical weights on the same device and thread count).
     - ``objective="mse"``: Eq. 2. ``"kl"``: KL from the model's next-token distribution through the
-      frozen head (:mod:`onejump.objectives`; needs the model's adapter), beyond the paper.
+      frozen head (:mod:`onejump.training.objectives`; needs the model's adapter), beyond the paper.
     - ``kl_top_k=32`` / ``kl_negatives=2048``: the KL objective's target summary (top-k tokens
       + the rest's mass) and the uniform vocabulary samples of its training-time normaliser;
       on SmolLM2 the top 32 tokens hold most of p_final's mass and a step then touches ~3-4k
@@ -52,14 +55,19 @@ class TrainConfig:
       (Llama-2-7B, 33 x 4096: 8.9 GB) or when memory is short. Must hold one batch.
     """
 
-    lr: float = 1e-2
-    batch_size: int = 128
-    max_epochs: int = 200
-    patience: int = 10
-    val_fraction: float = 0.1
-    seed: int = 0
-    objective: str = "mse"
-    rank: int | None = None
+    lr: float = field(default=1e-2, metadata=option("Adam learning rate", range=OPTIONS["lr"]))
+    batch_size: int = field(default=128, metadata=option("training batch", range=OPTIONS["batch_size"]))
+    max_epochs: int = field(default=200, metadata=option("epoch cap", range=OPTIONS["max_epochs"]))
+    patience: int = field(default=10, metadata=option(
+        "stop a jump after this many epochs without validation improvement", range=OPTIONS["patience"]))
+    val_fraction: float = field(default=0.1, metadata=option(
+        "part of the train split that picks each jump's stopping epoch", range=OPTIONS["val_fraction"]))
+    seed: int = field(default=0, metadata=option("seed of init and batch order", flag="--train-seed",
+                                                  range=OPTIONS["train_seed"]))
+    objective: str = field(default="mse", metadata=option(
+        "training objective: mse (Eq. 2) or kl (through the frozen head)", choices=OBJECTIVES))
+    rank: int | None = field(default=None, metadata=option("rank r of the jumps", range=OPTIONS["rank"],
+                                                             unset="floor(H/100)"))
     weight_decay: float = 0.0
     bn_momentum: float = 0.1
     bn_eps: float = 1e-5

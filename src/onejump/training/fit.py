@@ -249,8 +249,8 @@ def _prepare(store: Any, config: TrainConfig | None, device: str | torch.device)
 
 def objective_loss(store: Any, config: TrainConfig, adapter: Any = None, progress: bool = False,
                    device: str | torch.device | None = None, cache: dict[int, Any] | None = None) -> LossFn | None:
-    """The loss of ``config.objective``: None for MSE (the default), a :class:`~onejump.objectives.HeadKL`
-    for ``"kl"`` on :func:`~onejump.objectives.head_targets` of the store's train split. ``cache``
+    """The loss of ``config.objective``: None for MSE (the default), a :class:`~onejump.training.objectives.HeadKL`
+    for ``"kl"`` on :func:`~onejump.training.objectives.head_targets` of the store's train split. ``cache``
     (a dict, keyed by ``kl_top_k``) keeps those targets, so several trainings on one store (the
     bank and the joint jump) share one pass of the final head over it."""
     if config.objective == "mse":

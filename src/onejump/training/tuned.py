@@ -47,8 +47,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, NumericalError
+from ..fields import option
 from ..interrupts import on_interrupt
 from ..lenses.tuned import TunedLens
+from ..limits import OPTIONS
 from .checkpoint import Checkpoint, generator_tensor, load_generator, load_optimizer, optimizer_tensors
 from .objectives import HeadKL, HeadTargets, head_targets
 from .reader import _Reader, _Source, _Task, holdout_split
@@ -81,7 +83,10 @@ class TunedTrainConfig:
     nesterov: bool = True
     weight_decay: float = 1e-3
     clip_grad_norm: float = 1.0
-    num_steps: int = 250
+    num_steps: int = field(default=250, metadata=option(
+        "steps of the tuned lens's linear learning-rate decay, as in tuned-lens (default: %(default)s, "
+        "tuned-lens's); each level keeps its best held-out translator, checked every 50 steps, and training stops "
+        "early once no level has improved for 3 checks", flag="--tuned-steps", range=OPTIONS["tuned_steps"]))
     batch_size: int = 256
     eval_every: int = 50
     patience: int = 3
@@ -91,7 +96,11 @@ class TunedTrainConfig:
     kl_negatives: int = 2048
     eval_rows: int = 0
     buffer_samples: int = 16384
-    init: str = "jtc"
+    init: str = field(default="jtc", metadata=option(
+        "where the tuned lens starts: jtc (each level's least-squares affine map to the last level, fitted on the "
+        "same training rows) or zero (tuned-lens's own start, the logit lens; made for millions of tokens, it ends "
+        "far from converged on a store of thousands) (default: %(default)s)", flag="--tuned-init",
+        choices=TUNED_INITS))
     val_rows: int = 256
 
     def validate(self) -> None:
