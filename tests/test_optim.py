@@ -91,3 +91,26 @@ def test_muon_jumps_resume_to_the_same_result(tmp_path):
     got, hist = train_jumps(store, config, progress=False, checkpoint=ckpt)
     assert all(torch.equal(v, got.tensors()[k]) for k, v in ref.tensors().items())
     assert hist.val_loss == ref_hist.val_loss
+
+
+def test_muon_benchmark_runs_on_a_tiny_store(tmp_path, tiny_dir, corpus, monkeypatch):
+    import importlib
+    import json
+    import sys
+    from pathlib import Path
+
+    from onejump.cli import main
+
+    out = tmp_path / "run"
+    assert main(["-q", "extract", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "20",
+                 "--n-test", "8", "--train-positions", "all", "--out", str(out), "--device", "cpu"]) == 0
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    common = importlib.import_module("common")
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    sys.modules.pop("muon", None)
+    bench = importlib.import_module("muon")
+    got = bench.main(["--store", str(out / "store"), "--model", str(tiny_dir), "--train-sentences", "12",
+                      "--test-rows", "6", "--steps", "3", "--tokens-per-step", "32", "--epochs", "1", "--quiet"])
+    assert got["tuned"]["muon"]["steps"] == 3 and got["test_rows"] == 6
+    assert set(got["joint"]["muon_vs_adam"]) == {"kl_ratio", "precision_at_1_difference", "seconds_ratio"}
+    assert json.loads((tmp_path / "results" / "muon-cpu.json").read_text())["train_sentences"] == 12

@@ -132,6 +132,9 @@ def test_cli_stream_train_single_and_torchrun_agree(tiny_dir, corpus, tmp_path):
     single = subprocess.run([sys.executable, "-m", "onejump.cli", *args, "--out", str(tmp_path / "one")],
                             capture_output=True, text=True, env=env, timeout=280)
     assert single.returncode == 0, single.stderr[-2000:]
+    again = subprocess.run([sys.executable, "-m", "onejump.cli", *args, "--out", str(tmp_path / "one")],
+                           capture_output=True, text=True, env=env, timeout=280)
+    assert again.returncode == 0 and "already trained" in again.stdout, again.stderr[-2000:]
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     multi = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "onejump.cli", *args,
                             "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=280)
