@@ -146,3 +146,40 @@ def test_cli_stream_train_single_and_torchrun_agree(tiny_dir, corpus, tmp_path):
         assert torch.allclose(one[k], two[k], atol=1e-5, rtol=1e-4), k
     cfg = json.loads((tmp_path / "two" / "per-level" / "config.json").read_text())["extra"]["streaming"]
     assert cfg["world_size"] == 2 and cfg["tokens_seen"] == 3 * 128
+
+
+def test_streamed_rows_are_the_rows_of_a_store_of_every_position(lm, tmp_path):
+    from onejump.extract import extract
+    from onejump.training.streaming import _Forward
+
+    texts = usable_sentences(_texts(8))
+    store = extract(lm, texts, tmp_path / "store", positions="all", progress=False)
+    rows_h = next(store.iter_chunks(None, 10_000))
+    sid, pos = store.meta("sample_id"), store.meta("position")
+    stored = {(int(sid[r]), int(pos[r])): h for r, h in zip(*rows_h)}
+    text = StreamText(train=texts[:1], val=texts, seed=0)
+    rows = val_rows(text, lm.tokenizer)
+    assert len(rows) == len(stored)  # every position 1..n-1 of every sentence, as the store keeps them
+    fwd = _Forward(lm, _small(micro_rows=1000), 4, with_targets=False)
+    got = {}
+    from onejump.training.stream_data import forward_batches
+
+    for batch in forward_batches(rows, 512, 64):
+        for _, xm, _ in fwd.micro_batches(rows, batch, None):
+            got.update({(rows[i].sample_id, rows[i].position): x for i, x in zip(batch, xm)})
+    assert got.keys() == stored.keys()
+    assert max(float((got[k] - stored[k]).abs().max()) for k in got) < 1e-4
+
+
+@pytest.mark.real
+def test_real_smollm2_tuned_lens_from_the_stream(tmp_path):
+    from onejump.corpus.loaders import load_sentences
+
+    real = load_model("smollm2-135m", device="cpu")
+    texts = [s.text for s in load_sentences("wikipedia-offline", max_documents=20)]
+    cfg = StreamConfig(lenses=("tuned",), tokens_per_step=128, num_steps=3, val_sentences=2, eval_every=3)
+    cfg.tuned.kl_negatives = 256
+    lens = train_streaming(real, StreamText.from_texts(texts, 2, 0), tmp_path, cfg, progress=False)["tuned"]
+    val = lens.extra["streaming"]["history"]["val"]["tuned"]
+    assert val[-1] < val[0]  # three steps of tuned-lens's SGD from the logit lens lower the held-out KL
+    assert Lens.load(tmp_path / "tuned", real).extra["streaming"]["tokens_seen"] == 384
