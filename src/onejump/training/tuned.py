@@ -77,7 +77,10 @@ class TunedTrainConfig:
     the loss's target summary and sampled normaliser (as for the KL-trained jumps); ``eval_rows=0``: validation rows per
     chunk chosen to keep a chunk's translated states near 16 MiB (the exact head itself runs over
     cache-sized blocks of the vocabulary, whatever the chunk); ``buffer_samples`` the shuffle
-    buffer of the streaming reader.
+    buffer of the streaming reader. ``optimizer="sgd"``: tuned-lens's recipe above; ``"muon"``: Muon
+    at ``muon_lr`` (momentum ``muon_momentum``) on the K translator matrices and Adam at ``adam_lr``
+    (tuned-lens's Adam rate) on the biases (:class:`~onejump.training.optim.MuonAdam`), with the same
+    schedule, weight decay and clipping. A step's ``batch_size`` rows are its tokens (one position each).
     """
 
     lr: float = 1.0
