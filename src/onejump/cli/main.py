@@ -23,6 +23,7 @@ from .experiment import (
 from .lenses import cmd_generate, cmd_lens
 from .modes import check_invocation
 from .parser import _check_argv, _friendly_types, build_parser
+from .stream import cmd_stream_train
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "prepare": cmd_prepare,
@@ -37,6 +38,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generate": cmd_generate,
     "lens": cmd_lens,
     "info": cmd_info,
+    "stream-train": cmd_stream_train,
 }
 
 

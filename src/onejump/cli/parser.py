@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_experiment_commands(sub)
     _add_lens_commands(sub)
+    from .stream import add_stream_command
+
+    add_stream_command(sub)
     return parser
 
 

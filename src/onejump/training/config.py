@@ -38,6 +38,8 @@ class TrainConfig:
       of the 49k vocabulary columns.
     - ``residual=False``: the paper's jump ``BN(h) A B``; ``True`` predicts ``h + BN(h) A B``
       (same parameters; starts at the logit lens), beyond the paper.
+    - ``optimizer="adam"``: Adam at ``lr`` on every parameter; ``"muon"``: Muon at ``muon_lr=0.02``
+      on ``A`` and ``B`` and Adam at ``lr`` on the rest (:mod:`onejump.training.optim`), beyond the paper.
     - ``rank=None``: ``floor(H/100)`` as in the paper.
     - ``weight_decay=0``: the paper uses none.
     - ``bn_momentum=0.1``, ``bn_eps=1e-5``: ``nn.BatchNorm1d`` defaults.
@@ -76,6 +78,8 @@ class TrainConfig:
     kl_top_k: int = 32
     kl_negatives: int = 2048
     residual: bool = False
+    optimizer: str = "adam"
+    muon_lr: float = 0.02
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for out-of-range values."""
@@ -95,12 +99,19 @@ class TrainConfig:
             raise ConfigError("eval_chunk must be >= 1")
         if self.kl_top_k < 1 or self.kl_negatives < 0:
             raise ConfigError("kl_top_k must be >= 1 and kl_negatives >= 0")
+        if self.optimizer not in ("adam", "muon"):
+            raise ConfigError(f"unknown jump optimizer '{self.optimizer}'; use adam or muon")
+        if not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
+            raise ConfigError(f"muon_lr must be > 0, got {self.muon_lr}")
         if self.buffer_samples < self.batch_size:
             raise ConfigError(f"batch size {self.batch_size} is larger than the shuffle buffer ({self.buffer_samples} "
                               "samples): use a batch size (--batch-size) of at most that")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.optimizer == "adam":  # the default: trainings before the option keep their identity
+            del out["optimizer"], out["muon_lr"]
+        return out
 
 
 @dataclass

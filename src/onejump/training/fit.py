@@ -42,6 +42,7 @@ from ..lenses.jumps import JumpBank
 from .checkpoint import Checkpoint, generator_tensor, load_generator, load_optimizer, optimizer_tensors
 from .config import TrainConfig, TrainHistory
 from .objectives import LossFn, mse_loss
+from .optim import bank_optimizer
 from .reader import _Reader, _Source, _Task, holdout_split
 
 """``loss_fn(bank, inp, tgt, rows) -> (J,)``: the loss of each jump on a batch, averaged over it.
@@ -100,7 +101,7 @@ def _fit_epochs(bank: JumpBank, train: _Task, val: _Task | None, config: TrainCo
                 keep_start: bool, checkpoint: Checkpoint | None, kept: Any) -> TrainHistory:
     loss_fn = loss_fn or mse_loss
     J = bank.num_jumps
-    opt = torch.optim.Adam(bank.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = bank_optimizer(bank, config.optimizer, config.lr, config.weight_decay, config.muon_lr)
     gen = torch.Generator().manual_seed(config.seed + 104729)
     history = TrainHistory(kind="", levels=[], n_train=train.size, n_val=val.size if val else 0,
                            config=config.to_dict())

@@ -53,11 +53,15 @@ from ..lenses.tuned import TunedLens
 from ..limits import OPTIONS
 from .checkpoint import Checkpoint, generator_tensor, load_generator, load_optimizer, optimizer_tensors
 from .objectives import HeadKL, HeadTargets, head_targets
+from .optim import tuned_optimizer
 from .reader import _Reader, _Source, _Task, holdout_split
 
 #: Where the translators start: ``zero`` (tuned-lens's: the logit lens) or ``jtc`` (the least-squares
 #: affine map of each level to h^K, fitted on the same training rows: JTC, Din et al. 2023).
 TUNED_INITS = ("zero", "jtc")
+#: How the translators are optimised: ``sgd`` (tuned-lens's recipe, the default) or ``muon`` (Muon on
+#: the K matrices, Adam on the biases: :class:`~onejump.training.optim.MuonAdam`).
+TUNED_OPTIMIZERS = ("sgd", "muon")
 
 
 @dataclass
@@ -75,7 +79,10 @@ class TunedTrainConfig:
     the loss's target summary and sampled normaliser (as for the KL-trained jumps); ``eval_rows=0``: validation rows per
     chunk chosen to keep a chunk's translated states near 16 MiB (the exact head itself runs over
     cache-sized blocks of the vocabulary, whatever the chunk); ``buffer_samples`` the shuffle
-    buffer of the streaming reader.
+    buffer of the streaming reader. ``optimizer="sgd"``: tuned-lens's recipe above; ``"muon"``: Muon
+    at ``muon_lr`` (momentum ``muon_momentum``) on the K translator matrices and Adam at ``adam_lr``
+    (tuned-lens's Adam rate) on the biases (:class:`~onejump.training.optim.MuonAdam`), with the same
+    schedule, weight decay and clipping. A step's ``batch_size`` rows are its tokens (one position each).
     """
 
     lr: float = 1.0
@@ -102,6 +109,10 @@ class TunedTrainConfig:
         "far from converged on a store of thousands) (default: %(default)s)", flag="--tuned-init",
         choices=TUNED_INITS))
     val_rows: int = 256
+    optimizer: str = "sgd"
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    adam_lr: float = 1e-3
 
     def validate(self) -> None:
         for name in ("lr", "clip_grad_norm"):
@@ -125,6 +136,10 @@ class TunedTrainConfig:
             raise ConfigError(f"val_rows must be >= 0, got {self.val_rows}")
         if self.init not in TUNED_INITS:
             raise ConfigError(f"unknown tuned-lens start '{self.init}'; use {' or '.join(TUNED_INITS)}")
+        if self.optimizer not in TUNED_OPTIMIZERS:
+            raise ConfigError(f"unknown tuned-lens optimizer '{self.optimizer}'; use {' or '.join(TUNED_OPTIMIZERS)}")
+        if not (self.muon_lr > 0 and self.adam_lr > 0 and 0 <= self.muon_momentum < 1):
+            raise ConfigError("muon_lr and adam_lr must be > 0, muon_momentum in [0, 1)")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -133,6 +148,9 @@ class TunedTrainConfig:
             del out["init"]
         if self.val_rows == 0:
             del out["val_rows"]
+        if self.optimizer == "sgd":  # tuned-lens's recipe: the Muon settings do not apply
+            for key in ("optimizer", "muon_lr", "muon_momentum", "adam_lr"):
+                del out[key]
         return out
 
 
@@ -300,8 +318,7 @@ def train_tuned_lens(store: Any, lm: Any, config: TunedTrainConfig | None = None
         targets = head_targets(store, lm.adapter, top_k=config.kl_top_k, progress=progress)
     loss = TranslatorKL(lm.adapter, targets, negatives=config.kl_negatives, seed=config.seed, device=dev)
     lens = _initial_lens(lm, store, config, train_src).to(dev)
-    opt = torch.optim.SGD([lens.weight, lens.bias], lr=config.lr * (1 - config.momentum), momentum=config.momentum,
-                          nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+    opt = tuned_optimizer(lens, config)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / config.num_steps))
     train_task = _Task(train_src, list(range(K)), K)
     val_task = _Task(val_src, list(range(K)), K) if val_src is not None else None
