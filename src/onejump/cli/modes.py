@@ -70,6 +70,7 @@ ALWAYS = None
 _EXIT = "exit_mode"
 _RUN_LENSES = RUN_LENS_NAMES  # what ``onejump lens --lens/--compare`` may name in a run folder (with --run)
 _LENS_MODES = ("speculative", "confidence", "auto")
+_STREAM_JUMPS = ("per-level", "joint", "joint-residual")  # the lenses of stream-train that are jumps
 _RUN = {"out": ALWAYS, "device": ALWAYS, "dtype": ALWAYS, "device_map": ALWAYS}
 _MODEL_ONLY = {"model": ALWAYS, "device": Needs("device_map", given=False), "dtype": ALWAYS, "device_map": ALWAYS}
 _DATA = {name: ALWAYS for name in ("corpus", "hf_config", "text_field", "max_documents", "n_train", "n_test", "seed",
@@ -109,6 +110,16 @@ USES: dict[str, dict[str, Needs | None]] = {
              "statistic": ALWAYS, "out": ALWAYS,
              "model": ALWAYS, "device": ALWAYS, "dtype": ALWAYS},
     "info": {"path": ALWAYS},
+    "stream-train": {**_MODEL_ONLY, **{name: ALWAYS for name in (
+        "corpus", "hf_config", "text_field", "max_documents", "out", "lenses", "tokens_per_step", "steps", "tokens",
+        "micro_rows", "tokens_per_batch", "val_sentences", "eval_every", "seed", "checkpoint_every", "kl_top_k")},
+        "tuned_optimizer": Needs("lenses", ("tuned",), naming=True),
+        "jump_optimizer": Needs("lenses", _STREAM_JUMPS, naming=True),
+        "jump_lr": Needs("lenses", _STREAM_JUMPS, naming=True),
+        "objective": Needs("lenses", _STREAM_JUMPS, naming=True),
+        "rank": Needs("lenses", _STREAM_JUMPS, naming=True),
+        "kl_negatives": ALWAYS,
+        "muon_lr": Needs("tuned_optimizer", ("muon",), or_=(Needs("jump_optimizer", ("muon",)),))},
 }
 
 

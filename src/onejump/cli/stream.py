@@ -14,7 +14,8 @@ from .. import defaults as DEFAULTS  # noqa: N812
 
 def add_stream_command(sub: Any) -> None:
     """The ``stream-train`` subcommand and its options."""
-    from .parser import _add_model_args, _non_negative, _positive
+    from .options import _non_negative, _positive
+    from .parser import _add_model_args
 
     p = sub.add_parser(
         "stream-train", help="train lenses on every position of a text stream, without a store",
@@ -105,7 +106,7 @@ def cmd_stream_train(args: argparse.Namespace) -> int:
     from ..corpus.loaders import load_sentences
     from ..training.stream_data import StreamText
     from ..training.streaming import train_streaming
-    from .common import _INTERRUPT_HINT, _load_model, _lock
+    from .common import _load_model, _lock
 
     config = _config(args)
     out = Path(args.out)
@@ -118,8 +119,8 @@ def cmd_stream_train(args: argparse.Namespace) -> int:
     lm = _load_model(args)
     corpus = {"source": args.corpus, "hf_config": args.hf_config, "text_field": args.text_field,
               "max_documents": args.max_documents}
-    _INTERRUPT_HINT[0] = f"the steps done are kept in {out} every {args.checkpoint_every} steps; rerun the same " \
-                         "command to resume"
+    args.kept.say(f"the steps done are kept in {out} every {args.checkpoint_every} steps; rerun the same "
+                  "command to resume")
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     with _lock(out):
