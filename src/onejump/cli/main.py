@@ -21,6 +21,7 @@ from .experiment import (
     cmd_sweep,
     cmd_train,
 )
+from .frontier import cmd_frontier
 from .lenses import cmd_generate, cmd_lens
 from .parser import _check_argv, _friendly_types, build_parser
 
@@ -37,6 +38,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "generate": cmd_generate,
     "lens": cmd_lens,
     "info": cmd_info,
+    "frontier": cmd_frontier,
 }
 
 

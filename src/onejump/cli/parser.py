@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import defaults as DEFAULTS  # noqa: N812  (the data defaults, written once)
 from ..errors import ConfigError
+from .frontier import add_frontier_command
 
 EPILOG = "Docs: README.md. Defaults reproduce the paper's protocol on the offline SmolLM2-135M model."
 
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_experiment_commands(sub)
     _add_lens_commands(sub)
+    add_frontier_command(sub)
     return parser
 
 
