@@ -146,7 +146,7 @@ def test_frontier_end_to_end_and_the_bars_read_held_out_rows_only(run_dir, monke
         assert len(p["precision@1"]) == len(p["kl"]) == K
         assert p["mean_precision@1_ci"][0] <= p["mean_precision@1"] <= p["mean_precision@1_ci"][1]
         if p["source"] == "frontier":
-            assert p["train_seconds"] > 0 and p["config"] is not None
+            assert p["train_seconds"] > 0 and p["train_cpu_seconds"] > 0 and p["config"] is not None
     marks = pareto_optimal([p["parameters"] for p in data["points"]],
                            [p["mean_precision@1"] for p in data["points"]])
     assert marks == [p["pareto_precision"] for p in data["points"]]

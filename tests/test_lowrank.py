@@ -122,3 +122,15 @@ def test_tuned_adam_starts_from_least_squares_and_never_loses_on_held_out_rows(l
     start = [hist["best_val_loss"][k] for k in range(lm.num_blocks)]
     assert all(b <= min(col[k] for col in hist["val_loss"]) + 1e-12 for k, b in enumerate(start))
     assert float(exact_kl(lm, lens, store).mean()) < float(exact_kl(lm, LogitLens(lm), store).mean())
+
+
+def test_exports_to_tuned_lens_format_as_a_rank_r_translator_per_level(lm, tmp_path):
+    from onejump.lenses.tuned_format import export_tuned_lens, import_tuned_lens
+
+    lens = trained_like(lm)
+    export_tuned_lens(lens, tmp_path / "tl", lm)
+    tuned = import_tuned_lens(tmp_path / "tl", lm)
+    h = torch.randn(4, lm.hidden_size, generator=torch.Generator().manual_seed(3))
+    for k in range(lm.num_blocks):
+        torch.testing.assert_close(tuned(h, k), lens(h, k), rtol=1e-4, atol=1e-4)
+        assert int(torch.linalg.matrix_rank(tuned.weight[k].detach().double(), rtol=1e-4)) <= lens.rank
