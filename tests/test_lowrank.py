@@ -134,3 +134,8 @@ def test_exports_to_tuned_lens_format_as_a_rank_r_translator_per_level(lm, tmp_p
     for k in range(lm.num_blocks):
         torch.testing.assert_close(tuned(h, k), lens(h, k), rtol=1e-4, atol=1e-4)
         assert int(torch.linalg.matrix_rank(tuned.weight[k].detach().double(), rtol=1e-4)) <= lens.rank
+
+
+def test_card_names_the_kind(lm, tmp_path):
+    LowRankLens.start(lm, 2).save_pretrained(tmp_path / "c")
+    assert "a low-rank residual correction per exit level" in (tmp_path / "c" / "README.md").read_text()
