@@ -259,7 +259,7 @@ def frontier(run: Any, plan: FrontierPlan | None = None, *, progress: bool = Tru
         rows = trained_holdout(store, record)
         names = [c.name for c in [*cands, *tuned]]
         held = evaluate(store, {n: lenses[n] for n in names}, rows=rows, progress=progress)
-        K, H = store.num_blocks, store.hidden_size
+        H = store.hidden_size
         registration = preregister(held, cands, tuned, jump_parameter_count(H, default_rank(H)))
         registration["left_out"] = left_out
         atomic_write_text(out_dir / "preregistration.json", json.dumps(registration, indent=1))
