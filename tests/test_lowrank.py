@@ -102,8 +102,9 @@ def test_fast_path_equals_the_level_by_level_call(lm, store):
 def test_training_lowers_the_kl_and_records_its_recipe(lm, store):
     config = lowrank_config(4, TrainConfig(max_epochs=3, batch_size=16, patience=3, kl_negatives=32))
     assert config.residual and config.objective == "kl" and config.rank == 4 and config.lr == 3e-3
+    assert config.max_epochs == 16 and config.patience == 2
     # a tiny random model's logit lens is already close (KL ~0.01): a larger step shows the fall in a few epochs
-    lens = train_lowrank_lens(store, lm, replace(config, lr=3e-2), progress=False)
+    lens = train_lowrank_lens(store, lm, replace(config, lr=3e-2, max_epochs=4), progress=False)
     before = exact_kl(lm, LogitLens(lm), store)
     after = exact_kl(lm, lens, store)
     assert float(after.mean()) < 0.97 * float(before.mean())

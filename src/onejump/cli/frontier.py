@@ -42,7 +42,8 @@ def add_frontier_command(sub: Any) -> None:
                    help="steps of the tuned lens's SGD schedule when the run has no tuned lens (default: %(default)s)")
     p.add_argument("--no-tuned-adam", action="store_true", help="leave out the tuned lens trained with Adam")
     p.add_argument("--max-epochs", type=int, default=None,
-                   help="cap the epochs of every point trained with Adam (default: the recipes': 4)")
+                   help="cap the epochs of every point trained with Adam (default: the recipes': 16 for the low-rank "
+                        "lenses, 4 for the joint jump and the Adam tuned lens)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="model weights dtype (default: %(default)s)")

@@ -150,9 +150,9 @@ class _Points:
 
         from ..lenses.onejump import OneJump
         from ..training.fit import objective_loss, train_joint
-        from ..training.lowrank import LOWRANK_RECIPE
+        from ..training.lowrank import JOINT_RECIPE
 
-        cfg = self._train_config(lambda base: replace(base, **LOWRANK_RECIPE, rank=rank))
+        cfg = self._train_config(lambda base: replace(base, **JOINT_RECIPE, rank=rank))
 
         def train() -> Any:
             dev = self.run.compute_device
