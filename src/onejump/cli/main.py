@@ -20,6 +20,7 @@ from .experiment import (
     cmd_sweep,
     cmd_train,
 )
+from .frontier import cmd_frontier
 from .lenses import cmd_generate, cmd_lens
 from .modes import check_invocation
 from .parser import _check_argv, _friendly_types, build_parser
@@ -39,6 +40,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "lens": cmd_lens,
     "info": cmd_info,
     "stream-train": cmd_stream_train,
+    "frontier": cmd_frontier,
 }
 
 

@@ -110,6 +110,8 @@ USES: dict[str, dict[str, Needs | None]] = {
              "statistic": ALWAYS, "out": ALWAYS,
              "model": ALWAYS, "device": ALWAYS, "dtype": ALWAYS},
     "info": {"path": ALWAYS},
+    "frontier": {"run": ALWAYS, "ranks": ALWAYS, "jump_ranks": ALWAYS, "tuned_steps": ALWAYS, "no_tuned_adam": ALWAYS,
+                 "max_epochs": ALWAYS, "device": ALWAYS, "dtype": ALWAYS},
     "stream-train": {**_MODEL_ONLY, **{name: ALWAYS for name in (
         "corpus", "hf_config", "text_field", "max_documents", "out", "lenses", "tokens_per_step", "steps", "tokens",
         "micro_rows", "tokens_per_batch", "val_sentences", "eval_every", "seed", "checkpoint_every", "kl_top_k")},

@@ -95,9 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_experiment_commands(sub)
     _add_lens_commands(sub)
+    from .frontier import add_frontier_command
     from .stream import add_stream_command
 
     add_stream_command(sub)
+    add_frontier_command(sub)
     return parser
 
 

@@ -88,6 +88,14 @@ class RunStages:
         return Stage(name, f"the lens in {name}", made_by, inputs, settings, 1, (f"{name}/config.json",),
                      (f"lens:{name}",))
 
+    def frontier_point(self, folder: Path, kind: str, config: dict[str, Any], held: Any) -> Stage:
+        """A lens of ``onejump frontier`` trained on the run's store and saved in ``folder``."""
+        name = self.layout.relative(folder)
+        inputs: dict[str, Any] = {"store": self._id("store"), "fingerprint": self._id("fingerprint")}
+        return Stage(name, f"the frontier point in {name}", "onejump frontier --run {run}", inputs,
+                     {"kind": kind, "config": config, "held_out": held}, 1, (f"{name}/config.json",),
+                     (f"lens:{name}",))
+
     def train_of(self, lens_id: str) -> Stage:
         """What a command that only reads the run's lens ``lens_id`` checks it by (settings as recorded)."""
         row = run_lens(lens_id)

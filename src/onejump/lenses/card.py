@@ -40,6 +40,7 @@ _KIND_WORDS = {
     "jtc": "the full-rank linear JTC maps (one per level)",
     "tuned": "the tuned lens (a full-rank affine translator per level, trained by KL through the head)",
     "jump-cond": "one shared jump with a gain and a shift per exit level in its rank-r code",
+    "lowrank": "a low-rank residual correction per exit level (h + BN_k(h) A_k B_k)",
 }
 
 
