@@ -176,6 +176,19 @@ def test_frontier_entry_and_errors(run_dir, tmp_path, capsys):
     entry = frontier_entry(run_dir)
     assert set(entry["bars"]) == {b.name for b in BARS} and entry["points"]
     assert frontier_entry(tmp_path) is None
+    # an opened run: the frontier is a stage, refused once a lens it evaluated has changed since
+    from onejump.errors import StageError
+    from onejump.experiment.run import Run
+
+    assert frontier_entry(Run(run_dir, device="cpu"))["points"] == entry["points"]
+    config = run_dir / "frontier" / "points" / "lowrank-r1" / "config.json"
+    text = config.read_text()
+    config.write_text(text + " ")
+    try:
+        with pytest.raises(StageError, match="superseded"):
+            frontier_entry(Run(run_dir, device="cpu"))
+    finally:
+        config.write_text(text)
     assert main(["-q", "frontier", "--run", str(tmp_path / "none")]) == 2
     assert "not an onejump run folder" in capsys.readouterr().err
     assert main(["-q", "frontier", "--run", str(run_dir), "--ranks", "0"]) == 2

@@ -251,6 +251,10 @@ def frontier(run: Any, plan: FrontierPlan | None = None, *, progress: bool = Tru
     out_dir = run.folder / "frontier"
     out_dir.mkdir(parents=True, exist_ok=True)
     record = held_out_record(store, plan.val_fraction, plan.seed)
+    folders = {"run": lambda n: run.layout.lens_path(n), "frontier": lambda n: out_dir / "points" / n}
+    stage = run.stages.frontier(sorted(run.layout.relative(folders[source[n]](n)) for n in lenses
+                                       if source[n] in folders), asdict(plan))
+    run.records.begin(stage)
     cands, tuned, left_out = _candidates(lenses, record)
     registration = None
     if tuned:
@@ -282,6 +286,7 @@ def frontier(run: Any, plan: FrontierPlan | None = None, *, progress: bool = Tru
     from .frontier_figure import frontier_figure
 
     frontier_figure(out, out_dir / "frontier.png")
+    run.records.complete(stage)
     return out
 
 
@@ -297,12 +302,16 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def frontier_entry(run_folder: str | Path) -> dict[str, Any] | None:
+def frontier_entry(run: Any) -> dict[str, Any] | None:
     """The ``frontier`` entry of a run's results.json: its points (means, CIs, per level, parameters, training
-    time, frontier marks) and both bars' verdicts; None when the frontier was not run."""
-    path = Path(run_folder) / "frontier" / "frontier.json"
+    time, frontier marks) and both bars' verdicts; None when the frontier was not run. ``run``: an opened
+    run folder (the frontier must then be current) or a folder's path (read as it is)."""
+    opened = not isinstance(run, (str, Path))
+    path = (run.folder if opened else Path(run)) / "frontier" / "frontier.json"
     if not path.is_file():
         return None
+    if opened:
+        run.records.require(run.stages.frontier())
     data = json.loads(path.read_text())
     bars = {name: {k: b.get(k) for k in ("verdict", "chosen", "chosen_parameters", "budget", "parts",
                                          "levels_missed", "levels_inconclusive")}

@@ -24,6 +24,7 @@ this one place from the saved stages (never from the model).
                  model_mib, model_parameters, model_dtype}: each stage's peak resident memory and the
                  model's own size (its parameters' bytes)
     beyond      (optional) the sweep of ``onejump sweep`` (onejump.sweep: references, configs, best, bar)
+    frontier    (optional) the lens frontier of ``onejump frontier`` (onejump.experiment.frontier.frontier_entry)
 
 All numbers are measured on the test split; nothing in the report is typed in by hand.
 """
@@ -164,6 +165,11 @@ def build_results(run: Any, result: Any) -> dict[str, Any]:
     beyond = _beyond(run)
     if beyond is not None:
         results["beyond"] = beyond
+    from .frontier import frontier_entry
+
+    frontier = frontier_entry(run)
+    if frontier is not None:
+        results["frontier"] = frontier
     exits = run.exits()
     if exits is not None:
         results["early_exit"] = exits.to_dict()

@@ -96,6 +96,16 @@ class RunStages:
                      {"kind": kind, "config": config, "held_out": held}, 1, (f"{name}/config.json",),
                      (f"lens:{name}",))
 
+    def frontier(self, points: list[str] | None = None, plan: Any = RECORDED) -> Stage:
+        """The frontier's evaluation (``frontier/frontier.json``) of the lenses in the folders ``points``
+        (run-relative; None: those its record names)."""
+        if points is None:
+            inputs = (self.records.record("frontier") or {}).get("inputs") or {}
+            points = [k.partition(":")[2] for k in inputs if k.startswith("lens:")]
+        inputs = {"store": self._id("store"), **{f"lens:{p}": self._id(f"lens:{p}") for p in points}}
+        return Stage("frontier", "the lens frontier", "onejump frontier --run {run}", inputs, plan, 1,
+                     ("frontier/frontier.json",))
+
     def train_of(self, lens_id: str) -> Stage:
         """What a command that only reads the run's lens ``lens_id`` checks it by (settings as recorded)."""
         row = run_lens(lens_id)
