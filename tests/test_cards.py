@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from onejump.errors import ConfigError, ShortcutError
+from onejump.errors import ConfigError, LensFileError
 from onejump.evaluation.card_entry import evaluation_card
 from onejump.extract import extract
 from onejump.lenses import Lens, LogitLens, OneJump
@@ -135,9 +135,9 @@ def test_one_hub_repository_holds_several_lenses(lm, tmp_path, monkeypatch):
         assert torch.equal(back(h, 1), lens(h, 1))
     assert seen == [["jump-a/*"], ["jump-b/*"]]  # only the named folder is fetched
     assert torch.equal(Lens.from_pretrained("me/tiny-lenses", lm, subfolder="jump-b")(h, 0), b(h, 0))
-    with pytest.raises(ShortcutError, match="has no folder 'jump-c'"):
+    with pytest.raises(LensFileError, match="has no folder 'jump-c'"):
         Lens.from_pretrained("me/tiny-lenses/jump-c", lm)
-    with pytest.raises(ShortcutError, match="names a subfolder already"):
+    with pytest.raises(LensFileError, match="names a subfolder already"):
         Lens.from_pretrained("me/tiny-lenses/jump-a", lm, subfolder="jump-b")
 
 
@@ -153,14 +153,14 @@ def test_shipped_lenses_by_short_id(lm, tmp_path, monkeypatch):
         assert torch.equal(Lens.from_pretrained(source, lm)(h, 1), lens(h, 1))
     assert torch.equal(Lens.from_pretrained("tiny-llama/other", lm)(h, 1), jump(lm, 2)(h, 1))
     other = from_pretrained_model(tiny_model("llama", seed=1), tiny_tokenizer(), name="tiny-llama")
-    with pytest.raises(ShortcutError, match="it is refused"):
+    with pytest.raises(LensFileError, match="it is refused"):
         Lens.from_pretrained("tiny-llama", other)
-    with pytest.raises(ShortcutError, match="no shipped lens 'tiny-llama/nope'"):
+    with pytest.raises(LensFileError, match="no shipped lens 'tiny-llama/nope'"):
         Lens.from_pretrained("tiny-llama/nope", lm)
     stranger = from_pretrained_model(tiny_model("qwen2"), tiny_tokenizer(), name="tiny-qwen")
-    with pytest.raises(ShortcutError, match="no lens ships for the model 'tiny-qwen'"):
+    with pytest.raises(LensFileError, match="no lens ships for the model 'tiny-qwen'"):
         Lens.from_pretrained("pretrained", stranger)
-    with pytest.raises(ShortcutError, match="needs the model"):
+    with pytest.raises(LensFileError, match="needs the model"):
         Lens.from_pretrained(str(tmp_path / "missing"))
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from onejump.errors import ConfigError, ShortcutError
+from onejump.errors import ConfigError, LensFileError
 from onejump.evaluation.evaluator import evaluate
 from onejump.evaluation.selection import head_scores
 from onejump.lenses import CondJump, CondJumpBank, Lens, OneJump
@@ -117,7 +117,7 @@ def test_save_load_round_trip_is_exact(llama, tmp_path):
         assert CondJump.from_pretrained(folder, lm).num_parameters == cond.num_parameters
         for k in range(lm.num_blocks):
             assert torch.equal(again(h, k), cond(h, k))
-    with pytest.raises(ShortcutError, match="not a OneJump"):
+    with pytest.raises(LensFileError, match="not a OneJump"):
         OneJump.load(folder, lm)
 
 
@@ -125,15 +125,15 @@ def test_bad_levels_and_banks_are_refused(llama):
     lm, _ = llama
     cond = CondJump.from_jump(_jump(lm, True))
     h = torch.randn(2, lm.hidden_size)
-    with pytest.raises(ShortcutError, match="exit level"):
+    with pytest.raises(LensFileError, match="exit level"):
         cond(h, lm.num_blocks)
-    with pytest.raises(ShortcutError, match="exit level"):
+    with pytest.raises(LensFileError, match="exit level"):
         cond.bank(h[:, None])  # no levels
-    with pytest.raises(ShortcutError, match="exit levels must be in"):
+    with pytest.raises(LensFileError, match="exit levels must be in"):
         cond.bank(h[:, None], torch.tensor([0, lm.num_blocks]))
-    with pytest.raises(ShortcutError, match="exactly one"):
+    with pytest.raises(LensFileError, match="exactly one"):
         CondJump(lm, random_bank(1, lm.hidden_size, 3))
-    with pytest.raises(ShortcutError, match="exit levels, the model has"):
+    with pytest.raises(LensFileError, match="exit levels, the model has"):
         CondJump(lm, CondJumpBank(1, lm.hidden_size, 3, lm.num_blocks + 1))
 
 
@@ -195,7 +195,7 @@ def test_warm_start_begins_at_the_trained_joint_jump(llama):
     assert abs(_train_kl(store, lm, cond) / _train_kl(store, lm, joint) - 1) < 0.1
     with pytest.raises(ConfigError, match="warm start"):
         train_cond_jump(store, lm, TrainConfig(objective="kl", rank=3, residual=True), init=joint, progress=False)
-    with pytest.raises(ShortcutError, match="already"):
+    with pytest.raises(LensFileError, match="already"):
         CondJumpBank.from_bank(cond.bank, lm.num_blocks)
 
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onejump.cli import main
-from onejump.errors import CorpusError, OneJumpError, ShortcutError
+from onejump.errors import CorpusError, LensFileError, OneJumpError
 from onejump.limits import OPTIONS, option_name
 
 SLOW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -122,7 +122,7 @@ def test_tuned_lens_config_sizes(tmp_path, d_model, layers):
     if (d_model, layers) == (H, K) and not isinstance(d_model, bool) and not isinstance(layers, bool):
         read_tuned_lens_folder(folder)
         return
-    with pytest.raises(ShortcutError) as exc:
+    with pytest.raises(LensFileError) as exc:
         read_tuned_lens_folder(folder)
     assert "\n" not in str(exc.value)
 
@@ -131,12 +131,12 @@ def test_tuned_lens_config_larger_than_its_params_is_refused_at_once(tmp_path):
     from onejump.lenses.tuned_format import read_tuned_lens_folder
 
     folder = _tuned_folder(tmp_path / "tl", {"d_model": 65536, "num_hidden_layers": 4096}, {"0.weight": torch.zeros(2)})
-    with pytest.raises(ShortcutError, match="holds only"):
+    with pytest.raises(LensFileError, match="holds only"):
         read_tuned_lens_folder(folder)
     for config, says in (({"d_model": 10_000_000, "num_hidden_layers": 2}, "d_model"),
                          ({"d_model": 64, "num_hidden_layers": 1_000_000_000}, "num_hidden_layers")):
         _tuned_folder(folder, config, {"0.weight": torch.zeros(2)})
-        with pytest.raises(ShortcutError, match=f"'{says}' must be an integer from 1 to"):
+        with pytest.raises(LensFileError, match=f"'{says}' must be an integer from 1 to"):
             read_tuned_lens_folder(folder)
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from onejump.errors import ShortcutError
+from onejump.errors import LensFileError
 from onejump.lenses import JTCLens, Lens, LinearJTC, LogitLens, OneJump, PerLevelLens
 from onejump.lenses.jumps import jump_parameter_count
 from onejump.model.loading import from_pretrained_model
@@ -74,21 +74,21 @@ def test_save_load_round_trip(lm, tmp_path):
         for level in (0, lm.num_blocks - 1):
             assert torch.equal(again(h, level), lens(h, level)), name
     assert Lens.load(tmp_path / "ojfa", lm).trained_at == 1
-    with pytest.raises(ShortcutError, match="not a PerLevelLens"):
+    with pytest.raises(LensFileError, match="not a PerLevelLens"):
         PerLevelLens.load(tmp_path / "ojfa", lm)
 
 
 def test_load_refuses_another_model_and_changed_weights(lm, tmp_path):
     folder = _lenses(lm)["ojfa"].save(tmp_path / "j")
     other = from_pretrained_model(tiny_model("llama", seed=1), tiny_tokenizer(), name="tiny-llama-2")
-    with pytest.raises(ShortcutError, match="another model"):
+    with pytest.raises(LensFileError, match="another model"):
         Lens.load(folder, other)
     raw = bytearray((folder / "weights.safetensors").read_bytes())
     raw[-1] ^= 1
     (folder / "weights.safetensors").write_bytes(bytes(raw))
-    with pytest.raises(ShortcutError, match="sha256"):
+    with pytest.raises(LensFileError, match="sha256"):
         Lens.load(folder, lm)
-    with pytest.raises(ShortcutError, match="not a lens folder"):
+    with pytest.raises(LensFileError, match="not a lens folder"):
         Lens.load(tmp_path, lm)
 
 
@@ -96,9 +96,9 @@ def test_bad_levels_and_shapes_are_refused(lm):
     lens = _lenses(lm)["ojfa"]
     h = torch.randn(2, lm.hidden_size)
     for bad in (-1, lm.num_blocks, 1.0, True):
-        with pytest.raises(ShortcutError, match="exit level"):
+        with pytest.raises(LensFileError, match="exit level"):
             lens(h, bad)
-    with pytest.raises(ShortcutError, match="hidden width"):
+    with pytest.raises(LensFileError, match="hidden width"):
         lens(torch.randn(2, lm.hidden_size + 1), 0)
-    with pytest.raises(ShortcutError, match="K="):
+    with pytest.raises(LensFileError, match="K="):
         PerLevelLens(lm, random_bank(2, lm.hidden_size, 4))

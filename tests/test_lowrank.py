@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from onejump.errors import ShortcutError
+from onejump.errors import LensFileError
 from onejump.evaluation.evaluator import evaluate
 from onejump.extract import extract
 from onejump.lenses import Lens, LogitLens, LowRankLens, PerLevelLens
@@ -64,9 +64,9 @@ def test_starts_at_the_logit_lens_shapes_and_parameters(lm):
         assert torch.equal(out, logit(h, k))
     assert lens.num_parameters == lowrank_parameter_count(K, H, 4) == K * (2 * H * 4 + 4 * H)
     assert isinstance(lens, PerLevelLens) and lens.kind == "lowrank"
-    with pytest.raises(ShortcutError):
+    with pytest.raises(LensFileError):
         lens(h, K)
-    with pytest.raises(ShortcutError):
+    with pytest.raises(LensFileError):
         LowRankLens(lm, JumpBank(K, H, 4))  # not residual
 
 

@@ -168,17 +168,17 @@ def test_head_rule_selection(llama):
 
 
 def test_a_lens_without_held_out_rows_is_refused_by_the_head_rule(llama):
-    from onejump.errors import ShortcutError
+    from onejump.errors import LensFileError
     from onejump.evaluation.selection import held_out_record, trained_holdout
 
     lm, store = llama
-    with pytest.raises(ShortcutError, match="does not record"):
+    with pytest.raises(LensFileError, match="does not record"):
         trained_holdout(store, None)
-    with pytest.raises(ShortcutError, match="held no rows out"):
+    with pytest.raises(LensFileError, match="held no rows out"):
         trained_holdout(store, held_out_record(store, 0.0, 0))
     record = held_out_record(store, 0.25, 1)
     assert len(trained_holdout(store, record)) == record["num_rows"] > 0
-    with pytest.raises(ShortcutError, match="differ"):
+    with pytest.raises(LensFileError, match="differ"):
         trained_holdout(store, {**record, "rows_sha256": "0" * 16})
 
 

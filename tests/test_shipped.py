@@ -46,7 +46,7 @@ def test_shipped_lenses_match_their_cards(shipped, tmp_path):
 def test_shipped_lenses_refuse_other_weights(shipped):
     import torch
 
-    from onejump.errors import ShortcutError
+    from onejump.errors import LensFileError
     from onejump.lenses import Lens
     from onejump.model.loading import from_pretrained_model
 
@@ -58,7 +58,7 @@ def test_shipped_lenses_refuse_other_weights(shipped):
     try:
         other = from_pretrained_model(lm.model, lm.tokenizer, name=shipped.model)
         assert other.fingerprint != shipped.fingerprint
-        with pytest.raises(ShortcutError, match="refused|another model"):
+        with pytest.raises(LensFileError, match="refused|another model"):
             Lens.from_pretrained(shipped.id, other)
     finally:
         with torch.no_grad():

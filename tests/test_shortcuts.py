@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 from torch import nn
 
-from onejump.errors import ShortcutError
+from onejump.errors import LensFileError
 from onejump.lenses.jtc import LinearJTC
 from onejump.lenses.jumps import JumpBank, default_rank, jump_parameter_count
 
@@ -36,7 +36,7 @@ def test_bank_parameter_count_is_its_tensors():
 
 @pytest.mark.parametrize("rank", [0, -1, 13, 2.5, True])
 def test_bad_rank(rank):
-    with pytest.raises(ShortcutError, match="rank"):
+    with pytest.raises(LensFileError, match="rank"):
         JumpBank(2, 12, rank)
 
 
@@ -84,9 +84,9 @@ def test_forward_equals_separate_batchnorm1d():
         # reuse at another level's input: jump j's own statistics (Eq. 3)
         torch.testing.assert_close(bank.apply(h[:, 0], j, level=0), m(h[:, 0]), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(bank.project(h[:, 1], j) @ bank.B[j], m(h[:, 1]), atol=1e-5, rtol=1e-5)
-    with pytest.raises(ShortcutError):
+    with pytest.raises(LensFileError):
         bank(h[:, :2])
-    with pytest.raises(ShortcutError, match="jump index"):
+    with pytest.raises(LensFileError, match="jump index"):
         bank.apply(h[:, 0], 3)
 
 
@@ -129,7 +129,7 @@ def test_linear_jtc_recovers_affine_map():
     torch.testing.assert_close(jtc.apply_all(x[:5].float())[:, 1], target[:5].float(), atol=1e-3, rtol=1e-3)
     other = LinearJTC.fit(store, chunk_size=1000)
     torch.testing.assert_close(jtc.W, other.W, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ShortcutError):
+    with pytest.raises(LensFileError):
         jtc(x[:, 0].float(), K)
 
 
@@ -150,7 +150,7 @@ def test_old_shortcut_folders_are_refused_with_what_to_do(tmp_path):
     save_file(bank.tensors(), str(folder / "weights.safetensors"))
     (folder / "shortcuts.json").write_text(json.dumps({"format": "onejump-shortcuts", "version": 1, "kind": "nnjtc",
                                                        "weights": "weights.safetensors"}))
-    with pytest.raises(ShortcutError) as err:
+    with pytest.raises(LensFileError) as err:
         Lens.load(folder, lm)
     message = str(err.value)
     assert "\n" not in message and "old shortcut format" in message and "onejump train --out" in message

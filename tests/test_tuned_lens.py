@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from onejump.errors import ConfigError, ShortcutError
+from onejump.errors import ConfigError, LensFileError
 from onejump.extract import extract
 from onejump.lenses import Lens, LogitLens, TunedLens
 from onejump.lenses.jumps import JumpBank
@@ -73,7 +73,7 @@ def test_starts_at_the_logit_lens_and_counts_parameters(lm):
         assert torch.equal(lens(h, k), logit(h, k))
     assert lens.num_parameters == K * (H * H + H)
     assert lens.logits_cost() == H * H + H * V
-    with pytest.raises(ShortcutError):
+    with pytest.raises(LensFileError):
         lens(h, K)
 
 
@@ -157,7 +157,7 @@ def test_save_load_round_trip_and_fingerprint(lm, tmp_path):
     for k in range(lm.num_blocks):
         assert torch.equal(back(h, k), lens(h, k))
     other = from_pretrained_model(tiny_model("llama", seed=1), tiny_tokenizer(), name="other")
-    with pytest.raises(ShortcutError, match="another model"):
+    with pytest.raises(LensFileError, match="another model"):
         Lens.from_pretrained(tmp_path / "lens", other)
 
 
@@ -251,7 +251,7 @@ def test_bad_tuned_lens_folders_are_refused(lm, tmp_path, case):
         state, match = _bad_params(lm, K, H)[case]
         torch.save(state, folder / "params.pt")
     before = sorted(p.name for p in folder.iterdir())
-    with pytest.raises(ShortcutError, match=match):
+    with pytest.raises(LensFileError, match=match):
         import_tuned_lens(folder, lm)
     assert sorted(p.name for p in folder.iterdir()) == before
 
@@ -259,10 +259,10 @@ def test_bad_tuned_lens_folders_are_refused(lm, tmp_path, case):
 def test_tuned_lens_folder_of_another_model_is_refused(lm, tmp_path):
     export_tuned_lens(random_tuned(lm), tmp_path / "tl", lm)
     other = from_pretrained_model(tiny_model("llama", seed=1), tiny_tokenizer(), name="other")
-    with pytest.raises(ShortcutError, match="another model"):
+    with pytest.raises(LensFileError, match="another model"):
         import_tuned_lens(tmp_path / "tl", other)
     (tmp_path / "tl" / "onejump.json").unlink()  # a folder tuned-lens wrote: its unembedding hash decides
-    with pytest.raises(ShortcutError, match="another unembedding"):
+    with pytest.raises(LensFileError, match="another unembedding"):
         import_tuned_lens(tmp_path / "tl", other)
     assert isinstance(import_tuned_lens(tmp_path / "tl", lm), TunedLens)
     K, H = lm.num_blocks + 1, lm.hidden_size  # a lens for a deeper model
@@ -271,7 +271,7 @@ def test_tuned_lens_folder_of_another_model_is_refused(lm, tmp_path):
     (folder / "config.json").write_text(json.dumps({"d_model": H, "num_hidden_layers": K}))
     torch.save({f"{k}.{n}": torch.zeros((H, H) if n == "weight" else (H,)) for k in range(K)
                 for n in ("weight", "bias")}, folder / "params.pt")
-    with pytest.raises(ShortcutError, match="layers of width"):
+    with pytest.raises(LensFileError, match="layers of width"):
         import_tuned_lens(folder, lm)
 
 
@@ -312,9 +312,9 @@ def test_hub_download_and_upload(lm, tmp_path, monkeypatch):
     lens.push_to_hub("someone/tiny-tl", format="tuned-lens")
     assert (hub / "someone" / "tiny-tl" / "params.pt").is_file()
     assert torch.equal(Lens.from_pretrained("someone/tiny-tl", lm)(h, 2), lens(h, 2))
-    with pytest.raises(ShortcutError, match="could not be fetched"):
+    with pytest.raises(LensFileError, match="could not be fetched"):
         Lens.from_pretrained("someone/missing", lm)
-    with pytest.raises(ShortcutError, match="neither a folder nor a hub id"):
+    with pytest.raises(LensFileError, match="neither a folder nor a hub id"):
         Lens.from_pretrained(tmp_path / "no" / "such" / "folder", lm)
 
 

@@ -23,7 +23,7 @@ from .errors import (
     ModelLoadError,
     NumericalError,
     OneJumpError,
-    ShortcutError,
+    LensFileError,
     StoreError,
     UnsupportedArchitectureError,
 )
@@ -62,7 +62,7 @@ __all__ = [
     "PerLevelLens",
     "PredictionTrajectory",
     "TunedLens",
-    "ShortcutError",
+    "LensFileError",
     "StoreError",
     "TrainConfig",
     "TunedTrainConfig",

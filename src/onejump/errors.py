@@ -39,8 +39,8 @@ class StoreError(OneJumpError):
     """A hidden-state store is missing, truncated, corrupt or belongs to another model/run."""
 
 
-class ShortcutError(OneJumpError):
-    """A shortcut file or configuration is invalid or does not match the model."""
+class LensFileError(OneJumpError):
+    """A lens file or configuration is invalid or does not match the model."""
 
 
 class NumericalError(OneJumpError):

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, ShortcutError, StoreError
+from ..errors import ConfigError, LensFileError, StoreError
 from ..lenses.jumps import JumpBank
 from .scoring import require_finite
 
@@ -135,19 +135,19 @@ def held_out_record(store: Any, val_fraction: float, seed: int) -> dict[str, Any
 def trained_holdout(store: Any, record: dict[str, Any] | None, max_rows: int | None = HOLDOUT_MAX) -> np.ndarray:
     """The store rows a lens's training held out (its ``held_out`` record), at most ``max_rows`` of them.
 
-    Refused (:class:`~onejump.errors.ShortcutError`) when the lens keeps no record, when its training held
+    Refused (:class:`~onejump.errors.LensFileError`) when the lens keeps no record, when its training held
     nothing out, or when the rows drawn now differ from those recorded (another store or another split)."""
     if not record:
-        raise ShortcutError("the lens does not record which rows its training held out: train it again")
+        raise LensFileError("the lens does not record which rows its training held out: train it again")
     if record.get("drawn_by") != HELD_OUT_DRAWN_BY or record.get("split") != "train":
-        raise ShortcutError(f"the lens's held-out rows were drawn by {record.get('drawn_by')}, which this onejump "
+        raise LensFileError(f"the lens's held-out rows were drawn by {record.get('drawn_by')}, which this onejump "
                             "cannot redraw: train it again")
     if not record["val_fraction"] > 0:
-        raise ShortcutError("the lens's training held no rows out (val_fraction 0): nothing it never trained on "
+        raise LensFileError("the lens's training held no rows out (val_fraction 0): nothing it never trained on "
                             "is left to score it on; train with a validation fraction above 0")
     full = holdout_rows(store, record["val_fraction"], record["seed"], max_rows=None)
     if len(full) != record["num_rows"] or _rows_digest(full) != record["rows_sha256"]:
-        raise ShortcutError("the rows held out of this store differ from those the lens's training held out "
+        raise LensFileError("the rows held out of this store differ from those the lens's training held out "
                             "(another store or another split): train it again")
     return holdout_rows(store, record["val_fraction"], record["seed"], max_rows=max_rows)
 

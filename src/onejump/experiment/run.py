@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import ShortcutError, StoreError
+from ..errors import LensFileError, StoreError
 from ..io import atomic_write_text
 from ..store import HiddenStateStore
 from ..training.checkpoint import Checkpoint
@@ -161,8 +161,8 @@ class Run(RunFolder):
             if rule == "head":  # the rows the per-level jumps' training held out, as their own config records
                 try:
                     holdout = trained_holdout(self.store(), per_level.extra.get("held_out"))
-                except ShortcutError as exc:
-                    raise ShortcutError(f"{self.lens_path('full')}: {exc} (`onejump train --out {self.folder}`)") \
+                except LensFileError as exc:
+                    raise LensFileError(f"{self.lens_path('full')}: {exc} (`onejump train --out {self.folder}`)") \
                         from None
             t0 = self.probes.start()
             selection = select_ojfa(self.store(), per_level, device=self.compute_device, progress=self.progress,

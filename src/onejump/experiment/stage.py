@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ShortcutError, StageError, StoreError
+from ..errors import LensFileError, StageError, StoreError
 from ..io import atomic_write_text
 
 RECORD = "stage.json"
@@ -136,7 +136,7 @@ class StageRecords:
                 out = load()
                 reused()
                 return out
-            except (StoreError, ShortcutError):
+            except (StoreError, LensFileError):
                 pass  # a damaged output: made again
         self.begin(stage)
         out = compute()
@@ -156,7 +156,7 @@ class StageRecords:
                 try:
                     parts[name] = load(name)
                     continue
-                except (StoreError, ShortcutError):
+                except (StoreError, LensFileError):
                     pass  # a damaged part: made again
             todo.append(name)
         if todo:

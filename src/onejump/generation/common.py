@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, ShortcutError
+from ..errors import ConfigError, LensFileError
 
 
 @dataclass
@@ -190,7 +190,7 @@ def check_lens(lm: Any, lens: Any) -> None:
     """Refuse a lens bound to a model with other weights."""
     other = getattr(lens, "lm", None)
     if other is not None and other is not lm and getattr(other, "fingerprint", None) != lm.fingerprint:
-        raise ShortcutError(f"the lens was made for another model (weights {other.fingerprint}, this model "
+        raise LensFileError(f"the lens was made for another model (weights {other.fingerprint}, this model "
                             f"{lm.fingerprint})")
 
 

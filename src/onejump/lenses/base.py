@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..errors import ShortcutError
+from ..errors import LensFileError
 from ..io import atomic_write_text, save_safetensors, sha256_file
 
 LENS_FORMAT = "onejump-lens"
@@ -84,12 +84,12 @@ class Lens(nn.Module):
 
     def check_level(self, level: int) -> int:
         if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < self.num_blocks:
-            raise ShortcutError(f"exit level must be in 0..{self.num_blocks - 1}, got {level!r}")
+            raise LensFileError(f"exit level must be in 0..{self.num_blocks - 1}, got {level!r}")
         return level
 
     def check_hidden(self, h: torch.Tensor) -> None:
         if h.shape[-1] != self.hidden_size:
-            raise ShortcutError(f"hidden width {h.shape[-1]} does not match the model's H={self.hidden_size}")
+            raise LensFileError(f"hidden width {h.shape[-1]} does not match the model's H={self.hidden_size}")
 
     # ---- the call ----------------------------------------------------------------------------
     def transform(self, h: torch.Tensor, level: int) -> torch.Tensor:

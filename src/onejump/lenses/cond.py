@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ShortcutError
+from ..errors import LensFileError
 from .jumps import _BANK_KEYS, JumpBank
 from .onejump import OneJump, _BankLens
 
@@ -39,7 +39,7 @@ class CondJumpBank(JumpBank):
         super().__init__(num_jumps, hidden_size, rank, levels=levels, eps=eps, momentum=momentum, seed=seed,
                          residual=residual)
         if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
-            raise ShortcutError(f"a level-conditioned jump needs >= 1 exit level, got {num_levels!r}")
+            raise LensFileError(f"a level-conditioned jump needs >= 1 exit level, got {num_levels!r}")
         self.gain = nn.Parameter(torch.ones(self.num_jumps, num_levels, self.rank))
         self.shift = nn.Parameter(torch.zeros(self.num_jumps, num_levels, self.rank))
 
@@ -47,7 +47,7 @@ class CondJumpBank(JumpBank):
     def from_bank(cls, bank: JumpBank, num_levels: int) -> CondJumpBank:
         """A conditioned bank with ``bank``'s A, B and BatchNorm (copied), every gain 1 and shift 0."""
         if bank.conditioned:
-            raise ShortcutError("the bank is already level-conditioned")
+            raise LensFileError("the bank is already level-conditioned")
         out = cls(bank.num_jumps, bank.hidden_size, bank.rank, num_levels, levels=bank.levels, eps=bank.eps,
                   momentum=bank.momentum, residual=bank.residual)
         out.load_tensors({**bank.tensors(), "gain": out.gain.detach(), "shift": out.shift.detach()})
@@ -66,14 +66,14 @@ class CondJumpBank(JumpBank):
 
     def _levels(self, levels: torch.Tensor | int | None, n: int) -> torch.Tensor:
         if levels is None:
-            raise ShortcutError("a level-conditioned jump needs the exit level of its inputs")
+            raise LensFileError("a level-conditioned jump needs the exit level of its inputs")
         lv = torch.as_tensor(levels, dtype=torch.long, device=self.gain.device)
         if lv.dim() == 0:
             lv = lv.expand(n)
         if lv.shape != (n,):
-            raise ShortcutError(f"levels must be one exit level per input ({n}), got shape {tuple(lv.shape)}")
+            raise LensFileError(f"levels must be one exit level per input ({n}), got shape {tuple(lv.shape)}")
         if n and (int(lv.min()) < 0 or int(lv.max()) >= self.num_levels):
-            raise ShortcutError(f"exit levels must be in 0..{self.num_levels - 1}")
+            raise LensFileError(f"exit levels must be in 0..{self.num_levels - 1}")
         return lv
 
     def codes(self, h: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:
@@ -114,9 +114,9 @@ class CondJump(_BankLens):
 
     def __init__(self, lm: Any, bank: CondJumpBank, *, extra: dict[str, Any] | None = None):
         if not isinstance(bank, CondJumpBank) or bank.num_jumps != 1:
-            raise ShortcutError("CondJump holds exactly one level-conditioned jump (a CondJumpBank with J = 1)")
+            raise LensFileError("CondJump holds exactly one level-conditioned jump (a CondJumpBank with J = 1)")
         if bank.num_levels != lm.num_blocks:
-            raise ShortcutError(f"the jump is conditioned on {bank.num_levels} exit levels, the model has "
+            raise LensFileError(f"the jump is conditioned on {bank.num_levels} exit levels, the model has "
                                 f"{lm.num_blocks}")
         super().__init__(lm, bank, extra)
 
@@ -163,15 +163,15 @@ class CondJump(_BankLens):
         own = {k[len("bank."):]: v for k, v in tensors.items() if k.startswith("bank.")}
         A, gain = own.get("A"), own.get("gain")
         if A is None or A.dim() != 3 or gain is None or gain.dim() != 3:
-            raise ShortcutError("lens weights hold no level-conditioned jump ('bank.A' or 'bank.gain' missing)")
+            raise LensFileError("lens weights hold no level-conditioned jump ('bank.A' or 'bank.gain' missing)")
         J, H, r = A.shape
         residual = config.get("residual", False)
         if not isinstance(residual, bool):
-            raise ShortcutError(f"'residual' must be true or false, got {residual!r}")
+            raise LensFileError(f"'residual' must be true or false, got {residual!r}")
         bank = CondJumpBank(J, H, r, int(gain.shape[1]), levels=config.get("levels"),
                             eps=float(config.get("bn_eps") or 1e-5), momentum=float(config.get("bn_momentum") or 0.1),
                             residual=residual)
         bank.load_tensors(own)
         if torch.any(bank.running_var < 0):
-            raise ShortcutError("negative BatchNorm running variance in the lens weights")
+            raise LensFileError("negative BatchNorm running variance in the lens weights")
         return cls(lm, bank.eval(), extra=config.get("extra"))

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import ShortcutError
+from ..errors import LensFileError
 from .hub_ids import looks_like_hub_id, split_hub_source
 
 FORMATS = ("onejump", "tuned-lens")
@@ -30,18 +30,18 @@ def resolve_pretrained(source: str | Path, *, revision: str | None = None, cache
     path = Path(source)
     if path.exists():
         if not path.is_dir():
-            raise ShortcutError(f"{path} is a file; a lens is a folder (config.json + weights)")
+            raise LensFileError(f"{path} is a file; a lens is a folder (config.json + weights)")
         return path / subfolder if subfolder else path
     text = str(source)
     parsed = split_hub_source(text)
     if parsed is None:
-        raise ShortcutError(f"lens not found: {text} is neither a folder nor a hub id (owner/name)")
+        raise LensFileError(f"lens not found: {text} is neither a folder nor a hub id (owner/name)")
     repo_id, inner = parsed
     if inner and subfolder:
-        raise ShortcutError(f"'{text}' names a subfolder already; do not also pass subfolder='{subfolder}'")
+        raise LensFileError(f"'{text}' names a subfolder already; do not also pass subfolder='{subfolder}'")
     inner = inner or subfolder
     if inner is not None and split_hub_source(f"a/b/{inner}") is None:
-        raise ShortcutError(f"'{inner}' is not a folder name inside a hub repository")
+        raise LensFileError(f"'{inner}' is not a folder name inside a hub repository")
     import huggingface_hub
 
     kwargs = {"allow_patterns": [f"{inner}/*"]} if inner else {}
@@ -50,11 +50,11 @@ def resolve_pretrained(source: str | Path, *, revision: str | None = None, cache
                                                   cache_dir=str(cache_dir) if cache_dir else None, **kwargs)
     except Exception as exc:  # offline, unknown repository, no access: one line for the user
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ShortcutError(f"lens '{text}' is not a local folder and could not be fetched from the Hugging Face "
+        raise LensFileError(f"lens '{text}' is not a local folder and could not be fetched from the Hugging Face "
                             f"hub: {reason[:200]}") from None
     folder = Path(local) / inner if inner else Path(local)
     if not folder.is_dir():
-        raise ShortcutError(f"the hub repository {repo_id} has no folder '{inner}'")
+        raise LensFileError(f"the hub repository {repo_id} has no folder '{inner}'")
     return folder
 
 
@@ -70,11 +70,11 @@ def push_to_hub(lens: Any, repo_id: str, *, format: str = "onejump", private: bo
     ``tuned_lens.TunedLens.from_model_and_pretrained`` reads after a download.
     """
     if format not in FORMATS:
-        raise ShortcutError(f"unknown lens format {format!r}; use one of {', '.join(FORMATS)}")
+        raise LensFileError(f"unknown lens format {format!r}; use one of {', '.join(FORMATS)}")
     if not looks_like_hub_id(repo_id):
-        raise ShortcutError(f"'{repo_id}' is not a hub repository id (owner/name)")
+        raise LensFileError(f"'{repo_id}' is not a hub repository id (owner/name)")
     if subfolder is not None and split_hub_source(f"a/b/{subfolder}") is None:
-        raise ShortcutError(f"'{subfolder}' is not a folder name inside a hub repository")
+        raise LensFileError(f"'{subfolder}' is not a folder name inside a hub repository")
     import huggingface_hub
 
     with tempfile.TemporaryDirectory(prefix="onejump-lens-") as tmp:

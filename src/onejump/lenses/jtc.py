@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import NumericalError, ShortcutError, StoreError
+from ..errors import LensFileError, NumericalError, StoreError
 from .base import Lens, LevelLogits
 
 
@@ -23,7 +23,7 @@ class LinearJTC(nn.Module):
     def __init__(self, W: torch.Tensor):
         super().__init__()
         if W.dim() != 3 or W.shape[1] != W.shape[2] + 1:
-            raise ShortcutError(f"JTC weights must have shape (K, H+1, H), got {tuple(W.shape)}")
+            raise LensFileError(f"JTC weights must have shape (K, H+1, H), got {tuple(W.shape)}")
         self.register_buffer("W", W.detach().to(torch.float32).contiguous())
 
     @property
@@ -41,7 +41,7 @@ class LinearJTC(nn.Module):
     def forward(self, h: torch.Tensor, level: int) -> torch.Tensor:
         """Map ``h`` (..., H) from ``level`` to an estimate of h^K."""
         if not 0 <= level < self.num_levels:
-            raise ShortcutError(f"JTC level must be in 0..{self.num_levels - 1}, got {level}")
+            raise LensFileError(f"JTC level must be in 0..{self.num_levels - 1}, got {level}")
         flat = h.reshape(-1, self.hidden_size).to(self.W.dtype)
         return torch.addmm(self.W[level, -1], flat, self.W[level, :-1]).reshape(h.shape)
 
@@ -64,9 +64,9 @@ class LinearJTC(nn.Module):
         K, H = store.num_blocks, store.hidden_size
         lv = list(range(K)) if levels is None else [int(k) for k in levels]
         if any(not 0 <= k < K for k in lv):
-            raise ShortcutError(f"JTC levels must be in 0..{K - 1}")
+            raise LensFileError(f"JTC levels must be in 0..{K - 1}")
         if ridge < 0:
-            raise ShortcutError(f"ridge must be >= 0, got {ridge}")
+            raise LensFileError(f"ridge must be >= 0, got {ridge}")
         dev = torch.device(device)
         L = len(lv)
         # X^T X and X^T Y of X = [h^k, 1] from their parts, h^T h, h^T y and the column sums: the products read
@@ -141,7 +141,7 @@ class JTCLens(Lens):
     def __init__(self, lm: Any, jtc: LinearJTC, extra: dict[str, Any] | None = None):
         super().__init__(lm)
         if jtc.hidden_size != lm.hidden_size or jtc.num_levels != lm.num_blocks:
-            raise ShortcutError(f"JTC maps have K={jtc.num_levels}, H={jtc.hidden_size}; the model has "
+            raise LensFileError(f"JTC maps have K={jtc.num_levels}, H={jtc.hidden_size}; the model has "
                                 f"K={lm.num_blocks}, H={lm.hidden_size}")
         self.jtc = jtc
         self.extra = dict(extra or {})
@@ -170,5 +170,5 @@ class JTCLens(Lens):
     def from_config(cls, lm: Any, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> JTCLens:
         W = tensors.get("jtc.W")
         if W is None:
-            raise ShortcutError("JTC lens weights lack 'jtc.W'")
+            raise LensFileError("JTC lens weights lack 'jtc.W'")
         return cls(lm, LinearJTC(W), extra=config.get("extra"))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ShortcutError
+from ..errors import LensFileError
 
 _BANK_KEYS = ("bn_weight", "bn_bias", "running_mean", "running_var", "A", "B")
 
@@ -40,7 +40,7 @@ def _check_rank(hidden_size: int, rank: int | None) -> int:
     if rank is None:
         return default_rank(hidden_size)
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1 or rank > hidden_size:
-        raise ShortcutError(f"jump rank must be an integer in 1..H={hidden_size}, got {rank!r}")
+        raise LensFileError(f"jump rank must be an integer in 1..H={hidden_size}, got {rank!r}")
     return rank
 
 
@@ -67,15 +67,15 @@ class JumpBank(nn.Module):
         super().__init__()
         self.residual = bool(residual)
         if num_jumps < 1 or hidden_size < 1:
-            raise ShortcutError(f"a jump bank needs >= 1 jump and H >= 1 (got J={num_jumps}, H={hidden_size})")
+            raise LensFileError(f"a jump bank needs >= 1 jump and H >= 1 (got J={num_jumps}, H={hidden_size})")
         rank = _check_rank(hidden_size, rank)
         if not (eps > 0) or not (0 < momentum <= 1):
-            raise ShortcutError(f"BatchNorm eps must be > 0 and momentum in (0, 1] (got {eps}, {momentum})")
+            raise LensFileError(f"BatchNorm eps must be > 0 and momentum in (0, 1] (got {eps}, {momentum})")
         self.eps = float(eps)
         self.momentum = float(momentum)
         self.levels = [int(x) for x in (levels if levels is not None else range(num_jumps))]
         if len(self.levels) != num_jumps:
-            raise ShortcutError(f"levels names {len(self.levels)} levels for {num_jumps} jumps")
+            raise LensFileError(f"levels names {len(self.levels)} levels for {num_jumps} jumps")
         gen = torch.Generator().manual_seed(int(seed))
         J, H, r = num_jumps, hidden_size, rank
         a = (torch.rand(J, H, r, generator=gen, dtype=torch.float64) * 2 - 1) / math.sqrt(H)
@@ -116,14 +116,14 @@ class JumpBank(nn.Module):
 
     def _jump_index(self, jump: int) -> int:
         if isinstance(jump, bool) or not isinstance(jump, int) or not 0 <= jump < self.num_jumps:
-            raise ShortcutError(f"jump index must be in 0..{self.num_jumps - 1}, got {jump!r}")
+            raise LensFileError(f"jump index must be in 0..{self.num_jumps - 1}, got {jump!r}")
         return jump
 
     # ---- application ----------------------------------------------------------------------------
     def normalize(self, h: torch.Tensor) -> torch.Tensor:
         """BatchNorm part of :meth:`forward`: (N, J, H) -> (N, J, H), train or eval mode."""
         if h.dim() != 3 or h.shape[1:] != (self.num_jumps, self.hidden_size):
-            raise ShortcutError(f"jump bank input must be (N, {self.num_jumps}, {self.hidden_size}), "
+            raise LensFileError(f"jump bank input must be (N, {self.num_jumps}, {self.hidden_size}), "
                                 f"got {tuple(h.shape)}")
         n = h.shape[0]
         x = F.batch_norm(h.reshape(n, -1), self.running_mean.view(-1), self.running_var.view(-1),
@@ -147,7 +147,7 @@ class JumpBank(nn.Module):
     def _bn_eval(self, h: torch.Tensor, jump: int) -> torch.Tensor:
         j = self._jump_index(jump)
         if h.shape[-1] != self.hidden_size:
-            raise ShortcutError(f"input width {h.shape[-1]} does not match the jump's H={self.hidden_size}")
+            raise LensFileError(f"input width {h.shape[-1]} does not match the jump's H={self.hidden_size}")
         flat = h.reshape(-1, self.hidden_size).to(self.A.dtype)
         return F.batch_norm(flat, self.running_mean[j], self.running_var[j], self.bn_weight[j], self.bn_bias[j],
                             training=False, eps=self.eps)
@@ -164,7 +164,7 @@ class JumpBank(nn.Module):
         statistics, whether the module is in train or eval mode.
         """
         if level is not None and level < 0:
-            raise ShortcutError(f"level must be >= 0, got {level}")
+            raise LensFileError(f"level must be >= 0, got {level}")
         out = self.project(h, jump) @ self.B[jump]
         return out + h.to(out.dtype) if self.residual else out
 
@@ -204,10 +204,10 @@ class JumpBank(nn.Module):
         """Copy tensors from :meth:`tensors` (shapes checked) into the bank."""
         for k in self.keys:
             if k not in tensors:
-                raise ShortcutError(f"jump bank tensors lack '{k}'")
+                raise LensFileError(f"jump bank tensors lack '{k}'")
             own = getattr(self, k)
             if tuple(tensors[k].shape) != tuple(own.shape):
-                raise ShortcutError(f"jump bank tensor '{k}' has shape {tuple(tensors[k].shape)}, "
+                raise LensFileError(f"jump bank tensor '{k}' has shape {tuple(tensors[k].shape)}, "
                                     f"expected {tuple(own.shape)}")
             with torch.no_grad():
                 own.copy_(tensors[k])

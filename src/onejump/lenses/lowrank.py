@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ShortcutError
+from ..errors import LensFileError
 from .base import LevelLogits
 from .jumps import JumpBank, jump_parameter_count
 from .onejump import PerLevelLens
@@ -37,7 +37,7 @@ class LowRankLens(PerLevelLens):
 
     def __init__(self, lm: Any, bank: JumpBank, extra: dict[str, Any] | None = None):
         if not bank.residual:
-            raise ShortcutError("a low-rank residual lens needs a residual jump bank (h + BN(h) A B)")
+            raise LensFileError("a low-rank residual lens needs a residual jump bank (h + BN(h) A B)")
         super().__init__(lm, bank, extra)
 
     @classmethod
@@ -51,7 +51,7 @@ class LowRankLens(PerLevelLens):
     def translate(self, h: torch.Tensor) -> torch.Tensor:
         """All levels at once: (N, K, H) -> (N, K, H), level k's correction added to ``h[:, k]`` (eval mode)."""
         if h.dim() != 3 or h.shape[1:] != (self.num_blocks, self.hidden_size):
-            raise ShortcutError(f"translate needs inputs (N, {self.num_blocks}, {self.hidden_size}), "
+            raise LensFileError(f"translate needs inputs (N, {self.num_blocks}, {self.hidden_size}), "
                                 f"got {tuple(h.shape)}")
         bank = self.bank.to(h.device).eval()
         return bank(h.float())

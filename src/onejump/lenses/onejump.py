@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ShortcutError
+from ..errors import LensFileError
 from .base import Lens, LevelLogits
 from .jumps import JumpBank
 from .lowrank_head import LowRankHead
@@ -24,7 +24,7 @@ def _bank_from(config: dict[str, Any], tensors: dict[str, torch.Tensor], prefix:
     own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     A = own.get("A")
     if A is None or A.dim() != 3:
-        raise ShortcutError("lens weights hold no jump bank (tensor 'bank.A' missing or not 3-d)")
+        raise LensFileError("lens weights hold no jump bank (tensor 'bank.A' missing or not 3-d)")
     J, H, r = A.shape
     bank = JumpBank(J, H, r, levels=config.get("levels"), eps=float(config.get("bn_eps") or 1e-5),
                     momentum=float(config.get("bn_momentum") or 0.1), residual=bool(config.get("residual")))
@@ -38,7 +38,7 @@ class _BankLens(Lens):
     def __init__(self, lm: Any, bank: JumpBank, extra: dict[str, Any] | None = None):
         super().__init__(lm)
         if bank.hidden_size != lm.hidden_size:
-            raise ShortcutError(f"the jumps have H={bank.hidden_size}, the model H={lm.hidden_size}")
+            raise LensFileError(f"the jumps have H={bank.hidden_size}, the model H={lm.hidden_size}")
         self.bank = bank.eval()
         self.extra = dict(extra or {})
         self._head: LowRankHead | None = None
@@ -99,9 +99,9 @@ class OneJump(_BankLens):
 
     def __init__(self, lm: Any, bank: JumpBank, *, trained_at: int = -1, extra: dict[str, Any] | None = None):
         if bank.num_jumps != 1:
-            raise ShortcutError(f"OneJump holds exactly one jump, got a bank of {bank.num_jumps}")
+            raise LensFileError(f"OneJump holds exactly one jump, got a bank of {bank.num_jumps}")
         if not -1 <= trained_at < lm.num_blocks:
-            raise ShortcutError(f"jump trained at level {trained_at} is not an exit level of a "
+            raise LensFileError(f"jump trained at level {trained_at} is not an exit level of a "
                                 f"{lm.num_blocks}-block model")
         super().__init__(lm, bank, extra)
         self.trained_at = int(trained_at)
@@ -147,7 +147,7 @@ class PerLevelLens(_BankLens):
 
     def __init__(self, lm: Any, bank: JumpBank, extra: dict[str, Any] | None = None):
         if bank.num_jumps != lm.num_blocks:
-            raise ShortcutError(f"a per-level bank needs K={lm.num_blocks} jumps, got {bank.num_jumps}")
+            raise LensFileError(f"a per-level bank needs K={lm.num_blocks} jumps, got {bank.num_jumps}")
         super().__init__(lm, bank, extra)
 
     def transform(self, h: torch.Tensor, level: int) -> torch.Tensor:
@@ -193,7 +193,7 @@ class PerLevelLens(_BankLens):
     def jump(self, m: int, extra: dict[str, Any] | None = None) -> OneJump:
         """Jump ``m`` (trained at level m) alone, reused at every level."""
         if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m < self.bank.num_jumps:
-            raise ShortcutError(f"jump {m!r} is not in the bank (0..{self.bank.num_jumps - 1})")
+            raise LensFileError(f"jump {m!r} is not in the bank (0..{self.bank.num_jumps - 1})")
         return OneJump(self.lm, self.bank.select(m), trained_at=m, extra=extra)
 
     @classmethod

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ShortcutError
+from ..errors import LensFileError
 
 # the data folder of shipped lenses (a package of data only, so that setuptools ships it)
 ROOT = Path(__file__).resolve().parent.parent / "pretrained"
@@ -46,7 +46,7 @@ def shipped(root: Path | None = None) -> list[ShippedLens]:
         try:
             config = json.loads(cfg.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            raise ShortcutError(f"shipped lens {cfg.parent} has an unreadable config.json") from None
+            raise LensFileError(f"shipped lens {cfg.parent} has an unreadable config.json") from None
         out.append(ShippedLens(cfg.parent.parent.name, cfg.parent.name, cfg.parent, config))
     return out
 
@@ -67,13 +67,13 @@ def find(source: str, lm: Any | None, root: Path | None = None) -> ShippedLens:
     text = str(source)
     if text == PRETRAINED:
         if lm is None:
-            raise ShortcutError("'pretrained' names the shipped lens of a model: pass the model, or name the lens "
+            raise LensFileError("'pretrained' names the shipped lens of a model: pass the model, or name the lens "
                                 f"({', '.join(s.id for s in lenses) or 'none shipped'})")
         same = [s for s in lenses if s.fingerprint == lm.fingerprint]
         named = [s for s in lenses if s.model == lm.name]
         pool = same or named
         if not pool:
-            raise ShortcutError(f"no lens ships for the model '{lm.name}' (weights {lm.fingerprint}); shipped: "
+            raise LensFileError(f"no lens ships for the model '{lm.name}' (weights {lm.fingerprint}); shipped: "
                                 f"{', '.join(s.id for s in lenses) or 'none'}")
         text = pool[0].model
     model, _, name = text.partition("/")
@@ -81,12 +81,12 @@ def find(source: str, lm: Any | None, root: Path | None = None) -> ShippedLens:
     for s in lenses:
         if (s.model, s.name) == (model, name):
             if lm is not None and s.fingerprint != lm.fingerprint:
-                raise ShortcutError(f"the shipped lens {s.id} was trained for the weights {s.fingerprint} of "
+                raise LensFileError(f"the shipped lens {s.id} was trained for the weights {s.fingerprint} of "
                                     f"'{s.config.get('model')}'; this model ('{lm.name}') has weights "
                                     f"{lm.fingerprint}: it is refused")
             return s
     of_model = [s.id for s in lenses if s.model == model]
-    raise ShortcutError(f"no shipped lens '{text}'; shipped: {', '.join(of_model or [s.id for s in lenses]) or 'none'}")
+    raise LensFileError(f"no shipped lens '{text}'; shipped: {', '.join(of_model or [s.id for s in lenses]) or 'none'}")
 
 
 __all__ = ["DEFAULT_NAME", "PRETRAINED", "ROOT", "ShippedLens", "find", "is_shipped_id", "shipped"]

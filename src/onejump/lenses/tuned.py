@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ShortcutError
+from ..errors import LensFileError
 from .base import Lens
 
 
@@ -37,7 +37,7 @@ class TunedLens(Lens):
         w = torch.zeros(K, H, H) if weight is None else weight.detach().to("cpu", torch.float32).clone()
         b = torch.zeros(K, H) if bias is None else bias.detach().to("cpu", torch.float32).clone()
         if tuple(w.shape) != (K, H, H) or tuple(b.shape) != (K, H):
-            raise ShortcutError(f"tuned-lens translators must be weight ({K}, {H}, {H}) and bias ({K}, {H}) for "
+            raise LensFileError(f"tuned-lens translators must be weight ({K}, {H}, {H}) and bias ({K}, {H}) for "
                                 f"this model, got {tuple(w.shape)} and {tuple(b.shape)}")
         self.weight = nn.Parameter(w)
         self.bias = nn.Parameter(b)
@@ -51,7 +51,7 @@ class TunedLens(Lens):
     def translate(self, h: torch.Tensor) -> torch.Tensor:
         """All levels at once: (N, K, H) -> (N, K, H), translator k applied to ``h[:, k]``."""
         if h.dim() != 3 or h.shape[1:] != self.bias.shape:
-            raise ShortcutError(f"translate needs inputs (N, {self.num_blocks}, {self.hidden_size}), "
+            raise LensFileError(f"translate needs inputs (N, {self.num_blocks}, {self.hidden_size}), "
                                 f"got {tuple(h.shape)}")
         x = h.to(self.weight.dtype)
         return x + torch.einsum("nki,koi->nko", x, self.weight) + self.bias
@@ -62,7 +62,7 @@ class TunedLens(Lens):
     @classmethod
     def from_config(cls, lm: Any, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> TunedLens:
         if set(tensors) != {"weight", "bias"}:
-            raise ShortcutError(f"a tuned lens holds tensors ['bias', 'weight'], got {sorted(tensors)}")
+            raise LensFileError(f"a tuned lens holds tensors ['bias', 'weight'], got {sorted(tensors)}")
         return cls(lm, tensors["weight"], tensors["bias"])
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import NumericalError, ShortcutError
+from ..errors import LensFileError, NumericalError
 from ..io import atomic_write_text
 from ..limits import HIDDEN_SIZE, NUM_LEVELS
 from .base import LENS_FORMAT, Lens, LogitLens
@@ -86,7 +86,7 @@ def _probe(lens: Lens) -> tuple[torch.Tensor, torch.Tensor]:
             expected = x + x @ m + bias
             got = lens.transform(x, k).float()
             if not torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * float(got.abs().max().clamp_min(1))):
-                raise ShortcutError(f"a '{lens.kind}' lens is not affine at level {k}; only affine lenses "
+                raise LensFileError(f"a '{lens.kind}' lens is not affine at level {k}; only affine lenses "
                                     "can be written as tuned-lens translators")
             weights.append(m.T.cpu())
             biases.append(bias.cpu())
@@ -108,13 +108,13 @@ def lens_translators(lens: Lens | JumpBank, jump_of_level: Sequence[int] | None 
         if jump_of_level is None:
             if lens.num_jumps == 1:
                 if num_blocks is None:
-                    raise ShortcutError("a single jump is read at every level: give num_blocks")
+                    raise LensFileError("a single jump is read at every level: give num_blocks")
                 jump_of_level = [0] * num_blocks
             else:
                 jump_of_level = list(range(lens.num_jumps))
         idx = list(jump_of_level)
         if any(not 0 <= j < lens.num_jumps for j in idx):
-            raise ShortcutError(f"jump_of_level names jumps outside 0..{lens.num_jumps - 1}")
+            raise LensFileError(f"jump_of_level names jumps outside 0..{lens.num_jumps - 1}")
         return weight[idx].contiguous(), bias[idx].contiguous()
     from .onejump import OneJump, PerLevelLens
 
@@ -144,7 +144,7 @@ def export_tuned_lens(lens: Lens | JumpBank, folder: str | Path, lm: Any, *,
     K, H = lm.num_blocks, lm.hidden_size
     weight, bias = lens_translators(lens, jump_of_level, num_blocks=K)
     if tuple(weight.shape) != (K, H, H) or tuple(bias.shape) != (K, H):
-        raise ShortcutError(f"the lens gives {weight.shape[0]} translators of width {weight.shape[-1]}; the model "
+        raise LensFileError(f"the lens gives {weight.shape[0]} translators of width {weight.shape[-1]}; the model "
                             f"has K={K} exit levels of width H={H}")
     if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
         raise NumericalError("the lens's translators hold NaN or inf; not exported")
@@ -188,17 +188,17 @@ def _read_config(path: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ShortcutError(f"{path} is not a readable JSON file: {exc}") from None
+        raise LensFileError(f"{path} is not a readable JSON file: {exc}") from None
     if not isinstance(config, dict):
-        raise ShortcutError(f"{path} is not a tuned-lens config (a JSON object)")
+        raise LensFileError(f"{path} is not a tuned-lens config (a JSON object)")
     for key, allowed in (("d_model", HIDDEN_SIZE), ("num_hidden_layers", NUM_LEVELS)):
         value = config.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or not allowed.contains(value):
-            raise ShortcutError(f"{path}: '{key}' must be {allowed.describe()}, got {value!r}")
+            raise LensFileError(f"{path}: '{key}' must be {allowed.describe()}, got {value!r}")
     if config.get("lens_type", LENS_TYPE) != LENS_TYPE:
-        raise ShortcutError(f"{path}: lens_type {config.get('lens_type')!r} is not supported (only {LENS_TYPE})")
+        raise LensFileError(f"{path}: lens_type {config.get('lens_type')!r} is not supported (only {LENS_TYPE})")
     if not isinstance(config.get("bias", True), bool):
-        raise ShortcutError(f"{path}: 'bias' must be true or false")
+        raise LensFileError(f"{path}: 'bias' must be true or false")
     return config
 
 
@@ -210,13 +210,13 @@ def _read_params(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - whatever torch's restricted unpickler refuses or cannot parse
         # torch's own message advises weights_only=False, which would run the file's code: never that
-        raise ShortcutError(f"{path} is not a plain dict of tensors onejump can read safely: it is truncated, in "
+        raise LensFileError(f"{path} is not a plain dict of tensors onejump can read safely: it is truncated, in "
                             "another format, or holds Python objects (never unpickled: that could run code); "
                             "tuned-lens writes a dict of tensors with torch.save") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         what = "a dict with entries other than name -> tensor" if isinstance(state, dict) else type(state).__name__
-        raise ShortcutError(f"{path} does not hold a plain dict of named tensors (it holds {what})")
+        raise LensFileError(f"{path} does not hold a plain dict of named tensors (it holds {what})")
     return state
 
 
@@ -225,7 +225,7 @@ def read_tuned_lens_folder(folder: str | Path) -> tuple[dict[str, Any], torch.Te
     folder = Path(folder)
     for name in (CONFIG_NAME, PARAMS_NAME):
         if not (folder / name).is_file():
-            raise ShortcutError(f"{folder} is not a tuned-lens folder: {name} missing")
+            raise LensFileError(f"{folder} is not a tuned-lens folder: {name} missing")
     config = _read_config(folder / CONFIG_NAME)
     K, H, has_bias = config["num_hidden_layers"], config["d_model"], config.get("bias", True)
     state = _read_params(folder / PARAMS_NAME)  # what torch.load allocates is bounded by the file's size
@@ -233,14 +233,14 @@ def read_tuned_lens_folder(folder: str | Path) -> tuple[dict[str, Any], torch.Te
     # than params.pt can hold is refused before anything of that size is allocated
     size = (folder / PARAMS_NAME).stat().st_size
     if K * H * H * 2 > size:
-        raise ShortcutError(f"{folder / CONFIG_NAME} claims {K} translators of width {H} ({K * H * H:,} numbers), "
+        raise LensFileError(f"{folder / CONFIG_NAME} claims {K} translators of width {H} ({K * H * H:,} numbers), "
                             f"but {PARAMS_NAME} holds only {size:,} bytes: the config does not belong to it")
     expected = {f"{k}.weight" for k in range(K)} | ({f"{k}.bias" for k in range(K)} if has_bias else set())
     missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or extra:
         parts = ([f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"] if missing else []) + \
                 ([f"unexpected {', '.join(extra[:4])}{' ...' if len(extra) > 4 else ''}"] if extra else [])
-        raise ShortcutError(f"{folder / PARAMS_NAME} does not match its config ({K} translators of width {H}): "
+        raise LensFileError(f"{folder / PARAMS_NAME} does not match its config ({K} translators of width {H}): "
                             + "; ".join(parts))
     weight = torch.zeros(K, H, H)
     bias = torch.zeros(K, H)
@@ -250,7 +250,7 @@ def read_tuned_lens_folder(folder: str | Path) -> tuple[dict[str, Any], torch.Te
                 continue
             t = state[name]
             if tuple(t.shape) != shape or not torch.is_floating_point(t):
-                raise ShortcutError(f"{folder / PARAMS_NAME}: '{name}' is {tuple(t.shape)} {t.dtype}, expected a "
+                raise LensFileError(f"{folder / PARAMS_NAME}: '{name}' is {tuple(t.shape)} {t.dtype}, expected a "
                                     f"floating tensor of shape {shape}")
             target[k] = t.float()
     if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
@@ -264,7 +264,7 @@ def import_tuned_lens(folder: str | Path, lm: Any) -> TunedLens:
     config, weight, bias = read_tuned_lens_folder(folder)
     K, H = config["num_hidden_layers"], config["d_model"]
     if (K, H) != (lm.num_blocks, lm.hidden_size):
-        raise ShortcutError(f"the tuned lens in {folder} is for a model with {K} layers of width {H} "
+        raise LensFileError(f"the tuned lens in {folder} is for a model with {K} layers of width {H} "
                             f"('{config.get('base_model_name_or_path')}'); {lm.name} has {lm.num_blocks} of width "
                             f"{lm.hidden_size}")
     sidecar = folder / SIDECAR_NAME
@@ -272,12 +272,12 @@ def import_tuned_lens(folder: str | Path, lm: Any) -> TunedLens:
         try:
             meta = json.loads(sidecar.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ShortcutError(f"{sidecar} is not valid JSON") from None
+            raise LensFileError(f"{sidecar} is not valid JSON") from None
         if isinstance(meta, dict) and meta.get("fingerprint") not in (None, lm.fingerprint):
-            raise ShortcutError(f"the lens in {folder} was made for another model (model '{meta.get('model')}', "
+            raise LensFileError(f"the lens in {folder} was made for another model (model '{meta.get('model')}', "
                                 f"weights hash {meta.get('fingerprint')}); this model's hash is {lm.fingerprint}")
     elif config.get("unembed_hash") and config["unembed_hash"] != unembed_hash(lm):
-        raise ShortcutError(f"the tuned lens in {folder} was trained with another unembedding "
+        raise LensFileError(f"the tuned lens in {folder} was trained with another unembedding "
                             f"('{config.get('base_model_name_or_path')}'); it does not fit {lm.name}")
     return TunedLens(lm, weight, bias)
 
