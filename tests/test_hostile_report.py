@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from onejump.cli import main
@@ -129,6 +129,7 @@ _JUNK = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(field=st.sampled_from(_FIELDS), junk=_JUNK)
+@example(field="tests.ojfa_vs_full.ci", junk=[2.0, 2.0])  # a zero-width interval outside [-1, 1]
 def test_any_damage_to_what_the_claims_read_is_one_error_or_a_valid_file(smol, tmp_path, field, junk):
     r = copy.deepcopy(smol)
     *parents, last = field.split(".")

@@ -108,9 +108,11 @@ def sample_interval(ci: Sequence[float] | None, n: int | None, value_range: tupl
     low, high = float(ci[0]), float(ci[1])
     if math.isnan(low) or math.isnan(high):
         return None
+    vmin, vmax = value_range
+    # a mean of values in the range lies in it: ends outside it (a damaged file) are brought back in
+    low, high = min(max(low, vmin), vmax), min(max(high, vmin), vmax)
     if high > low:
         return low, high
-    vmin, vmax = value_range
     u = _agreeing_fraction_bound(int(n), alpha)
     return max(vmin, low - u * (low - vmin)), min(vmax, high + u * (vmax - high))
 
