@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
-from .options import field_values
-from .parser import PRESET_FIELDS
+from .options import PRESET_FIELDS, field_values
 
 
 def _load_model(args: argparse.Namespace):

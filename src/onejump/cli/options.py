@@ -132,3 +132,22 @@ def field_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 __all__ = ["add_field_options", "dest_of", "field_values", "flag_of"]
+
+
+#: The training options a preset sets (a flag left unset keeps the preset's value).
+PRESET_FIELDS = ("objective", "rank", "lr", "batch_size", "max_epochs", "patience")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from ..experiment.presets import DataArgs
+
+    add_field_options(p, DataArgs, ("model",))
+    _add_device_args(p)
+
+
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="model weights dtype (default: %(default)s)")
+    p.add_argument("--device-map", default=None,
+                   help="'auto' to spread a model too big for one device over several (accelerate)")

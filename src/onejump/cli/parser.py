@@ -8,24 +8,18 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..fields import option_of
-from .options import _integer, _number, _positive, _ranged, add_field_options
+from .options import (
+    PRESET_FIELDS,
+    _add_device_args,
+    _add_model_args,
+    _integer,
+    _number,
+    _positive,
+    _ranged,
+    add_field_options,
+)
 
 EPILOG = "Docs: README.md. Defaults reproduce the paper's protocol on the offline SmolLM2-135M model."
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from ..experiment.presets import DataArgs
-
-    add_field_options(p, DataArgs, ("model",))
-    _add_device_args(p)
-
-
-def _add_device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="model weights dtype (default: %(default)s)")
-    p.add_argument("--device-map", default=None,
-                   help="'auto' to spread a model too big for one device over several (accelerate)")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -40,9 +34,6 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 # The training settings a preset sets and a flag overrides (``--rank`` overrides the preset's multiplier).
-PRESET_FIELDS = ("objective", "rank", "lr", "batch_size", "max_epochs", "patience")
-
-
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from ..experiment.presets import PAPER, PRESETS
     from ..training.config import TrainConfig

@@ -14,8 +14,7 @@ from .. import defaults as DEFAULTS  # noqa: N812
 
 def add_stream_command(sub: Any) -> None:
     """The ``stream-train`` subcommand and its options."""
-    from .options import _non_negative, _positive
-    from .parser import _add_model_args
+    from .options import _add_model_args, _non_negative, _positive
 
     p = sub.add_parser(
         "stream-train", help="train lenses on every position of a text stream, without a store",
