@@ -203,20 +203,17 @@ def test_lens_command_draws_the_shipped_lens(capsys, tiny_dir, tmp_path, monkeyp
     assert code != 0 and "no lens ships for the model" in err and "Traceback" not in err
 
 
-def test_ship_a_lens_from_a_run_folder(tiny_dir, tmp_path):
+def test_ship_a_lens_from_a_run_folder(tiny_dir, corpus, tmp_path):
+    from onejump.cli.main import main
+    from onejump.errors import StageError
     from onejump.experiment.ship import ship
-    from onejump.model.loading import load_model
 
-    lm = load_model(str(tiny_dir))
     run = tmp_path / "run"
-    n = 60
-    extract(lm, random_sentences(n, seed=7), run / "store", splits=[0] * 40 + [1] * 20, seed=0, shard_size=32,
-            progress=False)
-    data = {"model": str(tiny_dir), "corpus": "words.txt", "n_train": 40, "n_test": 20, "seed": 0}
-    (run / "run.json").write_text(json.dumps({"data": data}))
-    (run / "preset.json").write_text(json.dumps({"name": "best", "train": {"objective": "kl"}}))
-    lens = jump(lm)
-    lens.save_pretrained(run / "lenses" / "joint")
+    assert main(["-q", "extract", "--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "40",
+                 "--n-test", "20", "--out", str(run), "--device", "cpu"]) == 0
+    assert main(["-q", "train", "--out", str(run), "--preset", "best", "--max-epochs", "1", "--no-jtc", "--no-tuned",
+                 "--device", "cpu"]) == 0
+    data = json.loads((run / "run.json").read_text())["data"]
     dest = ship(run, command="onejump run --preset best", note="a test lens", root=tmp_path / "shipped",
                 progress=False)
     assert dest == tmp_path / "shipped" / tiny_dir.name / "best"  # a path's last part, never the path itself
@@ -229,3 +226,8 @@ def test_ship_a_lens_from_a_run_folder(tiny_dir, tmp_path):
     assert "onejump run --preset best" in text and "training prefix tokens" in text and "a test lens" in text
     with pytest.raises(ConfigError, match="has no lens 'nope'"):
         ship(run, lens="nope", root=tmp_path / "shipped", progress=False)
+    # a lens changed after its training stage recorded it is superseded: refused, never shipped
+    config_file = run / "lenses" / "joint" / "config.json"
+    config_file.write_text(config_file.read_text() + " ")
+    with pytest.raises(StageError, match="superseded"):
+        ship(run, root=tmp_path / "shipped", progress=False)

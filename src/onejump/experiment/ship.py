@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +53,18 @@ def ship(run: str | Path, lens: str = "joint", name: str = "best", *, command: s
     from ..evaluation.card_entry import evaluation_card
     from ..evaluation.evaluator import evaluate
     from ..lenses.base import Lens
-    from ..model.loading import load_model
-    from ..store import HiddenStateStore
+    from .folder import RunFolder
+    from .lens_table import LENSES
 
     run = Path(run)
-    data = json.loads((run / "run.json").read_text())["data"]
-    lm = load_model(data["model"])
-    store = HiddenStateStore.open(run / "store", fingerprint=lm.fingerprint)
-    folder = run / "lenses" / lens
-    if not folder.is_dir():
-        raise ConfigError(f"{run} has no lens '{lens}' (expected {folder})")
+    opened = RunFolder(run, device="cpu", progress=progress)
+    data = asdict(opened.data_args())
+    if lens not in {row.id for row in LENSES.values() if row.folder is not None}:
+        raise ConfigError(f"{run} has no lens '{lens}' (a lens id of the run: "
+                          f"{', '.join(row.id for row in LENSES.values() if row.folder is not None)})")
+    # the one check of a run's lenses: a missing or superseded lens is refused with the command to run
+    folder = opened.current_lens_path(lens)
+    lm, store = opened.lm(), opened.store()
     chosen = Lens.from_pretrained(folder, lm)
     result = evaluate(store, {name: chosen}, split="test", progress=progress)
     ev = evaluation_card(result, name)
@@ -75,7 +78,8 @@ def ship(run: str | Path, lens: str = "joint", name: str = "best", *, command: s
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m onejump.experiment.ship", description=__doc__.splitlines()[0])
     p.add_argument("run", help="a run folder (run.json, store/, lenses/)")
-    p.add_argument("--lens", default="joint", help="the run's lens folder under lenses/ (default: %(default)s)")
+    p.add_argument("--lens", default="joint",
+                   help="the run's lens to ship, by its id (joint, ojfa, tuned, ...) (default: %(default)s)")
     p.add_argument("--name", default="best", help="the shipped lens's name (default: %(default)s)")
     p.add_argument("--command", default=None, help="the command that made the run, for the card")
     p.add_argument("--note", default=None, help="a line for the card's recipe (how this lens differs from it)")
