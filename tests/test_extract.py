@@ -240,6 +240,37 @@ def test_sigkill_then_rerun_is_identical(tmp_path):
     assert _files(tmp_path / "ref" / "store") == _files(out / "store")
 
 
+def test_kill_while_writing_manifest_or_record_leaves_nothing_behind(tmp_path):
+    """A kill during the last atomic writes (manifest, stage record) leaves temporaries; the rerun removes
+    them and ends with the uninterrupted bytes."""
+    import shutil
+
+    from onejump.cli import main
+
+    model_dir = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"Sentence number {i} is here and it is long enough." for i in range(40)))
+
+    def run(out):
+        return main(["-q", "extract", "--model", str(model_dir), "--corpus", str(corpus), "--n-train", "20",
+                     "--n-test", "10", "--shard-size", "4", "--device", "cpu", "--out", str(out)])
+
+    assert run(tmp_path / "ref") == 0
+    for lost in ("manifest.json", "stage.json"):
+        out = tmp_path / f"killed-{lost}"
+        shutil.copytree(tmp_path / "ref", out)
+        store = out / "store"
+        (store / "stage.json").unlink()
+        if lost == "manifest.json":
+            (store / "manifest.json").rename(store / ".manifest.json.k1ll3d00")
+        (store / ".stage.json.k1ll3d01").write_text('{"stage": "st')
+        (store / ".shard-00001.safetensors.k1ll3d02").write_bytes(b"half")
+        assert run(out) == 0
+        assert _files(tmp_path / "ref" / "store") == _files(store)
+
+
 def test_next_token_is_the_sentences_real_next_token(lm, tmp_path):
     short = ["ab", "abc", "A b.", "xy"] * 4  # two- and three-token sentences: the last position is often drawn
     texts = SENTENCES + short

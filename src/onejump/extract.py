@@ -37,7 +37,7 @@ from .extract_plan import (
     sample_positions,
     store_bytes,
 )
-from .io import atomic_write_text
+from .io import LOCK_NAME, atomic_write_text, remove_temporaries
 from .model.loading import LoadedModel
 from .store import FORMAT, STORE_DTYPES, VERSION, HiddenStateStore, finished_shard, shard_name, write_shard
 
@@ -139,9 +139,8 @@ def _check_or_write_plan(out: Path, key: dict[str, Any]) -> None:
             raise StoreError(
                 f"{out} holds a store of another run (differs in {', '.join(diff)}); use another folder"
             )
-        for stale in out.glob(".shard-*"):  # temporary files left by a killed run
-            stale.unlink(missing_ok=True)
-    elif any(p.name != ".onejump.lock" for p in out.iterdir()):
+        remove_temporaries(out)  # a killed run's half-written shards, sidecars, manifest or record
+    elif any(p.name != LOCK_NAME for p in out.iterdir()):
         raise StoreError(f"{out} is not empty and is not an onejump store; use another folder")
     else:
         atomic_write_text(plan_path, json.dumps(key, indent=1))

@@ -50,6 +50,10 @@ def ordinary_permissions(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~_umask())
 
 
+#: The file that :class:`folder_lock` holds in the folder it locks.
+LOCK_NAME = ".onejump.lock"
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text to ``path`` through a temporary file and a rename."""
     path = Path(path)
@@ -67,6 +71,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         _cleanup(tmp)
         raise
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Remove what a killed process left of its atomic writes in ``folder`` (``.<name>.<random>`` files).
+
+    Only while no other process writes in the folder: its temporaries would go too.
+    """
+    for path in Path(folder).glob(".*.*"):
+        if path.is_file() and path.name != LOCK_NAME:
+            path.unlink(missing_ok=True)
 
 
 def _cleanup(tmp: str) -> None:
@@ -139,7 +153,7 @@ class folder_lock:  # noqa: N801 - used as a context manager, reads like a funct
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the folder {self.folder}: {exc.strerror or exc}") from None
-        self._lock = FileLock(str(self.folder / ".onejump.lock"), timeout=0)
+        self._lock = FileLock(str(self.folder / LOCK_NAME), timeout=0)
 
     def __enter__(self) -> folder_lock:
         from filelock import Timeout

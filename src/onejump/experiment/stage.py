@@ -116,7 +116,10 @@ class StageRecords:
 
     def begin(self, stage: Stage) -> None:
         """A stage is about to be (re)computed: its old record goes first."""
-        (self.folder / stage.name / RECORD).unlink(missing_ok=True)
+        folder = self.folder / stage.name
+        (folder / RECORD).unlink(missing_ok=True)
+        for stale in folder.glob(f".{RECORD}.*"):  # what a kill while writing the record left
+            stale.unlink(missing_ok=True)
 
     def complete(self, stage: Stage) -> None:
         """Its outputs are written: the record, last."""
