@@ -114,3 +114,22 @@ def test_muon_benchmark_runs_on_a_tiny_store(tmp_path, tiny_dir, corpus, monkeyp
     assert got["tuned"]["muon"]["steps"] == 3 and got["test_rows"] == 6
     assert set(got["joint"]["muon_vs_adam"]) == {"kl_ratio", "precision_at_1_difference", "seconds_ratio"}
     assert json.loads((tmp_path / "results" / "muon-cpu.json").read_text())["train_sentences"] == 12
+
+
+def test_train_command_takes_the_optimisers(tmp_path, tiny_dir, corpus, capsys):
+    """`train --jump-optimizer muon --tuned-optimizer muon`: the lenses record it; --muon-lr alone is refused."""
+    import json
+
+    from onejump.cli import main
+
+    out = tmp_path / "r"
+    data = ["--model", str(tiny_dir), "--corpus", str(corpus), "--n-train", "40", "--n-test", "20", "--device", "cpu"]
+    assert main(["-q", "extract", *data, "--out", str(out)]) == 0
+    common = ["-q", "train", "--out", str(out), "--max-epochs", "1", "--no-jtc", "--tuned-steps", "4"]
+    assert main([*common, "--muon-lr", "0.01"]) != 0
+    assert "--muon-lr" in capsys.readouterr().err
+    assert main([*common, "--jump-optimizer", "muon", "--tuned-optimizer", "muon", "--muon-lr", "0.01"]) == 0
+    for name in ("nnjtc", "joint", "tuned"):
+        config = json.loads((out / "lenses" / name / "config.json").read_text())
+        assert "muon" in json.dumps(config), name
+        assert "0.01" in json.dumps(config), name

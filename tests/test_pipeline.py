@@ -37,6 +37,8 @@ def test_run_writes_report(run_dir):
                                                      "ojfa_at_least_joint", "ojfa_beats_arbitrary"}
     md = (report / "report.md").read_text()
     assert "claims" in md and "OJFA choice: jump" in md
+    assert results["config"]["optimizers"] == {"full": "adam", "joint": "adam", "tuned": "sgd"}
+    assert "optimised with Adam" in md and "SGD with Nesterov momentum" in md
     assert "## Early exit" in md and "## The field's metrics" in md and results["early_exit"]
     assert results["methods"]["ojfa"]["mean_kl"] >= 0 and "mean_cross_entropy" in results["methods"]["identity"]
     assert results["final_cross_entropy"] > 0

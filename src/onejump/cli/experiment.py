@@ -71,7 +71,8 @@ def _train(run, args: argparse.Namespace, config) -> dict:
     """Record the preset, then train (or reuse) the run's lenses as the training options say."""
     run.record_preset(args.preset, args.select_rule)
     return run.train(config, joint=not args.no_joint, jtc=not args.no_jtc, tuned=not args.no_tuned,
-                     rank_multiplier=_rank_multiplier(args), tuned_steps=args.tuned_steps, tuned_init=args.tuned_init)
+                     rank_multiplier=_rank_multiplier(args), tuned_steps=args.tuned_steps, tuned_init=args.tuned_init,
+                     tuned_optimizer=args.tuned_optimizer, muon_lr=args.muon_lr)
 
 
 def cmd_select(args: argparse.Namespace) -> int:

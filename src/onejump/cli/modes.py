@@ -79,7 +79,9 @@ _DATA = {name: ALWAYS for name in ("corpus", "hf_config", "text_field", "max_doc
 _TRAIN = {**{name: ALWAYS for name in ("preset", "objective", "rank", "lr", "batch_size", "max_epochs", "patience",
                                        "val_fraction", "train_seed", "select_rule", "no_joint", "no_jtc",
                                        "no_tuned")},
-          "tuned_steps": Needs("no_tuned", given=False), "tuned_init": Needs("no_tuned", given=False)}
+          "tuned_steps": Needs("no_tuned", given=False), "tuned_init": Needs("no_tuned", given=False),
+          "jump_optimizer": ALWAYS, "tuned_optimizer": Needs("no_tuned", given=False),
+          "muon_lr": Needs("jump_optimizer", ("muon",), or_=(Needs("tuned_optimizer", ("muon",)),))}
 
 #: command -> option dest -> who uses it; "" is the options before the command.
 USES: dict[str, dict[str, Needs | None]] = {

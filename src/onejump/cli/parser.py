@@ -51,7 +51,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         return f"the preset's, {unset if value is None else value} for paper"
 
     add_field_options(p, TrainConfig, PRESET_FIELDS, default_text=preset_default)
-    add_field_options(p, TrainConfig, ("val_fraction", "seed"))
+    add_field_options(p, TrainConfig, ("val_fraction", "seed", "optimizer", "muon_lr"))
     p.add_argument("--select-rule", choices=["paper", "head"], default=None,
                    help="how the single jump is chosen: paper (D_m, Eq. 5) or head (held-out precision@1 through "
                         "the head) (default: the preset's)")
@@ -60,7 +60,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tuned", action="store_true",
                    help="skip the tuned lens (a full-rank affine translator per level, trained with KL; the "
                         "field's reference lens)")
-    add_field_options(p, TunedTrainConfig, ("num_steps", "init"))
+    add_field_options(p, TunedTrainConfig, ("num_steps", "init", "optimizer"))
 
 
 class _Parser(argparse.ArgumentParser):

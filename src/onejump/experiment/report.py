@@ -114,6 +114,12 @@ def _preset_line(results: dict[str, Any]) -> str:
         line += "; the joint jump is residual (h + BN(h) A B)"
     if (cfg.get("preset") or {}).get("joint_warm"):
         line += ", trained, then trained on from where it stopped for as long again"
+    words = {"adam": "Adam", "muon": "Muon (Adam on biases and BatchNorm)",
+             "sgd": "SGD with Nesterov momentum (tuned-lens's recipe)"}
+    optimizers = cfg.get("optimizers") or {}
+    if optimizers:
+        line += "; optimised with " + ", ".join(f"{words.get(opt, opt)} ({display(name)})"
+                                                for name, opt in optimizers.items())
     return line + "."
 
 

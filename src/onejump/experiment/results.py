@@ -55,6 +55,17 @@ def _per_level_ci(values: np.ndarray, weights: np.ndarray, alpha: float = 0.05) 
     return [[float(a), float(b)] for a, b in zip(low, high)]
 
 
+def _optimizers(run: Any) -> dict[str, str]:
+    """How each trained lens of the run was optimised, as its training config records it."""
+    out = {}
+    for name, default in (("full", "adam"), ("joint", "adam"), ("tuned", "sgd")):
+        cfg = run.lens_config(name)
+        if cfg is not None:
+            history = (cfg.get("extra") or {}).get("history") or {}
+            out[name] = (history.get("config") or {}).get("optimizer", default)
+    return out
+
+
 def _selection_summary(selection: dict[str, Any]) -> dict[str, Any]:
     """The paper's D matrix / D_m for the figures, whichever rule made the choice."""
     out = {"rule": selection.get("rule", "paper"), "chosen": selection["chosen"]}
@@ -151,7 +162,8 @@ def build_results(run: Any, result: Any) -> dict[str, Any]:
         "data": {"corpus": args.corpus, "n_train": int(store.manifest["n_train"]),
                  "n_test": int(store.manifest["n_test"]), "seed": args.seed},
         "config": {"rank": rank, "train": train_cfg.get("config", {}), "preset": run.preset(),
-                   "joint_residual": bool(joint["residual"]) if joint is not None else None},
+                   "joint_residual": bool(joint["residual"]) if joint is not None else None,
+                   "optimizers": _optimizers(run)},
         "selection": _selection_summary(selection),
         "levels": list(range(K)),
         "methods": methods,

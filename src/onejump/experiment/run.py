@@ -112,12 +112,13 @@ class Run(RunFolder):
         return f"train:{folder.name}" if own else f"train:{kind} ({folder.parent.name})"
 
     def train(self, config: Any, *, joint: bool = True, jtc: bool = True, tuned: bool = True,
-              rank_multiplier: int = 1, tuned_steps: int = 250, tuned_init: str = "jtc") -> dict[str, Any]:
+              rank_multiplier: int = 1, tuned_steps: int = 250, tuned_init: str = "jtc",
+              tuned_optimizer: str = "sgd", muon_lr: float = 0.02) -> dict[str, Any]:
         """Train (or reuse) the per-level bank, the joint jump, the JTC maps and the tuned lens; returns their lenses.
 
         ``rank_multiplier`` (with ``config.rank`` unset) trains at ``rank_multiplier * floor(H/100)``;
-        ``tuned_steps`` / ``tuned_init``: the tuned lens's schedule length and start
-        (:class:`~onejump.training.tuned.TunedTrainConfig`).
+        ``tuned_steps`` / ``tuned_init`` / ``tuned_optimizer``: the tuned lens's schedule length, start and
+        optimiser, ``muon_lr`` its Muon rate (:class:`~onejump.training.tuned.TunedTrainConfig`).
         """
         from dataclasses import replace
 
@@ -132,7 +133,8 @@ class Run(RunFolder):
         # (lens id, how it is trained, its settings)
         jobs = [("full", "nnjtc", config)] + ([("joint", "joint", joint_config)] if joint else [])
         jobs += [("jtc", "jtc", None)] if jtc else []
-        jobs += [("tuned", "tuned", TunedTrainConfig(num_steps=tuned_steps, init=tuned_init))] if tuned else []
+        jobs += [("tuned", "tuned", TunedTrainConfig(
+            num_steps=tuned_steps, init=tuned_init, optimizer=tuned_optimizer, muon_lr=muon_lr))] if tuned else []
         lenses = {}
         for name, kind, cfg in jobs:
             init = None

@@ -78,8 +78,11 @@ class TrainConfig:
     kl_top_k: int = 32
     kl_negatives: int = 2048
     residual: bool = False
-    optimizer: str = "adam"
-    muon_lr: float = 0.02
+    optimizer: str = field(default="adam", metadata=option(
+        "how the jumps are optimised: adam (Adam at --lr on every parameter) or muon (Muon at --muon-lr on the "
+        "jump matrices, Adam at --lr on the rest)", flag="--jump-optimizer", choices=("adam", "muon")))
+    muon_lr: float = field(default=0.02, metadata=option("Muon's learning rate (for --jump-optimizer muon and "
+                                                          "--tuned-optimizer muon)", range=OPTIONS["lr"]))
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for out-of-range values."""

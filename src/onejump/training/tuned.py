@@ -109,7 +109,10 @@ class TunedTrainConfig:
         "far from converged on a store of thousands) (default: %(default)s)", flag="--tuned-init",
         choices=TUNED_INITS))
     val_rows: int = 256
-    optimizer: str = "sgd"
+    optimizer: str = field(default="sgd", metadata=option(
+        "how the tuned lens is optimised: sgd (tuned-lens's recipe: Nesterov SGD, linear decay) or muon (Muon on "
+        "the translator matrices at --muon-lr, Adam on the biases)", flag="--tuned-optimizer",
+        choices=TUNED_OPTIMIZERS))
     muon_lr: float = 0.02
     muon_momentum: float = 0.95
     adam_lr: float = 1e-3
