@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,23 @@ def peak_rss_mib() -> float:
     return process_peak_mib()
 
 
+def commit() -> str | None:
+    """The commit the benchmark runs on, ``+changes`` when tracked files outside benchmarks/results differ
+    from it (a figure is then not that commit's alone); None outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30,
+                              check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+changes" if changed else "")
+
+
 def machine() -> dict:
     return {
         "python": sys.version.split()[0],
@@ -37,6 +55,7 @@ def machine() -> dict:
         "cpu": platform.processor() or platform.machine(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "date": time.strftime("%Y-%m-%d"),
+        "commit": commit(),
     }
 
 

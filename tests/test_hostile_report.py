@@ -172,15 +172,37 @@ def test_a_damaged_results_json_is_one_line_in_compare(smol, tmp_path, capsys, f
 def test_the_sweeps_bar_is_judged_by_its_intervals(smol):
     from onejump.experiment.claim_intervals import sweep_bar_verdicts
 
-    assert sweep_bar_verdicts(smol) == {"params": "held", "precision": "held", "lens": "held"}
+    assert sweep_bar_verdicts(smol) == {"params": "held", "precision": "held", "lens": "held", "bar": "held"}
     r = copy.deepcopy(smol)
     lens = r["beyond"]["references"]["identity"]["precision@1"]
     r["beyond"]["best"]["precision@1"][3] = lens[3] + 0.005  # above at level 3, by less than 3000 rows can tell
-    assert sweep_bar_verdicts(r)["lens"] == "inconclusive"
+    assert sweep_bar_verdicts(r)["lens"] == "inconclusive" and sweep_bar_verdicts(r)["bar"] == "inconclusive"
     r["beyond"]["best"]["precision@1"][3] = max(0.0, lens[3] - 0.2)
-    assert sweep_bar_verdicts(r)["lens"] == "not held"
+    assert sweep_bar_verdicts(r)["lens"] == "not held" and sweep_bar_verdicts(r)["bar"] == "not held"
     r["beyond"]["best"]["precision@1"] = [0.0] * len(r["levels"])
     assert sweep_bar_verdicts(r)["precision"] == "not held"
     r["beyond"]["bar"]["parameter_ratio"] = 2.5
     assert sweep_bar_verdicts(r)["params"] == "not held"
     assert sweep_bar_verdicts({**smol, "beyond": None}) is None
+
+
+@pytest.mark.parametrize("verdict", ["held", "inconclusive", "not held"])
+def test_the_sweeps_printed_bar_is_the_reports(smol, tmp_path, verdict):
+    """`onejump sweep`'s closing line and the report's bar table give the verdicts of the one judging function,
+    also where a point estimate clears the bar and its interval does not (inconclusive)."""
+    from onejump.cli.experiment import sweep_line
+    from onejump.experiment.claim_intervals import sweep_bar_verdicts
+
+    r = copy.deepcopy(smol)
+    lens = r["beyond"]["references"]["identity"]["precision@1"]
+    if verdict != "held":  # 0.005 above the logit lens at level 3: met on the point, not on 3000 rows' interval
+        r["beyond"]["best"]["precision@1"][3] = lens[3] + 0.005 if verdict == "inconclusive" else lens[3] - 0.2
+    assert sweep_bar_verdicts(r)["bar"] == verdict
+    line = sweep_line(r)
+    said = "NOT HELD" if verdict == "not held" else verdict
+    assert f"; bar {said} (" in line and "95% intervals" in line
+    write_report(r, tmp_path)
+    assert f"| the bar: all three | - | {'**not held**' if verdict == 'not held' else verdict} |" in \
+        (tmp_path / "report.md").read_text()
+    assert sweep_line({**r, "beyond": None}) is None
+

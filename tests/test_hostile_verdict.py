@@ -14,6 +14,7 @@ from onejump.evaluation.verdict import (
     VERDICTS,
     Region,
     above,
+    all_of,
     at_least,
     at_most,
     difference_interval,
@@ -141,3 +142,11 @@ def test_difference_interval_holds_the_point_difference(a, b, n):
     d = sum(a) / len(a) - sum(b) / len(b)
     assert -1.0 <= lo <= d + 1e-12 and d - 1e-12 <= hi <= 1.0 and hi > lo
     assert difference_interval(a, b, None) is None
+
+
+@given(st.lists(st.sampled_from(VERDICTS), max_size=5))
+def test_a_claim_of_parts_holds_only_when_every_part_does(parts):
+    v = all_of(parts)
+    assert (v == HELD) == (bool(parts) and set(parts) == {HELD})
+    assert (v == NOT_HELD) == (NOT_HELD in parts)
+

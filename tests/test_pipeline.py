@@ -185,7 +185,7 @@ def test_sweep_adds_beyond_section_and_best_jump(run_dir, capsys):
     best, bar = sweep["best"], sweep["bar"]
     assert best["mean_kl"] == pytest.approx(np.mean(best["kl"]))
     assert best["parameters"] <= 2 * bar["paper_ojfa_parameters"]
-    assert isinstance(bar["met"], bool)
+    assert "met" not in bar  # the bar is judged on intervals, in results.json
     lm = load_model(json.loads((run_dir / "run.json").read_text())["data"]["model"])
     jump = Lens.load(best["path"], lm)
     assert jump.rank == best["rank"]
@@ -195,6 +195,14 @@ def test_sweep_adds_beyond_section_and_best_jump(run_dir, capsys):
         assert (run_dir / "report" / fig).stat().st_size > 1000
     # the best jump joins the run's evaluation, and is measured against the tuned lens by the three-part bar
     results = json.loads((run_dir / "report" / "results.json").read_text())
+    # the screen, results.json and the report give the same verdicts, from the bar's 95% intervals
+    verdicts = results["beyond"]["bar"]["verdicts"]
+    assert set(verdicts) == {"params", "precision", "lens", "bar"} and "met" not in results["beyond"]["bar"]
+    said = {v: "NOT HELD" if v == "not held" else v for v in verdicts.values()}
+    closing = next(line for line in out.splitlines() if line.startswith("best single jump:"))
+    assert f"; bar {said[verdicts['bar']]} (<= 2x parameters {said[verdicts['params']]}, >= 2x precision " \
+           f"{said[verdicts['precision']]}, above the logit lens {said[verdicts['lens']]};" in closing, closing
+    assert f"| the bar: all three | - | {verdicts['bar'].replace('not held', '**not held**')} |" in md
     tb = results["tuned_bar"]
     assert tb["single"] == "best" and len(tb["levels"]) == K and isinstance(tb["met"], bool)
     assert tb["mean"]["single"] == pytest.approx(best["mean_precision@1"])

@@ -156,22 +156,42 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             _int_list(args.residual_multipliers, "residual-multipliers")
         per = {"kl": _int_list(args.kl_multipliers, "kl-multipliers")} if args.kl_multipliers else None
         variants = tuple(x.strip() for x in args.variants.split(",") if x.strip())
-        out = sweep(run, multipliers=multipliers, objectives=objectives, residual_multipliers=residual,
-                    per_objective=per, variants=variants,
-                    variant_multipliers=_int_list(args.variant_multipliers, "variant-multipliers"),
-                    val_fraction=args.val_fraction, progress=not args.quiet)
+        sweep(run, multipliers=multipliers, objectives=objectives, residual_multipliers=residual,
+              per_objective=per, variants=variants,
+              variant_multipliers=_int_list(args.variant_multipliers, "variant-multipliers"),
+              val_fraction=args.val_fraction, progress=not args.quiet)
         run.evaluate()  # the sweep's best single jump joins the evaluation (only it is read: one stage per lens)
         run.simulate_exits()  # and the early-exit comparison
         path = run.report()
-    best, bar = out.get("best"), out.get("bar")
-    if best and bar:
-        print(f"best single jump: {best['method']} ({best['objective']}, r={best['rank']}, "
-              f"{best['parameters']:,} parameters): mean precision@1 {best['mean_precision@1']:.3f} = "
-              f"{bar['precision_ratio']:.2f}x the paper OJFA; below the logit lens at "
-              f"{len(bar['levels_not_above_logit_lens'])} of levels 0..{out['num_blocks'] - 5}; "
-              f"bar {'met' if bar['met'] else 'NOT met'}")
+    line = sweep_line(json.loads((path.parent / "results.json").read_text()))
+    if line:
+        print(line)
     print(f"report: {path}")
     return 0
+
+
+def sweep_line(results: dict) -> str | None:
+    """The sweep's best single jump and its bar, judged as the report and results.json judge it (on 95%
+    intervals, :func:`~onejump.experiment.claim_intervals.sweep_bar_verdicts`); None without a bar."""
+    from ..experiment.claim_intervals import sweep_bar_verdicts
+
+    verdicts = sweep_bar_verdicts(results)
+    if verdicts is None:
+        return None
+    beyond = results["beyond"]
+    best, bar = beyond["best"], beyond["bar"]
+    ratio = (f"{bar['precision_ratio']:.2f}x the paper OJFA's" if bar["paper_ojfa_mean_precision@1"] > 0
+             else "the paper OJFA's is 0")
+
+    def said(v: str) -> str:
+        return "NOT HELD" if v == "not held" else v
+
+    return (f"best single jump: {best['method']} ({best['objective']}, r={best['rank']}, "
+            f"{best['parameters']:,} parameters): mean precision@1 {best['mean_precision@1']:.3f} ({ratio}); "
+            f"below the logit lens at {len(bar['levels_not_above_logit_lens'])} of levels "
+            f"0..{bar['levels_checked'] - 1}; bar {said(verdicts['bar'])} (<= 2x parameters "
+            f"{said(verdicts['params'])}, >= 2x precision {said(verdicts['precision'])}, above the logit lens "
+            f"{said(verdicts['lens'])}; 95% intervals)")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

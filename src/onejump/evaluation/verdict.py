@@ -94,6 +94,15 @@ def verdict(interval: Sequence[float] | None, region: Region) -> str:
     return INCONCLUSIVE
 
 
+def all_of(verdicts: Sequence[str]) -> str:
+    """The verdict of a claim made of parts that must all hold: ``held`` when every part is held, ``not held``
+    when some part is not held, else ``inconclusive`` (also with no part)."""
+    parts = list(verdicts)
+    if parts and all(v == HELD for v in parts):
+        return HELD
+    return NOT_HELD if NOT_HELD in parts else INCONCLUSIVE
+
+
 def _agreeing_fraction_bound(n: int, alpha: float) -> float:
     """The largest population fraction that n samples, all alike, exclude only with probability alpha/2."""
     return 1.0 - (alpha / 2) ** (1.0 / n)
@@ -156,5 +165,5 @@ def proportion_interval(k: int, n: int, *, alpha: float = 0.05) -> tuple[float, 
     return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
-__all__ = ["HELD", "INCONCLUSIVE", "NOT_HELD", "VERDICTS", "Region", "above", "at_least", "at_most", "between",
-           "difference_interval", "proportion_interval", "sample_interval", "sd_bound", "verdict"]
+__all__ = ["HELD", "INCONCLUSIVE", "NOT_HELD", "VERDICTS", "Region", "above", "all_of", "at_least", "at_most",
+           "between", "difference_interval", "proportion_interval", "sample_interval", "sd_bound", "verdict"]

@@ -26,6 +26,7 @@ from ..evaluation.verdict import (
     HELD,
     Region,
     above,
+    all_of,
     at_least,
     at_most,
     difference_interval,
@@ -89,7 +90,9 @@ def ceiling_interval(results: dict[str, Any], methods: Sequence[str]) -> tuple[f
 def sweep_bar_verdicts(results: dict[str, Any]) -> dict[str, str] | None:
     """The verdicts of the sweep's bar (``results["beyond"]["bar"]``): ``params`` (counted: exact),
     ``precision`` (best >= 2x the paper OJFA's mean precision@1) and ``lens`` (above the logit lens at
-    every level 0..K-5), each from conservative intervals of the per-level precisions; None without a bar."""
+    every level 0..K-5), each from conservative intervals of the per-level precisions, and ``bar``, the
+    three together (:func:`~onejump.evaluation.verdict.all_of`); None without a bar. The report, the
+    ``verdicts`` that results.json records and the line ``onejump sweep`` prints all come from here."""
     beyond = results.get("beyond") or {}
     bar, best = beyond.get("bar"), beyond.get("best")
     if not bar or not best:
@@ -107,6 +110,7 @@ def sweep_bar_verdicts(results: dict[str, Any]) -> dict[str, str] | None:
     per_level = [difference_interval([best["precision@1"][k]], [lens[k]], n) for k in levels] if lens else []
     out["lens"] = verdict((min(i[0] for i in per_level), min(i[1] for i in per_level))
                           if per_level and all(per_level) else None, above(0.0))
+    out["bar"] = all_of([out["params"], out["precision"], out["lens"]])
     return out
 
 

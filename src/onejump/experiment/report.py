@@ -88,7 +88,8 @@ def render_beyond(beyond: dict[str, Any], results: dict[str, Any] | None = None)
                   f"| above the logit lens at every level 0..{K - 5} | below or equal at "
                   f"{len(bar['levels_not_above_logit_lens'])} of {bar['levels_checked']} levels"
                   + (f" ({', '.join(map(str, bar['levels_not_above_logit_lens']))})"
-                     if bar["levels_not_above_logit_lens"] else "") + f" | {_said(verdicts['lens'])} |"]
+                     if bar["levels_not_above_logit_lens"] else "") + f" | {_said(verdicts['lens'])} |",
+                  f"| the bar: all three | - | {_said(verdicts['bar'])} |"]
         lens = beyond["references"].get("identity", {}).get("precision@1")
         if lens:
             lines += ["", "| level | logit lens | best single jump |", "|---|---|---|"]

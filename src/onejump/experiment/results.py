@@ -23,7 +23,9 @@ this one place from the saved stages (never from the model).
     memory      (optional) {peak_rss_mib: {stage: MiB}, method: {stage: "stage peak" | "process peak so far"},
                  model_mib, model_parameters, model_dtype}: each stage's peak resident memory and the
                  model's own size (its parameters' bytes)
-    beyond      (optional) the sweep of ``onejump sweep`` (onejump.sweep: references, configs, best, bar)
+    beyond      (optional) the sweep of ``onejump sweep`` (onejump.sweep: references, configs, best, bar);
+                 bar.verdicts {params, precision, lens, bar}: held / not held / inconclusive from 95% intervals
+                 (onejump.experiment.claim_intervals.sweep_bar_verdicts)
     frontier    (optional) the lens frontier of ``onejump frontier`` (onejump.experiment.frontier.frontier_entry)
 
 All numbers are measured on the test split; nothing in the report is typed in by hand.
@@ -123,6 +125,7 @@ def build_results(run: Any, result: Any) -> dict[str, Any]:
     """The ``results.json`` dictionary of the run folder ``run`` (schema above), from its current stages
     (``result``: its evaluation and reuse matrix) and its lenses' saved configs: the model is not loaded."""
     from ..evaluation.evaluator import parameter_counts
+    from .claim_intervals import sweep_bar_verdicts
     from .claims import evaluate_claims
 
     args = run.data_args()
@@ -187,11 +190,14 @@ def build_results(run: Any, result: Any) -> dict[str, Any]:
         results["early_exit"] = exits.to_dict()
     results["schema"] = SCHEMA
     results["claims"] = evaluate_claims(results)
+    if (beyond or {}).get("bar") and beyond.get("best"):
+        beyond["bar"]["verdicts"] = sweep_bar_verdicts(results)
     return results
 
 
 def _beyond(run: Any) -> dict[str, Any] | None:
-    """The run's sweep (refused unless current), without the per-sample vectors (they stay in sweep/sweep.json)."""
+    """The run's sweep (refused unless current), without the per-sample vectors (they stay in sweep/sweep.json);
+    its bar's verdicts are added by :func:`build_results`, from intervals."""
     from .sweep import load_sweep
 
     if not run.stages.has_sweep():
@@ -201,4 +207,8 @@ def _beyond(run: Any) -> dict[str, Any] | None:
     for cfg in [*beyond["configs"], {"methods": beyond["references"]}]:
         for m in cfg["methods"].values():
             m.pop("sample_precision@1", None)
+    # flags judged on point estimates (a sweep.json written by an earlier version holds them) would sit beside
+    # the verdicts and could contradict them
+    for key in ("params_ok", "precision_ok", "lens_ok", "met"):
+        (beyond.get("bar") or {}).pop(key, None)
     return beyond
