@@ -12,7 +12,7 @@ from onejump.errors import ConfigError, NumericalError
 from onejump.evaluation.evaluator import evaluate, parameter_counts, reuse_matrix
 from onejump.evaluation.result import EvalResult
 from onejump.evaluation.scoring import Reference, _reduce_inplace, _reduce_logits, score_block
-from onejump.evaluation.statistics import bootstrap_ci, paired_test
+from onejump.evaluation.statistics import bootstrap_ci, bootstrap_counts, bootstrap_intervals, paired_test
 from onejump.extract import extract
 from onejump.lenses import JTCLens, LinearJTC, LogitLens, OneJump, PerLevelLens
 from onejump.lenses.lowrank_head import LowRankHead
@@ -263,6 +263,44 @@ def test_bootstrap_ci():
     assert const == (1.0, 1.0, 1.0)
     with pytest.raises(ConfigError):
         bootstrap_ci([])
+
+
+def _index_draw_ci(x, n_boot, seed, alpha=0.05):
+    """The percentile bootstrap as index draws: resample i is ``x[rng.integers(0, n, n)]``, drawn in
+    blocks of ``max(1, 2^22 // n)`` resamples (the stream the shipped cards, the sweep and the frontier
+    were computed with); the counts of :func:`bootstrap_counts` must give the same resamples."""
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    step = max(1, (1 << 22) // x.size)
+    for start in range(0, n_boot, step):
+        count = min(step, n_boot - start)
+        means[start:start + count] = x[rng.integers(0, x.size, size=(count, x.size))].mean(1)
+    return np.quantile(means, [alpha / 2, 1 - alpha / 2])
+
+
+@pytest.mark.parametrize("n, n_boot, seed, alpha", [(1, 10, 0, 0.05), (7, 1000, 0, 0.05), (300, 500, 3, 0.1),
+                                                    (10_001, 1000, 0, 0.05)])  # the last: 3 blocks of draws
+def test_bootstrap_ci_is_the_index_draw_bootstrap(n, n_boot, seed, alpha):
+    x = np.random.default_rng(n).normal(0.5, 1.0, n)
+    for values in (x, x > 0.5):
+        ci = bootstrap_ci(values, n_boot=n_boot, seed=seed, alpha=alpha)
+        low, high = _index_draw_ci(np.asarray(values, dtype=np.float64), n_boot, seed, alpha)
+        assert abs(ci.low - low) < 1e-12 and abs(ci.high - high) < 1e-12
+
+
+def test_bootstrap_counts_are_resample_counts_in_bounded_blocks():
+    n, n_boot = 10_001, 1000
+    blocks = list(bootstrap_counts(n, n_boot, seed=2))
+    assert [b.shape for b in blocks] == [(419, n), (419, n), (162, n)]  # at most 2^22 draws a block
+    counts = np.concatenate(blocks)
+    assert np.array_equal(counts.sum(1), np.full(n_boot, n)) and np.array_equal(counts, np.round(counts))
+    # many rows under the same resamples: row by row equals all at once
+    values = np.random.default_rng(0).random((3, n))
+    together = bootstrap_intervals(values, n_boot, seed=2)
+    for row, interval in zip(values, together):
+        np.testing.assert_allclose(bootstrap_intervals(row[None], n_boot, seed=2)[0], interval, rtol=0, atol=1e-15)
+    with pytest.raises(ConfigError):
+        next(bootstrap_counts(0, 10))
 
 
 def test_paired_test():

@@ -9,12 +9,12 @@ from onejump.cli import main
 @pytest.fixture()
 def spy(monkeypatch):
     """Records the train-split rows every jump training trains on and the rows every held-out score reads."""
-    import onejump.evaluation.evaluator as evaluator
+    import onejump.evaluation.selection as selection
     import onejump.experiment.sweep as sweep
     import onejump.training.fit as fit
 
     seen = {"trained": [], "scored": []}
-    prepare, reuse_matrix, evaluate = fit._prepare, evaluator.reuse_matrix, sweep.evaluate
+    prepare, reuse_matrix, evaluate = fit._prepare, selection.reuse_matrix, sweep.evaluate
 
     def spy_prepare(store, config, device):
         config, train, val, dev = prepare(store, config, device)
@@ -32,7 +32,7 @@ def spy(monkeypatch):
         return evaluate(store, lenses, **kwargs)
 
     monkeypatch.setattr(fit, "_prepare", spy_prepare)
-    monkeypatch.setattr(evaluator, "reuse_matrix", spy_reuse)
+    monkeypatch.setattr(selection, "reuse_matrix", spy_reuse)  # the head rule's scoring
     monkeypatch.setattr(sweep, "evaluate", spy_evaluate)
     return seen
 

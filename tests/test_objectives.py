@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from onejump.errors import ConfigError, StoreError
-from onejump.evaluation.selection import head_scores, holdout_rows, select_ojfa
+from onejump.evaluation.evaluator import evaluate, reuse_matrix
+from onejump.evaluation.selection import holdout_rows, select_ojfa
 from onejump.extract import extract
+from onejump.lenses import PerLevelLens
 from onejump.model.loading import from_pretrained_model
 from onejump.training.objectives import HeadKL, HeadTargets, head_targets
 
@@ -130,25 +132,32 @@ def test_head_targets_are_the_final_top_k(llama):
         HeadKL(lm.adapter, HeadTargets(t.rows, t.token, t.logp), negatives=-1)
 
 
-def test_head_scores_match_direct_head(llama):
+def test_head_rule_scores_match_direct_head(llama):
+    """The head rule's matrix is the evaluation on the held-out rows (its reuse matrix): jump m at level k
+    through the head, as the full head computes it (and the evaluation's KL of each jump alone)."""
     lm, store = llama
     K, H = store.num_blocks, store.hidden_size
     bank = random_bank(K, H, 3, seed=8)
     rows = holdout_rows(store, 0.25, 0)
     assert set(rows.tolist()) <= set(store.indices("train").tolist()) and len(rows) >= 1
-    scores = head_scores(store, lm.adapter, bank, rows, chunk_size=2, kl=True)
+    lens = PerLevelLens(lm, bank)
+    precision = reuse_matrix(store, lens, rows=rows, chunk_size=2, progress=False).pair_matrix("precision@1")
+    singles = evaluate(store, {f"jump{m}": lens.jump(m) for m in range(K)}, rows=rows, chunk_size=2, progress=False)
+    head = select_ojfa(store, bank, rule="head", model=lm, holdout=rows)
+    assert torch.equal(head.matrix, precision) and head.num_samples == len(rows)
     all_rows = store.indices("train")
     pick = torch.from_numpy(np.searchsorted(all_rows, rows))
     x = store.hidden("train")[pick]
     with torch.no_grad():
         final = torch.log_softmax(lm.adapter.head(x[:, K]).double(), -1)
         for m in range(K):
+            assert torch.equal(singles.metric(f"jump{m}", "precision@1"), precision[m])
             for k in range(K):
                 q = torch.log_softmax(lm.adapter.head(bank.apply(x[:, k], m)).double(), -1)
                 p1 = float((q.argmax(-1) == final.argmax(-1)).double().mean())
                 kl = float((final.exp() * (final - q)).sum(-1).mean())
-                assert abs(float(scores["precision@1"][m, k]) - p1) < 1e-9
-                assert abs(float(scores["kl"][m, k]) - kl) < 1e-3 * (1 + kl)
+                assert abs(float(precision[m, k]) - p1) < 1e-9
+                assert abs(float(singles.metric(f"jump{m}", "kl")[k]) - kl) < 1e-3 * (1 + kl)
 
 
 def test_head_rule_selection(llama):
@@ -156,15 +165,17 @@ def test_head_rule_selection(llama):
     K, H = store.num_blocks, store.hidden_size
     bank = random_bank(K, H, 3, seed=9)
     paper = select_ojfa(store, bank)
-    head = select_ojfa(store, bank, rule="head", adapter=lm.adapter, holdout=holdout_rows(store, 0.25, 0))
+    head = select_ojfa(store, bank, rule="head", model=lm, holdout=holdout_rows(store, 0.25, 0))
     assert head.rule == "head" and head.others["paper_chosen"] == paper.chosen
     assert head.chosen == int(head.scores.argmax())
     d = head.to_dict()
     assert d["rule"] == "head" and len(d["paper_matrix"]) == K
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="holdout"):
         select_ojfa(store, bank, rule="head")
+    with pytest.raises(ConfigError, match="model="):
+        select_ojfa(store, bank, rule="head", holdout=holdout_rows(store, 0.25, 0))
     with pytest.raises(ConfigError):
-        select_ojfa(store, bank, rule="vibes", adapter=lm.adapter)
+        select_ojfa(store, bank, rule="vibes", model=lm)
 
 
 def test_a_lens_without_held_out_rows_is_refused_by_the_head_rule(llama):

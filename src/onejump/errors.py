@@ -52,5 +52,5 @@ class ConfigError(OneJumpError):
 
 
 class StageError(OneJumpError):
-    """A stage of a run folder is missing, superseded by a change to what it was made from, or was made
-    by an older onejump version (the message names the command to run)."""
+    """A stage of a run folder is missing, superseded by a change to what it was made from, or carries no
+    record this onejump can check (the message names the command to run)."""

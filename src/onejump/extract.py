@@ -95,8 +95,8 @@ def _plan_key(lm: LoadedModel, samples: Sequence[Sample], seed: int, dtype: str,
         "num_samples": len(samples),
         "samples_sha256": digest.hexdigest()[:16],
         "layout": layout,
-        "next_token": True,  # the shards record each sample's real next token (stores before this did not)
-        # one position per sentence everywhere leaves the key as it was, so such stores still resume and reopen
+        "next_token": True,  # the shards record each sample's real next token (a plan without it: a store without them)
+        # one position per sentence everywhere adds nothing to the key: a plan without positions means one per sentence
         **({"positions": positions} if any(v != "one" for v in positions.values()) else {}),
     }
 
@@ -131,7 +131,7 @@ def _check_or_write_plan(out: Path, key: dict[str, Any]) -> None:
             raise StoreError(f"{plan_path} is corrupt; remove the folder to start over")
         if "next_token" not in old and old == {k: v for k, v in key.items() if k != "next_token"}:
             if (out / "manifest.json").is_file():
-                return  # a finished store of an older onejump: readable, without next tokens
+                return  # a finished store without next tokens: readable (no cross-entropy against the text)
             raise StoreError(f"{out} holds an unfinished extraction started by an older onejump (it does not record "
                              "next tokens); remove the folder or use another, and rerun")
         if old != key:

@@ -15,8 +15,8 @@ other, and a training epoch slows down several times over. Two measures, both ov
    ``ONEJUMP_THREADS`` choose; ``OMP_NUM_THREADS`` set by the user is respected by ``auto``.
 
 ``benchmarks/threads.py`` measures them alone and beside a busy process: passive waiting is what
-keeps a run from collapsing; ``free`` is the polite choice on a machine shared with long jobs,
-though on the shared 2-core machine it measured slower than ``auto`` for the run itself.
+keeps a run from collapsing; ``free`` is the polite choice on a machine shared with long jobs, at the
+cost of the run's own threads (``auto`` takes every CPU it may use).
 """
 
 from __future__ import annotations

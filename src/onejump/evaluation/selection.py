@@ -5,10 +5,11 @@ BatchNorm statistics (Eq. 3-4); ``Dmat[m, k] = mean_i sign(C) C^2`` and
 ``D_m = mean_k Dmat[m, k]`` over the exit levels k = 0..K-1 (Eq. 5); OJFA = ``argmax_m D_m``,
 computed on the train split (the test split is never used for the choice).
 
-Beyond the paper, :func:`head_scores` is a head-aware rule: ``Pmat[m, k]`` = precision@1 of
-``head(jump_m(h^k))`` against the model's own top-1 token (and the mean KL from the model's
-distribution), on the held-out validation part of the train split (the rows training used only
-for early stopping). ``select_ojfa(..., rule="head")`` picks ``argmax_m mean_k Pmat[m, k]``.
+Beyond the paper, a head-aware rule: ``Pmat[m, k]`` = precision@1 of ``head(jump_m(h^k))`` against
+the model's own top-1 token, on the held-out validation part of the train split (the rows training
+used only for early stopping), scored by the evaluation itself (its reuse matrix on those rows,
+:func:`~onejump.evaluation.evaluator.reuse_matrix`). ``select_ojfa(..., rule="head")`` picks
+``argmax_m mean_k Pmat[m, k]``.
 
 The K x K cosines are computed in rank-r form, without materialising any (N, K, K, H) tensor:
 with ``z = BN_m(h^k) @ A_m = h^k @ A'_m + c_m`` (BatchNorm folded, all jumps in one GEMM),
@@ -31,6 +32,8 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, LensFileError, StoreError
 from ..lenses.jumps import JumpBank
+from ..lenses.onejump import PerLevelLens
+from .evaluator import reuse_matrix
 from .scoring import require_finite
 
 FIGURE3_TEMPERATURE = 5e-4
@@ -152,67 +155,6 @@ def trained_holdout(store: Any, record: dict[str, Any] | None, max_rows: int | N
     return holdout_rows(store, record["val_fraction"], record["seed"], max_rows=max_rows)
 
 
-@torch.no_grad()
-def head_scores(store: Any, adapter: Any, bank: JumpBank, rows: np.ndarray,
-                chunk_size: int | None = None, progress: bool = False, kl: bool = False) -> dict[str, torch.Tensor]:
-    """Head-aware reuse matrices (J, K) on store ``rows`` (e.g. :func:`trained_holdout` of the bank's lens).
-
-    Returns ``{"precision@1": P}`` (and ``"kl"`` with ``kl=True``): ``P[m, k]`` the fraction of rows
-    where ``argmax head(jump_m(h^k))`` is the model's own top-1 token, ``KL[m, k]`` the mean
-    ``KL(p_final || softmax(head(jump_m(h^k))))`` (three more passes over the vocabulary). Exact
-    head in rank-r form (:class:`~onejump.evaluation.LowRankHead`), full vocabulary.
-    """
-    from ..lenses.lowrank_head import LowRankHead
-
-    K, H = store.num_blocks, store.hidden_size
-    if bank.hidden_size != H:
-        raise ConfigError(f"jump bank has H={bank.hidden_size} but the store has H={H}")
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) == 0:
-        raise StoreError("no store rows to compute head scores on")
-    head = None if bank.residual else LowRankHead(adapter, bank)
-    w_u = adapter.unembedding_matrix()
-    dev, w_dtype = w_u.device, w_u.dtype
-    bank = copy.deepcopy(bank).to(dev)
-    J = bank.num_jumps
-    if chunk_size is None:  # about 2^24 logits (64 MiB) per (chunk, level, vocabulary) block
-        chunk_size = max(1, (1 << 24) // (K * int(w_u.shape[0])))
-    targets = torch.from_numpy(store.meta("target")[rows].astype(np.int64)).to(dev)  # t*, as in evaluation
-    correct = torch.zeros(J, K, dtype=torch.float64)
-    kl_sum = torch.zeros(J, K, dtype=torch.float64)
-    n_total = 0
-    bar = tqdm(total=len(rows), desc="head scores", unit="sample", disable=not progress, leave=False)
-    for start in range(0, len(rows), chunk_size):
-        part = rows[start:start + chunk_size]
-        h = store.read_rows(part).to(dev)
-        require_finite(h, part)
-        n = h.shape[0]
-        top1 = targets[start:start + n]
-        if kl:
-            final_logp = torch.log_softmax(adapter.head(h[:, K].to(w_dtype)).float(), -1)
-            p_final = final_logp.exp()
-            neg_entropy = (p_final * final_logp).sum(-1)  # (n,)
-        flat = h[:, :K].reshape(n * K, H)
-        z = None if head is None else head.project_all(flat).view(n, K, J, -1)
-        for m in range(J):
-            if head is None:  # residual jump: the full head on h + correction
-                logits = adapter.head(bank.apply(flat, m).to(w_dtype)).float().view(n, K, -1)
-            else:
-                logits = head.logits_from_codes(z[:, :, m].reshape(n * K, -1), m).view(n, K, -1)
-            correct[m] += (logits.argmax(-1) == top1[:, None]).double().sum(0).cpu()
-            if kl:
-                logq = torch.log_softmax(logits, -1)
-                cross = torch.einsum("nkv,nv->nk", logq, p_final)
-                kl_sum[m] += (neg_entropy[:, None] - cross).double().sum(0).cpu()
-        n_total += n
-        bar.update(n)
-    bar.close()
-    out = {"precision@1": correct / n_total}
-    if kl:
-        out["kl"] = kl_sum / n_total
-    return out
-
-
 def _softmax(scores: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(scores.double() / temperature, dim=0)
 
@@ -282,53 +224,61 @@ class Selection:
 
 def select_ojfa(store: Any, jumps: Any, split: str = "train", chunk_size: int = 512,
                 temperature: float = FIGURE3_TEMPERATURE, device: str | torch.device = "cpu",
-                progress: bool = False, *, rule: str = "paper", adapter: Any = None,
+                progress: bool = False, *, rule: str = "paper", model: Any = None,
                 holdout: np.ndarray | None = None) -> Selection:
     """Score every jump of a per-level lens (or bare ``JumpBank``) reused at every exit level; pick the best.
 
     With a :class:`~onejump.lenses.PerLevelLens`, ``selection.lens`` is the chosen jump as a
-    :class:`~onejump.lenses.OneJump` (and the model's head comes from the lens).
+    :class:`~onejump.lenses.OneJump`.
 
     ``rule="paper"``: D_m of Eq. 3-5 on ``split``. ``rule="head"``: mean precision@1 through the
     head on the rows the jumps' training held out (``holdout``; default: those the lens records,
-    :func:`trained_holdout`; a bare bank records none, so it needs ``holdout``); needs ``adapter``.
-    Either way the result records the other rule's matrix too when it is available (``others``), so
+    :func:`trained_holdout`), scored by the evaluation's reuse matrix
+    (:func:`~onejump.evaluation.evaluator.reuse_matrix` on those rows). A bare bank of K jumps is
+    read as ``PerLevelLens(model, bank)`` and records no rows, so the head rule needs ``model`` and
+    ``holdout`` with it. The head rule's result records the paper rule's matrix too (``others``), so
     both choices can be compared.
     """
+    if rule not in RULES:
+        raise ConfigError(f"unknown selection rule '{rule}'; use one of {', '.join(RULES)}")
     lens = jumps if hasattr(jumps, "bank") else None
     bank = lens.bank if lens is not None else jumps
-    adapter = adapter if adapter is not None or lens is None else lens.lm.adapter
-    if rule == "head" and holdout is None:
-        if lens is None:
-            raise ConfigError("the head-aware rule scores the rows the jumps' training held out: pass holdout=rows")
-        holdout = trained_holdout(store, lens.extra.get("held_out"))
-    sel = _select(store, bank, split, chunk_size, temperature, device, progress, rule, adapter, holdout, lens)
+    scorer, rows = None, None
+    if rule == "head":  # the rows and the lens they are scored through, settled before any pass
+        scorer, rows = _head_rule_inputs(store, lens, bank, model, holdout)
+    matrix = reuse_scores(store, bank, split=split, chunk_size=chunk_size, device=device, progress=progress)
+    sel = Selection.from_matrix(matrix, temperature=temperature, split=split, num_samples=len(store.indices(split)),
+                                levels=list(bank.levels))
+    if rule == "head":
+        sel = _head_selection(store, scorer, rows, sel, temperature, progress)
     if lens is not None:
         sel.lens = lens.jump(sel.chosen)
     return sel
 
 
-def _select(store: Any, bank: JumpBank, split: str, chunk_size: int, temperature: float,
-            device: str | torch.device, progress: bool, rule: str, adapter: Any,
-            holdout: np.ndarray | None, lens: Any = None) -> Selection:
-    if rule not in RULES:
-        raise ConfigError(f"unknown selection rule '{rule}'; use one of {', '.join(RULES)}")
-    matrix = reuse_scores(store, bank, split=split, chunk_size=chunk_size, device=device, progress=progress)
-    if rule == "paper":
-        return Selection.from_matrix(matrix, temperature=temperature, split=split,
-                                     num_samples=len(store.indices(split)), levels=list(bank.levels))
-    if adapter is None:
-        raise ConfigError("the head-aware selection rule needs the model (adapter)")
-    rows = np.asarray(holdout, dtype=np.int64)
-    if lens is not None and lens.kind == "per-level":  # the evaluation's own scoring, jump x level
-        from .evaluator import reuse_matrix
+def _head_rule_inputs(store: Any, lens: Any, bank: JumpBank, model: Any,
+                      holdout: np.ndarray | None) -> tuple[PerLevelLens, np.ndarray]:
+    """The per-level lens the head rule scores and the held-out rows it scores on."""
+    if lens is None:
+        if holdout is None:
+            raise ConfigError("the head-aware rule scores the rows the jumps' training held out: pass holdout=rows")
+        if model is None:
+            raise ConfigError("the head-aware rule reads a bare jump bank through the model's head: pass model=")
+        lens = PerLevelLens(model, bank)
+    elif not isinstance(lens, PerLevelLens):
+        raise ConfigError(f"the head-aware rule scores the K jumps of a per-level lens, not a '{lens.kind}' lens")
+    if holdout is None:
+        holdout = trained_holdout(store, lens.extra.get("held_out"))
+    return lens, np.asarray(holdout, dtype=np.int64)
 
-        scores = {"precision@1": reuse_matrix(store, lens, rows=rows, progress=progress).pair_matrix("precision@1")}
-    else:  # a bare bank has no model to evaluate with: its head alone
-        scores = head_scores(store, adapter, bank, rows, progress=progress)
-    paper = Selection.from_matrix(matrix, temperature=temperature, split=split, levels=list(bank.levels))
-    sel = Selection.from_matrix(scores["precision@1"], temperature=temperature, split="train-holdout",
-                                num_samples=len(rows), levels=list(bank.levels), rule="head")
+
+def _head_selection(store: Any, lens: PerLevelLens, rows: np.ndarray, paper: Selection, temperature: float,
+                    progress: bool) -> Selection:
+    """The head rule's choice: the evaluation's precision@1 of jump m at level k on ``rows`` (the reuse
+    matrix), with the paper rule's ``paper`` kept alongside."""
+    scores = reuse_matrix(store, lens, rows=rows, progress=progress).pair_matrix("precision@1")
+    sel = Selection.from_matrix(scores, temperature=temperature, split="train-holdout", num_samples=len(rows),
+                                levels=list(lens.bank.levels), rule="head")
     sel.others = {"paper_chosen": paper.chosen, "paper_scores": paper.scores.tolist(),
                   "paper_matrix": paper.matrix.tolist()}
     return sel

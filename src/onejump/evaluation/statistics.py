@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -24,6 +25,45 @@ def _as_float64(values: Any) -> np.ndarray:
     return arr.astype(np.float64).reshape(-1)
 
 
+#: Index draws per block of resamples: :func:`bootstrap_counts` draws ``max(1, DRAW_BLOCK // n)``
+#: resamples of n indices at a time, so memory stays bounded whatever n. The blocks fix the stream of
+#: draws (a generator's bounded draws are not split-invariant), so they are part of the bootstrap.
+DRAW_BLOCK = 1 << 22
+
+
+def bootstrap_counts(n: int, n_boot: int = 1000, seed: int = 0) -> Iterator[np.ndarray]:
+    """The bootstrap's resamples of n samples as resampling weights, block by block: float ``(count, n)``
+    arrays whose row holds how often each sample was drawn (the row sums to n), so ``values @ block.T / n``
+    are the resamples' means for any number of rows ``values`` (R, n) at once. The blocks hold ``n_boot``
+    resamples in all, each n index draws with replacement, ``default_rng(seed).integers(0, n, size=(count,
+    n))`` block by block (:data:`DRAW_BLOCK`). Seeded: the same (n, n_boot, seed) give the same resamples.
+
+    Whole counts rather than counts / n: a sum of whole counts is exact, so 0/1 values give their
+    resample means exactly, and a constant sample a zero-width interval."""
+    if n < 1 or n_boot < 1:
+        raise ConfigError(f"the bootstrap needs n >= 1 samples and n_boot >= 1 resamples (got {n}, {n_boot})")
+    rng = np.random.default_rng(seed)
+    step = max(1, DRAW_BLOCK // n)
+    for start in range(0, n_boot, step):
+        count = min(step, n_boot - start)
+        draws = rng.integers(0, n, size=(count, n))
+        draws += np.arange(count)[:, None] * n  # resample i counts into row i
+        yield np.bincount(draws.ravel(), minlength=count * n).reshape(count, n).astype(np.float64)
+
+
+def bootstrap_intervals(values: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> np.ndarray:
+    """Percentile bootstrap CIs ``(R, 2)`` of the mean of each row of ``values`` (R, n), every row under the
+    same resamples (:func:`bootstrap_counts`: one matrix product per block of resamples)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ConfigError(f"bootstrap_intervals needs a (rows, samples) array with samples, got shape {x.shape}")
+    if not 0 < alpha < 1:
+        raise ConfigError("alpha must be in (0, 1)")
+    n = x.shape[1]
+    means = np.concatenate([x @ c.T / n for c in bootstrap_counts(n, n_boot, seed)], axis=1)
+    return np.quantile(means, [alpha / 2, 1 - alpha / 2], axis=1).T
+
+
 def bootstrap_ci(values: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> CI:
     """Percentile bootstrap CI of the mean of ``values`` (1-D; bools count as 0/1). Seeded."""
     x = _as_float64(values)
@@ -31,13 +71,7 @@ def bootstrap_ci(values: Any, n_boot: int = 1000, seed: int = 0, alpha: float = 
         raise ConfigError("bootstrap_ci needs at least one value")
     if not 0 < alpha < 1 or n_boot < 1:
         raise ConfigError("alpha must be in (0, 1) and n_boot >= 1")
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    step = max(1, (1 << 22) // x.size)
-    for start in range(0, n_boot, step):
-        count = min(step, n_boot - start)
-        means[start:start + count] = x[rng.integers(0, x.size, size=(count, x.size))].mean(1)
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    low, high = bootstrap_intervals(x[None], n_boot, seed, alpha)[0]
     return CI(float(x.mean()), float(low), float(high))
 
 

@@ -11,8 +11,9 @@ folder or the file itself) and writes into DIR:
 - ``ojfa_gap_vs_h.png``: OJFA's gap to full N-NJTC and to the joint jump against H (and, where a run has
   a sweep, the best single jump and the tuned lens relative to the logit lens).
 
-The claims are recomputed with :func:`~onejump.experiment.claims.evaluate_claims`, so a results.json
-written before a claim existed is checked against it too. Nothing is written when a source is bad.
+The claims are recomputed with :func:`~onejump.experiment.claims.evaluate_claims` from each file's
+numbers, so every source is checked against the same claims, whichever claims its file lists. Nothing
+is written when a source is bad.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def resolve_source(source: str | Path) -> Path:
 
 def _refuse_stale_report(run: RunFolder, results: Path) -> None:
     """A run's report is read only while it is current: every stage it was built from unchanged since
-    (the stage protocol's keys; a report made by an older onejump is refused too)."""
+    (the stage protocol's keys; a folder whose stages carry no records is refused too)."""
     run.refuse_older_version()
     run.records.require(run.stages.report())
 
@@ -92,7 +93,7 @@ def load_results(source: str | Path) -> tuple[Path, dict[str, Any]]:
         raise ConfigError(f"{path} is not JSON: give the results.json of an onejump report") from None
     if not isinstance(results, dict) or results.get("schema") != SCHEMA:
         raise ConfigError(f"{path} is not an onejump results.json (its schema is not '{SCHEMA}')")
-    results = canonical_results(results)  # an older file's lens names, read as the lens table's ids
+    results = canonical_results(results)  # lens aliases (OLD_NAMES), read as the lens table's ids
     missing = [k for k in _REQUIRED if k not in results]
     if not missing:
         parts = {"model": ("name", "hidden_size"), "data": ("n_train", "n_test"), "methods": _METHODS}

@@ -82,6 +82,8 @@ class RunFolder:
             raise StoreError(f"{path} is corrupt: {exc}") from None
 
     def made_by_older_version(self) -> bool:
+        """Whether the folder has no stage records to check: a ``shortcuts/`` layout, or a ``run.json``
+        without this run format and version (:data:`RUN_FORMAT`, :data:`RUN_VERSION`)."""
         if self.layout.made_by_older_version():
             return True
         if not self.layout.run_json.is_file():
@@ -93,7 +95,8 @@ class RunFolder:
         return isinstance(info, dict) and (info.get("format"), info.get("version")) != (RUN_FORMAT, RUN_VERSION)
 
     def refuse_older_version(self) -> None:
-        """A run folder made by an older onejump is never read: one line with the command that makes it again."""
+        """A run folder without stage records (:meth:`made_by_older_version`) is never read: one line with the
+        command that makes it again."""
         if self.made_by_older_version():
             try:
                 data = json.loads(self.layout.run_json.read_text()).get("data")

@@ -28,7 +28,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .lens_table import run_lens
 
-#: ``run.json``'s format and version: a folder without them was made by an older onejump.
+#: ``run.json``'s format and version: a folder whose run.json holds others (or none) has no stage records to check.
 RUN_FORMAT, RUN_VERSION = "onejump-run", 2
 
 
@@ -104,8 +104,9 @@ class RunLayout:
         return Path(path).relative_to(self.folder).as_posix()
 
     def made_by_older_version(self) -> bool:
-        """A folder laid out by an onejump older than the stage records (``shortcuts/``, or a ``run.json``
-        without the run format) is never read: its stages carry no records to check."""
+        """Whether the folder is laid out without stage records (it holds a ``shortcuts/`` folder); such a
+        folder, like one whose ``run.json`` lacks this run format, is never read: its stages carry no records
+        to check."""
         return (self.folder / "shortcuts").is_dir()
 
 

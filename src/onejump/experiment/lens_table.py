@@ -10,8 +10,9 @@ a lens but a row of results.json (the reuse matrix's mean over jumps), drawn lik
 Adding a lens to the run: a row here, its training (or selection) in the pipeline, and, when it
 needs its own figure or claim, the report.
 
-results.json written before the table named the per-level lens ``full_nnjtc``; :data:`OLD_NAMES` maps
-them, and :func:`canonical_results` renames an old file's keys for its readers (report, compare).
+A results.json may name the per-level lens ``full_nnjtc``, an alias its readers accept: :data:`OLD_NAMES`
+maps each alias to its id, and :func:`canonical_results` renames such a file's keys for its readers
+(report, compare).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ LENSES: dict[str, RunLens] = {lens.id: lens for lens in (
 #: The lenses a run's evaluation reads, in report order (those the run has).
 EVALUATED = ("identity", "full", "ojfa", "joint", "jtc", "tuned", "best")
 
-#: The name results.json files written before this table gave the per-level lens.
+#: Aliases of lens ids a results.json may hold, each read as its id (new files hold the ids only).
 OLD_NAMES = {"full_nnjtc": "full"}
 
 
@@ -72,7 +73,8 @@ def _renamed(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def canonical_results(results: dict[str, Any]) -> dict[str, Any]:
-    """``results`` with an old file's lens names replaced by the table's ids (a current file unchanged)."""
+    """``results`` with its lens aliases (:data:`OLD_NAMES`) replaced by the table's ids (a file without any
+    unchanged)."""
     if not any(k in OLD_NAMES for k in results.get("methods", {})):
         return results
     out = dict(results)

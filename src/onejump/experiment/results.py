@@ -39,22 +39,23 @@ import numpy as np
 import torch
 
 from ..evaluation.metrics import metrics as registered
+from ..evaluation.statistics import bootstrap_intervals
 from .lens_table import EVALUATED
 
 SCHEMA = "onejump-results/1"
 
 
-def _bootstrap_weights(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
-    """Multinomial resampling weights (n_boot, n) / n: a bootstrap mean is one matrix product."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64) / n
-
-
-def _per_level_ci(values: np.ndarray, weights: np.ndarray, alpha: float = 0.05) -> list[list[float]]:
-    """Percentile bootstrap CI of the mean for each row of ``values`` (K, N)."""
-    boot = values.astype(np.float64) @ weights.T  # (K, n_boot)
-    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=1)
-    return [[float(a), float(b)] for a, b in zip(low, high)]
+def _per_level_cis(result: Any, names: list[str]) -> dict[tuple[str, str], list[list[float]]]:
+    """Each lens's per-level 95% bootstrap CI of every metric the registry gives one, ``(lens, metric) ->
+    [[lo, hi]] * K``: every row of every lens under the same resamples, in one pass over them."""
+    keys = [(name, metric.name) for name in names if name in result.methods
+            for metric in registered(ci=True, field=False) if result.has(name, metric.name)]
+    if not keys:
+        return {}
+    values = np.concatenate([result.samples(name, metric).numpy().astype(np.float64) for name, metric in keys])
+    intervals = bootstrap_intervals(values).tolist()
+    K = result.num_blocks
+    return {key: intervals[i * K:(i + 1) * K] for i, key in enumerate(keys)}
 
 
 def _optimizers(run: Any) -> dict[str, str]:
@@ -97,7 +98,8 @@ def _ojfa_tests(result: Any) -> dict[str, Any]:
     return tests
 
 
-def _method_entry(result: Any, key: str, weights: np.ndarray, parameters: int) -> dict[str, Any]:
+def _method_entry(result: Any, key: str, cis: dict[tuple[str, str], list[list[float]]],
+                  parameters: int) -> dict[str, Any]:
     """One lens's results.json entry: each registered metric per level (its CI and its mean over levels
     where the registry asks for them; a field metric only where the evaluation has it)."""
     entry: dict[str, Any] = {}
@@ -114,7 +116,7 @@ def _method_entry(result: Any, key: str, weights: np.ndarray, parameters: int) -
         if metric.ci:
             values = result.samples(key, metric.name).numpy().astype(np.float64)
             entry[metric.name] = values.mean(1).tolist()
-            entry[f"{metric.name}_ci"] = _per_level_ci(values, weights)
+            entry[f"{metric.name}_ci"] = cis[key, metric.name]
         else:
             entry[metric.name] = result.metric(key, metric.name).tolist()
     entry["parameters"] = parameters
@@ -134,14 +136,14 @@ def build_results(run: Any, result: Any) -> dict[str, Any]:
     K = store.num_blocks
     per_level = run.lens_config("full")
     rank = per_level["rank"]
-    weights = _bootstrap_weights(result.num_samples)
     names = [name for name in EVALUATED if name != "best"]  # the sweep's best jump: its own section
+    cis = _per_level_cis(result, names)
     params = parameter_counts(K, store.hidden_size, rank)
     params.update({name: result.parameters[name] for name in names if name in result.parameters})
     methods: dict[str, Any] = {}
     for name in names:
         if name in result.methods:
-            methods[name] = _method_entry(result, name, weights, params.get(name, 0))
+            methods[name] = _method_entry(result, name, cis, params.get(name, 0))
     arbitrary: dict[str, Any] = {}
     for metric in registered(field=False):  # the reuse matrix has the metrics of the basic pass
         if result.has_pairs(metric.name):

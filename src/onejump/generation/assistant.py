@@ -95,7 +95,8 @@ class LensAssistant(PreTrainedModel, GenerationMixin):
 
         ``generate`` reads this signature: taking ``attention_mask`` and ``position_ids`` makes it slice
         the inputs to the uncached tokens. With one unpadded sequence the positions follow the cache,
-        so neither is used here; the cache is ``cache`` (``past_key_values`` in older transformers).
+        so neither is used here; the cache is ``cache`` (or ``past_key_values``, where transformers passes it
+        under that name).
         """
         if input_ids.shape[0] != 1:
             raise ConfigError("a lens assistant drafts for one sequence at a time (batch size 1)")

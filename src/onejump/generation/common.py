@@ -113,7 +113,7 @@ def new_cache(lm: Any, cache_class: type | None = None) -> Any:
     cache_class = cache_class or DynamicCache
     try:
         cache = cache_class(config=lm.model.config)
-    except TypeError:  # older transformers
+    except TypeError:  # a transformers whose caches take no config
         cache = cache_class()
     if CAN_RECORD_PAST:
         for layer in getattr(cache, "layers", []):
@@ -130,7 +130,7 @@ def _transformers_at_least(version: str) -> bool:
 
 
 # Sliding-window cache layers can be rolled back past their window only from transformers 5.23 on
-# (earlier 5.x releases return more keys than the attention mask expects once recording is on).
+# (below 5.23, a 5.x layer that records its past returns more keys than the attention mask expects).
 CAN_RECORD_PAST = _transformers_at_least("5.23.0")
 
 
@@ -141,7 +141,7 @@ def truncate(cache: Any, length: int) -> None:
         if extra > 0:
             try:
                 layer.crop(-extra)
-            except RuntimeError as exc:  # a sliding-window layer past its window, older transformers
+            except RuntimeError as exc:  # a sliding-window layer past its window (transformers < 5.23)
                 raise ConfigError(f"cannot roll back this model's sliding-window KV cache ({exc}); early exit "
                                   "beyond the window needs transformers >= 5.23") from None
 

@@ -15,7 +15,7 @@ from .base import LENS_FORMAT, WEIGHTS_NAME, Lens, read_weights
 from .hub import resolve_pretrained
 from .tuned_format import import_tuned_lens, is_tuned_lens_folder
 
-# The file of the shortcut format that run folders held before lens files: refused, not read.
+# The file of the shortcut format (jumps saved without a lens config.json): refused, not read.
 OLD_CONFIG_NAME = "shortcuts.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 

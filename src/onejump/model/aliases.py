@@ -166,7 +166,8 @@ def _load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Modul
 
 
 def _save_dense(model: nn.Module, folder: Path) -> None:
-    """``save_pretrained`` of a GGUF-loaded model; older transformers refuse it, then a fresh copy is saved."""
+    """``save_pretrained`` of a GGUF-loaded model; where transformers refuses to save it (a quantized model), a
+    fresh plain copy is saved instead."""
     from transformers import AutoModelForCausalLM
 
     if hasattr(model.config, "quantization_config"):

@@ -50,7 +50,7 @@ class Checkpoint:
         """Write the checkpoint atomically (temporary file, fsync, rename); False when it cannot be written.
 
         A checkpoint only saves time: when the disk is full or the folder is not writable, training
-        goes on without one (the previous checkpoint, if any, is removed: it no longer matches) and
+        goes on without one (the previous checkpoint, if any, is removed: it does not match the training's state) and
         no further one is tried."""
         from safetensors.torch import save_file
 
