@@ -2,8 +2,8 @@
 
 Every lens and every level of a chunk's samples shares it. From the head's logits at level K it
 holds log p_final and, with the field's metrics, p_final, and ``sum p_final log p_final`` (for the
-KL) is a dot product of the two, with no temporary: at most three (n, V) arrays at once, the head's
-logits included (:data:`onejump.evaluation.budget.REFERENCE_COPIES`).
+KL) is a dot product of the two taken a slice of rows at a time: at most three (n, V) arrays at once,
+the head's logits included (:data:`onejump.evaluation.budget.REFERENCE_COPIES`).
 """
 
 from __future__ import annotations
@@ -55,8 +55,17 @@ def make_reference(final_logits: torch.Tensor, target: torch.Tensor, next_token:
     if not extras:
         return Reference(target, logp, exits=exits)
     probs = final_probs(logp)
-    negent = torch.linalg.vecdot(probs, logp)
-    return Reference(target, logp, negent, next_token, exits=exits, probs=probs)
+    return Reference(target, logp, _row_dots(probs, logp), next_token, exits=exits, probs=probs)
+
+
+#: Elements per slice of :func:`_row_dots` (4 MiB of float32).
+SLICE_ELEMENTS = 1 << 20
+
+
+def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(1)`` a slice of rows at a time: the product's temporary is a slice, not (n, V)."""
+    step = max(1, SLICE_ELEMENTS // max(a.shape[1], 1))
+    return torch.cat([(a[i:i + step] * b[i:i + step]).sum(1) for i in range(0, a.shape[0], step)])
 
 
 __all__ = ["EXP_FLOOR", "Reference", "final_probs", "make_reference"]
