@@ -45,7 +45,8 @@ import torch
 from common import LimitedStore, result_name, save
 
 from onejump.errors import OneJumpError
-from onejump.evaluation.evaluator import _default_blocks, evaluate, reuse_matrix
+from onejump.evaluation.budget import working_set
+from onejump.evaluation.evaluator import evaluate, reuse_matrix
 from onejump.evaluation.selection import select_ojfa
 from onejump.experiment.run import Run
 from onejump.experiment.sweep import objective_config
@@ -155,7 +156,8 @@ class Shape:
     def __init__(self, store, lm, rank: int, kl_rank: int, itemsize: int):
         self.K, self.H, self.V = store.num_blocks, store.hidden_size, lm.adapter.vocab_size
         self.r, self.r_kl, self.item = rank, kl_rank, itemsize
-        self.full_block, self.low_block = _default_blocks(self.V, torch.device("cpu"))
+        work = working_set(self.V, torch.device("cpu"))
+        self.full_block, self.low_block = work.full_block, work.low_block
         K, H, V = self.K, self.H, self.V
         self.gemms = {"full head": (self.full_block, H, V, torch.float32, 1),
                       "rank-r head": (self.low_block, rank, V, torch.float32, 1),

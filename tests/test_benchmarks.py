@@ -137,6 +137,16 @@ def test_roofline_runs_every_stage_on_a_tiny_store(bench, tiny_run, tmp_path, ca
     assert saved["ceilings"]["memory_gb_per_s"] > 0 and saved["ceilings"]["exp_per_s"] > 0
 
 
+def test_vocab_pass_times_the_kernel_and_the_peak_by_budget(bench, tiny_run, tmp_path):
+    out = bench("vocab_pass").main(["--run", str(tiny_run), "--rows", "8", "--budgets", "0.01,64",
+                                    "--levels", "0,-1", "--kernel-rows", "4"])
+    assert [r["level"] for r in out["kernel"]["levels"]] == [0, out["kernel"]["levels"][1]["level"]]
+    assert all(r["ms_per_row"] > 0 and r["speedup"] > 0 for r in out["kernel"]["levels"])
+    small, large = out["memory"]
+    assert small["memory_mib"] == 0.01 and small["chunk"] < large["chunk"] and small["above_start_mib"] >= 0
+    assert next((tmp_path / "results").glob("vocab-pass-cpu-*.json"))
+
+
 def test_roofline_training_only_gives_rows_per_second(bench, tiny_run, tmp_path):
     out = bench("roofline").main(["--run", str(tiny_run), "--tuned-steps", "2", "--max-epochs", "1", "--quiet",
                                   "--only", "training"])

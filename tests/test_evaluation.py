@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onejump.errors import ConfigError, NumericalError
+from onejump.evaluation.budget import REFERENCE_COPIES, working_set
 from onejump.evaluation.evaluator import evaluate, parameter_counts, reuse_matrix
 from onejump.evaluation.result import EvalResult
 from onejump.evaluation.scoring import Reference, _reduce_inplace, _reduce_logits, score_block
@@ -359,3 +360,63 @@ def test_compiled_kernel_equals_eager(setup):
             assert torch.equal(v, b.per_sample[k]), k
         else:
             torch.testing.assert_close(v, b.per_sample[k], atol=1e-4, rtol=1e-5)
+
+
+def _assert_same(a, b, rtol=1e-5):
+    """Tokens, hits and ranks identical; values to float rounding (the head's GEMM over fewer rows rounds
+    its last bit differently: a few ulps of the log-sum-exp, which a KL near 0 holds as absolute error)."""
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        if v.dtype in (torch.bool, torch.int64):
+            assert torch.equal(v, b[k]), k
+        else:
+            torch.testing.assert_close(v, b[k], rtol=rtol, atol=1e-5, equal_nan=True, msg=k)
+
+
+def test_evaluation_does_not_depend_on_the_memory_budget(setup):
+    lm, store, bank, joint, jtc = setup
+    lenses = _lenses(lm, bank, joint, jtc)
+    large = evaluate(store, lenses, memory_mib=4096, progress=False)
+    tiny = evaluate(store, lenses, memory_mib=1e-3, progress=False)  # one sample per chunk, one row per block
+    _assert_same(large.per_sample, tiny.per_sample)
+    _assert_same(reuse_matrix(store, bank, memory_mib=4096, progress=False).per_sample,
+                 reuse_matrix(store, bank, memory_mib=1e-3, progress=False).per_sample)
+
+
+def test_working_set_is_bounded_by_the_budget():
+    cpu = torch.device("cpu")
+    for V in (96, 49_152, 262_144, 10**7):
+        for mib in (1e-3, 16, 256, 4096):
+            w = working_set(V, cpu, mib, chunk_size=10**6, block_rows=10**6)
+            assert w.chunk >= 1 and w.full_block >= 1 and w.low_block >= 1
+            if mib * 2**20 >= 2 * REFERENCE_COPIES * 4 * V:  # room for one sample: the budget holds
+                assert (REFERENCE_COPIES * w.chunk + w.full_block) * 4 * V <= mib * 2**20
+    assert working_set(262_144, cpu).chunk < working_set(49_152, cpu).chunk == 128
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ConfigError):
+            working_set(96, cpu, bad)
+    with pytest.raises(ConfigError):
+        working_set(96, cpu, chunk_size=0)
+
+
+def test_score_block_over_a_wide_logit_range():
+    """Logits spanning hundreds of nats (the logit lens at level 0): the exp's floor changes nothing read."""
+    gen = torch.Generator().manual_seed(5)
+    V, rows = 3000, 6
+    logits = torch.randn(rows, V, generator=gen) * 300
+    final_logp = torch.log_softmax(torch.randn(2, V, generator=gen) * 3, -1)
+    target, nxt = torch.randint(0, V, (2,), generator=gen), torch.tensor([7, -1])
+    sample = torch.arange(rows) % 2
+    ref = Reference(target, final_logp, (final_logp.exp() * final_logp).sum(1), nxt, exits=True)
+    c1, c5, s, rev, kl, ent, ce, top1, p1, margin = score_block(logits.clone(), ref, sample)
+    logq = torch.log_softmax(logits.double(), 1)
+    t = target[sample]
+    assert torch.equal(top1, logits.argmax(1)) and torch.equal(c1, top1 == t)
+    assert torch.equal(c5, (logits.topk(5, 1).indices == t[:, None]).any(1))
+    torch.testing.assert_close(s.double(), -logq.gather(1, t[:, None])[:, 0], rtol=1e-5, atol=1e-5)
+    p_final = final_logp[sample].double().exp()
+    want_kl = (p_final * (final_logp[sample].double() - logq)).sum(1)
+    torch.testing.assert_close(kl.double(), want_kl, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ent.double(), -(logq.exp() * logq).sum(1), rtol=1e-5, atol=1e-5)
+    want_ce = torch.where(nxt[sample] >= 0, -logq[:, 7], torch.tensor(float("nan"), dtype=torch.float64))
+    torch.testing.assert_close(ce.double(), want_ce, rtol=1e-5, atol=1e-5, equal_nan=True)

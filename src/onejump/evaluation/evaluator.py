@@ -25,43 +25,29 @@ from ..errors import ConfigError, NumericalError, StoreError
 from ..lenses.base import Lens
 from ..lenses.jumps import jump_parameter_count
 from ..lenses.onejump import PerLevelLens
+from .budget import working_set
 from .metrics import METRICS
+from .reference import Reference, make_reference
 from .result import EvalResult
-from .scoring import Reducer, Reference, Sink, require_finite, score_rows
+from .scoring import Reducer, Sink, require_finite, score_rows
 
 __all__ = ["METRICS", "EvalResult", "evaluate", "parameter_counts", "reuse_matrix"]
-
-
-def _default_blocks(vocab: int, device: torch.device) -> tuple[int, int]:
-    """Rows per logits block for (full-head lenses, low-rank jumps).
-
-    On CPU the full head is GEMM-bound and wants large blocks (~64 MB of logits); the low-rank
-    head is bound by the passes over the logits and is faster when a block stays in cache (~4 MB).
-    On a GPU large blocks (fewer kernel launches) win for both.
-    """
-    v = max(vocab, 1)
-    if device.type == "cuda":
-        return max(4, (1 << 26) // v), max(4, (1 << 26) // v)
-    return max(4, (1 << 24) // v), max(1, (1 << 20) // v)
 
 
 class _Pass:
     """One pass over a store split: the chunks, their references, and the per-sample sinks."""
 
-    def __init__(self, store: Any, lm: Any, split: str, chunk_size: int, block_rows: int | None,
-                 extras: bool, use_compile: bool, exits: bool = False, rows: Any = None):
-        if chunk_size < 1:
-            raise ConfigError("chunk_size must be >= 1")
-        if block_rows is not None and block_rows < 1:
-            raise ConfigError("block_rows must be >= 1")
-        self.store, self.lm, self.split, self.chunk_size = store, lm, split, chunk_size
+    def __init__(self, store: Any, lm: Any, split: str, chunk_size: int | None, block_rows: int | None,
+                 extras: bool, use_compile: bool, exits: bool = False, rows: Any = None,
+                 memory_mib: float | None = None):
+        self.store, self.lm, self.split = store, lm, split
         self.K, self.H = store.num_blocks, store.hidden_size
         if (self.K, self.H) != (lm.num_blocks, lm.hidden_size):
             raise ConfigError(f"the store has K={self.K}, H={self.H}; the model K={lm.num_blocks}, H={lm.hidden_size}")
         w_u = lm.adapter.unembedding_matrix()
         self.device, self.dtype, self.V = w_u.device, w_u.dtype, int(w_u.shape[0])
-        self.full_block, self.low_block = (block_rows, block_rows) if block_rows else _default_blocks(self.V,
-                                                                                                      self.device)
+        work = working_set(self.V, self.device, memory_mib, chunk_size, block_rows)
+        self.chunk_size, self.full_block, self.low_block = work.chunk, work.full_block, work.low_block
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         if self.rows is None:
             self.targets = store.targets(split)
@@ -104,16 +90,13 @@ class _Pass:
 
     def _reference(self, h: torch.Tensor, offset: int, n: int) -> Reference:
         target = self.targets[offset:offset + n].to(self.device)
-        final_logp = torch.log_softmax(self.full_head(h[:, self.K]), -1)
-        self.final["surprisal"][offset:offset + n] = -final_logp.gather(1, target[:, None])[:, 0].cpu()
-        if not self.extras:
-            return Reference(target, final_logp, exits=self.exits)
-        negent = (final_logp.exp() * final_logp).sum(1)
         nxt = self.next_tokens[offset:offset + n].to(self.device) if self.next_tokens is not None else None
-        if nxt is not None:
-            ce = -final_logp.gather(1, nxt.clamp_min(0)[:, None])[:, 0]
+        ref = make_reference(self.full_head(h[:, self.K]), target, nxt, self.extras, self.exits)
+        self.final["surprisal"][offset:offset + n] = -ref.final_logp.gather(1, target[:, None])[:, 0].cpu()
+        if self.extras and nxt is not None:
+            ce = -ref.final_logp.gather(1, nxt.clamp_min(0)[:, None])[:, 0]
             self.final["ce"][offset:offset + n] = torch.where(nxt >= 0, ce, float("nan")).cpu()
-        return Reference(target, final_logp, negent, nxt, exits=self.exits)
+        return ref
 
     def result(self, sinks: dict[str, Sink], **kw: Any) -> EvalResult:
         per_sample: dict[str, torch.Tensor] = {}
@@ -168,14 +151,17 @@ def _common_model(lenses: Mapping[str, Lens]) -> Any:
 
 @torch.no_grad()
 def evaluate(store: Any, lenses: Mapping[str, Lens], *, split: str = "test", rows: Any = None,
-             chunk_size: int = 128, block_rows: int | None = None, field_metrics: bool = True,
-             compile: bool = False, chosen: int | None = None, progress: bool = True) -> EvalResult:
+             chunk_size: int | None = None, block_rows: int | None = None, memory_mib: float | None = None,
+             field_metrics: bool = True, compile: bool = False, chosen: int | None = None,
+             progress: bool = True) -> EvalResult:
     """Read every lens in ``lenses`` (name -> lens) at every exit level of a store split, or of the store
     ``rows`` given (any rows of any split, in that order: the rows a training held out, say).
 
     ``field_metrics`` adds KL, entropy and cross-entropy (one more pass over each block of logits).
-    ``chosen`` records the OJFA jump in the result. Memory is bounded by ``chunk_size`` samples and
-    ``block_rows`` rows of logits; results do not depend on either. Everything runs where the model's
+    ``chosen`` records the OJFA jump in the result. The vocabulary-sized arrays held at once stay within
+    ``memory_mib`` (:func:`~onejump.evaluation.budget.working_set`: samples per chunk, at most
+    ``chunk_size``, and rows per block of logits, at most ``block_rows``), whatever the number of rows,
+    levels and lenses; results do not depend on any of them. Everything runs where the model's
     unembedding is. ``compile=True`` fuses the precision/surprisal reductions with ``torch.compile``
     (only without the field's metrics). Each lens's top-1 token and its two confidences are kept as
     well (``<name>/top1``, ``max_prob``, ``margin``), from which an early-exit simulation needs no
@@ -188,7 +174,7 @@ def evaluate(store: Any, lenses: Mapping[str, Lens], *, split: str = "test", row
         if lens.lm.fingerprint != store.fingerprint:
             raise ConfigError(f"lens '{name}' is for another model than the store's")
     p = _Pass(store, lm, split, chunk_size, block_rows, field_metrics, compile and not field_metrics, exits=True,
-              rows=rows)
+              rows=rows, memory_mib=memory_mib)
     sinks = {name: Sink((), p.K, p.N, field_metrics, exits=True) for name in lenses}
     timings = dict.fromkeys(lenses, 0.0)
     t_start = time.perf_counter()
@@ -203,13 +189,15 @@ def evaluate(store: Any, lenses: Mapping[str, Lens], *, split: str = "test", row
 
 @torch.no_grad()
 def reuse_matrix(store: Any, lens: PerLevelLens, *, jumps: Sequence[int] | None = None, split: str = "test",
-                 rows: Any = None, chosen: int | None = None, chunk_size: int = 128, block_rows: int | None = None,
-                 compile: bool = False, progress: bool = True) -> EvalResult:
+                 rows: Any = None, chosen: int | None = None, chunk_size: int | None = None,
+                 block_rows: int | None = None, memory_mib: float | None = None, compile: bool = False,
+                 progress: bool = True) -> EvalResult:
     """Every jump of a per-level bank (or those in ``jumps``) at every exit level: ``pairs/*`` (J, K, N),
     the evaluation's own scoring over jump x level, on a store ``split`` or on store ``rows`` (any split).
 
     The precision and surprisal metrics only (K^2 N rows: the field's extra passes would double
     the cost). ``result.metric("ojfa", ...)`` reads the row of ``chosen``; ``"full"`` the diagonal.
+    Memory as in :func:`evaluate`.
     """
     if not isinstance(lens, PerLevelLens):
         raise ConfigError("the reuse matrix needs a per-level lens (PerLevelLens)")
@@ -217,7 +205,7 @@ def reuse_matrix(store: Any, lens: PerLevelLens, *, jumps: Sequence[int] | None 
     jump_list = list(range(K)) if jumps is None else [int(m) for m in jumps]
     if not jump_list or any(not 0 <= m < K for m in jump_list):
         raise ConfigError(f"jumps must be in 0..{K - 1}")
-    p = _Pass(store, lens.lm, split, chunk_size, block_rows, False, compile, rows=rows)
+    p = _Pass(store, lens.lm, split, chunk_size, block_rows, False, compile, rows=rows, memory_mib=memory_mib)
     sink = Sink((len(jump_list),), p.K, p.N, False)
     t_start = time.perf_counter()
     for offset, h, ref in p.chunks(progress, "reuse matrix"):

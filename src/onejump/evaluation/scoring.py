@@ -3,18 +3,22 @@
 Every quantity of :mod:`onejump.evaluation.metrics` is computed here, in as few passes over the
 vocabulary as possible: the logits of a block are shifted by their maximum in place and then
 exponentiated, so a (rows, V) block is read about twice (three times with the field's metrics).
+The exponentials take the shifted logits at :data:`~onejump.evaluation.reference.EXP_FLOOR` at the
+least: a lens far from the model (the logit lens at level 0 spans hundreds of nats) would otherwise
+send most of a row through exp's slow underflow path; every value read from the logits themselves
+(argmax, ranks, the target's and the next token's logits, the KL's cross term) is read before.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..errors import NumericalError
+from .reference import EXP_FLOOR, Reference
 
 TOP_K = 5
 # Per-sample quantities; the last three are the field's metrics (computed when asked for).
@@ -23,28 +27,6 @@ EXTRA = ("kl", "entropy", "ce")
 # What an early-exit simulation needs of each row (evaluation keeps them, so exits need no pass of their own):
 # the lens's top-1 token, its probability, and top-1 minus top-2 probability.
 EXIT = ("top1", "max_prob", "margin")
-
-
-@dataclass
-class Reference:
-    """What a chunk's rows are scored against: t*, the final distribution and the real next token."""
-
-    target: torch.Tensor  # (n,) t*, the model's own top-1
-    final_logp: torch.Tensor  # (n, V) log p_final
-    final_negent: torch.Tensor | None = None  # (n,) sum p_final log p_final (for the KL)
-    next_token: torch.Tensor | None = None  # (n,) the sentence's real next token, -1 where there is none
-    exits: bool = False  # also score EXIT
-    _final_probs: torch.Tensor | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def extras(self) -> bool:
-        return self.final_negent is not None
-
-    def final_probs(self) -> torch.Tensor:
-        """p_final (n, V), taken once per chunk: every level's rows of a sample share it."""
-        if self._final_probs is None:
-            self._final_probs = self.final_logp.exp()
-        return self._final_probs
 
 
 def require_finite(h: torch.Tensor, rows: Any) -> None:
@@ -121,7 +103,7 @@ def _reduce_inplace(logits: torch.Tensor, target: torch.Tensor, second: bool = F
     mx, am, top2 = _top2(logits, second)
     tl = logits.gather(1, target[:, None])
     above = _count_above(logits, tl, torch.empty_like(logits))
-    sumexp = logits.sub_(mx[:, None]).exp_().sum(1)
+    sumexp = logits.sub_(mx[:, None]).clamp_min_(EXP_FLOOR).exp_().sum(1)
     return mx, sumexp, am, above, tl[:, 0], top2
 
 
@@ -129,7 +111,7 @@ def _reduce_logits(logits: torch.Tensor, target: torch.Tensor, second: bool = Fa
     """The same reductions written for ``torch.compile`` (fused into about two passes over the logits)."""
     tl = logits.gather(1, target[:, None])
     mx = logits.amax(1, keepdim=True)
-    sumexp = (logits - mx).exp().sum(1)
+    sumexp = (logits - mx).clamp_min(EXP_FLOOR).exp().sum(1)
     am = logits.argmax(1)
     above = (logits > tl).sum(1)
     top2 = logits.topk(2, 1).values[:, 1] if second else None
@@ -163,7 +145,8 @@ def _extras(logits: torch.Tensor, ref: Reference, sample: torch.Tensor) -> tuple
     KL(p_final || p_lens) = sum p_f log p_f - sum p_f l + logsumexp(l); the lens's entropy is
     logsumexp(l) - sum softmax(l) l; the cross-entropy against the real next token is
     logsumexp(l) - l[next] (NaN where the sentence has no next token). One temporary the size of
-    the block serves every pass (p_final's rows, then the exp).
+    the block serves every pass (p_final's rows, then the exp). The cross term is taken before the
+    shifted logits are floored for the exp (p_final may weigh a logit the lens puts far below its top).
     """
     target = ref.target[sample]
     mx, am, second = _top2(logits, ref.exits)
@@ -175,7 +158,7 @@ def _extras(logits: torch.Tensor, ref: Reference, sample: torch.Tensor) -> tuple
     shifted = logits.sub_(mx[:, None])
     torch.index_select(ref.final_probs(), 0, sample, out=buf)
     dot_final = buf.mul_(shifted).sum(1)
-    e = torch.exp(shifted, out=buf)
+    e = torch.exp(shifted.clamp_min_(EXP_FLOOR), out=buf)
     sumexp = e.sum(1)
     lse = sumexp.log()
     entropy = lse - e.mul_(shifted).sum(1) / sumexp
