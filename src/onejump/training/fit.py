@@ -123,7 +123,8 @@ def _fit_epochs(bank: JumpBank, train: _Task, val: _Task | None, config: TrainCo
         bank.train()
         sums = torch.zeros(J, dtype=torch.float64, device=device)
         seen = 0
-        for batch in train.batches(config.batch_size, gen):
+        # on the CPU each batch is used up before the next is gathered, so one batch buffer serves them all
+        for batch in train.batches(config.batch_size, gen, reuse=device.type == "cpu"):
             per_jump, size = _batch_loss(loss_fn, bank, batch, device)
             if not torch.isfinite(per_jump.detach()).all():
                 j = int((~torch.isfinite(per_jump.detach())).nonzero()[0])

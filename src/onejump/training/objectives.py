@@ -297,13 +297,26 @@ def mse_loss(bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor, rows: torch.T
     return (bank(inp, levels) - tgt.unsqueeze(1)).pow(2).sum(-1).mean(0)
 
 
-def _moments(xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _moments(xt: torch.Tensor, scratch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(biased variance, mean) over the rows of each ``xt[j]`` (J, N, H), in two passes whose sums over the
     rows are matrix products (any strides): ``var_mean`` over the outer dimension of a wide array runs an
-    order of magnitude slower on a CPU."""
+    order of magnitude slower on a CPU. ``scratch`` (``xt``'s shape and strides) holds the centred values."""
     ones = xt.new_full((xt.shape[0], 1, xt.shape[1]), 1.0 / xt.shape[1])
     mean = torch.bmm(ones, xt)  # (J, 1, H)
-    return torch.bmm(ones, (xt - mean).square_())[:, 0], mean[:, 0]
+    centred = xt - mean if scratch is None else torch.sub(xt, mean, out=scratch)
+    return torch.bmm(ones, centred.square_())[:, 0], mean[:, 0]
+
+
+def _scratch(bank: JumpBank, xt: torch.Tensor) -> torch.Tensor:
+    """A buffer for the centred ``xt`` (J, N, H) of :func:`_moments`, kept on the bank from step to step (it
+    is as large as the batch, and a fresh one each step costs its page faults); laid out (N, J, H) in
+    memory, as ``xt - mean`` lays out a transposed view."""
+    J, N, H = xt.shape
+    buf = getattr(bank, "_moments_scratch", None)
+    if buf is None or buf.shape != xt.shape or buf.dtype != xt.dtype or buf.device != xt.device:
+        buf = torch.empty(N, J, H, dtype=xt.dtype, device=xt.device).transpose(0, 1)
+        bank._moments_scratch = buf
+    return buf
 
 
 def low_rank_mse(bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -318,7 +331,7 @@ def low_rank_mse(bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor) -> torch.
     xt = inp.to(bank.A.dtype).transpose(0, 1)  # (J, N, H), a view
     if bank.training:
         with torch.no_grad():
-            var, mean = _moments(xt)
+            var, mean = _moments(xt, _scratch(bank, xt))
             m = bank.momentum
             bank.running_mean.mul_(1 - m).add_(mean, alpha=m)
             bank.running_var.mul_(1 - m).add_(var, alpha=m * N / (N - 1))  # unbiased, as batch_norm
