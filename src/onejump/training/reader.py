@@ -251,8 +251,14 @@ class _Task:
             carry = None if last else self._take(x, rows, carry, perm[full:])
 
     def chunks(self, chunk: int) -> Iterator[Batch]:
-        """All examples in store order, in chunks of at most ``chunk`` (validation)."""
+        """All examples in store order, in chunks of at most ``chunk`` (validation). A chunk of the per-level
+        task at every level is a view of the buffer (valid until the next buffer is read), not a copy."""
+        whole_rows = self.levels is not None and self.levels == list(range(self.K))
         for x, rows, _ in self.source.buffers(None):
             n = len(rows) * self.per_sample
             for start in range(0, n, chunk):
-                yield self.gather(x, rows, torch.arange(start, min(n, start + chunk)))
+                stop = min(n, start + chunk)
+                if whole_rows:
+                    yield x[start:stop, : self.K], x[start:stop, self.K], torch.from_numpy(rows[start:stop])
+                else:
+                    yield self.gather(x, rows, torch.arange(start, stop))
