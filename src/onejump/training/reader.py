@@ -222,7 +222,7 @@ class _Task:
         old = idx < n_carry
         if old.all():
             return tuple(t[idx] for t in carry)  # type: ignore[return-value]
-        new = self.gather(x, rows, idx[~old] - n_carry)
+        new = self.gather(x, rows, idx[~old] - n_carry, reuse)  # a mixed batch is concatenated: a copy
         if not old.any():
             return new
         return tuple(torch.cat([c[idx[old]], t]) for c, t in zip(carry, new))  # type: ignore[return-value]
