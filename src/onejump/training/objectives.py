@@ -319,6 +319,11 @@ def _scratch(bank: JumpBank, xt: torch.Tensor) -> torch.Tensor:
     return buf
 
 
+def release_scratch(bank: Any) -> None:
+    """Drop the step buffer :func:`low_rank_mse` keeps on a bank (at the end of its training)."""
+    vars(bank).pop("_moments_scratch", None)
+
+
 def low_rank_mse(bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     """:func:`mse_loss` of a plain bank in rank-r form: no (B, J, H) array is made but the input.
 
