@@ -3,7 +3,7 @@
 In one process, this benchmark first measures the machine's ceilings:
 
 - GEMM FLOP/s at each stage's own shapes and dtype (the full head ``(rows, H) @ (H, V)``, the rank-r
-  head ``(rows, r) @ (r, V)``, the tuned lens's translators, the jumps' ``(B, H) @ (H, r)``, JTC's
+  head ``(rows, r) @ (r, V)``, the tuned lens's translators, the jumps' ``(r, H) @ (H, B)``, JTC's
   float64 Gram matrices);
 - streaming read bandwidth from memory (a sum over a buffer far larger than the caches) and from
   the store's files (their bytes read in large blocks; warm page cache, as a run reads them);
@@ -150,6 +150,13 @@ class Cost:
         return {"bound_s": parts[limit], "limited_by": limit, "parts_s": {k: round(v, 4) for k, v in parts.items()}}
 
 
+def jump_gemm(H: int, rank: int, batch: int, K: int) -> tuple:
+    """The jumps' GEMM as their training runs it: per jump ``(r, H) @ (H, batch)`` (the codes' transpose,
+    ``z^T = A^T x^T``), batched over the K jumps; the same FLOPs as ``(batch, H) @ (H, r)``, which a CPU's
+    GEMM runs several times slower (an output r columns wide)."""
+    return (rank, H, batch, torch.float32, K)
+
+
 class Shape:
     """The run's sizes and the stages' GEMM shapes, from which the counts and the ceilings are taken."""
 
@@ -163,7 +170,7 @@ class Shape:
                       "rank-r head": (self.low_block, rank, V, torch.float32, 1),
                       "translators": (256, H, H, torch.float32, K),
                       "head on sampled columns": (256 * K, H, 4096, torch.float32, 1),
-                      "jump": (128, H, rank, torch.float32, K),
+                      "jump": jump_gemm(H, rank, 128, K),
                       "reuse scores": (512 * K, H, K * rank, torch.float32, 1),
                       "jtc gram": (1024, H + 1, H + 1, torch.float64, 1)}
 

@@ -193,6 +193,26 @@ def test_epoch_sees_every_example_once(tmp_path):
     assert len(seen) == 160 and len(set(seen)) == 160
 
 
+def test_reused_batches_and_chunk_views_hold_the_same_examples(tmp_path):
+    """batches(reuse=True) yields the batches of batches() in one buffer; validation chunks are views."""
+    fake = linear_store(n=200)
+    store = sharded_store(tmp_path, fake, 23)
+    _, tr, va, _ = _prepare(store, TrainConfig(**{**FAST, "batch_size": 20, "buffer_samples": 50}), "cpu")
+    task = _Task(tr, [0, 1, 2], 3)
+    fresh = [tuple(t.clone() for t in b) for b in task.batches(20, torch.Generator().manual_seed(3))]
+    reused, pointers = [], set()
+    for b in task.batches(20, torch.Generator().manual_seed(3), reuse=True):
+        reused.append(tuple(t.clone() for t in b))
+        pointers.add(b[0].data_ptr())
+    assert len(reused) == len(fresh) and all(all(map(torch.equal, a, b)) for a, b in zip(fresh, reused))
+    assert len(pointers) < len(reused)  # one buffer served several batches
+    x = fake._hidden
+    chunks = list(_Task(va, [0, 1, 2], 3).chunks(7))
+    rows = torch.cat([c[2] for c in chunks])
+    assert rows.tolist() == va.rows.tolist()
+    assert all(torch.equal(inp, x[r, :3]) and torch.equal(tgt, x[r, 3]) for inp, tgt, r in chunks)
+
+
 def test_streaming_trains_and_is_deterministic(tmp_path):
     fake = linear_store(n=200)
     store = sharded_store(tmp_path, fake, 23)

@@ -41,7 +41,7 @@ from ..interrupts import on_interrupt
 from ..lenses.jumps import JumpBank
 from .checkpoint import Checkpoint, generator_tensor, load_generator, load_optimizer, optimizer_tensors
 from .config import TrainConfig, TrainHistory
-from .objectives import LossFn, mse_loss
+from .objectives import LossFn, mse_loss, release_scratch
 from .optim import bank_optimizer
 from .reader import _Reader, _Source, _Task, holdout_split
 
@@ -123,7 +123,8 @@ def _fit_epochs(bank: JumpBank, train: _Task, val: _Task | None, config: TrainCo
         bank.train()
         sums = torch.zeros(J, dtype=torch.float64, device=device)
         seen = 0
-        for batch in train.batches(config.batch_size, gen):
+        # on the CPU each batch is used up before the next is gathered, so one batch buffer serves them all
+        for batch in train.batches(config.batch_size, gen, reuse=device.type == "cpu"):
             per_jump, size = _batch_loss(loss_fn, bank, batch, device)
             if not torch.isfinite(per_jump.detach()).all():
                 j = int((~torch.isfinite(per_jump.detach())).nonzero()[0])
@@ -165,6 +166,7 @@ def _fit_epochs(bank: JumpBank, train: _Task, val: _Task | None, config: TrainCo
         if not active.any():
             break
     bar.close()
+    release_scratch(bank)
     with torch.no_grad():
         for k, v in bank.tensors_live().items():
             v.copy_(best_state[k])

@@ -297,13 +297,31 @@ def mse_loss(bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor, rows: torch.T
     return (bank(inp, levels) - tgt.unsqueeze(1)).pow(2).sum(-1).mean(0)
 
 
-def _moments(xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _moments(xt: torch.Tensor, scratch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(biased variance, mean) over the rows of each ``xt[j]`` (J, N, H), in two passes whose sums over the
     rows are matrix products (any strides): ``var_mean`` over the outer dimension of a wide array runs an
-    order of magnitude slower on a CPU."""
+    order of magnitude slower on a CPU. ``scratch`` (``xt``'s shape and strides) holds the centred values."""
     ones = xt.new_full((xt.shape[0], 1, xt.shape[1]), 1.0 / xt.shape[1])
     mean = torch.bmm(ones, xt)  # (J, 1, H)
-    return torch.bmm(ones, (xt - mean).square_())[:, 0], mean[:, 0]
+    centred = xt - mean if scratch is None else torch.sub(xt, mean, out=scratch)
+    return torch.bmm(ones, centred.square_())[:, 0], mean[:, 0]
+
+
+def _scratch(bank: JumpBank, xt: torch.Tensor) -> torch.Tensor:
+    """A buffer for the centred ``xt`` (J, N, H) of :func:`_moments`, kept on the bank from step to step (it
+    is as large as the batch, and a fresh one each step costs its page faults); laid out (N, J, H) in
+    memory, as ``xt - mean`` lays out a transposed view."""
+    J, N, H = xt.shape
+    buf = getattr(bank, "_moments_scratch", None)
+    if buf is None or buf.shape != xt.shape or buf.dtype != xt.dtype or buf.device != xt.device:
+        buf = torch.empty(N, J, H, dtype=xt.dtype, device=xt.device).transpose(0, 1)
+        bank._moments_scratch = buf
+    return buf
+
+
+def release_scratch(bank: Any) -> None:
+    """Drop the step buffer :func:`low_rank_mse` keeps on a bank (at the end of its training)."""
+    vars(bank).pop("_moments_scratch", None)
 
 
 def low_rank_mse(bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -318,7 +336,7 @@ def low_rank_mse(bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor) -> torch.
     xt = inp.to(bank.A.dtype).transpose(0, 1)  # (J, N, H), a view
     if bank.training:
         with torch.no_grad():
-            var, mean = _moments(xt)
+            var, mean = _moments(xt, _scratch(bank, xt))
             m = bank.momentum
             bank.running_mean.mul_(1 - m).add_(mean, alpha=m)
             bank.running_var.mul_(1 - m).add_(var, alpha=m * N / (N - 1))  # unbiased, as batch_norm
@@ -326,7 +344,11 @@ def low_rank_mse(bank: JumpBank, inp: torch.Tensor, tgt: torch.Tensor) -> torch.
         mean, var = bank.running_mean, bank.running_var
     scale = bank.bn_weight * torch.rsqrt(var + bank.eps)  # (J, H)
     shift = torch.bmm((bank.bn_bias - mean * scale).unsqueeze(1), bank.A)  # (J, 1, r)
-    z = torch.baddbmm(shift, xt, bank.A * scale.unsqueeze(-1))  # (J, N, r)
+    # z^T = (s A)^T x^T, (r, H) @ (H, N) per jump: the same products as x (s A), but a product r rows
+    # tall and N wide runs several times faster on a CPU than one N tall and r wide, and so does its
+    # backward (grad (s A)^T = grad z^T @ x, r rows tall and H wide)
+    zt = torch.baddbmm(shift.transpose(1, 2), (bank.A * scale.unsqueeze(-1)).transpose(1, 2), xt.transpose(1, 2))
+    z = zt.transpose(1, 2)  # (J, N, r)
     B = bank.B
     r = B.shape[1]
     tb = (tgt.to(B.dtype) @ B.permute(2, 0, 1).reshape(H, J * r)).view(N, J, r).transpose(0, 1)  # t B_j^T

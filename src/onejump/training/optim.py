@@ -131,8 +131,8 @@ def bank_optimizer(bank: torch.nn.Module, optimizer: str, lr: float, weight_deca
     """The optimiser of a jump bank: Adam on every parameter (``adam``, the jumps' default) or Muon on
     ``A`` and ``B`` and Adam (at ``lr``) on the rest (BatchNorm's affine, a conditioned bank's gains and
     shifts) (``muon``)."""
-    if optimizer == "adam":
-        return torch.optim.Adam(bank.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer == "adam":  # foreach: one call per operation over all parameters, the same numbers as the loop
+        return torch.optim.Adam(bank.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
     if optimizer != "muon":
         raise ConfigError(f"jumps train with adam or muon, got '{optimizer}'")
     named = dict(bank.named_parameters())

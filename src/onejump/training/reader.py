@@ -184,12 +184,15 @@ class _Task:
             raise ValueError("exit levels per example exist for the joint task (levels=None) only")
         self.source, self.levels, self.K, self.with_levels = source, levels, K, with_levels
         self.per_sample = K if levels is None else 1
+        self._batch: torch.Tensor | None = None  # the reused batch of batches(reuse=True)
 
     @property
     def size(self) -> int:
         return len(self.source) * self.per_sample
 
-    def gather(self, x: torch.Tensor, rows: np.ndarray, idx: torch.Tensor) -> Batch:
+    def gather(self, x: torch.Tensor, rows: np.ndarray, idx: torch.Tensor, reuse: bool = False) -> Batch:
+        """Examples ``idx`` of the buffer ``x``; ``reuse``: the whole rows of a per-level batch go into one
+        buffer kept from call to call (valid until the next such call), so no batch is allocated anew."""
         if self.levels is None:
             sample, level = idx // self.K, idx % self.K
             inp = x[sample, level].unsqueeze(1)
@@ -198,32 +201,41 @@ class _Task:
         else:
             sample = idx
             if self.levels == list(range(self.K)):  # one gather of whole rows serves inputs and target
-                picked = x.index_select(0, sample)
+                if not reuse:
+                    picked = x.index_select(0, sample)
+                else:
+                    buf = self._batch
+                    if buf is None or buf.shape[0] < len(sample) or buf.shape[1:] != x.shape[1:] \
+                            or buf.dtype != x.dtype:
+                        self._batch = torch.empty(len(sample), *x.shape[1:], dtype=x.dtype)
+                    picked = torch.index_select(x, 0, sample, out=self._batch[: len(sample)])
                 return picked[:, : self.K], picked[:, self.K], torch.from_numpy(rows)[sample]
             inp = x[sample[:, None], torch.tensor(self.levels)[None, :]]
         return inp, x[sample, self.K], torch.from_numpy(rows)[sample]
 
-    def _take(self, x: torch.Tensor, rows: np.ndarray, carry: Batch | None, idx: torch.Tensor) -> Batch:
+    def _take(self, x: torch.Tensor, rows: np.ndarray, carry: Batch | None, idx: torch.Tensor,
+              reuse: bool = False) -> Batch:
         """Examples ``idx`` of the pool ``carry + buffer`` (indices below len(carry) are carried ones)."""
         if carry is None:
-            return self.gather(x, rows, idx)
+            return self.gather(x, rows, idx, reuse)
         n_carry = len(carry[2])
         old = idx < n_carry
         if old.all():
             return tuple(t[idx] for t in carry)  # type: ignore[return-value]
-        new = self.gather(x, rows, idx[~old] - n_carry)
+        new = self.gather(x, rows, idx[~old] - n_carry, reuse)  # a mixed batch is concatenated: a copy
         if not old.any():
             return new
         return tuple(torch.cat([c[idx[old]], t]) for c, t in zip(carry, new))  # type: ignore[return-value]
 
-    def batches(self, batch_size: int, gen: torch.Generator) -> Iterator[Batch]:
+    def batches(self, batch_size: int, gen: torch.Generator, reuse: bool = False) -> Iterator[Batch]:
         """One epoch of shuffled batches of ``batch_size`` examples (CPU tensors).
 
         Each buffer's examples, plus the fewer than ``batch_size`` left over from the previous
         buffer, are permuted with ``gen`` and cut into batches; what is left over is carried on.
         The incomplete last batch of the epoch is dropped (BatchNorm statistics), unless there is
         only one batch. When the part fits in one buffer this is one random permutation of all its
-        examples, the same batches as in-memory training.
+        examples, the same batches as in-memory training. ``reuse``: a yielded batch may be overwritten
+        by the next one (see :meth:`gather`): use it before asking for the next.
         """
         one_batch = self.size <= batch_size  # then the part fits in one buffer (buffer >= batch)
         carry: Batch | None = None
@@ -235,12 +247,18 @@ class _Task:
                 continue
             full = len(perm) // batch_size * batch_size
             for start in range(0, full, batch_size):
-                yield self._take(x, rows, carry, perm[start:start + batch_size])
+                yield self._take(x, rows, carry, perm[start:start + batch_size], reuse)
             carry = None if last else self._take(x, rows, carry, perm[full:])
 
     def chunks(self, chunk: int) -> Iterator[Batch]:
-        """All examples in store order, in chunks of at most ``chunk`` (validation)."""
+        """All examples in store order, in chunks of at most ``chunk`` (validation). A chunk of the per-level
+        task at every level is a view of the buffer (valid until the next buffer is read), not a copy."""
+        whole_rows = self.levels is not None and self.levels == list(range(self.K))
         for x, rows, _ in self.source.buffers(None):
             n = len(rows) * self.per_sample
             for start in range(0, n, chunk):
-                yield self.gather(x, rows, torch.arange(start, min(n, start + chunk)))
+                stop = min(n, start + chunk)
+                if whole_rows:
+                    yield x[start:stop, : self.K], x[start:stop, self.K], torch.from_numpy(rows[start:stop])
+                else:
+                    yield self.gather(x, rows, torch.arange(start, stop))
