@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from common import result_name, save
-from roofline import Cost, SplitView, best_ceilings, file_bandwidth, gemm_rate, jump_gemm, memory_bandwidth
+from roofline import Cost, Counted, SplitView, best_ceilings, file_bandwidth, gemm_rate, jump_gemm, memory_bandwidth
 
 import onejump
 from onejump.experiment.run import Run
@@ -79,23 +79,8 @@ class Phases:
         reader_module._Reader.read, fit_module._val_losses = self._read, self._val
 
 
-class Counted:
-    """The MSE loss, counting training examples (with autograd) and validation examples."""
-
-    def __init__(self):
-        self.train_examples = self.val_examples = self.steps = 0
-
-    def __call__(self, bank, inp, *rest):
-        if torch.is_grad_enabled():
-            self.steps += 1
-            self.train_examples += inp.shape[0]
-        else:
-            self.val_examples += inp.shape[0]
-        return mse_loss(bank, inp, *rest)
-
-
 def one_training(store, cfg: TrainConfig) -> dict:
-    loss = Counted()
+    loss = Counted(mse_loss)
     gc.collect()
     with Phases() as ph:
         t0 = time.perf_counter()
