@@ -24,6 +24,7 @@ from .frontier import cmd_frontier
 from .lenses import cmd_generate, cmd_lens
 from .modes import check_invocation
 from .parser import _check_argv, _friendly_types, build_parser
+from .scaling import cmd_scaling
 from .stream import cmd_stream_train
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -41,6 +42,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "info": cmd_info,
     "stream-train": cmd_stream_train,
     "frontier": cmd_frontier,
+    "scaling": cmd_scaling,
 }
 
 

@@ -114,6 +114,8 @@ USES: dict[str, dict[str, Needs | None]] = {
     "info": {"path": ALWAYS},
     "frontier": {"run": ALWAYS, "ranks": ALWAYS, "jump_ranks": ALWAYS, "tuned_steps": ALWAYS, "no_tuned_adam": ALWAYS,
                  "max_epochs": ALWAYS, "device": ALWAYS, "dtype": ALWAYS},
+    "scaling": {name: ALWAYS for name in ("run", "sizes", "passes", "steps", "max_sentences", "val_sentences",
+                                          "device", "dtype")},
     "stream-train": {**_MODEL_ONLY, **{name: ALWAYS for name in (
         "corpus", "hf_config", "text_field", "max_documents", "out", "lenses", "tokens_per_step", "steps", "tokens",
         "micro_rows", "tokens_per_batch", "val_sentences", "eval_every", "seed", "checkpoint_every", "kl_top_k")},

@@ -87,10 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_commands(sub)
     _add_lens_commands(sub)
     from .frontier import add_frontier_command
+    from .scaling import add_scaling_command
     from .stream import add_stream_command
 
     add_stream_command(sub)
     add_frontier_command(sub)
+    add_scaling_command(sub)
     return parser
 
 

@@ -40,6 +40,10 @@ def write_report(results: dict[str, Any], out_dir: Path, result: Any = None, tra
     sections: list[str] = []
     if results.get("early_exit"):
         sections, _ = exit_report_section(results["early_exit"], out_dir)
+    if results.get("scaling"):
+        from .scaling_report import scaling_section
+
+        sections += ["", *scaling_section(results["scaling"], out_dir)]
     md = render_markdown(results, [p.name for p in figures], sections)
     atomic_write_text(out_dir / "report.md", md)
     return out_dir / "report.md"

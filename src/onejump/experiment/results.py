@@ -27,6 +27,8 @@ this one place from the saved stages (never from the model).
                  bar.verdicts {params, precision, lens, bar}: held / not held / inconclusive from 95% intervals
                  (onejump.experiment.claim_intervals.sweep_bar_verdicts)
     frontier    (optional) the lens frontier of ``onejump frontier`` (onejump.experiment.frontier.frontier_entry)
+    scaling     (optional) the scaling curves of ``onejump scaling``, by training size
+                 (onejump.experiment.scaling.scaling_entry)
 
 All numbers are measured on the test split; nothing in the report is typed in by hand.
 """
@@ -187,6 +189,11 @@ def build_results(run: Any, result: Any) -> dict[str, Any]:
     frontier = frontier_entry(run)
     if frontier is not None:
         results["frontier"] = frontier
+    from .scaling import scaling_entry
+
+    curves = scaling_entry(run)
+    if curves is not None:
+        results["scaling"] = curves
     exits = run.exits()
     if exits is not None:
         results["early_exit"] = exits.to_dict()

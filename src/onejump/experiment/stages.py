@@ -106,6 +106,26 @@ class RunStages:
         return Stage("frontier", "the lens frontier", "onejump frontier --run {run}", inputs, plan, 1,
                      ("frontier/frontier.json",))
 
+    def scaling_stream(self, size: str, stream: str, lenses: tuple[str, ...], digest: str,
+                       recipe: dict[str, Any]) -> Stage:
+        """The lenses of one stream of ``onejump scaling`` at a token-scale ``size`` (``scaling/<size>/<stream>/``),
+        trained from the model on the sentences of hash ``digest``."""
+        name = f"scaling/{size}/{stream}"
+        return Stage(name, f"the {stream} lenses of the scaling size {size}", "onejump scaling --run {run}",
+                     {"fingerprint": self._id("fingerprint"), "sentences": digest}, recipe, 1,
+                     tuple(f"{name}/{lens}/config.json" for lens in lenses),
+                     tuple(f"lens:{name}/{lens}" for lens in lenses))
+
+    def scaling(self, folders: list[str] | None = None, plan: Any = RECORDED) -> Stage:
+        """The evaluation of the scaling curves (``scaling/scaling.json``) of the lenses in the run-relative
+        ``folders`` (None: those its record names)."""
+        if folders is None:
+            inputs = (self.records.record("scaling") or {}).get("inputs") or {}
+            folders = [k.partition(":")[2] for k in inputs if k.startswith("lens:")]
+        inputs = {"store": self._id("store"), **{f"lens:{f}": self._id(f"lens:{f}") for f in folders}}
+        return Stage("scaling", "the scaling curves", "onejump scaling --run {run}", inputs, plan, 1,
+                     ("scaling/scaling.json",))
+
     def train_of(self, lens_id: str) -> Stage:
         """What a command that only reads the run's lens ``lens_id`` checks it by (settings as recorded)."""
         row = run_lens(lens_id)
@@ -204,6 +224,9 @@ class RunStages:
         for lens_id in ("full", "joint"):  # their configs give the rank, the training settings, the residual
             inputs[lens_id] = self._id(self.lens_artefact(lens_id))
         inputs["preset"] = self._id("file:preset.json")
+        for name, stage in (("frontier", self.frontier), ("scaling", self.scaling)):  # optional: in it when made
+            if (self.layout.folder / name / "stage.json").is_file():
+                inputs[name] = req(stage())
         return Stage("report", "report", "onejump report --out {run}", inputs, None, 1,
                      ("report/results.json", "report/report.md"))
 
