@@ -126,7 +126,7 @@ def test_frontier_end_to_end_and_the_bars_read_held_out_rows_only(run_dir, monke
     assert main([*FRONTIER, "--run", str(run_dir)]) == 0, capsys.readouterr().err
     data = json.loads((run_dir / "frontier" / "frontier.json").read_text())
     names = {p["name"] for p in data["points"]}
-    assert names == {"logit", "lowrank-r1", "lowrank-r4", "jump-r2", "jtc", "tuned", "tuned-adam"}
+    assert names == {"logit", "lowrank-r1", "lowrank-r4", "jump-r2", "jtc", "tuned", "tuned-adam", "tuned-muon"}
     # the registration had seen one evaluation only, on held-out train rows, and the test split came after
     assert len(seen_by_registration) == 1 and len(seen_by_registration[0]) == 1
     first = seen_by_registration[0][0]
@@ -152,7 +152,7 @@ def test_frontier_end_to_end_and_the_bars_read_held_out_rows_only(run_dir, monke
     assert marks == [p["pareto_precision"] for p in data["points"]]
     # the bars: registered on held-out rows, checked on test with a verdict
     reg = json.loads((run_dir / "frontier" / "preregistration.json").read_text())
-    assert reg == data["preregistration"] and reg["baseline"] in ("tuned", "tuned-adam")
+    assert reg == data["preregistration"] and reg["baseline"] in ("tuned", "tuned-adam", "tuned-muon")
     assert reg["bars"]["one-jump"]["chosen"] == "jump-r2"
     for bar in data["bars"].values():
         assert bar["verdict"] in ("held", "missed", "inconclusive")

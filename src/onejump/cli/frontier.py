@@ -28,8 +28,9 @@ def add_frontier_command(sub: Any) -> None:
                                    "logit lens, the run's own lenses, per-level low-rank residual lenses "
                                    "h + BN_k(h) A_k B_k at --ranks, the residual KL joint jump when the run has no "
                                    "best single jump, JTC and the tuned lens when the run has none, and the tuned "
-                                   "lens trained with Adam; choose the two bars' lenses (compact, one jump) on "
-                                   "held-out train rows, then evaluate the test split once. Writes RUN/frontier/ "
+                                   "lens trained with Adam and with Muon; choose the two bars' lenses (compact, one "
+                                   "jump) on held-out train rows, then evaluate the test split once. Writes "
+                                   "RUN/frontier/ "
                                    "(frontier.json, frontier.png, preregistration.json, the trained points). "
                                    "Rerun to resume: trained points are reused.")
     p.add_argument("--run", required=True, help="run folder with a store (`onejump extract --out RUN`)")
@@ -41,6 +42,8 @@ def add_frontier_command(sub: Any) -> None:
     p.add_argument("--tuned-steps", type=int, default=250,
                    help="steps of the tuned lens's SGD schedule when the run has no tuned lens (default: %(default)s)")
     p.add_argument("--no-tuned-adam", action="store_true", help="leave out the tuned lens trained with Adam")
+    p.add_argument("--no-tuned-muon", action="store_true",
+                   help="leave out the tuned lens trained with Muon (tuned-lens's schedule, least-squares start)")
     p.add_argument("--max-epochs", type=int, default=None,
                    help="cap the epochs of every point trained with Adam (default: the recipes': 16 for the low-rank "
                         "lenses, 4 for the joint jump and the Adam tuned lens)")
@@ -59,7 +62,8 @@ def cmd_frontier(args: argparse.Namespace) -> int:
         raise ConfigError(f"--tuned-steps must be >= 1, got {args.tuned_steps}")
     plan = FrontierPlan(ranks=_ranks(args.ranks, "ranks"),
                         jump_ranks=None if args.jump_ranks is None else _ranks(args.jump_ranks, "jump-ranks", True),
-                        tuned_steps=args.tuned_steps, tuned_adam=not args.no_tuned_adam, max_epochs=args.max_epochs)
+                        tuned_steps=args.tuned_steps, tuned_adam=not args.no_tuned_adam,
+                        tuned_muon=not args.no_tuned_muon, max_epochs=args.max_epochs)
     args.kept.say(f"trained points are kept in {run.folder / 'frontier' / 'points'}; rerun to resume")
     with _lock(run.folder):
         out = frontier(run, plan, progress=not args.quiet)

@@ -113,6 +113,7 @@ USES: dict[str, dict[str, Needs | None]] = {
              "model": ALWAYS, "device": ALWAYS, "dtype": ALWAYS},
     "info": {"path": ALWAYS},
     "frontier": {"run": ALWAYS, "ranks": ALWAYS, "jump_ranks": ALWAYS, "tuned_steps": ALWAYS, "no_tuned_adam": ALWAYS,
+                 "no_tuned_muon": ALWAYS,
                  "max_epochs": ALWAYS, "device": ALWAYS, "dtype": ALWAYS},
     "scaling": {name: ALWAYS for name in ("run", "sizes", "passes", "steps", "max_sentences", "val_sentences",
                                           "device", "dtype")},

@@ -41,20 +41,22 @@ from ..lenses.jumps import default_rank, jump_parameter_count
 RUN_POINTS = ("full", "ojfa", "joint", "best", "jtc", "tuned")
 #: Kinds of lens that hold one set of parameters for every exit level.
 ONE_SET_KINDS = ("jump",)
-TUNED_POINTS = ("tuned", "tuned-adam")
+TUNED_POINTS = ("tuned", "tuned-adam", "tuned-muon")
 
 
 @dataclass
 class FrontierPlan:
     """What the frontier trains. ``ranks``: the low-rank residual lenses' ranks; ``jump_ranks``: ranks of the
     residual KL joint jump trained when the run has no best single jump (None: 2 floor(H/100)); ``tuned_steps``:
-    the SGD recipe's schedule when the run has no tuned lens; ``tuned_adam``: train the Adam alternative;
+    the SGD recipe's schedule when the run has no tuned lens (and the Muon alternative's); ``tuned_adam`` /
+    ``tuned_muon``: train the Adam / Muon alternative;
     ``val_fraction`` / ``seed``: the train rows every trained point holds out (the bars are chosen on them)."""
 
     ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     jump_ranks: tuple[int, ...] | None = None
     tuned_steps: int = 250
     tuned_adam: bool = True
+    tuned_muon: bool = True
     val_fraction: float = 0.1
     seed: int = 0
     max_epochs: int | None = None  # overrides the recipes' epoch caps (a quicker, smaller frontier)
@@ -182,6 +184,21 @@ class _Points:
 
         return self.get("tuned", "tuned", cfg.to_dict(), train)
 
+    def tuned_muon(self) -> Any:
+        """The tuned lens by tuned-lens's schedule from the least-squares start, Muon on its matrices."""
+        from ..training.tuned import TunedTrainConfig, train_tuned_lens
+
+        cfg = TunedTrainConfig(num_steps=self.plan.tuned_steps, val_fraction=self.plan.val_fraction,
+                               seed=self.plan.seed, optimizer="muon")
+
+        def train() -> Any:
+            lens, hist = train_tuned_lens(self.store, self.lm, cfg, device=self.run.compute_device,
+                                          progress=self.progress, targets=self.targets.get(cfg.kl_top_k))
+            lens.extra = {"history": hist.to_dict(), "recipe": "tuned-lens schedule, Muon, least-squares start"}
+            return lens.cpu()
+
+        return self.get("tuned-muon", "tuned-muon", cfg.to_dict(), train)
+
     def jtc(self) -> Any:
         from ..lenses.jtc import JTCLens, LinearJTC
 
@@ -208,6 +225,7 @@ def collect(run: Any, plan: FrontierPlan, progress: bool = True) -> tuple[dict[s
     trained += [] if "jtc" in lenses else [("jtc", pts.jtc)]
     trained += [] if "tuned" in lenses else [("tuned", pts.tuned_sgd)]
     trained += [("tuned-adam", pts.tuned_adam)] if plan.tuned_adam else []
+    trained += [("tuned-muon", pts.tuned_muon)] if plan.tuned_muon else []
     for name, make in trained:
         lenses[name], source[name] = make(), "frontier"
     return lenses, source, pts.reused
