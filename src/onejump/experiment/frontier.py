@@ -171,33 +171,25 @@ class _Points:
             targets_cache=self.targets))
 
     def tuned_sgd(self) -> Any:
-        from ..training.tuned import TunedTrainConfig, train_tuned_lens
-
-        cfg = TunedTrainConfig(num_steps=self.plan.tuned_steps, val_fraction=self.plan.val_fraction,
-                               seed=self.plan.seed)
-
-        def train() -> Any:
-            lens, hist = train_tuned_lens(self.store, self.lm, cfg, device=self.run.compute_device,
-                                          progress=self.progress, targets=self.targets.get(cfg.kl_top_k))
-            lens.extra = {"history": hist.to_dict(), "recipe": "tuned-lens SGD, least-squares start"}
-            return lens.cpu()
-
-        return self.get("tuned", "tuned", cfg.to_dict(), train)
+        return self._tuned("tuned", "sgd", "tuned-lens SGD, least-squares start")
 
     def tuned_muon(self) -> Any:
         """The tuned lens by tuned-lens's schedule from the least-squares start, Muon on its matrices."""
+        return self._tuned("tuned-muon", "muon", "tuned-lens schedule, Muon, least-squares start")
+
+    def _tuned(self, name: str, optimizer: str, recipe: str) -> Any:
         from ..training.tuned import TunedTrainConfig, train_tuned_lens
 
         cfg = TunedTrainConfig(num_steps=self.plan.tuned_steps, val_fraction=self.plan.val_fraction,
-                               seed=self.plan.seed, optimizer="muon")
+                               seed=self.plan.seed, optimizer=optimizer)
 
         def train() -> Any:
             lens, hist = train_tuned_lens(self.store, self.lm, cfg, device=self.run.compute_device,
                                           progress=self.progress, targets=self.targets.get(cfg.kl_top_k))
-            lens.extra = {"history": hist.to_dict(), "recipe": "tuned-lens schedule, Muon, least-squares start"}
+            lens.extra = {"history": hist.to_dict(), "recipe": recipe}
             return lens.cpu()
 
-        return self.get("tuned-muon", "tuned-muon", cfg.to_dict(), train)
+        return self.get(name, name, cfg.to_dict(), train)
 
     def jtc(self) -> Any:
         from ..lenses.jtc import JTCLens, LinearJTC
