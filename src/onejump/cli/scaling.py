@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..errors import ConfigError
 from .common import _lock
 
 
@@ -51,8 +50,6 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     plan = ScalingPlan(sizes=sizes, passes=args.passes, steps=args.steps, max_sentences=args.max_sentences,
                        val_sentences=args.val_sentences)
     plan.validate()
-    if args.max_sentences is not None and args.max_sentences <= args.val_sentences:
-        raise ConfigError(f"--max-sentences must exceed --val-sentences ({args.val_sentences})")
     args.kept.say(f"trained sizes are kept in {run.folder / 'scaling'}; rerun to resume")
     with _lock(run.folder):
         out = scaling(run, plan, progress=not args.quiet)

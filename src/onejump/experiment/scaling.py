@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -244,9 +244,5 @@ def scaling_entry(run: Any) -> dict[str, Any] | None:
             "model": data["model"], "n_test": data["n_test"]}
 
 
-def plan_with(plan: ScalingPlan, **over: Any) -> ScalingPlan:
-    return replace(plan, **{k: v for k, v in over.items() if v is not None})
-
-
-__all__ = ["LENSES", "SIZES", "STREAMS", "ScalingPlan", "plan_with", "scaling", "scaling_entry",
+__all__ = ["LENSES", "SIZES", "STREAMS", "ScalingPlan", "scaling", "scaling_entry",
            "size_texts", "train_size"]
